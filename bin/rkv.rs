@@ -1,0 +1,5 @@
+//! `rkv`: the command line. All of it lives in [`rkv::cli`].
+
+fn main() {
+    std::process::exit(rkv::cli::main());
+}

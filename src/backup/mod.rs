@@ -1,0 +1,248 @@
+//! The backup directory: where the master's backups live and followers read
+//! them from.
+//!
+//! [`BackupStore`] is the one interface to it, so that where backups live
+//! (today a directory, later perhaps an object store) stays behind a small
+//! contract; [`BackupDir`] implements it on a local or NFS directory with
+//! RocksDB's BackupEngine. The policy (when to back up, what to keep) lives
+//! with the callers; [`Retention`] only computes what a policy keeps.
+
+mod dir;
+pub mod meta;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+use crate::error::Result;
+
+pub use dir::BackupDir;
+
+/// The application metadata rkv stores with each backup, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppMetadata {
+    /// Format version; 1.
+    pub v: u32,
+    /// The database's latest sequence number when the backup started: the
+    /// backup holds at least every write up to it.
+    pub seq: u64,
+    /// When the backup was created, in unix milliseconds.
+    pub created_ms: u64,
+    /// Who took it: `<host>:<db path>`.
+    pub master: String,
+}
+
+impl AppMetadata {
+    /// The current format version.
+    pub const VERSION: u32 = 1;
+
+    /// Parses stored metadata; `None` for backups made by other tools.
+    pub fn parse(bytes: &[u8]) -> Option<AppMetadata> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// One complete backup in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The backup id; ids only grow.
+    pub id: u32,
+    /// When RocksDB recorded the backup, in unix seconds.
+    pub timestamp: u64,
+    /// Total size of the backup's files (shared files counted in every backup).
+    pub size: u64,
+    /// Number of files in the backup.
+    pub files: u32,
+    /// rkv's metadata; `None` for a backup made by another tool (e.g. `ldb`).
+    pub metadata: Option<AppMetadata>,
+}
+
+impl BackupInfo {
+    /// When the backup was created, in unix milliseconds (from rkv's
+    /// metadata when present, else RocksDB's second-resolution timestamp).
+    pub fn created_ms(&self) -> u64 {
+        match &self.metadata {
+            Some(meta) => meta.created_ms,
+            None => self.timestamp * 1000,
+        }
+    }
+
+    /// When the backup was created.
+    pub fn created(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.created_ms())
+    }
+}
+
+/// What a new backup cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateStats {
+    /// The new backup.
+    pub info: BackupInfo,
+    /// Bytes written into the store (files no earlier backup shared).
+    pub bytes_copied: u64,
+    /// Files written into the store.
+    pub files_copied: u32,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// How a restore treats what the destination already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Delete everything in the destination and copy every file.
+    Full,
+    /// Keep destination SST files that are byte-for-byte the backup's
+    /// (matched by DB session id and size) and copy only the rest: the cost
+    /// of the change since the destination's backup, not of the database.
+    KeepMatchingFiles,
+}
+
+/// What a restore cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// The backup that was restored.
+    pub id: u32,
+    /// Bytes written into the destination.
+    pub bytes_copied: u64,
+    /// Files written into the destination.
+    pub files_copied: u32,
+    /// Files the destination already had and kept.
+    pub files_kept: u32,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// Which backups to keep: the newest `keep`, plus every backup younger than
+/// `keep_within` (so a follower's restore is not purged from under it), and
+/// always the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How many of the newest backups to keep at least.
+    pub keep: usize,
+    /// Never purge a backup younger than this.
+    pub keep_within: Duration,
+}
+
+impl Retention {
+    /// How many of the newest backups this policy keeps out of `backups`
+    /// (in any order), judged at `now`.
+    pub fn keep_count(&self, backups: &[BackupInfo], now: SystemTime) -> usize {
+        let young = backups
+            .iter()
+            .filter(|b| now.duration_since(b.created()).unwrap_or_default() < self.keep_within)
+            .count();
+        self.keep.max(young).max(1).min(backups.len())
+    }
+}
+
+/// Where backups live. Every method states which error means what, so that
+/// callers can act on meaning rather than on message text.
+pub trait BackupStore {
+    /// The complete backups, oldest first. An existing but empty store gives
+    /// an empty list; [`Error::BackupDirMissing`](crate::Error::BackupDirMissing)
+    /// when the store does not exist.
+    fn list(&self) -> Result<Vec<BackupInfo>>;
+
+    /// Backs up `db` (flushing it first), incrementally: files an earlier
+    /// backup holds are shared, not copied. `master` names the source in the
+    /// metadata. Creates the store when missing.
+    fn create(&self, db: &Db, master: &str) -> Result<CreateStats>;
+
+    /// Checks that every file of backup `id` exists with its recorded size
+    /// and crc32c. [`Error::BackupNotFound`](crate::Error::BackupNotFound) for
+    /// an unknown id, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt)
+    /// when a file is missing or differs.
+    fn verify(&self, id: u32) -> Result<()>;
+
+    /// Restores backup `id` (the newest when `None`) into `dest`, a directory
+    /// that need not exist. [`Error::NoBackups`](crate::Error::NoBackups) when
+    /// there is none, [`Error::BackupNotFound`](crate::Error::BackupNotFound)
+    /// for an unknown id, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt)
+    /// when a file fails its checksum while copied.
+    fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats>;
+
+    /// Deletes the backups `retention` does not keep, and the files only they
+    /// used; returns the ids deleted, oldest first.
+    fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>>;
+}
+
+/// How a backup names its source: `<host>:<absolute db path>`.
+pub fn master_label(db_path: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(db_path).unwrap_or_else(|_| db_path.to_path_buf());
+    format!("{}:{}", hostname(), path.display())
+}
+
+/// This machine's host name, or `localhost` when it cannot be read.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        _ => "localhost".to_string(),
+    }
+}
+
+/// The current time in unix milliseconds.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(id: u32, created_ms: u64) -> BackupInfo {
+        BackupInfo {
+            id,
+            timestamp: created_ms / 1000,
+            size: 0,
+            files: 0,
+            metadata: Some(AppMetadata {
+                v: 1,
+                seq: 0,
+                created_ms,
+                master: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn retention_keeps_newest_n_and_everything_young() {
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        // Ten backups, one every 100 s, the newest 100 s old.
+        let backups: Vec<_> = (1..=10)
+            .map(|i| backup(i, (10_000 - (11 - i as u64) * 100) * 1000))
+            .collect();
+        let r = |keep, secs| Retention {
+            keep,
+            keep_within: Duration::from_secs(secs),
+        };
+        assert_eq!(r(3, 0).keep_count(&backups, now), 3);
+        // Younger than 450 s: the ones 100..400 s old.
+        assert_eq!(r(2, 450).keep_count(&backups, now), 4);
+        assert_eq!(r(20, 0).keep_count(&backups, now), 10);
+        // Never purge the newest, even when asked to keep none.
+        assert_eq!(r(0, 0).keep_count(&backups, now), 1);
+        assert_eq!(r(0, 0).keep_count(&[], now), 0);
+    }
+
+    #[test]
+    fn metadata_round_trips_and_tolerates_foreign_backups() {
+        let meta = AppMetadata {
+            v: 1,
+            seq: 7,
+            created_ms: 1_700_000_000_123,
+            master: "h:/db".into(),
+        };
+        let json = serde_json::to_vec(&meta).unwrap();
+        assert_eq!(AppMetadata::parse(&json), Some(meta));
+        assert_eq!(AppMetadata::parse(b""), None);
+        assert_eq!(AppMetadata::parse(b"not json"), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! `rkv backup | restore | backups | verify`: the commands on a backup
+//! directory.
+
+use std::time::{Duration, SystemTime};
+
+use super::{emit, Cli, CliError, Command};
+use crate::backup::{master_label, BackupDir, BackupInfo, BackupStore, RestoreMode};
+use crate::db::{Db, OpenMode};
+use crate::error::Error;
+
+/// Runs one of the backup directory commands.
+pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Backup { backup_dir } => {
+            let db_path = cli.require_db("backup")?;
+            let backup_dir = backup_dir
+                .as_ref()
+                .ok_or_else(|| CliError::Usage("`backup` needs --backup_dir=DIR".to_string()))?;
+            let db = Db::open(
+                db_path,
+                OpenMode::ReadWrite {
+                    create_if_missing: false,
+                },
+            )?;
+            let store = BackupDir::new(backup_dir);
+            let stats = store.create(&db, &master_label(db_path))?;
+            let seq = stats.info.metadata.as_ref().map_or(0, |m| m.seq);
+            emit(
+                out,
+                &format!(
+                    "OK: backup {} created in {}: {} new files, {} copied, seq {seq}",
+                    stats.info.id,
+                    backup_dir.display(),
+                    stats.files_copied,
+                    human_bytes(stats.bytes_copied),
+                ),
+            )
+        }
+        Command::Restore {
+            backup_dir,
+            backup_id,
+        } => {
+            let db_path = cli.require_db("restore")?;
+            let store = BackupDir::new(backup_dir);
+            let stats = store.restore(*backup_id, db_path, RestoreMode::Full)?;
+            emit(
+                out,
+                &format!(
+                    "OK: restored backup {} into {}: {} files, {} copied",
+                    stats.id,
+                    db_path.display(),
+                    stats.files_copied,
+                    human_bytes(stats.bytes_copied),
+                ),
+            )
+        }
+        Command::Backups { backup_dir } => {
+            let backups = BackupDir::new(backup_dir).list()?;
+            if backups.is_empty() {
+                return Err(Error::NoBackups {
+                    path: backup_dir.clone(),
+                }
+                .into());
+            }
+            for line in backups_table(&backups, SystemTime::now()) {
+                emit(out, &line)?;
+            }
+            Ok(())
+        }
+        Command::Verify {
+            backup_dir,
+            backup_id,
+        } => {
+            let store = BackupDir::new(backup_dir);
+            let backups = store.list()?;
+            let id = match backup_id {
+                Some(id) => *id,
+                None => backups
+                    .last()
+                    .map(|b| b.id)
+                    .ok_or_else(|| Error::NoBackups {
+                        path: backup_dir.clone(),
+                    })?,
+            };
+            store.verify(id)?;
+            let detail = backups
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| format!(" ({} files, {})", b.files, human_bytes(b.size)))
+                .unwrap_or_default();
+            emit(out, &format!("OK: backup {id} verified{detail}"))
+        }
+        _ => unreachable!("backup::run is only called for backup commands"),
+    }
+}
+
+/// The `rkv backups` table, header first.
+fn backups_table(backups: &[BackupInfo], now: SystemTime) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:>6}  {:<20}  {:>12}  {:>10}  {:>6}  {:>12}",
+        "ID", "CREATED (UTC)", "AGE", "SIZE", "FILES", "SEQ"
+    )];
+    for b in backups {
+        let created = humantime::format_rfc3339_seconds(b.created()).to_string();
+        let age = now.duration_since(b.created()).unwrap_or_default();
+        let age = humantime::format_duration(Duration::from_secs(age.as_secs())).to_string();
+        let seq = b
+            .metadata
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |m| m.seq.to_string());
+        lines.push(format!(
+            "{:>6}  {:<20}  {:>12}  {:>10}  {:>6}  {:>12}",
+            b.id,
+            created,
+            shorten_age(&age),
+            human_bytes(b.size),
+            b.files,
+            seq
+        ));
+    }
+    lines
+}
+
+/// Keeps the two largest units of a humantime duration ("1day 2h 3m 4s" → "1day 2h").
+fn shorten_age(age: &str) -> String {
+    age.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `8.0 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::AppMetadata;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn human_bytes_uses_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
+    }
+
+    #[test]
+    fn table_shows_utc_time_age_and_seq() {
+        let created_ms = 1_700_000_000_000;
+        let backups = [
+            BackupInfo {
+                id: 3,
+                timestamp: created_ms / 1000,
+                size: 2048,
+                files: 5,
+                metadata: Some(AppMetadata {
+                    v: 1,
+                    seq: 42,
+                    created_ms,
+                    master: "h:/db".into(),
+                }),
+            },
+            BackupInfo {
+                id: 4,
+                timestamp: created_ms / 1000,
+                size: 10,
+                files: 1,
+                metadata: None,
+            },
+        ];
+        let now = UNIX_EPOCH + Duration::from_millis(created_ms + 3_725_000);
+        let lines = backups_table(&backups, now);
+        assert!(lines[0].contains("CREATED (UTC)"));
+        assert!(lines[1].contains("2023-11-14T22:13:20Z"), "{}", lines[1]);
+        assert!(lines[1].contains("1h 2m"), "{}", lines[1]);
+        assert!(
+            lines[1].contains("2.0 KiB") && lines[1].ends_with("42"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].ends_with('-'), "{}", lines[2]);
+    }
+}

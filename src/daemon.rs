@@ -1,0 +1,344 @@
+//! What both daemons share around their work: logging set-up, the password
+//! and protected-mode checks, systemd notification, signals, and the file
+//! that tells the `rkv` CLI which daemon owns a directory.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::server::ListenAddr;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; no timestamps or colour under journald.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Starts logging to stderr. `RKV_LOG` (a tracing filter, e.g. `debug` or
+/// `rkv=debug`) overrides the default level, `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // journald adds its own timestamps and shows escape codes verbatim.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match (format, under_journald) {
+        (LogFormat::Json, _) => builder.json().try_init(),
+        (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
+        (LogFormat::Text, false) => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+/// The password clients must give, from `--requirepass` or `--password-file`
+/// (first line, surrounding whitespace trimmed).
+pub fn load_password(
+    requirepass: Option<&str>,
+    password_file: Option<&Path>,
+) -> Result<Option<Vec<u8>>, String> {
+    match (requirepass, password_file) {
+        (Some(_), Some(_)) => {
+            Err("give either --requirepass or --password-file, not both".to_string())
+        }
+        (Some(""), None) => Err("--requirepass is empty; give a password".to_string()),
+        (Some(p), None) => Ok(Some(p.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+            let password = text.lines().next().unwrap_or("").trim();
+            if password.is_empty() {
+                return Err(format!("the password file {} is empty", path.display()));
+            }
+            Ok(Some(password.as_bytes().to_vec()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Redis's protected mode: listening beyond this machine without a password
+/// is refused unless explicitly allowed.
+pub fn check_protected_mode(
+    listen: &[ListenAddr],
+    has_password: bool,
+    protected_mode: bool,
+) -> Result<(), String> {
+    if has_password || !protected_mode {
+        return Ok(());
+    }
+    match listen.iter().find(|a| !a.is_local()) {
+        Some(addr) => Err(format!(
+            "refusing to listen on {addr} without a password (protected mode): anyone who can \
+             reach it could read the data. Set --requirepass or --password-file, listen on a \
+             loopback address, or pass --protected-mode=no if the network is trusted"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Parses a byte size: `1048576`, `64KiB`, `64MiB`, `1GiB`, `512kb`, `64m`…
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1048576, 512KiB, 64MiB, 1GiB)"))?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses a duration as humantime does (`10s`, `1h 30m`, `250ms`); `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 10s, 5m, 1h): {e}"))
+}
+
+/// Makes `path` absolute and resolves symlinks as far as it exists, so two
+/// spellings of one directory compare equal even before it is created.
+pub fn resolve(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// systemd notification; every call does nothing outside systemd.
+pub struct Notifier {
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
+    pub fn from_env() -> Notifier {
+        Notifier {
+            watchdog: sd_notify::watchdog_enabled(),
+        }
+    }
+
+    /// How often to ping the watchdog (half its timeout), if it is on.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog.map(|t| t / 2)
+    }
+
+    /// `READY=1` with a status line.
+    pub fn ready(&self, status: &str) {
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(status),
+        ]);
+    }
+
+    /// `STATUS=…`.
+    pub fn status(&self, status: &str) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(status)]);
+    }
+
+    /// `WATCHDOG=1`.
+    pub fn watchdog(&self) {
+        if self.watchdog.is_some() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+
+    /// `STOPPING=1`.
+    pub fn stopping(&self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+}
+
+/// A signal the daemons act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: shut down cleanly.
+    Terminate,
+    /// SIGUSR1: the master backs up now.
+    User1,
+    /// SIGHUP: nothing to reload; logged.
+    Hangup,
+}
+
+/// Starts a thread that turns signals into messages. A second SIGTERM or
+/// SIGINT exits the process at once (exit code 1): the operator's way to cut
+/// a slow shutdown short.
+pub fn watch_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("rkv-signals".into())
+        .spawn(move || {
+            let mut terminating = false;
+            for signal in signals.forever() {
+                let message = match signal {
+                    SIGTERM | SIGINT if terminating => {
+                        tracing::warn!("second termination signal: exiting now");
+                        std::process::exit(1);
+                    }
+                    SIGTERM | SIGINT => {
+                        terminating = true;
+                        Signal::Terminate
+                    }
+                    SIGUSR1 => Signal::User1,
+                    _ => Signal::Hangup,
+                };
+                if tx.send(message).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// The file a running daemon leaves in its directory so that `rkv --db=DIR`
+/// can reach it instead of failing on the database lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonFile {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// `master` or `follower`.
+    pub role: String,
+    /// Where it listens (`ListenAddr` spellings).
+    pub listen: Vec<String>,
+}
+
+impl DaemonFile {
+    /// The file's name inside the database or data directory.
+    pub const NAME: &'static str = "rkv-daemon.json";
+
+    /// Writes the file into `dir` atomically (temp file, then rename).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{}.tmp", Self::NAME));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializes"))?;
+        std::fs::rename(&tmp, dir.join(Self::NAME))
+    }
+
+    /// Removes the file from `dir`, if this process wrote it.
+    pub fn remove(dir: &Path) {
+        if let Some(file) = Self::read(dir) {
+            if file.pid == std::process::id() {
+                let _ = std::fs::remove_file(dir.join(Self::NAME));
+            }
+        }
+    }
+
+    /// Reads the file from `dir`.
+    pub fn read(dir: &Path) -> Option<DaemonFile> {
+        let bytes = std::fs::read(dir.join(Self::NAME)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The file in `dir`, if the daemon that wrote it is still running.
+    pub fn find_running(dir: &Path) -> Option<DaemonFile> {
+        let file = Self::read(dir)?;
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(file.pid as libc::pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        alive.then_some(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512kb"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err() && parse_size("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn protected_mode_refuses_open_binds_without_password() {
+        let open: Vec<ListenAddr> = vec!["0.0.0.0:6380".parse().unwrap()];
+        let local: Vec<ListenAddr> = vec!["127.0.0.1:6380".parse().unwrap()];
+        assert!(check_protected_mode(&open, false, true)
+            .unwrap_err()
+            .contains("protected mode"));
+        assert!(check_protected_mode(&open, true, true).is_ok());
+        assert!(check_protected_mode(&open, false, false).is_ok());
+        assert!(check_protected_mode(&local, false, true).is_ok());
+    }
+
+    #[test]
+    fn password_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(
+            load_password(None, Some(&file)),
+            Ok(Some(b"s3cret".to_vec()))
+        );
+        assert_eq!(load_password(Some("x"), None), Ok(Some(b"x".to_vec())));
+        assert_eq!(load_password(None, None), Ok(None));
+        assert!(load_password(None, Some(&dir.path().join("missing")))
+            .unwrap_err()
+            .contains("cannot read"));
+        assert!(load_password(Some("x"), Some(&file)).is_err());
+    }
+
+    #[test]
+    fn resolve_handles_paths_that_do_not_exist_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        assert_eq!(resolve(&dir.path().join("a/b")), real.join("a/b"));
+    }
+
+    #[test]
+    fn daemon_file_round_trips_and_finds_live_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = DaemonFile {
+            pid: std::process::id(),
+            role: "master".into(),
+            listen: vec!["127.0.0.1:6380".into()],
+        };
+        file.write(dir.path()).unwrap();
+        assert_eq!(DaemonFile::find_running(dir.path()), Some(file));
+        DaemonFile::remove(dir.path());
+        assert_eq!(DaemonFile::read(dir.path()), None);
+    }
+}

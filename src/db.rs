@@ -1,0 +1,282 @@
+//! A RocksDB database opened by rkv: how it is opened (read-write or
+//! read-only), how RocksDB's open errors are turned into errors a user can act
+//! on, and the key/value operations the CLI and the daemons share.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+
+use crate::error::{Error, Result};
+
+/// How to open a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read-write, taking RocksDB's exclusive lock.
+    ReadWrite {
+        /// Create the database when the directory holds none.
+        create_if_missing: bool,
+    },
+    /// Read-only: no lock, no writes; sees the state as of opening.
+    ReadOnly,
+}
+
+/// An open RocksDB database (its default column family).
+pub struct Db {
+    inner: DB,
+    path: PathBuf,
+    write_options: WriteOptions,
+}
+
+impl Db {
+    /// Opens the database at `path`.
+    ///
+    /// Errors: [`Error::DbNotFound`] when the directory holds no database (and
+    /// `create_if_missing` is off, or the mode is read-only),
+    /// [`Error::DbLocked`] when another process holds it read-write.
+    pub fn open(path: &Path, mode: OpenMode) -> Result<Db> {
+        let create_if_missing = matches!(
+            mode,
+            OpenMode::ReadWrite {
+                create_if_missing: true
+            }
+        );
+        if !create_if_missing && !holds_db(path) {
+            return Err(Error::DbNotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut options = Options::default();
+        options.create_if_missing(create_if_missing);
+        // A database made elsewhere may have more column families than the
+        // default one; RocksDB refuses to open it unless all are named.
+        let column_families = if holds_db(path) {
+            DB::list_cf(&options, path).map_err(|e| classify_open_error(path, e))?
+        } else {
+            vec![rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_string()]
+        };
+        let opened = match mode {
+            OpenMode::ReadWrite { .. } => DB::open_cf(&options, path, &column_families),
+            OpenMode::ReadOnly => {
+                DB::open_cf_for_read_only(&options, path, &column_families, false)
+            }
+        };
+        let inner = opened.map_err(|e| classify_open_error(path, e))?;
+        Ok(Db {
+            inner,
+            path: path.to_path_buf(),
+            write_options: WriteOptions::default(),
+        })
+    }
+
+    /// Makes every later write fsync the WAL before it is acknowledged.
+    pub fn set_sync_writes(&mut self, sync: bool) {
+        self.write_options.set_sync(sync);
+    }
+
+    /// The directory the database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The RocksDB handle, for the backup engine.
+    pub fn rocksdb(&self) -> &DB {
+        &self.inner
+    }
+
+    /// The value stored under `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner
+            .get(key)
+            .map_err(|e| Error::rocksdb("read a key", e))
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.inner
+            .put_opt(key, value, &self.write_options)
+            .map_err(|e| Error::rocksdb("write a key", e))
+    }
+
+    /// Removes `key`; removing an absent key is not an error.
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        self.inner
+            .delete_opt(key, &self.write_options)
+            .map_err(|e| Error::rocksdb("delete a key", e))
+    }
+
+    /// Applies the puts and deletes of `batch` atomically.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.inner
+            .write_opt(&batch, &self.write_options)
+            .map_err(|e| Error::rocksdb("write a batch", e))
+    }
+
+    /// The sequence number of the newest write; it moves on every write.
+    pub fn latest_sequence_number(&self) -> u64 {
+        self.inner.latest_sequence_number()
+    }
+
+    /// Up to `limit` entries with `from <= key < to`, in key order.
+    pub fn scan(&self, range: &ScanRange, limit: Option<usize>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut entries = Vec::new();
+        for item in self.iter(range) {
+            if limit.is_some_and(|limit| entries.len() >= limit) {
+                break;
+            }
+            entries.push(item?);
+        }
+        Ok(entries)
+    }
+
+    /// An iterator over the entries with `from <= key < to`, in key order.
+    pub fn iter<'a>(
+        &'a self,
+        range: &ScanRange,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a {
+        let mut read_options = ReadOptions::default();
+        if let Some(to) = &range.to {
+            read_options.set_iterate_upper_bound(to.clone());
+        }
+        let mode = match &range.from {
+            Some(from) => IteratorMode::From(from, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        self.inner.iterator_opt(mode, read_options).map(|item| {
+            item.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .map_err(|e| Error::rocksdb("iterate over the database", e))
+        })
+    }
+
+    /// RocksDB's estimate of the number of keys (exact after compaction).
+    pub fn estimate_num_keys(&self) -> Result<u64> {
+        self.inner
+            .property_int_value("rocksdb.estimate-num-keys")
+            .map(|n| n.unwrap_or(0))
+            .map_err(|e| Error::rocksdb("read the key count estimate", e))
+    }
+
+    /// Writes the memtable to SST files.
+    pub fn flush(&self) -> Result<()> {
+        self.inner
+            .flush()
+            .map_err(|e| Error::rocksdb("flush the database", e))
+    }
+}
+
+/// Key bounds for a scan: `from` inclusive, `to` exclusive, as in `ldb scan`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanRange {
+    /// First key to include; `None` starts at the smallest key.
+    pub from: Option<Vec<u8>>,
+    /// First key to exclude; `None` runs to the end.
+    pub to: Option<Vec<u8>>,
+}
+
+/// Whether `path` holds a RocksDB database (its `CURRENT` file).
+pub fn holds_db(path: &Path) -> bool {
+    path.join("CURRENT").is_file()
+}
+
+/// Whether another process holds the RocksDB lock of the database at `path`.
+///
+/// RocksDB locks `<db>/LOCK` with a POSIX record lock (`fcntl(F_SETLK)`), so a
+/// `F_GETLK` query sees it without taking it and without touching the database.
+pub fn is_locked(path: &Path) -> Result<bool> {
+    let lock_path = path.join("LOCK");
+    let file = match std::fs::File::open(&lock_path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("open {}", lock_path.display()), e)),
+    };
+    // SAFETY: `flock` is plain data; all-zero is a valid value for it.
+    let mut query: libc::flock = unsafe { std::mem::zeroed() };
+    query.l_type = libc::F_WRLCK as libc::c_short;
+    query.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: the fd is open for the whole call and `query` is a valid flock.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut query) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::io(
+            format!("query the lock on {}", lock_path.display()),
+            e,
+        ));
+    }
+    Ok(query.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Turns RocksDB's open errors into the meanings a user acts on.
+fn classify_open_error(path: &Path, error: rocksdb::Error) -> Error {
+    let message = error.to_string();
+    if message.contains("While lock file") || message.contains("lock hold by current process") {
+        Error::DbLocked {
+            path: path.to_path_buf(),
+        }
+    } else if message.contains("does not exist (create_if_missing is false)") {
+        Error::DbNotFound {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::rocksdb(format!("open the database at {}", path.display()), error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(create_if_missing: bool) -> OpenMode {
+        OpenMode::ReadWrite { create_if_missing }
+    }
+
+    #[test]
+    fn missing_db_is_db_not_found_unless_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        assert!(matches!(
+            Db::open(&path, rw(false)),
+            Err(Error::DbNotFound { .. })
+        ));
+        assert!(matches!(
+            Db::open(&path, OpenMode::ReadOnly),
+            Err(Error::DbNotFound { .. })
+        ));
+        let db = Db::open(&path, rw(true)).unwrap();
+        db.put(b"k", b"v").unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn scan_honours_bounds_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), rw(true)).unwrap();
+        for k in ["a", "b", "c", "d"] {
+            db.put(k.as_bytes(), b"x").unwrap();
+        }
+        let range = ScanRange {
+            from: Some(b"b".to_vec()),
+            to: Some(b"d".to_vec()),
+        };
+        let keys: Vec<_> = db
+            .scan(&range, None)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, [b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(db.scan(&ScanRange::default(), Some(3)).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn read_only_open_sees_data_and_does_not_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), rw(true)).unwrap();
+            db.put(b"k", b"v").unwrap();
+        }
+        let ro = Db::open(dir.path(), OpenMode::ReadOnly).unwrap();
+        assert_eq!(ro.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        // A read-write open still works while a read-only one is open.
+        drop(Db::open(dir.path(), rw(false)).unwrap());
+    }
+}

@@ -1,0 +1,167 @@
+//! The library's typed errors: each variant names a situation a caller can
+//! act on ("no backup yet", "backup corrupt", "db locked"), and carries a
+//! sentence that says what to do about it.
+
+use std::path::PathBuf;
+
+/// A `Result` whose error is the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the library, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database directory holds no database and creating one was not asked for.
+    #[error("no database at {path}")]
+    DbNotFound {
+        /// The directory that was expected to hold a database.
+        path: PathBuf,
+    },
+
+    /// Another process holds the database's lock.
+    #[error("the database at {path} is in use by another process")]
+    DbLocked {
+        /// The locked database directory.
+        path: PathBuf,
+    },
+
+    /// The backup directory does not exist or is not a BackupEngine directory.
+    #[error("no backup directory at {path}")]
+    BackupDirMissing {
+        /// The path that was given as the backup directory.
+        path: PathBuf,
+    },
+
+    /// The backup directory exists but holds no complete backup.
+    #[error("the backup directory {path} holds no backups")]
+    NoBackups {
+        /// The backup directory.
+        path: PathBuf,
+    },
+
+    /// The requested backup id is not in the backup directory.
+    #[error("backup {id} does not exist in {path}")]
+    BackupNotFound {
+        /// The requested backup id.
+        id: u32,
+        /// The backup directory.
+        path: PathBuf,
+    },
+
+    /// A backup's files do not match what its meta file records.
+    #[error("backup {id} is corrupt: {detail}")]
+    BackupCorrupt {
+        /// The corrupt backup.
+        id: u32,
+        /// Which file is wrong and how.
+        detail: String,
+    },
+
+    /// A restore was asked into a directory whose database a process has open.
+    #[error("cannot restore into {path}: the database there is in use by another process")]
+    RestoreTargetInUse {
+        /// The restore destination.
+        path: PathBuf,
+    },
+
+    /// A key or value given in hex could not be decoded.
+    #[error("invalid hex string {input:?}: {reason}")]
+    InvalidHex {
+        /// The text as the user gave it.
+        input: String,
+        /// Why it is not valid hex.
+        reason: String,
+    },
+
+    /// An error from RocksDB that has no more specific meaning here.
+    #[error("{context}: {source}")]
+    RocksDb {
+        /// What was being done, in lowercase ("open the database at /x").
+        context: String,
+        /// RocksDB's own error.
+        #[source]
+        source: rocksdb::Error,
+    },
+
+    /// An I/O error outside RocksDB.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, in lowercase ("read /x/meta/3").
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The obvious next step for the user, if there is one, as a sentence.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::DbNotFound { .. } => Some(
+                "pass --create_if_missing to create a new database, or check the --db path"
+                    .to_string(),
+            ),
+            Error::DbLocked { .. } => Some(
+                "stop the process that has it open, or run the command against that \
+                 process (rkv --connect ADDR …)"
+                    .to_string(),
+            ),
+            Error::BackupDirMissing { .. } => Some(
+                "check the --backup_dir path; `rkv --db=DIR backup --backup_dir=B` creates one"
+                    .to_string(),
+            ),
+            Error::NoBackups { .. } => {
+                Some("create one with `rkv --db=DIR backup --backup_dir=B`".to_string())
+            }
+            Error::BackupNotFound { path, .. } => Some(format!(
+                "list the backups with `rkv backups --backup_dir={}`",
+                path.display()
+            )),
+            Error::BackupCorrupt { .. } => Some(
+                "restore an older backup (see `rkv backups`), and take a new backup from the \
+                 database"
+                    .to_string(),
+            ),
+            Error::RestoreTargetInUse { .. } => Some(
+                "stop the process that has that database open, or restore into another directory"
+                    .to_string(),
+            ),
+            Error::InvalidHex { .. } => Some(
+                "with --hex, --key_hex or --value_hex, write keys and values as 0x followed by \
+                 an even number of hex digits, e.g. 0x6B6579"
+                    .to_string(),
+            ),
+            Error::RocksDb { source, .. } if is_no_space(source.as_ref()) => {
+                Some("free disk space and try again".to_string())
+            }
+            Error::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Some("free disk space and try again".to_string())
+            }
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Some("check the permissions of the path, and which user rkv runs as".to_string())
+            }
+            Error::RocksDb { .. } | Error::Io { .. } => None,
+        }
+    }
+
+    /// Wraps a RocksDB error with what was being done.
+    pub fn rocksdb(context: impl Into<String>, source: rocksdb::Error) -> Self {
+        Error::RocksDb {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Whether a RocksDB error message reports a full disk.
+fn is_no_space(message: &str) -> bool {
+    message.contains("No space left on device")
+}

@@ -1,0 +1,29 @@
+//! rkv: read replicas for a RocksDB database, using RocksDB's BackupEngine as
+//! the replication log.
+//!
+//! The library holds every behaviour; the binaries in `bin/` only parse flags
+//! and call into it. The nouns of the design each own a module:
+//!
+//! - [`db`]: opening a RocksDB database and the key/value operations on it;
+//! - [`backup`]: the backup directory (create, list, verify, restore, purge);
+//! - [`master`]: the write-side daemon (backup loop, lifecycle);
+//! - [`server`]: the RESP server both daemons share, and its commands;
+//! - [`resp`]: the Redis protocol's framing;
+//! - [`cli`]: the `rkv` command line, with RocksDB `ldb`'s syntax;
+//! - [`daemon`]: logging, signals, systemd notification, shared by the daemons.
+
+#![deny(missing_docs)]
+
+pub mod backup;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod db;
+pub mod error;
+pub mod glob;
+pub mod keys;
+pub mod master;
+pub mod resp;
+pub mod server;
+
+pub use error::{Error, Result};

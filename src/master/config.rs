@@ -1,0 +1,402 @@
+//! `rkv-master`'s flags (each also an `RKV_*` environment variable, so a
+//! systemd env file needs no parser), their validation, and the daemon's
+//! lifecycle: open, listen, announce, serve, back up, shut down.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use super::{Master, StepOutcome};
+use crate::backup::{BackupDir, Retention};
+use crate::daemon::{self, DaemonFile, LogFormat, Notifier, Signal};
+use crate::resp::Limits;
+use crate::server::{ListenAddr, Server, ServerConfig};
+
+const AFTER_HELP: &str = "\
+Every flag can also be set with the environment variable named in brackets.
+
+Example:
+  rkv-master --db /var/lib/rkv/master --backup-dir /srv/rkv-backups --interval 5s
+  redis-cli -p 6380 SET user:1 Alice
+
+Signals: SIGTERM/SIGINT stop (a final backup is taken if anything changed; a
+second signal exits at once), SIGUSR1 backs up now.";
+
+/// rkv-master: owns a RocksDB database, serves reads and writes over the
+/// Redis protocol, and backs it up incrementally into a backup directory
+/// that rkv-follower replicas restore from.
+#[derive(Debug, Parser)]
+#[command(name = "rkv-master", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct MasterArgs {
+    /// The database directory (created if missing).
+    #[arg(long, env = "RKV_DB", value_name = "DIR")]
+    pub db: PathBuf,
+
+    /// The backup directory followers read from; must not be inside the database.
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        env = "RKV_BACKUP_DIR",
+        value_name = "DIR"
+    )]
+    pub backup_dir: PathBuf,
+
+    /// How often to back up when the database changed; 0 turns the timer
+    /// off (backups then only on BGSAVE, SAVE, SIGUSR1 and exit).
+    #[arg(long, env = "RKV_INTERVAL", default_value = "10s", value_parser = daemon::parse_duration)]
+    pub interval: Duration,
+
+    /// Keep at least this many of the newest backups.
+    #[arg(long, env = "RKV_KEEP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+
+    /// Never purge a backup younger than this: give the slowest follower
+    /// time to finish restoring it.
+    #[arg(long = "keep-within", env = "RKV_KEEP_WITHIN", default_value = "1h", value_parser = daemon::parse_duration)]
+    pub keep_within: Duration,
+
+    /// Where to listen: HOST:PORT or unix:/path; repeat for several
+    /// (comma-separated in the environment variable).
+    #[arg(
+        long,
+        env = "RKV_LISTEN",
+        default_value = "127.0.0.1:6380",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<ListenAddr>,
+
+    /// Password clients must AUTH with. Prefer --password-file: a flag is
+    /// visible in the process list.
+    #[arg(
+        long,
+        env = "RKV_REQUIREPASS",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub requirepass: Option<String>,
+
+    /// File whose first line is the password clients must AUTH with.
+    #[arg(long = "password-file", env = "RKV_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Refuse a non-loopback --listen without a password (Redis's protected
+    /// mode); `no` allows it on a trusted network.
+    #[arg(long = "protected-mode", env = "RKV_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
+    pub protected_mode: bool,
+
+    /// The most clients connected at once; more get an error.
+    #[arg(
+        long = "max-clients",
+        env = "RKV_MAX_CLIENTS",
+        default_value_t = 10_000
+    )]
+    pub max_clients: usize,
+
+    /// The largest request accepted, in bytes (suffixes KiB, MiB, GiB);
+    /// larger ones get an error and the connection is closed.
+    #[arg(long = "max-request-bytes", env = "RKV_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = daemon::parse_size)]
+    pub max_request_bytes: usize,
+
+    /// fsync the write-ahead log before acknowledging each write (slower;
+    /// survives power loss, not just a process crash).
+    #[arg(long = "sync-writes", env = "RKV_SYNC_WRITES")]
+    pub sync_writes: bool,
+
+    /// Take a final backup at shutdown when the database changed.
+    #[arg(long = "backup-on-exit", env = "RKV_BACKUP_ON_EXIT", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
+    pub backup_on_exit: bool,
+
+    /// Log format.
+    #[arg(
+        long = "log-format",
+        env = "RKV_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Accepts yes/no, true/false, on/off, 1/0.
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is not yes or no")),
+    }
+}
+
+/// A validated master configuration.
+#[derive(Debug)]
+pub struct MasterConfig {
+    /// The database directory.
+    pub db: PathBuf,
+    /// The backup store.
+    pub backup_dir: PathBuf,
+    /// Backup timer; zero is off.
+    pub interval: Duration,
+    /// What to keep.
+    pub retention: Retention,
+    /// fsync every write.
+    pub sync_writes: bool,
+    /// Final backup at exit.
+    pub backup_on_exit: bool,
+    /// The RESP server.
+    pub server: ServerConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl MasterArgs {
+    /// Checks the flags together; the error is a sentence for the operator.
+    pub fn validate(self) -> Result<MasterConfig, String> {
+        let (db, backup_dir) = (daemon::resolve(&self.db), daemon::resolve(&self.backup_dir));
+        if backup_dir.starts_with(&db) {
+            return Err(format!(
+                "the backup directory {} is inside the database directory {}: backups must live \
+                 apart from the database (RocksDB owns every file in its directory). Choose a \
+                 --backup-dir outside it",
+                backup_dir.display(),
+                db.display()
+            ));
+        }
+        if db.starts_with(&backup_dir) {
+            return Err(format!(
+                "the database directory {} is inside the backup directory {}: the backup \
+                 directory holds only backups. Choose a --db outside it",
+                db.display(),
+                backup_dir.display()
+            ));
+        }
+        let password =
+            daemon::load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
+        daemon::check_protected_mode(&self.listen, password.is_some(), self.protected_mode)?;
+        if self.max_clients == 0 {
+            return Err("--max-clients must be at least 1".to_string());
+        }
+        Ok(MasterConfig {
+            db: self.db,
+            backup_dir: self.backup_dir,
+            interval: self.interval,
+            retention: Retention {
+                keep: self.keep as usize,
+                keep_within: self.keep_within,
+            },
+            sync_writes: self.sync_writes,
+            backup_on_exit: self.backup_on_exit,
+            server: ServerConfig {
+                listen: self.listen,
+                password,
+                max_clients: self.max_clients,
+                limits: Limits {
+                    max_request_bytes: self.max_request_bytes,
+                },
+            },
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// `rkv-master`'s entry point: returns the exit code (0 clean stop, 1 failure,
+/// 2 bad configuration).
+pub fn main() -> i32 {
+    let args = MasterArgs::parse();
+    let log_format = args.log_format;
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("rkv-master: error: {message}");
+            return 2;
+        }
+    };
+    daemon::init_logging(log_format);
+    match run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rkv-master: error: {e:#}");
+            if let Some(hint) = e
+                .downcast_ref::<crate::Error>()
+                .and_then(crate::Error::hint)
+            {
+                eprintln!("Try: {hint}");
+            }
+            1
+        }
+    }
+}
+
+/// Runs the master until SIGTERM/SIGINT.
+pub fn run(config: MasterConfig) -> anyhow::Result<()> {
+    let signals = daemon::watch_signals().context("install signal handlers")?;
+    let store = BackupDir::new(&config.backup_dir);
+    let master = Master::open(&config.db, store, config.retention, config.sync_writes)
+        .with_context(|| format!("open the database at {}", config.db.display()))?;
+    let master = Arc::new(master);
+    let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
+        .context("start the server")?;
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let daemon_file = DaemonFile {
+        pid: std::process::id(),
+        role: "master".into(),
+        listen: addrs.clone(),
+    };
+    if let Err(e) = daemon_file.write(&config.db) {
+        tracing::warn!(
+            "cannot write {} (rkv --db will not find this daemon): {e}",
+            DaemonFile::NAME
+        );
+    }
+    let backup_loop = master.start_loop(config.interval);
+    tracing::info!(
+        "rkv-master serving {} on {}; backups to {} every {}",
+        config.db.display(),
+        addrs.join(", "),
+        config.backup_dir.display(),
+        if config.interval.is_zero() {
+            "request only".to_string()
+        } else {
+            humantime::format_duration(config.interval).to_string()
+        }
+    );
+    let notifier = Notifier::from_env();
+    notifier.ready(&master.status_line());
+
+    let tick = notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut last_status = String::new();
+    loop {
+        match signals.recv_timeout(tick) {
+            Ok(Signal::Terminate) => break,
+            Ok(Signal::User1) => {
+                tracing::info!("SIGUSR1: backing up now");
+                master.request_backup();
+            }
+            Ok(Signal::Hangup) => {
+                tracing::info!("SIGHUP: nothing to reload; restart to change flags")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        notifier.watchdog();
+        let status = master.status_line();
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
+        }
+    }
+
+    tracing::info!("shutting down: no new clients; finishing requests in flight");
+    notifier.stopping();
+    server.shutdown(Duration::from_secs(10));
+    master.stop_loop();
+    let _ = backup_loop.join();
+    let mut result = Ok(());
+    if config.backup_on_exit {
+        match master.backup_step() {
+            StepOutcome::Unchanged => {
+                tracing::info!("no changes since the last backup; no final backup")
+            }
+            StepOutcome::Created(stats) => tracing::info!("final backup {} taken", stats.info.id),
+            StepOutcome::Failed(e) => result = Err(anyhow::anyhow!("the final backup failed: {e}")),
+        }
+    }
+    DaemonFile::remove(&config.db);
+    tracing::info!("stopped");
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        MasterArgs::command().debug_assert();
+    }
+
+    fn args(extra: &[&str]) -> MasterArgs {
+        let mut argv = vec![
+            "rkv-master",
+            "--db",
+            "/tmp/x/db",
+            "--backup-dir",
+            "/tmp/x/backups",
+        ];
+        argv.extend_from_slice(extra);
+        MasterArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let config = args(&[]).validate().unwrap();
+        assert_eq!(config.interval, Duration::from_secs(10));
+        assert_eq!(config.retention.keep, 20);
+        assert_eq!(config.retention.keep_within, Duration::from_secs(3600));
+        assert_eq!(
+            config.server.listen,
+            vec!["127.0.0.1:6380".parse::<ListenAddr>().unwrap()]
+        );
+        assert!(config.backup_on_exit && !config.sync_writes);
+    }
+
+    #[test]
+    fn rejects_bad_combinations() {
+        let inside = MasterArgs::try_parse_from([
+            "rkv-master",
+            "--db",
+            "/tmp/x/db",
+            "--backup-dir",
+            "/tmp/x/db/backups",
+        ])
+        .unwrap();
+        assert!(inside
+            .validate()
+            .unwrap_err()
+            .contains("inside the database directory"));
+        let same =
+            MasterArgs::try_parse_from(["rkv-master", "--db", "/tmp/x", "--backup-dir", "/tmp/x"])
+                .unwrap();
+        assert!(same.validate().is_err());
+        assert!(args(&["--listen", "0.0.0.0:6380"])
+            .validate()
+            .unwrap_err()
+            .contains("protected mode"));
+        assert!(
+            args(&["--listen", "0.0.0.0:6380", "--protected-mode", "no"])
+                .validate()
+                .is_ok()
+        );
+        assert!(args(&["--listen", "0.0.0.0:6380", "--requirepass", "pw"])
+            .validate()
+            .is_ok());
+        assert!(args(&["--password-file", "/nonexistent/pw"])
+            .validate()
+            .unwrap_err()
+            .contains("cannot read"));
+        assert!(MasterArgs::try_parse_from([
+            "rkv-master",
+            "--db",
+            "d",
+            "--backup-dir",
+            "b",
+            "--interval",
+            "soon"
+        ])
+        .is_err());
+        assert!(MasterArgs::try_parse_from([
+            "rkv-master",
+            "--db",
+            "d",
+            "--backup-dir",
+            "b",
+            "--keep",
+            "0"
+        ])
+        .is_err());
+    }
+}

@@ -1,0 +1,728 @@
+//! The commands: each request is checked against the command table (name,
+//! arity, whether it writes), authenticated, and mapped onto the daemon's
+//! [`Backend`]. Replies and errors are worded as Redis words them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rocksdb::WriteBatch;
+
+use super::{Backend, Connection, Shared};
+use crate::db::{Db, ScanRange};
+use crate::glob;
+use crate::resp::Reply;
+
+/// What the connection does after a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read the next request.
+    Continue,
+    /// Close the connection once the reply is written (`QUIT`).
+    Close,
+}
+
+/// One entry of the command table.
+struct Spec {
+    name: &'static str,
+    /// Redis's arity: `n` exactly n arguments (the name included), `-n` at least n.
+    arity: i64,
+    /// Redis's command flags, for `COMMAND`.
+    flags: &'static [&'static str],
+    /// Position of the first and last key, and the step between keys.
+    keys: (i64, i64, i64),
+}
+
+const WRITE: &[&str] = &["write"];
+const READ: &[&str] = &["readonly", "fast"];
+const ADMIN: &[&str] = &["admin"];
+const FAST: &[&str] = &["fast"];
+const AUTH_FREE: &[&str] = &["noauth", "fast"];
+
+/// The command table, sorted by name.
+const COMMANDS: &[Spec] = &[
+    Spec {
+        name: "auth",
+        arity: -2,
+        flags: AUTH_FREE,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "bgsave",
+        arity: -1,
+        flags: ADMIN,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "client",
+        arity: -2,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "command",
+        arity: -1,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "dbsize",
+        arity: 1,
+        flags: &["readonly"],
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "del",
+        arity: -2,
+        flags: WRITE,
+        keys: (1, -1, 1),
+    },
+    Spec {
+        name: "echo",
+        arity: 2,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "exists",
+        arity: -2,
+        flags: READ,
+        keys: (1, -1, 1),
+    },
+    Spec {
+        name: "get",
+        arity: 2,
+        flags: READ,
+        keys: (1, 1, 1),
+    },
+    Spec {
+        name: "info",
+        arity: -1,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "lastsave",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "mget",
+        arity: -2,
+        flags: READ,
+        keys: (1, -1, 1),
+    },
+    Spec {
+        name: "mset",
+        arity: -3,
+        flags: WRITE,
+        keys: (1, -1, 2),
+    },
+    Spec {
+        name: "ping",
+        arity: -1,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "quit",
+        arity: -1,
+        flags: AUTH_FREE,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "rkv.scan",
+        arity: 4,
+        flags: &["readonly"],
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "role",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "save",
+        arity: 1,
+        flags: ADMIN,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "scan",
+        arity: -2,
+        flags: &["readonly"],
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "select",
+        arity: 2,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "set",
+        arity: -3,
+        flags: WRITE,
+        keys: (1, 1, 1),
+    },
+    Spec {
+        name: "ttl",
+        arity: 2,
+        flags: READ,
+        keys: (1, 1, 1),
+    },
+    Spec {
+        name: "type",
+        arity: 2,
+        flags: READ,
+        keys: (1, 1, 1),
+    },
+];
+
+fn lookup(name: &str) -> Option<&'static Spec> {
+    COMMANDS
+        .binary_search_by(|spec| spec.name.cmp(name))
+        .ok()
+        .map(|i| &COMMANDS[i])
+}
+
+/// Executes one request.
+pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action) {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let Some(spec) = lookup(&name) else {
+        return (unknown_command(args), Action::Continue);
+    };
+    let argc = args.len() as i64;
+    if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
+        return (
+            Reply::error(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )),
+            Action::Continue,
+        );
+    }
+    if !conn.authenticated && !spec.flags.contains(&"noauth") {
+        return (
+            Reply::error("NOAUTH Authentication required."),
+            Action::Continue,
+        );
+    }
+    let backend = shared.backend.as_ref();
+    let reply = match name.as_str() {
+        "auth" => auth(args, conn, shared),
+        "quit" => return (Reply::ok(), Action::Close),
+        "ping" => match args.len() {
+            1 => Reply::Simple("PONG".into()),
+            2 => Reply::bulk(args[1].clone()),
+            _ => Reply::error("ERR wrong number of arguments for 'ping' command"),
+        },
+        "echo" => Reply::bulk(args[1].clone()),
+        "select" => match args[1].as_slice() {
+            b"0" => Reply::ok(),
+            _ => Reply::error("ERR DB index is out of range"),
+        },
+        "client" => client(args, conn),
+        "command" => command(args),
+        "info" => info(args, shared),
+        "role" => backend.role(),
+        "lastsave" => Reply::Integer(backend.lastsave()),
+        "bgsave" => backend.bgsave(),
+        "save" => backend.save(),
+        "get" | "mget" | "exists" | "type" | "ttl" | "dbsize" | "scan" | "rkv.scan" => {
+            match backend.reader() {
+                Ok(db) => read(&name, args, &db, shared).unwrap_or_else(storage_error),
+                Err(refusal) => refusal,
+            }
+        }
+        "set" | "mset" | "del" => match backend.writer() {
+            Ok(db) => write(&name, args, &db, backend).unwrap_or_else(storage_error),
+            Err(refusal) => refusal,
+        },
+        _ => unreachable!("every command in the table is dispatched"),
+    };
+    (reply, Action::Continue)
+}
+
+fn unknown_command(args: &[Vec<u8>]) -> Reply {
+    let mut text = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0])
+    );
+    for arg in args.iter().skip(1).take(20) {
+        text.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
+    }
+    Reply::error(text)
+}
+
+fn storage_error(e: crate::Error) -> Reply {
+    tracing::error!("{e}");
+    Reply::error(format!("ERR {e}"))
+}
+
+fn auth(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> Reply {
+    let Some(password) = &shared.config.password else {
+        return Reply::error(
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        );
+    };
+    // AUTH password, or AUTH default password (Redis 6 ACL form).
+    let given = match args.len() {
+        2 => &args[1],
+        3 if args[1].eq_ignore_ascii_case(b"default") => &args[2],
+        3 => &Vec::new(),
+        _ => return Reply::error("ERR syntax error"),
+    };
+    if constant_time_eq(given, password) {
+        conn.authenticated = true;
+        Reply::ok()
+    } else {
+        conn.authenticated = false;
+        Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
+    }
+}
+
+/// Compares without returning early, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn client(args: &[Vec<u8>], conn: &mut Connection) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("setname", 3) => {
+            conn.name = Some(args[2].clone());
+            Reply::ok()
+        }
+        ("getname", 2) => Reply::Bulk(conn.name.clone()),
+        ("id", 2) => Reply::Integer(conn.id as i64),
+        ("setinfo", 4) => Reply::ok(),
+        _ => Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
+        )),
+    }
+}
+
+fn command(args: &[Vec<u8>]) -> Reply {
+    let describe = |spec: &Spec| {
+        Reply::array(vec![
+            Reply::bulk(spec.name),
+            Reply::Integer(spec.arity),
+            Reply::array(
+                spec.flags
+                    .iter()
+                    .map(|f| Reply::Simple(f.to_string()))
+                    .collect(),
+            ),
+            Reply::Integer(spec.keys.0),
+            Reply::Integer(spec.keys.1),
+            Reply::Integer(spec.keys.2),
+        ])
+    };
+    let sub = args
+        .get(1)
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase());
+    match sub.as_deref() {
+        None => Reply::array(COMMANDS.iter().map(describe).collect()),
+        Some("count") => Reply::Integer(COMMANDS.len() as i64),
+        // redis-cli asks for documentation to show hints; it copes with none.
+        Some("docs") => Reply::array(Vec::new()),
+        Some("info") => Reply::array(
+            args[2..]
+                .iter()
+                .map(
+                    |name| match lookup(&String::from_utf8_lossy(name).to_ascii_lowercase()) {
+                        Some(spec) => describe(spec),
+                        None => Reply::Array(None),
+                    },
+                )
+                .collect(),
+        ),
+        Some(other) => Reply::error(format!(
+            "ERR unknown subcommand '{other}'. Try COMMAND HELP."
+        )),
+    }
+}
+
+fn info(args: &[Vec<u8>], shared: &Shared) -> Reply {
+    let wanted: Vec<String> = args[1..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
+    let mut sections = common_info(shared);
+    sections.extend(shared.backend.info_sections());
+    if let Ok(db) = shared.backend.reader() {
+        let keys = db.estimate_num_keys().unwrap_or(0);
+        sections.push((
+            "keyspace",
+            vec![("db0".into(), format!("keys={keys},expires=0,avg_ttl=0"))],
+        ));
+    }
+    let mut text = String::new();
+    for (name, fields) in sections {
+        if !all && !wanted.iter().any(|w| w == name) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        let mut title = name.to_string();
+        title[..1].make_ascii_uppercase();
+        text.push_str(&format!("# {title}\r\n"));
+        for (field, value) in fields {
+            text.push_str(&format!("{field}:{value}\r\n"));
+        }
+    }
+    Reply::bulk(text)
+}
+
+fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
+    let uptime = shared.started.elapsed().as_secs();
+    let stats = &shared.stats;
+    let port = shared
+        .config
+        .listen
+        .iter()
+        .find_map(|a| match a {
+            super::ListenAddr::Tcp(s) => Some(s.port()),
+            super::ListenAddr::Unix(_) => None,
+        })
+        .unwrap_or(0);
+    let kv = |k: &str, v: String| (k.to_string(), v);
+    vec![
+        (
+            "server",
+            vec![
+                // Clients read redis_version to pick features; rkv speaks the
+                // RESP2 subset of Redis 7 it implements.
+                kv("redis_version", "7.0.0".into()),
+                kv("rkv_version", env!("CARGO_PKG_VERSION").into()),
+                kv("redis_mode", "standalone".into()),
+                kv("role", shared.backend.role_name().into()),
+                kv("os", std::env::consts::OS.into()),
+                kv("arch_bits", (usize::BITS).to_string()),
+                kv("process_id", std::process::id().to_string()),
+                kv("tcp_port", port.to_string()),
+                kv("uptime_in_seconds", uptime.to_string()),
+                kv("uptime_in_days", (uptime / 86_400).to_string()),
+            ],
+        ),
+        (
+            "clients",
+            vec![
+                kv(
+                    "connected_clients",
+                    stats.connected_clients.load(Ordering::Relaxed).to_string(),
+                ),
+                kv("maxclients", shared.config.max_clients.to_string()),
+                kv("blocked_clients", "0".into()),
+            ],
+        ),
+        (
+            "stats",
+            vec![
+                kv(
+                    "total_connections_received",
+                    stats.total_connections.load(Ordering::Relaxed).to_string(),
+                ),
+                kv(
+                    "total_commands_processed",
+                    stats.total_commands.load(Ordering::Relaxed).to_string(),
+                ),
+                kv(
+                    "rejected_connections",
+                    stats
+                        .rejected_connections
+                        .load(Ordering::Relaxed)
+                        .to_string(),
+                ),
+            ],
+        ),
+    ]
+}
+
+fn read(name: &str, args: &[Vec<u8>], db: &Db, shared: &Shared) -> crate::Result<Reply> {
+    Ok(match name {
+        "get" => Reply::Bulk(db.get(&args[1])?),
+        "mget" => Reply::array(
+            args[1..]
+                .iter()
+                .map(|k| db.get(k).map(Reply::Bulk))
+                .collect::<crate::Result<_>>()?,
+        ),
+        "exists" => {
+            let mut count = 0;
+            for key in &args[1..] {
+                count += i64::from(db.get(key)?.is_some());
+            }
+            Reply::Integer(count)
+        }
+        "type" => Reply::Simple(
+            if db.get(&args[1])?.is_some() {
+                "string"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        // No key expires in rkv: -1 for a key, -2 for none.
+        "ttl" => Reply::Integer(if db.get(&args[1])?.is_some() { -1 } else { -2 }),
+        "dbsize" => {
+            let mut count = 0;
+            for entry in db.iter(&ScanRange::default()) {
+                entry?;
+                count += 1;
+            }
+            Reply::Integer(count)
+        }
+        "scan" => scan(args, db, &shared.cursors)?,
+        "rkv.scan" => range_scan(args, db)?,
+        _ => unreachable!("read commands only"),
+    })
+}
+
+fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply> {
+    Ok(match name {
+        "set" => return set(args, db, backend),
+        "mset" => {
+            if args.len().is_multiple_of(2) {
+                return Ok(Reply::error(
+                    "ERR wrong number of arguments for 'mset' command",
+                ));
+            }
+            let mut batch = WriteBatch::default();
+            for pair in args[1..].chunks(2) {
+                batch.put(&pair[0], &pair[1]);
+            }
+            db.write(batch)?;
+            Reply::ok()
+        }
+        "del" => {
+            // Counting needs the keys' presence and the delete to be atomic.
+            let _guard = backend
+                .write_lock()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut batch = WriteBatch::default();
+            let mut count = 0;
+            for key in &args[1..] {
+                if db.get(key)?.is_some() {
+                    count += 1;
+                    batch.delete(key);
+                }
+            }
+            if count > 0 {
+                db.write(batch)?;
+            }
+            Reply::Integer(count)
+        }
+        _ => unreachable!("write commands only"),
+    })
+}
+
+/// `SET key value [NX | XX] [GET]`; expiry options are refused, since rkv
+/// keys do not expire.
+fn set(args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply> {
+    let (key, value) = (&args[1], &args[2]);
+    let (mut nx, mut xx, mut get) = (false, false, false);
+    for option in &args[3..] {
+        match String::from_utf8_lossy(option).to_ascii_uppercase().as_str() {
+            "NX" if !xx => nx = true,
+            "XX" if !nx => xx = true,
+            "GET" => get = true,
+            "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => {
+                return Ok(Reply::error(
+                    "ERR rkv keys do not expire: SET options EX, PX, EXAT, PXAT and KEEPTTL are not supported",
+                ))
+            }
+            _ => return Ok(Reply::error("ERR syntax error")),
+        }
+    }
+    if !(nx || xx || get) {
+        db.put(key, value)?;
+        return Ok(Reply::ok());
+    }
+    let _guard = backend
+        .write_lock()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let old = db.get(key)?;
+    let apply = !(nx && old.is_some() || xx && old.is_none());
+    if apply {
+        db.put(key, value)?;
+    }
+    Ok(match (get, apply) {
+        (true, _) => Reply::Bulk(old),
+        (false, true) => Reply::ok(),
+        (false, false) => Reply::Bulk(None),
+    })
+}
+
+/// Open `SCAN` cursors: cursor id → the next key to examine. Bounded: the
+/// oldest cursors are forgotten first, and a forgotten cursor is an error,
+/// never a silent restart.
+#[derive(Default)]
+pub(crate) struct Cursors {
+    inner: Mutex<CursorTable>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct CursorTable {
+    keys: HashMap<u64, Vec<u8>>,
+    order: VecDeque<u64>,
+}
+
+impl Cursors {
+    /// The most cursors remembered at once.
+    const CAPACITY: usize = 16_384;
+
+    fn save(&self, next_key: Vec<u8>) -> u64 {
+        // Ids start above 0 (which means "start" and "done") and never repeat.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        table.keys.insert(id, next_key);
+        table.order.push_back(id);
+        while table.order.len() > Self::CAPACITY {
+            if let Some(old) = table.order.pop_front() {
+                table.keys.remove(&old);
+            }
+        }
+        id
+    }
+
+    fn load(&self, id: u64) -> Option<Vec<u8>> {
+        let table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        table.keys.get(&id).cloned()
+    }
+}
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: keys in key
+/// order; each call examines about COUNT keys.
+fn scan(args: &[Vec<u8>], db: &Db, cursors: &Cursors) -> crate::Result<Reply> {
+    let cursor: u64 = match std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(c) => c,
+        None => return Ok(Reply::error("ERR invalid cursor")),
+    };
+    let (mut pattern, mut count, mut only_strings) = (None, 10usize, true);
+    let mut options = args[2..].chunks(2);
+    for option in options.by_ref() {
+        let [name, value] = option else {
+            return Ok(Reply::error("ERR syntax error"));
+        };
+        match String::from_utf8_lossy(name).to_ascii_uppercase().as_str() {
+            "MATCH" => pattern = Some(value.clone()),
+            "COUNT" => match std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()) {
+                Some(n) if n >= 1 => count = n,
+                Some(_) => return Ok(Reply::error("ERR syntax error")),
+                None => return Ok(Reply::error("ERR value is not an integer or out of range")),
+            },
+            "TYPE" => only_strings = value.eq_ignore_ascii_case(b"string"),
+            _ => return Ok(Reply::error("ERR syntax error")),
+        }
+    }
+    let prefix = pattern
+        .as_deref()
+        .map(glob::literal_prefix)
+        .unwrap_or_default();
+    let start = if cursor == 0 {
+        prefix.clone()
+    } else {
+        match cursors.load(cursor) {
+            Some(key) => key,
+            None => return Ok(Reply::error("ERR invalid cursor")),
+        }
+    };
+    let range = ScanRange {
+        from: Some(start),
+        to: None,
+    };
+    let mut keys = Vec::new();
+    let mut next_cursor = 0;
+    for (examined, entry) in db.iter(&range).enumerate() {
+        let (key, _) = entry?;
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        if examined == count {
+            next_cursor = cursors.save(key);
+            break;
+        }
+        if only_strings && pattern.as_deref().is_none_or(|p| glob::matches(p, &key)) {
+            keys.push(Reply::bulk(key));
+        }
+    }
+    Ok(Reply::array(vec![
+        Reply::bulk(next_cursor.to_string()),
+        Reply::array(keys),
+    ]))
+}
+
+/// `RKV.SCAN from to count`: up to `count` entries with `from <= key < to`
+/// (an empty `to` means no upper bound), keys and values interleaved, and the
+/// key to continue from (nil when done). rkv's own command: ordered ranges
+/// are what `rkv scan --from --to` needs and Redis's SCAN cannot express.
+fn range_scan(args: &[Vec<u8>], db: &Db) -> crate::Result<Reply> {
+    let count: usize = match std::str::from_utf8(&args[3])
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(n) if n >= 1 => n,
+        _ => return Ok(Reply::error("ERR value is not an integer or out of range")),
+    };
+    let range = ScanRange {
+        from: Some(args[1].clone()),
+        to: (!args[2].is_empty()).then(|| args[2].clone()),
+    };
+    let mut entries = Vec::new();
+    let mut next = None;
+    for entry in db.iter(&range) {
+        let (key, value) = entry?;
+        if entries.len() == 2 * count {
+            next = Some(key);
+            break;
+        }
+        entries.push(Reply::bulk(key));
+        entries.push(Reply::bulk(value));
+    }
+    Ok(Reply::array(vec![Reply::Bulk(next), Reply::array(entries)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_table_is_sorted_for_lookup() {
+        assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(lookup("get").is_some() && lookup("nope").is_none());
+    }
+
+    #[test]
+    fn unknown_command_is_worded_as_redis_words_it() {
+        let reply = unknown_command(&[b"FOO".to_vec(), b"a".to_vec()]);
+        assert_eq!(
+            reply,
+            Reply::error("ERR unknown command 'FOO', with args beginning with: 'a' ")
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+    }
+}

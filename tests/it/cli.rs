@@ -1,0 +1,320 @@
+//! The `rkv` CLI in local mode: ldb's syntax and output, backups, and every
+//! error a user will hit, with its exit code and sentence.
+
+use crate::util::{backup_flag, db_flag, rkv, rkv_bin, Sandbox};
+
+#[test]
+fn put_backup_restore_get_with_binary_keys() {
+    let s = Sandbox::new();
+    let (db, backups, restored) = (s.path("db"), s.path("backups"), s.path("restored"));
+    let (db, backups, restored) = (db_flag(&db), backup_flag(&backups), db_flag(&restored));
+
+    assert_eq!(
+        rkv(&[
+            &db,
+            "--create_if_missing",
+            "--hex",
+            "put",
+            "0x00FF0A",
+            "0x0102"
+        ])
+        .ok(),
+        "OK\n"
+    );
+    assert_eq!(rkv(&[&db, "put", "user:1", "Alice"]).ok(), "OK\n");
+    let out = rkv(&[&db, "backup", &backups]).ok();
+    assert!(out.starts_with("OK: backup 1 created"), "{out}");
+
+    let out = rkv(&[&restored, "restore", &backups]).ok();
+    assert!(out.starts_with("OK: restored backup 1"), "{out}");
+    assert_eq!(
+        rkv(&[&restored, "--hex", "get", "0x00FF0A"]).ok(),
+        "0x0102\n"
+    );
+    assert_eq!(
+        rkv(&[&restored, "--key_hex", "get", "0x757365723A31"]).ok(),
+        "Alice\n"
+    );
+    assert_eq!(
+        rkv(&[&restored, "get", "user:1", "--value-hex"]).ok(),
+        "0x416C696365\n"
+    );
+}
+
+#[test]
+fn delete_and_get_missing_key() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    rkv(&[&db, "--create_if_missing", "put", "k", "v"]).ok();
+    assert_eq!(rkv(&[&db, "delete", "k"]).ok(), "OK\n");
+    rkv(&[&db, "get", "k"]).fails(1, &["key not found: k"]);
+    // Deleting an absent key is not an error, as in ldb.
+    assert_eq!(rkv(&[&db, "delete", "k"]).ok(), "OK\n");
+}
+
+#[test]
+fn scan_with_bounds_limit_and_hex() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")] {
+        rkv(&[&db, "--create_if_missing", "put", k, v]).ok();
+    }
+    assert_eq!(rkv(&[&db, "scan"]).ok(), "a : 1\nb : 2\nc : 3\nd : 4\n");
+    assert_eq!(
+        rkv(&[&db, "scan", "--from=b", "--to=d"]).ok(),
+        "b : 2\nc : 3\n"
+    );
+    assert_eq!(
+        rkv(&[&db, "scan", "--from=b", "--max_keys=1"]).ok(),
+        "b : 2\n"
+    );
+    assert_eq!(
+        rkv(&[&db, "scan", "--to=0x62", "--hex"]).ok(),
+        "0x61 : 0x31\n"
+    );
+    assert_eq!(
+        rkv(&[&db, "scan", "--from=0x63", "--key_hex"]).ok(),
+        "0x63 : 3\n0x64 : 4\n"
+    );
+}
+
+#[test]
+fn missing_db_without_create_if_missing() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("nope"));
+    rkv(&[&db, "put", "k", "v"]).fails(
+        1,
+        &["no database at", "nope", "Try: pass --create_if_missing"],
+    );
+    rkv(&[&db, "get", "k"]).fails(1, &["no database at"]);
+    assert!(
+        !s.path("nope").exists(),
+        "a failed put must not create the directory"
+    );
+}
+
+#[test]
+fn locked_db_is_reported_not_waited_on() {
+    let s = Sandbox::new();
+    let path = s.path("db");
+    // This test process holds the database open read-write, as a daemon would.
+    let held = rkv::db::Db::open(
+        &path,
+        rkv::db::OpenMode::ReadWrite {
+            create_if_missing: true,
+        },
+    )
+    .unwrap();
+    held.put(b"k", b"v").unwrap();
+    rkv(&[&db_flag(&path), "put", "k", "v2"]).fails(1, &["in use by another process"]);
+    let backups = s.path("backups");
+    rkv(&[&db_flag(&path), "backup", &backup_flag(&backups)])
+        .fails(1, &["in use by another process"]);
+    // Reads open the database read-only and need no lock.
+    assert_eq!(rkv(&[&db_flag(&path), "get", "k"]).ok(), "v\n");
+}
+
+#[test]
+fn bad_hex_is_a_usage_error() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    for bad in ["zz", "0x1", "0xZZ"] {
+        rkv(&[&db, "--create_if_missing", "--hex", "put", bad, "0x00"])
+            .fails(2, &["invalid hex string", "Try:"]);
+    }
+    rkv(&[
+        &db,
+        "--create_if_missing",
+        "--value_hex",
+        "put",
+        "k",
+        "nothex",
+    ])
+    .fails(2, &["must start with 0x"]);
+    assert!(
+        !s.path("db").exists(),
+        "bad input must be rejected before the database is touched"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    rkv(&["put", "k", "v"]).fails(2, &["--db=DIR"]);
+    rkv(&["--db=/x", "frobnicate"]).fails(2, &["unrecognized subcommand"]);
+    rkv(&["--db=/x", "get"]).fails(2, &["KEY"]);
+    rkv(&["backups"]).fails(2, &["--backup_dir"]);
+    let help = rkv(&["--help"]).ok();
+    for word in [
+        "put",
+        "get",
+        "delete",
+        "scan",
+        "backup",
+        "restore",
+        "backups",
+        "verify",
+        "Examples:",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    assert!(rkv(&["restore", "--help"]).ok().contains("--backup_id"));
+}
+
+#[test]
+fn backup_dir_errors() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    let missing = backup_flag(&s.path("missing"));
+    rkv(&[&db, "restore", &missing]).fails(1, &["no backup directory at", "missing"]);
+    rkv(&["backups", &missing]).fails(1, &["no backup directory at"]);
+    rkv(&["verify", &missing]).fails(1, &["no backup directory at"]);
+
+    std::fs::create_dir(s.path("empty")).unwrap();
+    let empty = backup_flag(&s.path("empty"));
+    rkv(&[&db, "restore", &empty]).fails(1, &["holds no backups", "Try:"]);
+    rkv(&["backups", &empty]).fails(1, &["holds no backups"]);
+    assert_eq!(
+        std::fs::read_dir(s.path("empty")).unwrap().count(),
+        0,
+        "reading wrote into the dir"
+    );
+
+    rkv(&[&db, "--create_if_missing", "put", "k", "v"]).ok();
+    let backups = backup_flag(&s.path("backups"));
+    rkv(&[&db, "backup", &backups]).ok();
+    let target = db_flag(&s.path("r"));
+    rkv(&[&target, "restore", &backups, "--backup_id=7"]).fails(
+        1,
+        &[
+            "backup 7 does not exist",
+            "Try: list the backups with `rkv backups",
+        ],
+    );
+    rkv(&["verify", &backups, "--backup-id=7"]).fails(1, &["backup 7 does not exist"]);
+}
+
+#[test]
+fn restore_into_a_db_in_use_is_refused() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    let backups = backup_flag(&s.path("backups"));
+    rkv(&[&db, "--create_if_missing", "put", "k", "v"]).ok();
+    rkv(&[&db, "backup", &backups]).ok();
+
+    // A separate process must hold the lock: POSIX record locks are per process.
+    let target = s.path("busy");
+    rkv(&[&db_flag(&target), "--create_if_missing", "put", "mine", "1"]).ok();
+    let mut holder = hold_lock(&target);
+    rkv(&[&db_flag(&target), "restore", &backups])
+        .fails(1, &["in use by another process", "restore into another"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(
+        rkv(&[&db_flag(&target), "get", "mine"]).ok(),
+        "1\n",
+        "the busy database was touched"
+    );
+}
+
+#[test]
+fn backups_table_and_verify() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    let backups = backup_flag(&s.path("backups"));
+    rkv(&[&db, "--create_if_missing", "put", "k1", "v"]).ok();
+    rkv(&[&db, "backup", &backups]).ok();
+    rkv(&[&db, "put", "k2", "v"]).ok();
+    rkv(&[&db, "backup", &backups]).ok();
+
+    let table = rkv(&["backups", &backups]).ok();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    for column in ["ID", "CREATED (UTC)", "AGE", "SIZE", "FILES", "SEQ"] {
+        assert!(lines[0].contains(column), "{table}");
+    }
+    assert!(lines[1].trim_start().starts_with('1') && lines[2].trim_start().starts_with('2'));
+    assert!(
+        lines[2].ends_with(" 2"),
+        "seq of backup 2 should be 2:\n{table}"
+    );
+    assert!(lines[2].contains('Z'), "creation time in UTC:\n{table}");
+
+    let out = rkv(&["verify", &backups]).ok();
+    assert!(out.starts_with("OK: backup 2 verified"), "{out}");
+    rkv(&["verify", &backups, "--backup_id=1"]).ok();
+
+    // Flip a byte in a file only backup 2 holds: verify names it and fails.
+    let private = s.path("backups/private/2");
+    let manifest = std::fs::read_dir(&private)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&manifest, bytes).unwrap();
+    rkv(&["verify", &backups]).fails(1, &["backup 2 is corrupt", "MANIFEST", "Try:"]);
+    rkv(&["verify", &backups, "--backup_id=1"]).ok();
+}
+
+#[test]
+fn an_ldb_script_runs_unchanged() {
+    let s = Sandbox::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/ldb_seed.sh");
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .arg(s.root())
+        .env("LDB", rkv_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.ends_with("Alice\nBob\n"), "{stdout}");
+}
+
+/// Starts a process that holds the RocksDB lock of `db` until killed: a
+/// second `rkv` can only see the lock from another process.
+fn hold_lock(db: &std::path::Path) -> std::process::Child {
+    // `rkv` has no long-running local command yet, so the holder is a copy of
+    // this test binary running the ignored `lock_holder` test below.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "cli::lock_holder", "--nocapture"])
+        .env("RKV_TEST_HOLD_DB", db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !line.contains("HOLDING") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        assert!(n > 0, "lock holder exited early");
+    }
+    child
+}
+
+#[test]
+#[ignore = "helper process for restore_into_a_db_in_use_is_refused"]
+fn lock_holder() {
+    let Some(path) = std::env::var_os("RKV_TEST_HOLD_DB") else {
+        return;
+    };
+    let _db = rkv::db::Db::open(
+        path.as_ref(),
+        rkv::db::OpenMode::ReadWrite {
+            create_if_missing: false,
+        },
+    )
+    .unwrap();
+    println!("HOLDING");
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}

@@ -1,0 +1,6 @@
+//! Process-level tests: they start the real binaries on temp dirs and check
+//! what a user sees (output, exit codes, error sentences).
+
+mod cli;
+mod master;
+mod util;

@@ -1,0 +1,447 @@
+//! rkv-master as a process: writes over RESP and through `rkv`, the backup
+//! loop, retention, signals, pipelining, malformed input, protected mode.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use rkv::backup::{BackupDir, BackupStore};
+use rkv::resp::Reply;
+
+use crate::util::{backup_flag, db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
+
+const GENEROUS: Duration = Duration::from_secs(30);
+
+fn backups(s: &Sandbox) -> Vec<rkv::backup::BackupInfo> {
+    BackupDir::new(s.path("backups")).list().unwrap_or_default()
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::bulk(s.as_bytes().to_vec())
+}
+
+#[test]
+fn writes_over_resp_and_rkv_and_a_backup_follows_each_change() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "1s"]);
+    let mut c = master.client();
+    assert_eq!(c.call(&[b"SET", b"user:1", b"Alice"]).unwrap(), Reply::ok());
+    assert_eq!(c.call(&[b"GET", b"user:1"]).unwrap(), bulk("Alice"));
+    let connect = format!("--connect={}", master.addr);
+    assert_eq!(rkv(&[&connect, "put", "user:2", "Bob"]).ok(), "OK\n");
+    assert_eq!(rkv(&[&connect, "get", "user:1"]).ok(), "Alice\n");
+    assert_eq!(c.call(&[b"GET", b"user:2"]).unwrap(), bulk("Bob"));
+
+    wait_until(GENEROUS, "a backup after the writes", || {
+        !backups(&s).is_empty()
+    });
+    wait_until(GENEROUS, "the backup to cover both writes", || {
+        backups(&s)
+            .last()
+            .and_then(|b| b.metadata.clone())
+            .is_some_and(|m| m.seq == 2)
+    });
+    let count = backups(&s).len();
+    // Two quiet intervals: no empty backups.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        backups(&s).len(),
+        count,
+        "a backup was taken although nothing changed"
+    );
+
+    c.call(&[b"DEL", b"user:2"]).unwrap();
+    wait_until(GENEROUS, "a backup after the delete", || {
+        backups(&s).len() == count + 1
+    });
+    let meta = backups(&s).last().unwrap().metadata.clone().unwrap();
+    assert_eq!(meta.seq, 3);
+    assert!(meta
+        .master
+        .ends_with(&s.path("db").canonicalize().unwrap().display().to_string()));
+    assert_eq!(master.stop(), Some(0));
+}
+
+#[test]
+fn retention_keeps_what_it_promises() {
+    let s = Sandbox::new();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &["--interval", "0", "--keep", "2", "--keep-within", "0"],
+    );
+    let mut c = master.client();
+    for i in 0..5 {
+        c.call(&[b"SET", format!("k{i}").as_bytes(), b"v"]).unwrap();
+        assert_eq!(c.call(&[b"SAVE"]).unwrap(), Reply::ok());
+    }
+    let ids: Vec<u32> = backups(&s).iter().map(|b| b.id).collect();
+    assert_eq!(ids, [4, 5]);
+    drop(master);
+
+    // --keep-within protects young backups beyond --keep.
+    let s = Sandbox::new();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &["--interval", "0", "--keep", "1", "--keep-within", "1h"],
+    );
+    let mut c = master.client();
+    for i in 0..3 {
+        c.call(&[b"SET", format!("k{i}").as_bytes(), b"v"]).unwrap();
+        c.call(&[b"SAVE"]).unwrap();
+    }
+    assert_eq!(backups(&s).len(), 3);
+}
+
+#[test]
+fn sigterm_takes_a_final_backup_with_the_last_acknowledged_write() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "1h"]);
+    let mut c = master.client();
+    for i in 0..100 {
+        c.call(&[b"SET", format!("k{i}").as_bytes(), b"v"]).unwrap();
+    }
+    assert_eq!(c.call(&[b"SET", b"last", b"write"]).unwrap(), Reply::ok());
+    assert_eq!(master.stop(), Some(0));
+
+    let restored = s.path("restored");
+    rkv(&[
+        &db_flag(&restored),
+        "restore",
+        &backup_flag(&s.path("backups")),
+    ])
+    .ok();
+    assert_eq!(rkv(&[&db_flag(&restored), "get", "last"]).ok(), "write\n");
+    assert!(
+        !s.path("db").join(rkv::daemon::DaemonFile::NAME).exists(),
+        "daemon file left behind"
+    );
+}
+
+#[test]
+fn sigusr1_and_bgsave_back_up_at_once() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "1h"]);
+    let mut c = master.client();
+    // The first write after start: no backup until asked (the start-up
+    // backup found an empty database).
+    c.call(&[b"SET", b"a", b"1"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(backups(&s).is_empty());
+    master.signal(libc::SIGUSR1);
+    wait_until(GENEROUS, "a backup after SIGUSR1", || {
+        backups(&s).len() == 1
+    });
+
+    c.call(&[b"SET", b"b", b"2"]).unwrap();
+    let reply = c.call(&[b"BGSAVE"]).unwrap();
+    assert!(
+        matches!(&reply, Reply::Simple(s) if s.starts_with("Background saving")),
+        "{reply:?}"
+    );
+    wait_until(GENEROUS, "a backup after BGSAVE", || backups(&s).len() == 2);
+    let Reply::Integer(lastsave) = c.call(&[b"LASTSAVE"]).unwrap() else {
+        panic!()
+    };
+    assert!(lastsave > 1_700_000_000);
+    let Reply::Bulk(Some(info)) = c.call(&[b"INFO", b"persistence"]).unwrap() else {
+        panic!()
+    };
+    let info = String::from_utf8(info).unwrap();
+    assert!(info.contains("rkv_backups_done:2"), "{info}");
+    assert!(info.contains("rkv_last_backup_id:2"), "{info}");
+}
+
+#[test]
+fn pipelined_sets_are_answered_in_order() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let mut wire = Vec::new();
+    for i in 0..1000 {
+        // SET … GET returns the previous value: the replies prove the order.
+        let value = i.to_string();
+        Reply::array(vec![
+            bulk("SET"),
+            bulk("counter"),
+            bulk(&value),
+            bulk("GET"),
+        ])
+        .encode(&mut wire);
+    }
+    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
+    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    stream.write_all(&wire).unwrap();
+    let mut expected = b"$-1\r\n".to_vec();
+    for i in 0..999 {
+        Reply::bulk(i.to_string().into_bytes()).encode(&mut expected);
+    }
+    let mut got = vec![0u8; expected.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[test]
+fn malformed_requests_get_an_error_and_others_carry_on() {
+    let s = Sandbox::new();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &["--max-request-bytes", "1MiB"],
+    );
+    let mut bystander = master.client();
+    bystander.call(&[b"SET", b"k", b"v"]).unwrap();
+    for (wire, error) in [
+        (
+            &b"*x\r\n"[..],
+            "-ERR Protocol error: invalid multibulk length",
+        ),
+        (b"*1\r\n$-5\r\n", "-ERR Protocol error: invalid bulk length"),
+        (
+            b"*1\r\n$99999999999\r\n",
+            "-ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"*2\r\n$3\r\nSET\r\n$2000000\r\n",
+            "-ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"$3\r\nGET\r\n",
+            "-ERR Protocol error: expected '*', got '$'",
+        ),
+        (
+            b"*1\r\n:1\r\n",
+            "-ERR Protocol error: expected '$', got ':'",
+        ),
+    ] {
+        let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
+        stream.set_read_timeout(Some(GENEROUS)).unwrap();
+        stream.write_all(wire).unwrap();
+        let mut reply = String::new();
+        // The server answers, then closes: read to EOF.
+        stream.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with(error), "{wire:?}: {reply:?}");
+        assert_eq!(bystander.call(&[b"GET", b"k"]).unwrap(), bulk("v"));
+    }
+    // An oversized request made of many arguments is refused too.
+    let big = vec![b'x'; 600 * 1024];
+    let mut c = master.client();
+    let err = c.call(&[b"MSET", b"a", &big, b"b", &big]).unwrap_err();
+    assert!(err.to_string().contains("max-request-bytes"), "{err}");
+    assert_eq!(
+        bystander.call(&[b"PING"]).unwrap(),
+        Reply::Simple("PONG".into())
+    );
+}
+
+#[test]
+fn redis_wording_for_bad_commands_auth_and_client_cap() {
+    let s = Sandbox::new();
+    let pw = s.path("pw");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    let pw_flag = pw.display().to_string();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &["--password-file", &pw_flag, "--max-clients", "3"],
+    );
+    let mut c = master.client();
+    assert_eq!(
+        c.call_raw(&[b"GET", b"k"]).unwrap(),
+        Reply::error("NOAUTH Authentication required.")
+    );
+    assert!(
+        matches!(c.call_raw(&[b"AUTH", b"nope"]).unwrap(), Reply::Error(e) if e.starts_with("WRONGPASS"))
+    );
+    assert_eq!(c.call(&[b"AUTH", b"hunter2"]).unwrap(), Reply::ok());
+    assert_eq!(
+        c.call_raw(&[b"GET"]).unwrap(),
+        Reply::error("ERR wrong number of arguments for 'get' command")
+    );
+    assert!(
+        matches!(c.call_raw(&[b"FLY", b"away"]).unwrap(), Reply::Error(e) if e.starts_with("ERR unknown command 'FLY'"))
+    );
+    assert!(matches!(
+        c.call_raw(&[b"SET", b"k", b"v", b"EX", b"10"]).unwrap(),
+        Reply::Error(_)
+    ));
+
+    // The CLI needs the password too, and says so.
+    let connect = format!("--connect={}", master.addr);
+    rkv(&[&connect, "get", "k"]).fails(1, &["NOAUTH", "Try: pass the daemon's password"]);
+    rkv(&[
+        &connect,
+        &format!("--password_file={pw_flag}"),
+        "put",
+        "k",
+        "v",
+    ])
+    .ok();
+
+    // The cap: three clients are allowed, the fourth is told why.
+    let _b = master.client();
+    let _c = master.client();
+    let mut extra = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
+    extra.set_read_timeout(Some(GENEROUS)).unwrap();
+    let mut reply = String::new();
+    extra.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "-ERR max number of clients reached\r\n");
+    assert_eq!(c.call(&[b"GET", b"k"]).unwrap(), bulk("v"));
+}
+
+#[test]
+fn scan_walks_every_key_once_with_match_and_count() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let mut c = master.client();
+    for i in 0..57 {
+        c.call(&[b"SET", format!("user:{i:03}").as_bytes(), b"x"])
+            .unwrap();
+        c.call(&[b"SET", format!("item:{i:03}").as_bytes(), b"x"])
+            .unwrap();
+    }
+    let mut cursor = b"0".to_vec();
+    let mut seen = Vec::new();
+    loop {
+        let reply = c
+            .call(&[b"SCAN", &cursor, b"MATCH", b"user:*", b"COUNT", b"10"])
+            .unwrap();
+        let Reply::Array(Some(parts)) = reply else {
+            panic!()
+        };
+        let [Reply::Bulk(Some(next)), Reply::Array(Some(keys))] = parts.as_slice() else {
+            panic!()
+        };
+        seen.extend(keys.iter().cloned());
+        cursor = next.clone();
+        if cursor == b"0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 57);
+    assert_eq!(c.call(&[b"DBSIZE"]).unwrap(), Reply::Integer(114));
+    assert_eq!(
+        c.call_raw(&[b"SCAN", b"12345678"]).unwrap(),
+        Reply::error("ERR invalid cursor")
+    );
+    let connect = format!("--connect={}", master.addr);
+    let out = rkv(&[&connect, "scan", "--from=user:010", "--to=user:013"]).ok();
+    assert_eq!(out, "user:010 : x\nuser:011 : x\nuser:012 : x\n");
+}
+
+#[test]
+fn protected_mode_and_bad_flags_are_refused_with_exit_2() {
+    let s = Sandbox::new();
+    let (db, b) = (
+        s.path("db").display().to_string(),
+        s.path("backups").display().to_string(),
+    );
+    let master = env!("CARGO_BIN_EXE_rkv-master");
+    let out = run_bin(
+        master,
+        &["--db", &db, "--backup-dir", &b, "--listen", "0.0.0.0:0"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("protected mode"));
+
+    let inside = s.path("db/backups").display().to_string();
+    let out = run_bin(master, &["--db", &db, "--backup-dir", &inside]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the database directory"));
+
+    let out = run_bin(
+        master,
+        &[
+            "--db",
+            &db,
+            "--backup-dir",
+            &b,
+            "--password-file",
+            "/nonexistent",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the password file"));
+    assert!(
+        !s.path("db").exists(),
+        "a refused start must not create the database"
+    );
+}
+
+#[test]
+fn a_second_master_on_the_same_db_is_refused() {
+    let s = Sandbox::new();
+    let _first = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_rkv-master"),
+        &[
+            "--db",
+            &s.path("db").display().to_string(),
+            "--backup-dir",
+            &s.path("b2").display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+}
+
+#[test]
+fn rkv_with_db_routes_through_the_running_master() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let db = db_flag(&s.path("db"));
+    assert_eq!(rkv(&[&db, "put", "routed", "yes"]).ok(), "OK\n");
+    assert_eq!(
+        master.client().call(&[b"GET", b"routed"]).unwrap(),
+        bulk("yes")
+    );
+    assert_eq!(rkv(&[&db, "get", "routed"]).ok(), "yes\n");
+    assert_eq!(rkv(&[&db, "scan"]).ok(), "routed : yes\n");
+    let out = rkv(&[&db, "backup", &backup_flag(&s.path("backups"))]).ok();
+    assert!(out.starts_with("OK: backup 1"), "{out}");
+    rkv(&[&db, "backup", &backup_flag(&s.path("elsewhere"))]).fails(2, &["backs up to"]);
+    let info = rkv(&[&db, "info", "replication"]).ok();
+    assert!(info.contains("role:master"), "{info}");
+}
+
+#[test]
+fn redis_cli_works_against_the_master() {
+    let Ok(status) = std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+    else {
+        panic!("redis-cli is missing: install redis-tools (scripts/test.sh does)");
+    };
+    assert!(status.status.success());
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let rkv::server::ListenAddr::Tcp(addr) = &master.addr else {
+        unreachable!()
+    };
+    let port = addr.port().to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port];
+        all.extend_from_slice(args);
+        let out = run_bin("redis-cli", &all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cli(&["SET", "user:1", "Alice"]), "OK\n");
+    assert_eq!(cli(&["SET", "user:2", "Bob"]), "OK\n");
+    assert_eq!(cli(&["GET", "user:1"]), "Alice\n");
+    assert!(cli(&["INFO"]).contains("role:master"));
+    let mut keys: Vec<String> = cli(&["--scan", "--pattern", "user:*"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["user:1", "user:2"]);
+}

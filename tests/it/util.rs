@@ -1,0 +1,257 @@
+//! Helpers for process-level tests: temp dirs, and a command wrapper that
+//! asserts exit codes and returns output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The path of the built `rkv` binary.
+pub fn rkv_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rkv"))
+}
+
+/// A temp dir that lives as long as the test.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("rkv-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A path inside the sandbox (not created).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Runs `rkv` with `args`.
+pub fn rkv(args: &[&str]) -> Run {
+    let output = Command::new(rkv_bin())
+        .args(args)
+        .env_remove("RKV_LOG")
+        .output()
+        .expect("run rkv");
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
+}
+
+/// The outcome of one command.
+pub struct Run {
+    args: Vec<String>,
+    output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> String {
+        assert!(
+            self.output.status.success(),
+            "rkv {:?} failed ({}):\nstdout: {}\nstderr: {}",
+            self.args,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    /// Asserts exit code `code` and a stderr containing each of `needles`;
+    /// returns stderr.
+    #[track_caller]
+    pub fn fails(&self, code: i32, needles: &[&str]) -> String {
+        let stderr = self.stderr();
+        assert_eq!(
+            self.output.status.code(),
+            Some(code),
+            "rkv {:?}: wrong exit code\nstdout: {}\nstderr: {stderr}",
+            self.args,
+            self.stdout()
+        );
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "rkv {:?}: stderr lacks {needle:?}:\n{stderr}",
+                self.args
+            );
+        }
+        assert!(
+            !stderr.contains("panicked"),
+            "rkv {:?} panicked:\n{stderr}",
+            self.args
+        );
+        stderr
+    }
+}
+
+/// `--db=<path>`.
+pub fn db_flag(path: &Path) -> String {
+    format!("--db={}", path.display())
+}
+
+/// `--backup_dir=<path>`.
+pub fn backup_flag(path: &Path) -> String {
+    format!("--backup_dir={}", path.display())
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 50 ms until it holds; panics after `timeout`.
+#[track_caller]
+pub fn wait_until(timeout: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A daemon started for a test; killed when dropped.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    pub addr: rkv::server::ListenAddr,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `rkv-master` on `db` and `backups` with `extra` flags, on a free
+    /// loopback port, and waits until it answers PING.
+    pub fn master(db: &Path, backups: &Path, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--db".into(),
+            db.display().to_string(),
+            "--backup-dir".into(),
+            backups.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Daemon::start(
+            env!("CARGO_BIN_EXE_rkv-master"),
+            &args,
+            format!("127.0.0.1:{port}"),
+            db.with_extension("log"),
+        )
+    }
+
+    fn start(bin: &str, args: &[String], addr: String, log: PathBuf) -> Daemon {
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .env("RKV_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon {
+            child: Some(child),
+            addr: addr.parse().unwrap(),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = rkv::client::Client::connect(&daemon.addr, None) {
+                if client.call_raw(&[b"PING"]).is_ok() {
+                    return daemon;
+                }
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({status}):\n{}", daemon.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> rkv::client::Client {
+        rkv::client::Client::connect(&self.addr, None).unwrap()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// Waits (up to a minute) for the daemon to exit by itself.
+    pub fn wait(&mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a binary with args and returns its output.
+pub fn run_bin(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().unwrap()
+}
