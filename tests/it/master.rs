@@ -445,3 +445,22 @@ fn redis_cli_works_against_the_master() {
     keys.sort();
     assert_eq!(keys, ["user:1", "user:2"]);
 }
+
+#[test]
+fn data_no_backup_holds_is_backed_up_soon_after_start() {
+    let s = Sandbox::new();
+    let quiet = ["--interval", "1h", "--backup-on-exit", "no"];
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &quiet);
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    assert_eq!(master.stop(), Some(0));
+    assert!(backups(&s).is_empty(), "--backup-on-exit no still took a backup");
+
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &quiet);
+    wait_until(GENEROUS, "a backup soon after start", || backups(&s).len() == 1);
+    assert_eq!(master.stop(), Some(0));
+    // Nothing changed since: a restart takes no second backup.
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &quiet);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(master.stop(), Some(0));
+    assert_eq!(backups(&s).len(), 1);
+}
