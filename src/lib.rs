@@ -7,6 +7,7 @@
 //! - [`db`]: opening a RocksDB database and the key/value operations on it;
 //! - [`backup`]: the backup directory (create, list, verify, restore, purge);
 //! - [`master`]: the write-side daemon (backup loop, lifecycle);
+//! - [`follower`]: the read-only replica (watch, apply, generations, lag);
 //! - [`server`]: the RESP server both daemons share, and its commands;
 //! - [`resp`]: the Redis protocol's framing;
 //! - [`cli`]: the `rkv` command line, with RocksDB `ldb`'s syntax;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod daemon;
 pub mod db;
 pub mod error;
+pub mod follower;
 pub mod glob;
 pub mod keys;
 pub mod master;

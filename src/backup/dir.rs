@@ -33,12 +33,24 @@ const SHARED_DIR: &str = "shared_checksum";
 #[derive(Debug, Clone)]
 pub struct BackupDir {
     path: PathBuf,
+    /// Bytes per second a restore may copy; 0 is unlimited.
+    restore_rate_limit: u64,
 }
 
 impl BackupDir {
     /// A store at `path`; nothing is touched until a method is called.
     pub fn new(path: impl Into<PathBuf>) -> BackupDir {
-        BackupDir { path: path.into() }
+        BackupDir {
+            path: path.into(),
+            restore_rate_limit: 0,
+        }
+    }
+
+    /// Caps how fast restores copy, in bytes per second (0: no cap), so a
+    /// follower catching up does not starve its readers of disk bandwidth.
+    pub fn with_restore_rate_limit(mut self, bytes_per_second: u64) -> BackupDir {
+        self.restore_rate_limit = bytes_per_second;
+        self
     }
 
     /// The directory.
@@ -88,6 +100,9 @@ impl BackupDir {
         options.set_share_files_with_checksum(true);
         options.set_share_files_with_checksum_naming(ShareFilesNaming::DEFAULT);
         options.set_sync(true);
+        if self.restore_rate_limit > 0 {
+            options.set_restore_rate_limit(self.restore_rate_limit);
+        }
         let env = Env::new().map_err(|e| Error::rocksdb(context(), e))?;
         BackupEngine::open(&options, &env).map_err(|e| Error::rocksdb(context(), e))
     }

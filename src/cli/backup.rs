@@ -41,6 +41,12 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             backup_id,
         } => {
             let db_path = cli.require_db("restore")?;
+            if crate::follower::generations::DataDir::is_data_dir(db_path) {
+                return Err(CliError::Usage(format!(
+                    "{} is an rkv-follower data directory; restore into another directory",
+                    db_path.display()
+                )));
+            }
             let store = BackupDir::new(backup_dir);
             let stats = store.restore(*backup_id, db_path, RestoreMode::Full)?;
             emit(

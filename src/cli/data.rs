@@ -1,8 +1,11 @@
 //! `rkv put | get | delete | scan`: the key/value commands, on a database
 //! directory opened directly.
 
+use std::path::Path;
+
 use super::{emit, Cli, CliError, Command};
 use crate::db::{Db, OpenMode, ScanRange};
+use crate::follower::generations::DataDir;
 
 /// Runs one of the key/value commands.
 pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
@@ -23,7 +26,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
         }
         Command::Get { key } => {
             let raw = keys.decode(key)?;
-            let db = Db::open(cli.require_db("get")?, OpenMode::ReadOnly)?;
+            let db = open_for_reading(cli.require_db("get")?)?;
             match db.get(&raw)? {
                 Some(value) => emit(out, &values.encode(&value)),
                 None => Err(CliError::KeyNotFound(key.clone())),
@@ -34,7 +37,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 from: from.as_deref().map(|k| keys.decode(k)).transpose()?,
                 to: to.as_deref().map(|k| keys.decode(k)).transpose()?,
             };
-            let db = Db::open(cli.require_db("scan")?, OpenMode::ReadOnly)?;
+            let db = open_for_reading(cli.require_db("scan")?)?;
             for (count, entry) in db.iter(&range).enumerate() {
                 if max_keys.is_some_and(|max| count >= max) {
                     break;
@@ -52,8 +55,27 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
 }
 
 fn open_for_writing(cli: &Cli, command: &str) -> Result<Db, CliError> {
+    let path = cli.require_db(command)?;
+    if DataDir::is_data_dir(path) {
+        return Err(CliError::FollowerDataDir(path.to_path_buf()));
+    }
     let mode = OpenMode::ReadWrite {
         create_if_missing: cli.create_if_missing,
     };
-    Ok(Db::open(cli.require_db(command)?, mode)?)
+    Ok(Db::open(path, mode)?)
+}
+
+/// Opens a database directory read-only; for a follower's data directory,
+/// the generation its `current` names.
+pub(super) fn open_for_reading(path: &Path) -> Result<Db, CliError> {
+    if DataDir::is_data_dir(path) {
+        let Some((_, generation)) = DataDir::unlocked(path).current() else {
+            return Err(crate::Error::DbNotFound {
+                path: path.join("current"),
+            }
+            .into());
+        };
+        return Ok(Db::open(&generation, OpenMode::ReadOnly)?);
+    }
+    Ok(Db::open(path, OpenMode::ReadOnly)?)
 }

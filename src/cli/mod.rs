@@ -234,6 +234,9 @@ pub enum CliError {
     /// The key asked for is not in the database (exit 1).
     #[error("key not found: {0}")]
     KeyNotFound(String),
+    /// A write was asked of a follower's data directory (exit 1).
+    #[error("{} is an rkv-follower data directory, which is read-only", .0.display())]
+    FollowerDataDir(PathBuf),
     /// The library failed (exit 1).
     #[error(transparent)]
     Lib(#[from] Error),
@@ -246,7 +249,10 @@ impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_) | CliError::Lib(Error::InvalidHex { .. }) => ExitCode::Usage,
-            CliError::KeyNotFound(_) | CliError::Lib(_) | CliError::Remote(_) => ExitCode::Failed,
+            CliError::KeyNotFound(_)
+            | CliError::FollowerDataDir(_)
+            | CliError::Lib(_)
+            | CliError::Remote(_) => ExitCode::Failed,
         }
     }
 
@@ -254,6 +260,9 @@ impl CliError {
         match self {
             CliError::Usage(_) => Some("see `rkv --help`".to_string()),
             CliError::KeyNotFound(_) => None,
+            CliError::FollowerDataDir(_) => Some(
+                "write to the master instead: rkv --connect=MASTER_ADDR put KEY VALUE".to_string(),
+            ),
             CliError::Lib(e) => e.hint(),
             CliError::Remote(ClientError::Io { .. }) => Some(
                 "check that the daemon is running and the address (--connect, or the daemon's \

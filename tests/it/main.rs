@@ -2,5 +2,6 @@
 //! what a user sees (output, exit codes, error sentences).
 
 mod cli;
+mod follower;
 mod master;
 mod util;

@@ -453,10 +453,15 @@ fn data_no_backup_holds_is_backed_up_soon_after_start() {
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &quiet);
     master.client().call(&[b"SET", b"k", b"v"]).unwrap();
     assert_eq!(master.stop(), Some(0));
-    assert!(backups(&s).is_empty(), "--backup-on-exit no still took a backup");
+    assert!(
+        backups(&s).is_empty(),
+        "--backup-on-exit no still took a backup"
+    );
 
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &quiet);
-    wait_until(GENEROUS, "a backup soon after start", || backups(&s).len() == 1);
+    wait_until(GENEROUS, "a backup soon after start", || {
+        backups(&s).len() == 1
+    });
     assert_eq!(master.stop(), Some(0));
     // Nothing changed since: a restart takes no second backup.
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &quiet);

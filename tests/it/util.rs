@@ -165,6 +165,53 @@ impl Daemon {
         )
     }
 
+    /// Starts `rkv-follower` of `backups` in `data` with `extra` flags, on a
+    /// free loopback port, and waits until it answers PING.
+    pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--backup-dir".into(),
+            backups.display().to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = data.with_extension(format!("{}.log", std::process::id()));
+        Daemon::start(
+            env!("CARGO_BIN_EXE_rkv-follower"),
+            &args,
+            format!("127.0.0.1:{port}"),
+            log,
+        )
+    }
+
+    /// One `field:value` of `INFO`, if present.
+    pub fn info(&self, field: &str) -> Option<String> {
+        let mut client = rkv::client::Client::connect(&self.addr, None).ok()?;
+        let rkv::resp::Reply::Bulk(Some(text)) = client.call(&[b"INFO"]).ok()? else {
+            return None;
+        };
+        let prefix = format!("{field}:");
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// `info(field)` as a number (0 when absent).
+    pub fn info_num(&self, field: &str) -> i64 {
+        self.info(field).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn start(bin: &str, args: &[String], addr: String, log: PathBuf) -> Daemon {
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)

@@ -1,0 +1,451 @@
+//! `rkv-follower`'s flags (each also an `RKV_*` environment variable), their
+//! validation, and the daemon's lifecycle: lock the data directory, serve
+//! `current` at once, then watch and poll the backup directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use super::{Follower, PollOutcome};
+use crate::backup::BackupDir;
+use crate::daemon::{self, DaemonFile, LogFormat, Notifier, Signal};
+use crate::resp::Limits;
+use crate::server::{ListenAddr, Server, ServerConfig};
+
+use super::generations::DataDir;
+
+const AFTER_HELP: &str = "\
+Every flag can also be set with the environment variable named in brackets.
+
+Example:
+  rkv-follower --backup-dir /srv/rkv-backups --data /var/lib/rkv/follower-eu1 --listen 127.0.0.1:6381
+  redis-cli -p 6381 GET user:1
+  redis-cli -p 6381 INFO replication";
+
+/// What a follower does with reads while its data is older than
+/// `--max-staleness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StaleReads {
+    /// Answer from the old data (and report `healthy:0`).
+    Serve,
+    /// Answer `-MASTERDOWN` with the data's age and the bound.
+    Refuse,
+}
+
+impl StaleReads {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReads::Serve => "serve",
+            StaleReads::Refuse => "refuse",
+        }
+    }
+}
+
+/// rkv-follower: a read-only replica of an rkv-master. It restores each new
+/// complete backup from the backup directory incrementally into its own
+/// data directory, swaps it in atomically, and serves reads over the Redis
+/// protocol with a measured lag.
+#[derive(Debug, Parser)]
+#[command(name = "rkv-follower", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct FollowerArgs {
+    /// The master's backup directory (read only; it may not exist yet).
+    #[arg(
+        long = "backup-dir",
+        visible_alias = "backup_dir",
+        env = "RKV_BACKUP_DIR",
+        value_name = "DIR"
+    )]
+    pub backup_dir: PathBuf,
+
+    /// This follower's own data directory (created if missing).
+    #[arg(long, env = "RKV_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+
+    /// How often to look for a new backup besides filesystem events
+    /// (inotify is silent on NFS: this bounds the lag there).
+    #[arg(long = "poll-interval", env = "RKV_POLL_INTERVAL", default_value = "1s", value_parser = daemon::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Cap on how fast a restore copies from the backup directory, in bytes
+    /// per second (suffixes KiB, MiB, GiB); 0 is no cap. Keeps a catch-up
+    /// from starving readers of disk or network bandwidth.
+    #[arg(long = "restore-rate-limit", env = "RKV_RESTORE_RATE_LIMIT", default_value = "0", value_parser = daemon::parse_size, value_name = "BYTES")]
+    pub restore_rate_limit: usize,
+
+    /// Where to listen: HOST:PORT or unix:/path; repeat for several
+    /// (comma-separated in the environment variable).
+    #[arg(
+        long,
+        env = "RKV_LISTEN",
+        default_value = "127.0.0.1:6381",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<ListenAddr>,
+
+    /// Data older than this (now minus the served backup's creation) makes
+    /// the follower unhealthy; off by default.
+    #[arg(long = "max-staleness", env = "RKV_MAX_STALENESS", value_parser = daemon::parse_duration, value_name = "DURATION")]
+    pub max_staleness: Option<Duration>,
+
+    /// What reads get while the data is staler than --max-staleness.
+    #[arg(
+        long = "stale-reads",
+        env = "RKV_STALE_READS",
+        value_enum,
+        default_value = "serve"
+    )]
+    pub stale_reads: StaleReads,
+
+    /// Password clients must AUTH with. Prefer --password-file.
+    #[arg(
+        long,
+        env = "RKV_REQUIREPASS",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub requirepass: Option<String>,
+
+    /// File whose first line is the password clients must AUTH with.
+    #[arg(long = "password-file", env = "RKV_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Refuse a non-loopback --listen without a password (Redis's protected
+    /// mode); `no` allows it on a trusted network.
+    #[arg(long = "protected-mode", env = "RKV_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
+    pub protected_mode: bool,
+
+    /// The most clients connected at once; more get an error.
+    #[arg(
+        long = "max-clients",
+        env = "RKV_MAX_CLIENTS",
+        default_value_t = 10_000
+    )]
+    pub max_clients: usize,
+
+    /// The largest request accepted, in bytes (suffixes KiB, MiB, GiB).
+    #[arg(long = "max-request-bytes", env = "RKV_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = daemon::parse_size)]
+    pub max_request_bytes: usize,
+
+    /// Log format.
+    #[arg(
+        long = "log-format",
+        env = "RKV_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is not yes or no")),
+    }
+}
+
+/// A validated follower configuration.
+#[derive(Debug)]
+pub struct FollowerConfig {
+    /// The master's backup store.
+    pub backup_dir: PathBuf,
+    /// This follower's data directory.
+    pub data: PathBuf,
+    /// Poll period.
+    pub poll_interval: Duration,
+    /// Restore bandwidth cap in bytes per second; 0 is none.
+    pub restore_rate_limit: u64,
+    /// Staleness bound.
+    pub max_staleness: Option<Duration>,
+    /// Stale read policy.
+    pub stale_reads: StaleReads,
+    /// The RESP server.
+    pub server: ServerConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl FollowerArgs {
+    /// Checks the flags together; the error is a sentence for the operator.
+    pub fn validate(self) -> Result<FollowerConfig, String> {
+        let (data, backups) = (
+            daemon::resolve(&self.data),
+            daemon::resolve(&self.backup_dir),
+        );
+        if data.starts_with(&backups) || backups.starts_with(&data) {
+            return Err(format!(
+                "the data directory {} and the backup directory {} must not contain each other",
+                data.display(),
+                backups.display()
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err("--poll-interval must be more than 0 (e.g. 1s)".to_string());
+        }
+        if self.stale_reads == StaleReads::Refuse && self.max_staleness.is_none() {
+            return Err("--stale-reads refuse needs --max-staleness DURATION".to_string());
+        }
+        let password =
+            daemon::load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
+        daemon::check_protected_mode(&self.listen, password.is_some(), self.protected_mode)?;
+        if self.max_clients == 0 {
+            return Err("--max-clients must be at least 1".to_string());
+        }
+        Ok(FollowerConfig {
+            backup_dir: self.backup_dir,
+            data: self.data,
+            poll_interval: self.poll_interval,
+            restore_rate_limit: self.restore_rate_limit as u64,
+            max_staleness: self.max_staleness,
+            stale_reads: self.stale_reads,
+            server: ServerConfig {
+                listen: self.listen,
+                password,
+                max_clients: self.max_clients,
+                limits: Limits {
+                    max_request_bytes: self.max_request_bytes,
+                },
+            },
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// `rkv-follower`'s entry point: returns the exit code (0 clean stop, 1
+/// failure, 2 bad configuration).
+pub fn main() -> i32 {
+    let args = FollowerArgs::parse();
+    let log_format = args.log_format;
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("rkv-follower: error: {message}");
+            return 2;
+        }
+    };
+    daemon::init_logging(log_format);
+    match run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rkv-follower: error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Runs the follower until SIGTERM/SIGINT.
+pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
+    let signals = daemon::watch_signals().context("install signal handlers")?;
+    let data = DataDir::lock(&config.data)?;
+    let store =
+        BackupDir::new(&config.backup_dir).with_restore_rate_limit(config.restore_rate_limit);
+    let follower = Follower::open(store, data, config.max_staleness, config.stale_reads)
+        .with_context(|| format!("open the data directory {}", config.data.display()))?;
+    let follower = Arc::new(follower);
+    let server = Server::start(config.server.clone(), Arc::clone(&follower) as _)
+        .context("start the server")?;
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let daemon_file = DaemonFile {
+        pid: std::process::id(),
+        role: "follower".into(),
+        listen: addrs.clone(),
+    };
+    if let Err(e) = daemon_file.write(&config.data) {
+        tracing::warn!(
+            "cannot write {} (rkv --db will not find this daemon): {e}",
+            DaemonFile::NAME
+        );
+    }
+    tracing::info!(
+        "rkv-follower serving {} on {}; following {}",
+        config.data.display(),
+        addrs.join(", "),
+        config.backup_dir.display()
+    );
+    // Ready before catching up: the current generation is served already.
+    let notifier = Notifier::from_env();
+    notifier.ready(&follower.status_line());
+
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let mut watcher = MetaWatcher::new(&config.backup_dir, wake_tx);
+    let worker = {
+        let follower = Arc::clone(&follower);
+        let poll_interval = config.poll_interval;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("rkv-apply".into())
+            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &stop_rx))
+            .context("start the apply thread")?;
+        (handle, stop_tx)
+    };
+
+    let tick = notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut last_status = String::new();
+    loop {
+        match signals.recv_timeout(tick) {
+            Ok(Signal::Terminate) => break,
+            Ok(Signal::User1) => tracing::info!("SIGUSR1: nothing to do on a follower"),
+            Ok(Signal::Hangup) => {
+                tracing::info!("SIGHUP: nothing to reload; restart to change flags")
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        watcher.ensure();
+        notifier.watchdog();
+        let status = follower.status_line();
+        if status != last_status {
+            notifier.status(&status);
+            last_status = status;
+        }
+    }
+
+    tracing::info!("shutting down: no new clients; finishing requests in flight");
+    notifier.stopping();
+    server.shutdown(Duration::from_secs(10));
+    let (handle, stop_tx) = worker;
+    drop(stop_tx);
+    watcher.wake();
+    let _ = handle.join();
+    DaemonFile::remove(&config.data);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Polls on every filesystem event and at least every `poll_interval`,
+/// until `stop` closes. A failed backup is retried with its own backoff.
+fn apply_loop(
+    follower: &Follower,
+    poll_interval: Duration,
+    wake: &mpsc::Receiver<()>,
+    stop: &mpsc::Receiver<()>,
+) {
+    let mut announced_wait = false;
+    loop {
+        if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+            return;
+        }
+        match follower.poll() {
+            PollOutcome::Failed(e) if e.contains("no backup directory") && !announced_wait => {
+                tracing::info!("waiting for the backup directory to appear: {e}");
+                announced_wait = true;
+            }
+            PollOutcome::Applied(_) => {
+                announced_wait = false;
+                // A newer backup may have landed during the apply.
+                continue;
+            }
+            _ => {}
+        }
+        let deadline = Instant::now() + poll_interval;
+        // Events come in bursts (a backup writes many files): drain them.
+        match wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(()) => while wake.try_recv().is_ok() {},
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll_interval),
+        }
+        follower.release_retired();
+    }
+}
+
+/// A filesystem watch on the backup directory's `meta/`, where a complete
+/// backup appears as a renamed file. Set up once `meta/` exists.
+struct MetaWatcher {
+    meta: PathBuf,
+    wake: mpsc::Sender<()>,
+    watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl MetaWatcher {
+    fn new(backup_dir: &Path, wake: mpsc::Sender<()>) -> MetaWatcher {
+        let mut watcher = MetaWatcher {
+            meta: backup_dir.join("meta"),
+            wake,
+            watcher: None,
+        };
+        watcher.ensure();
+        watcher
+    }
+
+    /// Starts watching if `meta/` exists and no watch is on yet.
+    fn ensure(&mut self) {
+        use notify::Watcher;
+        if self.watcher.is_some() || !self.meta.is_dir() {
+            return;
+        }
+        let wake = self.wake.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = wake.send(());
+            }
+        };
+        match notify::recommended_watcher(handler) {
+            Ok(mut watcher) => match watcher.watch(&self.meta, notify::RecursiveMode::NonRecursive)
+            {
+                Ok(()) => {
+                    tracing::debug!("watching {}", self.meta.display());
+                    self.watcher = Some(watcher);
+                }
+                Err(e) => tracing::warn!(
+                    "cannot watch {} ({e}); relying on polling",
+                    self.meta.display()
+                ),
+            },
+            Err(e) => tracing::warn!("no filesystem watcher ({e}); relying on polling"),
+        }
+    }
+
+    fn wake(&self) {
+        let _ = self.wake.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        FollowerArgs::command().debug_assert();
+    }
+
+    fn parse(extra: &[&str]) -> Result<FollowerConfig, String> {
+        let mut argv = vec![
+            "rkv-follower",
+            "--backup-dir",
+            "/tmp/x/backups",
+            "--data",
+            "/tmp/x/f1",
+        ];
+        argv.extend_from_slice(extra);
+        FollowerArgs::try_parse_from(argv).unwrap().validate()
+    }
+
+    #[test]
+    fn defaults_and_bad_combinations() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.poll_interval, Duration::from_secs(1));
+        assert_eq!(config.stale_reads, StaleReads::Serve);
+        assert_eq!(
+            config.server.listen,
+            vec!["127.0.0.1:6381".parse::<ListenAddr>().unwrap()]
+        );
+        assert!(parse(&["--stale-reads", "refuse"])
+            .unwrap_err()
+            .contains("--max-staleness"));
+        assert!(parse(&["--stale-reads", "refuse", "--max-staleness", "30s"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:6381"])
+            .unwrap_err()
+            .contains("protected mode"));
+        assert!(parse(&["--poll-interval", "0"]).is_err());
+    }
+}

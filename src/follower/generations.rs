@@ -1,0 +1,263 @@
+//! The follower's data directory: one RocksDB directory per applied backup
+//! (a generation), the `current` symlink that is the single commit point,
+//! and the `LOCK` that keeps a second follower out.
+//!
+//! ```text
+//! <data>/
+//!   gen-000123/            the generation `current` names (serving)
+//!   gen-000124.partial/    a restore in progress
+//!   current -> gen-000123
+//!   LOCK                   flock held by the running follower
+//! ```
+//!
+//! A new generation starts as hard links to the serving generation's SST
+//! files (immutable in RocksDB, so sharing them is safe), then the restore
+//! keeps the ones the backup still has and copies only what changed. Disk use
+//! stays near one database plus the change, and no step writes into a
+//! directory a reader has open.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The commit point: a symlink to the serving generation.
+const CURRENT: &str = "current";
+/// The lock file a running follower holds.
+const LOCK: &str = "LOCK";
+const PARTIAL: &str = ".partial";
+
+/// A follower's data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    /// Held open for the follower's lifetime: the flock lives with it.
+    _lock: Option<fs::File>,
+}
+
+/// Why a data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "another rkv-follower is already using {path}{pid}; stop it, or give this one its own --data directory",
+        pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy {
+        /// The data directory.
+        path: PathBuf,
+        /// The holder, when its daemon file names it.
+        pid: Option<u32>,
+    },
+    /// The directory cannot be created or locked.
+    #[error("cannot use {path} as the follower's data directory: {source}")]
+    Io {
+        /// The data directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DataDir {
+    /// Creates `path` if needed and takes its lock.
+    pub fn lock(path: &Path) -> Result<DataDir, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(io)?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join(LOCK))
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDir {
+                path: path.to_path_buf(),
+                _lock: Some(file),
+            }),
+            Err(fs::TryLockError::WouldBlock) => Err(LockError::Busy {
+                path: path.to_path_buf(),
+                pid: crate::daemon::DaemonFile::read(path).map(|f| f.pid),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
+
+    /// A view of `path` without its lock, for readers such as the CLI.
+    pub fn unlocked(path: &Path) -> DataDir {
+        DataDir {
+            path: path.to_path_buf(),
+            _lock: None,
+        }
+    }
+
+    /// Whether `path` looks like a follower's data directory.
+    pub fn is_data_dir(path: &Path) -> bool {
+        fs::symlink_metadata(path.join(CURRENT)).is_ok_and(|m| m.file_type().is_symlink())
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory name of generation `id`.
+    fn name(id: u32) -> String {
+        format!("gen-{id:06}")
+    }
+
+    /// The path of generation `id`.
+    pub fn generation_path(&self, id: u32) -> PathBuf {
+        self.path.join(Self::name(id))
+    }
+
+    /// The backup id and path of the serving generation, if any.
+    pub fn current(&self) -> Option<(u32, PathBuf)> {
+        let target = fs::read_link(self.path.join(CURRENT)).ok()?;
+        let id = parse_generation(target.file_name()?.to_str()?)?;
+        let path = self.path.join(&target);
+        path.is_dir().then_some((id, path))
+    }
+
+    /// Starts generation `id`: an empty `gen-<id>.partial` holding hard links
+    /// to the SST files of `base` (the serving generation), if given. A
+    /// leftover partial from a crash is discarded first.
+    pub fn start(&self, id: u32, base: Option<&Path>) -> Result<PathBuf> {
+        let partial = self.path.join(format!("{}{PARTIAL}", Self::name(id)));
+        let io = |what: &str, e| Error::io(format!("{what} {}", partial.display()), e);
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(|e| io("remove the leftover", e))?;
+        }
+        fs::create_dir(&partial).map_err(|e| io("create", e))?;
+        if let Some(base) = base {
+            let entries =
+                fs::read_dir(base).map_err(|e| Error::io(format!("read {}", base.display()), e))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if name.to_string_lossy().ends_with(".sst") {
+                    fs::hard_link(entry.path(), partial.join(&name))
+                        .map_err(|e| io("link an SST file into", e))?;
+                }
+            }
+        }
+        Ok(partial)
+    }
+
+    /// Makes the partial generation `id` complete and the one `current`
+    /// names: rename it to `gen-<id>`, then replace the symlink atomically
+    /// (a new link renamed over the old). Returns the generation's path.
+    pub fn commit(&self, id: u32, partial: &Path) -> Result<PathBuf> {
+        let done = self.generation_path(id);
+        let io = |what: String, e| Error::io(what, e);
+        if done.exists() {
+            fs::remove_dir_all(&done)
+                .map_err(|e| io(format!("remove the stale {}", done.display()), e))?;
+        }
+        fs::rename(partial, &done).map_err(|e| {
+            io(
+                format!("rename {} to {}", partial.display(), done.display()),
+                e,
+            )
+        })?;
+        let tmp = self.path.join(format!(".{CURRENT}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Self::name(id), &tmp)
+            .map_err(|e| io(format!("create {}", tmp.display()), e))?;
+        sync_dir(&self.path)?;
+        fs::rename(&tmp, self.path.join(CURRENT))
+            .map_err(|e| io(format!("replace {}", self.path.join(CURRENT).display()), e))?;
+        sync_dir(&self.path)?;
+        Ok(done)
+    }
+
+    /// Removes every generation and partial except `keep` (ids): leftovers
+    /// of crashes and generations no reader uses any more.
+    pub fn remove_except(&self, keep: &[u32]) {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let id = parse_generation(name.trim_end_matches(PARTIAL));
+            if id.is_some_and(|id| !keep.contains(&id) || name.ends_with(PARTIAL)) {
+                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                    tracing::warn!("cannot remove {}: {e}", entry.path().display());
+                }
+            }
+        }
+    }
+}
+
+/// `gen-000123` → 123.
+fn parse_generation(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("gen-")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())?
+}
+
+/// Makes renames and new links in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(format!("sync {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn commit_moves_current_and_links_share_inodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::lock(tmp.path()).unwrap();
+        assert_eq!(data.current(), None);
+        let first = data.start(1, None).unwrap();
+        fs::write(first.join("000007.sst"), b"sst").unwrap();
+        fs::write(first.join("MANIFEST-000001"), b"m").unwrap();
+        let gen1 = data.commit(1, &first).unwrap();
+        assert_eq!(data.current(), Some((1, gen1.clone())));
+        assert!(DataDir::is_data_dir(tmp.path()));
+
+        let second = data.start(2, Some(&gen1)).unwrap();
+        assert!(
+            !second.join("MANIFEST-000001").exists(),
+            "only SST files are shared"
+        );
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            ino(&second.join("000007.sst")),
+            ino(&gen1.join("000007.sst"))
+        );
+        let gen2 = data.commit(2, &second).unwrap();
+        assert_eq!(data.current(), Some((2, gen2)));
+
+        fs::create_dir(tmp.path().join("gen-000009.partial")).unwrap();
+        data.remove_except(&[2]);
+        assert!(!gen1.exists() && !tmp.path().join("gen-000009.partial").exists());
+        assert!(data.generation_path(2).exists());
+    }
+
+    #[test]
+    fn a_second_lock_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = DataDir::lock(tmp.path()).unwrap();
+        assert!(matches!(
+            DataDir::lock(tmp.path()),
+            Err(LockError::Busy { .. })
+        ));
+    }
+
+    #[test]
+    fn parses_generation_names() {
+        assert_eq!(parse_generation("gen-000123"), Some(123));
+        assert_eq!(parse_generation("gen-"), None);
+        assert_eq!(parse_generation("gen-12a"), None);
+        assert_eq!(parse_generation("current"), None);
+    }
+}

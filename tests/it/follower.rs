@@ -1,0 +1,413 @@
+//! rkv-follower as a process, with a real master: replication within the
+//! bound, reads across generation swaps, incremental catch-up cost, crash
+//! recovery, corrupt backups, read-only serving and the staleness bound.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkv::resp::Reply;
+
+use crate::util::{db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
+
+const GENEROUS: Duration = Duration::from_secs(60);
+
+fn bulk(s: &str) -> Reply {
+    Reply::bulk(s.as_bytes().to_vec())
+}
+
+fn get(d: &Daemon, key: &str) -> Option<Reply> {
+    rkv::client::Client::connect(&d.addr, None)
+        .ok()?
+        .call_raw(&[b"GET", key.as_bytes()])
+        .ok()
+}
+
+/// Writes about `mib` MiB of poorly compressible values in batches.
+fn fill(master: &Daemon, prefix: &str, mib: usize) {
+    let mut c = master.client();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for batch in 0..mib * 16 {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in 0..16 {
+            let value: Vec<u8> = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            args.push(format!("{prefix}:{batch:06}:{i:02}").into_bytes());
+            args.push(value);
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        c.call(&refs).unwrap();
+    }
+}
+
+#[test]
+fn a_write_reaches_both_followers_within_the_bound() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "1s"]);
+    let f1 = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "1s"],
+    );
+    let f2 = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f2"),
+        &["--poll-interval", "1s"],
+    );
+    // Before any backup, reads say why they cannot be answered.
+    assert!(matches!(get(&f1, "user:1"), Some(Reply::Error(e)) if e.starts_with("MASTERDOWN")));
+
+    master
+        .client()
+        .call(&[b"SET", b"user:1", b"Alice"])
+        .unwrap();
+    let started = Instant::now();
+    // interval + poll + a generous margin.
+    for f in [&f1, &f2] {
+        wait_until(
+            Duration::from_secs(2) + GENEROUS,
+            "the write on the follower",
+            || get(f, "user:1") == Some(bulk("Alice")),
+        );
+    }
+    eprintln!("replicated to both followers in {:?}", started.elapsed());
+
+    // Writes are refused, as on a Redis replica.
+    let mut c = f1.client();
+    assert_eq!(
+        c.call_raw(&[b"SET", b"k", b"v"]).unwrap(),
+        Reply::error("READONLY You can't write against a read only replica.")
+    );
+    let Reply::Array(Some(role)) = c.call(&[b"ROLE"]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(role[0], bulk("slave"));
+    assert_eq!(f1.info("role").as_deref(), Some("slave"));
+    assert_eq!(
+        f1.info_num("rkv_applied_backup_id"),
+        f1.info_num("rkv_newest_backup_id")
+    );
+    assert_eq!(f1.info_num("rkv_applied_seq"), 1);
+    assert!(f1.info_num("rkv_staleness_ms") >= 0);
+    assert_eq!(f1.info("healthy").as_deref(), Some("1"));
+    let connect = format!("--connect={}", f1.addr);
+    rkv(&[&connect, "put", "k", "v"]).fails(1, &["READONLY"]);
+
+    // The CLI reads a follower's data dir, with the daemon and without.
+    assert_eq!(
+        rkv(&[&db_flag(&s.path("f2")), "get", "user:1"]).ok(),
+        "Alice\n"
+    );
+    rkv(&[&db_flag(&s.path("f2")), "put", "k", "v"]).fails(1, &["READONLY"]);
+    assert_eq!(f2.stop(), Some(0));
+    assert_eq!(
+        rkv(&[&db_flag(&s.path("f2")), "get", "user:1"]).ok(),
+        "Alice\n"
+    );
+    assert_eq!(
+        rkv(&[&db_flag(&s.path("f2")), "scan"]).ok(),
+        "user:1 : Alice\n"
+    );
+    rkv(&[&db_flag(&s.path("f2")), "put", "k", "v"])
+        .fails(1, &["rkv-follower data directory", "read-only"]);
+}
+
+#[test]
+fn readers_see_no_error_and_no_missing_key_across_20_swaps() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    let mut m = master.client();
+    m.call(&[b"SET", b"key:0", b"0"]).unwrap();
+    m.call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the first backup applied", || {
+        get(&follower, "key:0") == Some(bulk("0"))
+    });
+
+    let present = Arc::new(AtomicU64::new(1)); // keys key:0..present exist
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (present, stop, addr) = (
+            Arc::clone(&present),
+            Arc::clone(&stop),
+            follower.addr.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut c = rkv::client::Client::connect(&addr, None).unwrap();
+            let (mut reads, mut failures) = (0u64, Vec::new());
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let known = present.load(Ordering::SeqCst);
+                let key = format!("key:{}", i % known);
+                match c.call_raw(&[b"GET", key.as_bytes()]) {
+                    Ok(Reply::Bulk(Some(_))) => {}
+                    other => failures.push(format!("{key}: {other:?}")),
+                }
+                reads += 1;
+                i += 1;
+            }
+            (reads, failures)
+        })
+    };
+    for n in 1..=20u64 {
+        m.call(&[
+            b"SET",
+            format!("key:{n}").as_bytes(),
+            n.to_string().as_bytes(),
+        ])
+        .unwrap();
+        m.call(&[b"SAVE"]).unwrap();
+        let id = (n + 1) as i64;
+        wait_until(GENEROUS, "the follower to apply the backup", || {
+            follower.info_num("rkv_applied_backup_id") == id
+        });
+        present.store(n + 1, Ordering::SeqCst);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (reads, failures) = reader.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {reads} reads failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(reads > 20, "the reader hardly ran ({reads} reads)");
+    assert_eq!(follower.info_num("rkv_applies_done"), 21);
+    // Old generations are cleaned up once no reader holds them.
+    wait_until(GENEROUS, "old generations removed", || {
+        std::fs::read_dir(s.path("f1"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("gen-")
+            })
+            .count()
+            == 1
+    });
+}
+
+#[test]
+fn a_small_change_copies_a_small_fraction_of_the_database() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    fill(&master, "bulk", 24);
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the large backup applied", || {
+        follower.info_num("rkv_applied_backup_id") == 1
+    });
+    let full = follower.info_num("rkv_last_apply_bytes_copied");
+    assert!(full > 20 << 20, "the first apply copied only {full} bytes");
+
+    master
+        .client()
+        .call(&[b"SET", b"small", b"change"])
+        .unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the small backup applied", || {
+        follower.info_num("rkv_applied_backup_id") == 2
+    });
+    let incremental = follower.info_num("rkv_last_apply_bytes_copied");
+    eprintln!("full apply {full} bytes, incremental {incremental} bytes");
+    assert!(
+        incremental * 10 < full,
+        "incremental apply copied {incremental} of {full} bytes"
+    );
+    assert_eq!(get(&follower, "small"), Some(bulk("change")));
+}
+
+#[test]
+fn kill_9_during_a_restore_then_restart_serves_at_once_and_catches_up() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    // A slow restore (2 MiB/s) makes the window to kill in wide.
+    let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "2MiB"];
+    let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &slow);
+    master
+        .client()
+        .call(&[b"SET", b"before", b"crash"])
+        .unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the first backup applied", || {
+        get(&follower, "before") == Some(bulk("crash"))
+    });
+
+    fill(&master, "big", 12);
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "a restore in progress", || {
+        s.path("f1/gen-000002.partial").exists()
+    });
+    follower.kill();
+
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    // Daemon::follower returns once PING answers: the old generation must
+    // be serving already, whatever the catch-up is doing.
+    let first = get(&follower, "before");
+    assert!(
+        first == Some(bulk("crash")),
+        "right after restart the follower answered {first:?}"
+    );
+    wait_until(GENEROUS, "the catch-up", || {
+        follower.info_num("rkv_applied_backup_id") == 2
+    });
+    assert!(matches!(
+        get(&follower, "big:000000:00"),
+        Some(Reply::Bulk(Some(_)))
+    ));
+    assert!(!s.path("f1/gen-000002.partial").exists());
+}
+
+#[test]
+fn a_corrupt_backup_keeps_the_old_data_serving_until_an_intact_one() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    master.client().call(&[b"SET", b"k", b"1"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "backup 1 applied", || {
+        get(&follower, "k") == Some(bulk("1"))
+    });
+    assert_eq!(follower.stop(), Some(0));
+
+    master.client().call(&[b"SET", b"k", b"2"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    // Flip a byte of the MANIFEST only backup 2 holds (same size: RocksDB
+    // lists the backup; only the checksum tells).
+    let private = s.path("backups/private/2");
+    let manifest = std::fs::read_dir(&private)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&manifest, bytes).unwrap();
+
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    wait_until(GENEROUS, "the failure reported", || {
+        follower.info_num("rkv_apply_failures") >= 1
+    });
+    let error = follower.info("rkv_last_error").unwrap();
+    assert!(
+        error.contains("backup 2") && error.contains("corrupt"),
+        "{error}"
+    );
+    assert_eq!(get(&follower, "k"), Some(bulk("1")));
+    assert_eq!(follower.info_num("rkv_applied_backup_id"), 1);
+    assert_eq!(follower.info_num("rkv_newest_backup_id"), 2);
+
+    master.client().call(&[b"SET", b"k", b"3"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "backup 3 applied", || {
+        get(&follower, "k") == Some(bulk("3"))
+    });
+    assert_eq!(follower.info("rkv_last_error").as_deref(), Some(""));
+}
+
+#[test]
+fn stale_reads_are_refused_once_the_master_stops() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "200ms"]);
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &[
+            "--poll-interval",
+            "100ms",
+            "--max-staleness",
+            "3s",
+            "--stale-reads",
+            "refuse",
+        ],
+    );
+    let mut m = master.client();
+    m.call(&[b"SET", b"k", b"v"]).unwrap();
+    wait_until(GENEROUS, "the write replicated", || {
+        get(&follower, "k") == Some(bulk("v"))
+    });
+    assert_eq!(master.stop(), Some(0));
+    wait_until(
+        GENEROUS,
+        "reads refused",
+        || matches!(get(&follower, "k"), Some(Reply::Error(e)) if e.starts_with("MASTERDOWN")),
+    );
+    let Some(Reply::Error(e)) = get(&follower, "k") else {
+        unreachable!()
+    };
+    assert!(e.contains("max-staleness"), "{e}");
+    assert_eq!(follower.info("healthy").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_follower_waits_for_the_backup_dir_and_a_second_one_is_refused() {
+    let s = Sandbox::new();
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_rkv-follower"),
+        &[
+            "--backup-dir",
+            &s.path("backups").display().to_string(),
+            "--data",
+            &s.path("f1").display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another rkv-follower is already using"),
+        "{stderr}"
+    );
+
+    wait_until(GENEROUS, "the wait logged", || {
+        follower.log().contains("waiting for the backup directory")
+    });
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "200ms"]);
+    master
+        .client()
+        .call(&[b"SET", b"late", b"arrival"])
+        .unwrap();
+    wait_until(GENEROUS, "the first backup applied", || {
+        get(&follower, "late") == Some(bulk("arrival"))
+    });
+}
