@@ -17,14 +17,17 @@ use rocksdb::Env;
 
 use super::meta;
 use super::{
-    unix_ms, AppMetadata, BackupInfo, BackupStore, CreateStats, RestoreMode, RestoreStats,
-    Retention,
+    unix_ms, AppMetadata, BackupInfo, BackupStore, CreateStats, Heartbeat, RestoreMode,
+    RestoreStats, Retention,
 };
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
 
 /// The sub-directory holding one meta file per complete backup.
 const META_DIR: &str = "meta";
+/// The master's heartbeat, beside BackupEngine's directories (which
+/// BackupEngine and stock RocksDB tools ignore).
+const HEARTBEAT: &str = "rkv-heartbeat.json";
 /// The sub-directory holding SST files shared between backups.
 const SHARED_DIR: &str = "shared_checksum";
 
@@ -350,6 +353,20 @@ impl BackupStore for BackupDir {
             .iter()
             .map(|b| b.id)
             .collect())
+    }
+
+    fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {
+        let path = self.path.join(HEARTBEAT);
+        let tmp = self.path.join(format!(".{HEARTBEAT}.tmp"));
+        let json = serde_json::to_vec(heartbeat).expect("heartbeat serializes");
+        fs::write(&tmp, json)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+
+    fn read_heartbeat(&self) -> Option<Heartbeat> {
+        let bytes = fs::read(self.path.join(HEARTBEAT)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 }
 

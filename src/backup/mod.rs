@@ -166,6 +166,30 @@ pub trait BackupStore {
     /// Deletes the backups `retention` does not keep, and the files only they
     /// used; returns the ids deleted, oldest first.
     fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>>;
+
+    /// Records that the master, at `heartbeat.ms`, had no writes beyond the
+    /// newest backup. Replaces the previous heartbeat atomically.
+    fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()>;
+
+    /// The newest heartbeat; `None` when there is none or it is unreadable.
+    fn read_heartbeat(&self) -> Option<Heartbeat>;
+}
+
+/// The master's word that its database held no writes beyond sequence
+/// number `seq` at time `ms`. Backups alone cannot tell an idle master from
+/// a dead one: with the heartbeat, a follower serving the backup of `seq` knows
+/// its data is current as of `ms`, and its staleness bound holds while the
+/// master is idle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Format version; 1.
+    pub v: u32,
+    /// The master's latest sequence number, all of it in a backup.
+    pub seq: u64,
+    /// When, in unix milliseconds.
+    pub ms: u64,
+    /// The master: `<host>:<db path>`.
+    pub master: String,
 }
 
 /// How a backup names its source: `<host>:<absolute db path>`.

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 
-use crate::backup::{unix_ms, BackupDir, BackupInfo, BackupStore, RestoreMode, RestoreStats};
+use crate::backup::{
+    unix_ms, BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats,
+};
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::resp::Reply;
@@ -61,6 +63,8 @@ struct ApplyState {
     last_error: Option<String>,
     /// A backup that failed to apply, and when to try it again.
     backoff: Option<(u32, Instant, Duration)>,
+    /// The master's newest heartbeat.
+    heartbeat: Option<Heartbeat>,
 }
 
 /// What one poll did.
@@ -154,8 +158,12 @@ impl Follower {
     /// one served.
     pub fn poll(&self) -> PollOutcome {
         let listed = self.store.list();
+        let heartbeat = self.store.read_heartbeat();
         let mut state = self.state();
         state.last_poll = Some(Instant::now());
+        if heartbeat.is_some() {
+            state.heartbeat = heartbeat;
+        }
         let backups = match listed {
             Ok(backups) => {
                 state.last_poll_ok = true;
@@ -291,15 +299,22 @@ impl Follower {
         }
     }
 
-    /// How old the served data is: now minus the served backup's creation.
+    /// How old the served data is: now minus the moment it was last known
+    /// to be the master's whole state. That is the served backup's creation,
+    /// or the master's latest heartbeat when the master has written nothing
+    /// since that backup.
     pub fn staleness(&self) -> Option<Duration> {
-        let generation = self.serving.load();
-        let created = generation.as_ref()?.backup.created();
-        Some(
-            SystemTime::now()
-                .duration_since(created)
-                .unwrap_or_default(),
-        )
+        let generation = self.serving.load_full()?;
+        let mut current_as_of = generation.backup.created_ms();
+        let heartbeat = self.state().heartbeat.clone();
+        if let (Some(meta), Some(heartbeat)) = (&generation.backup.metadata, heartbeat) {
+            if heartbeat.seq <= meta.seq && heartbeat.master == meta.master {
+                current_as_of = current_as_of.max(heartbeat.ms);
+            }
+        }
+        Some(Duration::from_millis(
+            now_ms().saturating_sub(current_as_of),
+        ))
     }
 
     /// Whether the follower serves data within `--max-staleness`.
@@ -484,6 +499,14 @@ impl Backend for Follower {
             kv(
                 "rkv_newest_backup_id",
                 state.newest_seen.unwrap_or(0).to_string(),
+            ),
+            kv(
+                "rkv_master_heartbeat_ms_ago",
+                state
+                    .heartbeat
+                    .as_ref()
+                    .map_or(-1, |h| now_ms().saturating_sub(h.ms) as i64)
+                    .to_string(),
             ),
             kv(
                 "rkv_last_poll_ms_ago",

@@ -281,6 +281,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        master.heartbeat();
         notifier.watchdog();
         let status = master.status_line();
         if status != last_status {

@@ -49,6 +49,7 @@ struct BackupState {
     last_error: Option<String>,
     done: u64,
     failed: u64,
+    heartbeat_failing: bool,
 }
 
 /// What one backup step did.
@@ -168,6 +169,31 @@ impl Master {
             }
         }
         outcome
+    }
+
+    /// Writes the heartbeat when every write is in a backup, so followers
+    /// can tell an idle master from a dead one. Quiet on failure after the
+    /// first log line: the next backup attempt reports the directory's state.
+    pub fn heartbeat(&self) {
+        let mut state = self.state();
+        let seq = self.db.latest_sequence_number();
+        if seq != state.backed_up_seq || state.last_save_unix == 0 || state.in_progress {
+            return;
+        }
+        let heartbeat = backup::Heartbeat {
+            v: 1,
+            seq,
+            ms: now_ms(),
+            master: self.label.clone(),
+        };
+        match self.store.write_heartbeat(&heartbeat) {
+            Ok(()) => state.heartbeat_failing = false,
+            Err(e) if !state.heartbeat_failing => {
+                tracing::warn!("cannot write the heartbeat: {e}");
+                state.heartbeat_failing = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// Asks the loop for a backup now; returns whether one is already running.
