@@ -17,18 +17,26 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/rkv/target}
 START=$(date +%s)
 
 log() { printf '%s test.sh: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+RESULTS=$(mktemp)
 summary() {
     local rc=$?
+    rm -f "$RESULTS"
     log "finished with exit code $rc after $(( $(date +%s) - START ))s"
+    # The closing line CI reads: the count of everything that ran.
+    [[ -n ${TESTS_LINE:-} ]] && echo "$TESTS_LINE"
+    return "$rc"
 }
 trap summary EXIT
 
 # System packages: libclang for RocksDB's bindings, clang to build it,
-# redis-cli for the tests that drive the daemons with a real Redis client.
+# redis-cli for the tests that drive the daemons with a real Redis client,
+# systemd-analyze for the unit checks, python3 for the scripts' port picking.
 missing=()
 compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
 command -v clang >/dev/null || missing+=(clang)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]}) and rerun"
@@ -44,4 +52,14 @@ cargo fmt --check
 log "building (release) into $CARGO_TARGET_DIR"
 cargo build --release --all-targets --locked
 log "running the tests"
-cargo test --release --locked
+cargo test --release --locked 2>&1 | tee "$RESULTS"
+count() { awk -v what="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" what) n += $i } END { print n + 0 }' "$RESULTS"; }
+passed=$(count passed)
+failed=$(count failed)
+log "checking the systemd units"
+scripts/check-units.sh
+passed=$((passed + 1))
+log "running the shell smoke test"
+scripts/smoke.sh
+passed=$((passed + 1))
+TESTS_LINE="tests: $passed passed, $failed failed"

@@ -84,11 +84,16 @@ impl Master {
             Err(crate::Error::BackupDirMissing { .. }) => None,
             Err(e) => return Err(e),
         };
+        let label = backup::master_label(db_path);
+        // Only a backup of this database says what is backed up: after a
+        // promotion the newest backup is the old master's, and the new
+        // master's first backup must come at once.
+        let own = newest
+            .as_ref()
+            .and_then(|b| b.metadata.as_ref())
+            .filter(|m| m.master == label);
         let state = BackupState {
-            backed_up_seq: newest
-                .as_ref()
-                .and_then(|b| b.metadata.as_ref())
-                .map_or(0, |m| m.seq),
+            backed_up_seq: own.map_or(0, |m| m.seq),
             last_save_unix: newest
                 .as_ref()
                 .map_or(0, |b| (b.created_ms() / 1000) as i64),
@@ -96,7 +101,7 @@ impl Master {
             ..BackupState::default()
         };
         Ok(Master {
-            label: backup::master_label(db_path),
+            label,
             db: Arc::new(db),
             store,
             retention,

@@ -4,4 +4,5 @@
 mod cli;
 mod follower;
 mod master;
+mod scripts;
 mod util;

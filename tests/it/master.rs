@@ -280,7 +280,14 @@ fn redis_wording_for_bad_commands_auth_and_client_cap() {
     ])
     .ok();
 
-    // The cap: three clients are allowed, the fourth is told why.
+    // The cap: three clients are allowed, the fourth is told why. First let
+    // the CLI's connections above finish closing.
+    wait_until(GENEROUS, "only this client connected", || {
+        let Ok(Reply::Bulk(Some(info))) = c.call(&[b"INFO", b"clients"]) else {
+            return false;
+        };
+        String::from_utf8_lossy(&info).contains("connected_clients:1\r\n")
+    });
     let _b = master.client();
     let _c = master.client();
     let mut extra = std::net::TcpStream::connect(master.addr.to_string()).unwrap();

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The shell smoke test: the seed scenario with the real daemons.
+#
+# Usage: scripts/smoke.sh
+#
+# Starts a master and two followers on loopback in a throwaway directory,
+# writes user:1 Alice and user:2 Bob, later user:3 Charlie, checks both
+# followers return Charlie within the bound, restarts follower1 and checks it
+# answers at once, checks a follower refuses writes, promotes follower1 to
+# master by hand (README, "Promote a follower") and checks follower2 follows
+# the new master. Any failure prints one line saying what was expected and
+# what came, and exits non-zero. Every process is stopped on every exit path.
+#
+# Environment:
+#   RKV_BIN_DIR       where rkv, rkv-master, rkv-follower are (default: the
+#                     release build dir; built if missing)
+#   SMOKE_BOUND       seconds a write may take to reach a follower (default 15)
+#   SMOKE_BREAK=stop-follower2   stop follower2 before the check (to see the
+#                     failure message)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+BOUND=${SMOKE_BOUND:-15}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/rkv-smoke.XXXXXX")
+RESULT="FAILED"
+STEP="start"
+finish() {
+    local rc=$?
+    stop_daemons
+    if ((rc == 0)); then
+        RESULT="PASSED"
+        rm -rf "$WORK"
+    else
+        log "logs kept in $WORK"
+    fi
+    log "smoke test $RESULT (last step: $STEP)"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+ensure_binaries
+# expect_get ADDR KEY WANT — one clear line when the value differs.
+expect_get() {
+    local addr=$1 key=$2 want=$3 got
+    got=$(rkv_cli --connect="$addr" get "$key" 2>&1) || true
+    got=${got//$'\n'/ | }
+    [[ $got == "$want" ]] || die "$STEP: expected GET $key on $addr to return '$want', got '$got'"
+}
+# eventually_get ADDR KEY WANT — the same, allowing BOUND seconds.
+eventually_get() {
+    local addr=$1 key=$2 want=$3
+    wait_for "$BOUND" bash -c "[[ \$('$BIN/rkv' --connect='$addr' get '$key' 2>/dev/null) == '$want' ]]" ||
+        expect_get "$addr" "$key" "$want"
+}
+started() { wait_for 30 rkv_cli --connect="$1" info server || die "$STEP: nothing answers on $1 (log: $2)"; }
+
+M=127.0.0.1:$(free_port) F1=127.0.0.1:$(free_port) F2=127.0.0.1:$(free_port)
+BACKUPS=$WORK/backups
+follower() { # NAME ADDR
+    start_daemon "$1" "$WORK/$1.log" rkv-follower --backup-dir "$BACKUPS" --data "$WORK/$1" \
+        --listen "$2" --poll-interval 500ms
+    started "$2" "$WORK/$1.log"
+}
+
+STEP="start master and two followers"
+start_daemon master "$WORK/master.log" rkv-master --db "$WORK/master" --backup-dir "$BACKUPS" \
+    --listen "$M" --interval 1s
+started "$M" "$WORK/master.log"
+follower f1 "$F1"
+follower f2 "$F2"
+log "master $M, followers $F1 $F2, in $WORK"
+
+STEP="write Alice and Bob on the master"
+[[ $(rkv_cli --connect="$M" put user:1 Alice) == OK ]] || die "$STEP: put user:1 did not print OK"
+[[ $(rkv_cli --connect="$M" put user:2 Bob) == OK ]] || die "$STEP: put user:2 did not print OK"
+eventually_get "$F1" user:1 Alice
+eventually_get "$F2" user:2 Bob
+
+STEP="write Charlie later; both followers return it within ${BOUND}s"
+sleep 1
+rkv_cli --connect="$M" put user:3 Charlie >/dev/null
+if [[ ${SMOKE_BREAK:-} == stop-follower2 ]]; then
+    log "SMOKE_BREAK: stopping follower2 before the check"
+    kill -TERM "$PID_f2"
+    wait "$PID_f2" 2>/dev/null || true
+fi
+started_at=$(date +%s%N)
+eventually_get "$F1" user:3 Charlie
+eventually_get "$F2" user:3 Charlie
+log "Charlie reached both followers in $((($(date +%s%N) - started_at) / 1000000)) ms"
+
+STEP="restart follower1; it answers at once"
+kill -TERM "$PID_f1"
+wait "$PID_f1" 2>/dev/null || true
+follower f1 "$F1"
+expect_get "$F1" user:3 Charlie
+
+STEP="a write to a follower is refused"
+if out=$(rkv_cli --connect="$F2" put user:4 Mallory 2>&1); then
+    die "$STEP: expected the follower to refuse the write, got '$out'"
+fi
+[[ $out == *READONLY* ]] || die "$STEP: expected a READONLY error, got '$out'"
+
+STEP="promote follower1 to master by hand"
+kill -TERM "$PID_master"
+wait "$PID_master" 2>/dev/null || true
+kill -TERM "$PID_f1"
+wait "$PID_f1" 2>/dev/null || true
+cp -r --dereference "$WORK/f1/current" "$WORK/promoted"
+NEW_M=127.0.0.1:$(free_port)
+start_daemon promoted "$WORK/promoted.log" rkv-master --db "$WORK/promoted" --backup-dir "$BACKUPS" \
+    --listen "$NEW_M" --interval 1s
+started "$NEW_M" "$WORK/promoted.log"
+expect_get "$NEW_M" user:3 Charlie
+rkv_cli --connect="$NEW_M" put user:4 Dave >/dev/null
+eventually_get "$F2" user:4 Dave
+
+STEP="stop everything"
+stop_daemons
