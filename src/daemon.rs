@@ -9,7 +9,116 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::server::ListenAddr;
+use crate::resp::Limits;
+use crate::server::{ListenAddr, ServerConfig};
+
+/// The flags both daemons share: access control, limits and logging.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Password clients must AUTH with. Prefer --password-file: a flag is
+    /// visible in the process list.
+    #[arg(
+        long,
+        env = "RKV_REQUIREPASS",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub requirepass: Option<String>,
+
+    /// File whose first line is the password clients must AUTH with.
+    #[arg(long = "password-file", env = "RKV_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Refuse a non-loopback --listen without a password (Redis's protected
+    /// mode); `no` allows it on a trusted network.
+    #[arg(long = "protected-mode", env = "RKV_PROTECTED_MODE", default_value = "yes",
+          value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
+    pub protected_mode: bool,
+
+    /// The most clients connected at once; more get an error.
+    #[arg(
+        long = "max-clients",
+        env = "RKV_MAX_CLIENTS",
+        default_value_t = 10_000
+    )]
+    pub max_clients: usize,
+
+    /// The largest request accepted, in bytes (suffixes KiB, MiB, GiB);
+    /// larger ones get an error and the connection is closed.
+    #[arg(long = "max-request-bytes", env = "RKV_MAX_REQUEST_BYTES", default_value = "64MiB",
+          value_parser = parse_size)]
+    pub max_request_bytes: usize,
+
+    /// Log format.
+    #[arg(
+        long = "log-format",
+        env = "RKV_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl ServerArgs {
+    /// The server's configuration for `listen`: reads the password and
+    /// applies protected mode; the error is a sentence for the operator.
+    pub fn server_config(&self, listen: Vec<ListenAddr>) -> Result<ServerConfig, String> {
+        let password = load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
+        check_protected_mode(&listen, password.is_some(), self.protected_mode)?;
+        if self.max_clients == 0 {
+            return Err("--max-clients must be at least 1".to_string());
+        }
+        Ok(ServerConfig {
+            listen,
+            password,
+            max_clients: self.max_clients,
+            limits: Limits {
+                max_request_bytes: self.max_request_bytes,
+            },
+        })
+    }
+}
+
+/// A daemon's `main`: validates its configuration (exit 2 with the sentence
+/// on failure), starts logging, runs it, and turns the outcome into an exit
+/// code (0 clean stop, 1 failure, with a `Try:` line where one helps).
+pub fn daemon_main<C>(
+    name: &str,
+    log_format: LogFormat,
+    config: Result<C, String>,
+    run: impl FnOnce(C) -> anyhow::Result<()>,
+) -> i32 {
+    let config = match config {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{name}: error: {message}");
+            return 2;
+        }
+    };
+    init_logging(log_format);
+    match run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            if let Some(hint) = e
+                .downcast_ref::<crate::Error>()
+                .and_then(crate::Error::hint)
+            {
+                eprintln!("Try: {hint}");
+            }
+            1
+        }
+    }
+}
+
+/// Accepts yes/no, true/false, on/off, 1/0.
+pub fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("{text:?} is not yes or no")),
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -185,6 +294,58 @@ impl Notifier {
     /// `STOPPING=1`.
     pub fn stopping(&self) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+}
+
+/// Leaves the [`DaemonFile`] in `dir` so `rkv --db=DIR` finds the daemon;
+/// returns the addresses it listens on.
+pub fn announce(dir: &Path, role: &str, server: &crate::server::Server) -> Vec<String> {
+    let listen: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let file = DaemonFile {
+        pid: std::process::id(),
+        role: role.to_string(),
+        listen: listen.clone(),
+    };
+    if let Err(e) = file.write(dir) {
+        tracing::warn!(
+            "cannot write {} (rkv --db will not find this daemon): {e}",
+            DaemonFile::NAME
+        );
+    }
+    listen
+}
+
+/// A daemon's main loop: returns at SIGTERM/SIGINT. Every second (or half
+/// the watchdog timeout, if shorter) it runs `tick`, pings the watchdog, and
+/// sends `status()` to systemd when it changed. SIGUSR1 runs `on_user1`.
+pub fn serve_until_terminated(
+    signals: &mpsc::Receiver<Signal>,
+    notifier: &Notifier,
+    mut on_user1: impl FnMut(),
+    mut tick: impl FnMut(),
+    status: impl Fn() -> String,
+) {
+    let period = notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
+    let mut last_status = String::new();
+    loop {
+        match signals.recv_timeout(period) {
+            Ok(Signal::Terminate) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(Signal::User1) => on_user1(),
+            Ok(Signal::Hangup) => {
+                tracing::info!("SIGHUP: nothing to reload; restart to change flags")
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        tick();
+        notifier.watchdog();
+        let now = status();
+        if now != last_status {
+            notifier.status(&now);
+            last_status = now;
+        }
     }
 }
 

@@ -12,8 +12,7 @@ use clap::Parser;
 
 use super::{Follower, PollOutcome};
 use crate::backup::BackupDir;
-use crate::daemon::{self, DaemonFile, LogFormat, Notifier, Signal};
-use crate::resp::Limits;
+use crate::daemon::{self, DaemonFile, Notifier, ServerArgs};
 use crate::server::{ListenAddr, Server, ServerConfig};
 
 use super::generations::DataDir;
@@ -101,52 +100,9 @@ pub struct FollowerArgs {
     )]
     pub stale_reads: StaleReads,
 
-    /// Password clients must AUTH with. Prefer --password-file.
-    #[arg(
-        long,
-        env = "RKV_REQUIREPASS",
-        value_name = "PASSWORD",
-        hide_env_values = true
-    )]
-    pub requirepass: Option<String>,
-
-    /// File whose first line is the password clients must AUTH with.
-    #[arg(long = "password-file", env = "RKV_PASSWORD_FILE", value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-
-    /// Refuse a non-loopback --listen without a password (Redis's protected
-    /// mode); `no` allows it on a trusted network.
-    #[arg(long = "protected-mode", env = "RKV_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
-    pub protected_mode: bool,
-
-    /// The most clients connected at once; more get an error.
-    #[arg(
-        long = "max-clients",
-        env = "RKV_MAX_CLIENTS",
-        default_value_t = 10_000
-    )]
-    pub max_clients: usize,
-
-    /// The largest request accepted, in bytes (suffixes KiB, MiB, GiB).
-    #[arg(long = "max-request-bytes", env = "RKV_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = daemon::parse_size)]
-    pub max_request_bytes: usize,
-
-    /// Log format.
-    #[arg(
-        long = "log-format",
-        env = "RKV_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-}
-
-fn parse_yes_no(text: &str) -> Result<bool, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "yes" | "true" | "on" | "1" => Ok(true),
-        "no" | "false" | "off" | "0" => Ok(false),
-        _ => Err(format!("{text:?} is not yes or no")),
-    }
+    /// Access control, limits and logging.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// A validated follower configuration.
@@ -166,8 +122,6 @@ pub struct FollowerConfig {
     pub stale_reads: StaleReads,
     /// The RESP server.
     pub server: ServerConfig,
-    /// Log format.
-    pub log_format: LogFormat,
 }
 
 impl FollowerArgs {
@@ -190,12 +144,7 @@ impl FollowerArgs {
         if self.stale_reads == StaleReads::Refuse && self.max_staleness.is_none() {
             return Err("--stale-reads refuse needs --max-staleness DURATION".to_string());
         }
-        let password =
-            daemon::load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
-        daemon::check_protected_mode(&self.listen, password.is_some(), self.protected_mode)?;
-        if self.max_clients == 0 {
-            return Err("--max-clients must be at least 1".to_string());
-        }
+        let server = self.server.server_config(self.listen)?;
         Ok(FollowerConfig {
             backup_dir: self.backup_dir,
             data: self.data,
@@ -203,15 +152,7 @@ impl FollowerArgs {
             restore_rate_limit: self.restore_rate_limit as u64,
             max_staleness: self.max_staleness,
             stale_reads: self.stale_reads,
-            server: ServerConfig {
-                listen: self.listen,
-                password,
-                max_clients: self.max_clients,
-                limits: Limits {
-                    max_request_bytes: self.max_request_bytes,
-                },
-            },
-            log_format: self.log_format,
+            server,
         })
     }
 }
@@ -220,22 +161,8 @@ impl FollowerArgs {
 /// failure, 2 bad configuration).
 pub fn main() -> i32 {
     let args = FollowerArgs::parse();
-    let log_format = args.log_format;
-    let config = match args.validate() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("rkv-follower: error: {message}");
-            return 2;
-        }
-    };
-    daemon::init_logging(log_format);
-    match run(config) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("rkv-follower: error: {e:#}");
-            1
-        }
-    }
+    let log_format = args.server.log_format;
+    daemon::daemon_main("rkv-follower", log_format, args.validate(), run)
 }
 
 /// Runs the follower until SIGTERM/SIGINT.
@@ -249,18 +176,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     let follower = Arc::new(follower);
     let server = Server::start(config.server.clone(), Arc::clone(&follower) as _)
         .context("start the server")?;
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
-    let daemon_file = DaemonFile {
-        pid: std::process::id(),
-        role: "follower".into(),
-        listen: addrs.clone(),
-    };
-    if let Err(e) = daemon_file.write(&config.data) {
-        tracing::warn!(
-            "cannot write {} (rkv --db will not find this daemon): {e}",
-            DaemonFile::NAME
-        );
-    }
+    let addrs = daemon::announce(&config.data, "follower", &server);
     tracing::info!(
         "rkv-follower serving {} on {}; following {}",
         config.data.display(),
@@ -284,29 +200,13 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
         (handle, stop_tx)
     };
 
-    let tick = notifier
-        .watchdog_interval()
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_secs(1));
-    let mut last_status = String::new();
-    loop {
-        match signals.recv_timeout(tick) {
-            Ok(Signal::Terminate) => break,
-            Ok(Signal::User1) => tracing::info!("SIGUSR1: nothing to do on a follower"),
-            Ok(Signal::Hangup) => {
-                tracing::info!("SIGHUP: nothing to reload; restart to change flags")
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        watcher.ensure();
-        notifier.watchdog();
-        let status = follower.status_line();
-        if status != last_status {
-            notifier.status(&status);
-            last_status = status;
-        }
-    }
+    daemon::serve_until_terminated(
+        &signals,
+        &notifier,
+        || tracing::info!("SIGUSR1: nothing to do on a follower"),
+        || watcher.ensure(),
+        || follower.status_line(),
+    );
 
     tracing::info!("shutting down: no new clients; finishing requests in flight");
     notifier.stopping();

@@ -11,8 +11,7 @@ use clap::Parser;
 
 use super::{Master, StepOutcome};
 use crate::backup::{BackupDir, Retention};
-use crate::daemon::{self, DaemonFile, LogFormat, Notifier, Signal};
-use crate::resp::Limits;
+use crate::daemon::{self, DaemonFile, Notifier, ServerArgs};
 use crate::server::{ListenAddr, Server, ServerConfig};
 
 const AFTER_HELP: &str = "\
@@ -68,64 +67,18 @@ pub struct MasterArgs {
     )]
     pub listen: Vec<ListenAddr>,
 
-    /// Password clients must AUTH with. Prefer --password-file: a flag is
-    /// visible in the process list.
-    #[arg(
-        long,
-        env = "RKV_REQUIREPASS",
-        value_name = "PASSWORD",
-        hide_env_values = true
-    )]
-    pub requirepass: Option<String>,
-
-    /// File whose first line is the password clients must AUTH with.
-    #[arg(long = "password-file", env = "RKV_PASSWORD_FILE", value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-
-    /// Refuse a non-loopback --listen without a password (Redis's protected
-    /// mode); `no` allows it on a trusted network.
-    #[arg(long = "protected-mode", env = "RKV_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
-    pub protected_mode: bool,
-
-    /// The most clients connected at once; more get an error.
-    #[arg(
-        long = "max-clients",
-        env = "RKV_MAX_CLIENTS",
-        default_value_t = 10_000
-    )]
-    pub max_clients: usize,
-
-    /// The largest request accepted, in bytes (suffixes KiB, MiB, GiB);
-    /// larger ones get an error and the connection is closed.
-    #[arg(long = "max-request-bytes", env = "RKV_MAX_REQUEST_BYTES", default_value = "64MiB", value_parser = daemon::parse_size)]
-    pub max_request_bytes: usize,
-
     /// fsync the write-ahead log before acknowledging each write (slower;
     /// survives power loss, not just a process crash).
     #[arg(long = "sync-writes", env = "RKV_SYNC_WRITES")]
     pub sync_writes: bool,
 
     /// Take a final backup at shutdown when the database changed.
-    #[arg(long = "backup-on-exit", env = "RKV_BACKUP_ON_EXIT", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
+    #[arg(long = "backup-on-exit", env = "RKV_BACKUP_ON_EXIT", default_value = "yes", value_parser = daemon::parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
     pub backup_on_exit: bool,
 
-    /// Log format.
-    #[arg(
-        long = "log-format",
-        env = "RKV_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-}
-
-/// Accepts yes/no, true/false, on/off, 1/0.
-fn parse_yes_no(text: &str) -> Result<bool, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "yes" | "true" | "on" | "1" => Ok(true),
-        "no" | "false" | "off" | "0" => Ok(false),
-        _ => Err(format!("{text:?} is not yes or no")),
-    }
+    /// Access control, limits and logging.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// A validated master configuration.
@@ -145,8 +98,6 @@ pub struct MasterConfig {
     pub backup_on_exit: bool,
     /// The RESP server.
     pub server: ServerConfig,
-    /// Log format.
-    pub log_format: LogFormat,
 }
 
 impl MasterArgs {
@@ -170,12 +121,7 @@ impl MasterArgs {
                 backup_dir.display()
             ));
         }
-        let password =
-            daemon::load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
-        daemon::check_protected_mode(&self.listen, password.is_some(), self.protected_mode)?;
-        if self.max_clients == 0 {
-            return Err("--max-clients must be at least 1".to_string());
-        }
+        let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
             db: self.db,
             backup_dir: self.backup_dir,
@@ -186,15 +132,7 @@ impl MasterArgs {
             },
             sync_writes: self.sync_writes,
             backup_on_exit: self.backup_on_exit,
-            server: ServerConfig {
-                listen: self.listen,
-                password,
-                max_clients: self.max_clients,
-                limits: Limits {
-                    max_request_bytes: self.max_request_bytes,
-                },
-            },
-            log_format: self.log_format,
+            server,
         })
     }
 }
@@ -203,28 +141,8 @@ impl MasterArgs {
 /// 2 bad configuration).
 pub fn main() -> i32 {
     let args = MasterArgs::parse();
-    let log_format = args.log_format;
-    let config = match args.validate() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("rkv-master: error: {message}");
-            return 2;
-        }
-    };
-    daemon::init_logging(log_format);
-    match run(config) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("rkv-master: error: {e:#}");
-            if let Some(hint) = e
-                .downcast_ref::<crate::Error>()
-                .and_then(crate::Error::hint)
-            {
-                eprintln!("Try: {hint}");
-            }
-            1
-        }
-    }
+    let log_format = args.server.log_format;
+    daemon::daemon_main("rkv-master", log_format, args.validate(), run)
 }
 
 /// Runs the master until SIGTERM/SIGINT.
@@ -236,18 +154,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     let master = Arc::new(master);
     let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
         .context("start the server")?;
-    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
-    let daemon_file = DaemonFile {
-        pid: std::process::id(),
-        role: "master".into(),
-        listen: addrs.clone(),
-    };
-    if let Err(e) = daemon_file.write(&config.db) {
-        tracing::warn!(
-            "cannot write {} (rkv --db will not find this daemon): {e}",
-            DaemonFile::NAME
-        );
-    }
+    let addrs = daemon::announce(&config.db, "master", &server);
     let backup_loop = master.start_loop(config.interval);
     tracing::info!(
         "rkv-master serving {} on {}; backups to {} every {}",
@@ -263,32 +170,16 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     notifier.ready(&master.status_line());
 
-    let tick = notifier
-        .watchdog_interval()
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_secs(1));
-    let mut last_status = String::new();
-    loop {
-        match signals.recv_timeout(tick) {
-            Ok(Signal::Terminate) => break,
-            Ok(Signal::User1) => {
-                tracing::info!("SIGUSR1: backing up now");
-                master.request_backup();
-            }
-            Ok(Signal::Hangup) => {
-                tracing::info!("SIGHUP: nothing to reload; restart to change flags")
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        master.heartbeat();
-        notifier.watchdog();
-        let status = master.status_line();
-        if status != last_status {
-            notifier.status(&status);
-            last_status = status;
-        }
-    }
+    daemon::serve_until_terminated(
+        &signals,
+        &notifier,
+        || {
+            tracing::info!("SIGUSR1: backing up now");
+            master.request_backup();
+        },
+        || master.heartbeat(),
+        || master.status_line(),
+    );
 
     tracing::info!("shutting down: no new clients; finishing requests in flight");
     notifier.stopping();

@@ -1,7 +1,7 @@
 //! The `rkv` CLI in local mode: ldb's syntax and output, backups, and every
 //! error a user will hit, with its exit code and sentence.
 
-use crate::util::{backup_flag, db_flag, rkv, rkv_bin, Sandbox};
+use crate::util::{backup_flag, corrupt_private_manifest, db_flag, rkv, rkv_bin, Sandbox};
 
 #[test]
 fn put_backup_restore_get_with_binary_keys() {
@@ -244,20 +244,7 @@ fn backups_table_and_verify() {
     rkv(&["verify", &backups, "--backup_id=1"]).ok();
 
     // Flip a byte in a file only backup 2 holds: verify names it and fails.
-    let private = s.path("backups/private/2");
-    let manifest = std::fs::read_dir(&private)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("MANIFEST")
-        })
-        .unwrap();
-    let mut bytes = std::fs::read(&manifest).unwrap();
-    bytes[0] ^= 0xff;
-    std::fs::write(&manifest, bytes).unwrap();
+    corrupt_private_manifest(&s.path("backups"), 2);
     rkv(&["verify", &backups]).fails(1, &["backup 2 is corrupt", "MANIFEST", "Try:"]);
     rkv(&["verify", &backups, "--backup_id=1"]).ok();
 }

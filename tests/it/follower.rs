@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rkv::resp::Reply;
 
-use crate::util::{db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
+use crate::util::{corrupt_private_manifest, db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(60);
 
@@ -298,21 +298,7 @@ fn a_corrupt_backup_keeps_the_old_data_serving_until_an_intact_one() {
     master.client().call(&[b"SAVE"]).unwrap();
     // Flip a byte of the MANIFEST only backup 2 holds (same size: RocksDB
     // lists the backup; only the checksum tells).
-    let private = s.path("backups/private/2");
-    let manifest = std::fs::read_dir(&private)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("MANIFEST")
-        })
-        .unwrap();
-    let mut bytes = std::fs::read(&manifest).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&manifest, bytes).unwrap();
+    corrupt_private_manifest(&s.path("backups"), 2);
 
     let follower = Daemon::follower(
         &s.path("backups"),

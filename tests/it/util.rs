@@ -302,3 +302,23 @@ impl Drop for Daemon {
 pub fn run_bin(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).output().unwrap()
 }
+
+/// Flips the last byte of the MANIFEST only backup `id` holds: the size stays
+/// (RocksDB still lists the backup) and only the checksum tells.
+pub fn corrupt_private_manifest(backups: &Path, id: u32) {
+    let private = backups.join("private").join(id.to_string());
+    let manifest = std::fs::read_dir(&private)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&manifest, bytes).unwrap();
+}
