@@ -162,6 +162,14 @@ impl Db {
             .flush()
             .map_err(|e| Error::rocksdb("flush the database", e))
     }
+
+    /// Flushes, then compacts the whole key range into as few levels as
+    /// possible (what `ldb compact` does): a database in steady state.
+    pub fn compact(&self) -> Result<()> {
+        self.flush()?;
+        self.inner.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(())
+    }
 }
 
 /// Key bounds for a scan: `from` inclusive, `to` exclusive, as in `ldb scan`.

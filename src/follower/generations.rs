@@ -148,31 +148,35 @@ impl DataDir {
         Ok(partial)
     }
 
-    /// Makes the partial generation `id` complete and the one `current`
-    /// names: rename it to `gen-<id>`, then replace the symlink atomically
-    /// (a new link renamed over the old). Returns the generation's path.
-    pub fn commit(&self, id: u32, partial: &Path) -> Result<PathBuf> {
+    /// Renames the restored partial generation `id` to `gen-<id>`: complete,
+    /// but not serving until [`DataDir::publish`]. Returns its path.
+    pub fn finish(&self, id: u32, partial: &Path) -> Result<PathBuf> {
         let done = self.generation_path(id);
-        let io = |what: String, e| Error::io(what, e);
         if done.exists() {
             fs::remove_dir_all(&done)
-                .map_err(|e| io(format!("remove the stale {}", done.display()), e))?;
+                .map_err(|e| Error::io(format!("remove the stale {}", done.display()), e))?;
         }
         fs::rename(partial, &done).map_err(|e| {
-            io(
+            Error::io(
                 format!("rename {} to {}", partial.display(), done.display()),
                 e,
             )
         })?;
+        Ok(done)
+    }
+
+    /// Makes generation `id` the one `current` names: a new symlink renamed
+    /// over the old one, so `current` always names a complete generation.
+    pub fn publish(&self, id: u32) -> Result<()> {
         let tmp = self.path.join(format!(".{CURRENT}.tmp"));
+        let current = self.path.join(CURRENT);
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(Self::name(id), &tmp)
-            .map_err(|e| io(format!("create {}", tmp.display()), e))?;
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         sync_dir(&self.path)?;
-        fs::rename(&tmp, self.path.join(CURRENT))
-            .map_err(|e| io(format!("replace {}", self.path.join(CURRENT).display()), e))?;
-        sync_dir(&self.path)?;
-        Ok(done)
+        fs::rename(&tmp, &current)
+            .map_err(|e| Error::io(format!("replace {}", current.display()), e))?;
+        sync_dir(&self.path)
     }
 
     /// Removes every generation and partial except `keep` (ids): leftovers
@@ -220,7 +224,9 @@ mod tests {
         let first = data.start(1, None).unwrap();
         fs::write(first.join("000007.sst"), b"sst").unwrap();
         fs::write(first.join("MANIFEST-000001"), b"m").unwrap();
-        let gen1 = data.commit(1, &first).unwrap();
+        let gen1 = data.finish(1, &first).unwrap();
+        assert_eq!(data.current(), None, "finished is not yet serving");
+        data.publish(1).unwrap();
         assert_eq!(data.current(), Some((1, gen1.clone())));
         assert!(DataDir::is_data_dir(tmp.path()));
 
@@ -234,7 +240,8 @@ mod tests {
             ino(&second.join("000007.sst")),
             ino(&gen1.join("000007.sst"))
         );
-        let gen2 = data.commit(2, &second).unwrap();
+        let gen2 = data.finish(2, &second).unwrap();
+        data.publish(2).unwrap();
         assert_eq!(data.current(), Some((2, gen2)));
 
         fs::create_dir(tmp.path().join("gen-000009.partial")).unwrap();

@@ -172,7 +172,11 @@ impl Follower {
             Err(e) => {
                 state.last_poll_ok = false;
                 let message = e.to_string();
-                if state.last_error.as_deref() != Some(&message) {
+                // A missing directory before the first backup is normal and
+                // the apply loop says so; anything else is worth a warning.
+                let first_wait =
+                    matches!(e, Error::BackupDirMissing { .. }) && self.serving.load().is_none();
+                if state.last_error.as_deref() != Some(&message) && !first_wait {
                     tracing::warn!("cannot read the backup directory: {message}; still serving");
                 }
                 state.last_error = Some(message.clone());
@@ -243,27 +247,19 @@ impl Follower {
         let mut stats =
             self.store
                 .restore(Some(backup.id), &partial, RestoreMode::KeepMatchingFiles)?;
-        // Check it opens and holds what the backup promises, before it can
-        // become `current`. The handle is closed again: RocksDB keeps paths,
-        // and the directory is about to be renamed.
-        {
-            let db = Db::open(&partial, OpenMode::ReadOnly)?;
-            if let Some(meta) = &backup.metadata {
-                if db.latest_sequence_number() < meta.seq {
-                    return Err(Error::BackupCorrupt {
-                        id: backup.id,
-                        detail: format!(
-                            "restored sequence number {} is below the {} its metadata records",
-                            db.latest_sequence_number(),
-                            meta.seq
-                        ),
-                    });
-                }
-            }
-        }
         write_generation_info(&partial, backup);
-        let path = self.data.commit(backup.id, &partial)?;
-        let db = Db::open(&path, OpenMode::ReadOnly)?;
+        // Check it opens and holds what the backup promises before it can
+        // become `current`. RocksDB keeps paths, so it is opened where it
+        // will stay: renamed to gen-N first, published after the check.
+        let path = self.data.finish(backup.id, &partial)?;
+        let db = match Db::open(&path, OpenMode::ReadOnly).and_then(|db| check(db, backup)) {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&path);
+                return Err(e);
+            }
+        };
+        self.data.publish(backup.id)?;
         let generation = Arc::new(Generation {
             backup: backup.clone(),
             db: Arc::new(db),
@@ -338,6 +334,24 @@ impl Follower {
             _ => "waiting for the first backup".to_string(),
         }
     }
+}
+
+/// Fails when the restored database holds less than its backup's metadata
+/// promises.
+fn check(db: Db, backup: &BackupInfo) -> Result<Db> {
+    if let Some(meta) = &backup.metadata {
+        if db.latest_sequence_number() < meta.seq {
+            return Err(Error::BackupCorrupt {
+                id: backup.id,
+                detail: format!(
+                    "restored sequence number {} is below the {} its metadata records",
+                    db.latest_sequence_number(),
+                    meta.seq
+                ),
+            });
+        }
+    }
+    Ok(db)
 }
 
 /// The backup facts of a generation, kept beside its database so that a

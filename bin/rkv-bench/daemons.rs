@@ -1,0 +1,246 @@
+//! The processes a benchmark drives: rkv-master, rkv-follower and
+//! redis-server on loopback, with their peak memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rkv::client::Client;
+use rkv::resp::Reply;
+use rkv::server::ListenAddr;
+
+/// A daemon started by the benchmark; killed when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    pub addr: ListenAddr,
+    pub port: u16,
+}
+
+/// Where rkv-master and rkv-follower are: beside this binary.
+fn bin(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(name)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Proc {
+    pub fn master(db: &Path, backups: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "--db".into(),
+            path(db),
+            "--backup-dir".into(),
+            path(backups),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::start(bin("rkv-master"), args)
+    }
+
+    pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "--backup-dir".into(),
+            path(backups),
+            "--data".into(),
+            path(data),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::start(bin("rkv-follower"), args)
+    }
+
+    pub fn redis_server() -> Proc {
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+        ];
+        Proc::start(
+            PathBuf::from("redis-server"),
+            args.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start(program: PathBuf, mut args: Vec<String>) -> Proc {
+        let port = free_port();
+        let is_redis = program == Path::new("redis-server");
+        if is_redis {
+            args.extend(["--port".to_string(), port.to_string()]);
+        } else {
+            args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        }
+        let child = Command::new(&program)
+            .args(&args)
+            .env("RKV_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let proc = Proc {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            port,
+        };
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} to answer", program.display()),
+            || {
+                Client::connect(&proc.addr, None)
+                    .and_then(|mut c| c.call(&[b"PING"]))
+                    .is_ok()
+            },
+        );
+        proc
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.addr, None).unwrap()
+    }
+
+    /// One `field:value` of INFO.
+    pub fn info(&self, field: &str) -> Option<String> {
+        let Reply::Bulk(Some(text)) = self.client().call(&[b"INFO"]).ok()? else {
+            return None;
+        };
+        let prefix = format!("{field}:");
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    pub fn info_num(&self, field: &str) -> i64 {
+        self.info(field).and_then(|v| v.parse().ok()).unwrap_or(-1)
+    }
+
+    /// Peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Polls `check` every 5 ms until it holds; panics after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many times each redis-benchmark run is repeated (the median counts):
+/// 2 cores shared by the load generator and the server make single runs noisy.
+pub static REPEATS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Runs redis-benchmark [`REPEATS`] times and returns the median requests
+/// per second.
+pub fn redis_benchmark(
+    port: u16,
+    test: &str,
+    requests: usize,
+    clients: usize,
+    pipeline: usize,
+) -> f64 {
+    let repeats = REPEATS.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let mut rates: Vec<f64> = (0..repeats)
+        .map(|_| redis_benchmark_once(port, test, requests, clients, pipeline))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+fn redis_benchmark_once(
+    port: u16,
+    test: &str,
+    requests: usize,
+    clients: usize,
+    pipeline: usize,
+) -> f64 {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            test,
+            "-n",
+            &requests.to_string(),
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-r",
+            "100000",
+            "-d",
+            "100",
+            "-P",
+            &pipeline.to_string(),
+            "--csv",
+            "-q",
+        ])
+        .output()
+        .expect("run redis-benchmark (apt-get install redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // --csv: "test","rps",… with the header first.
+    text.lines()
+        .filter(|l| !l.starts_with("\"test\""))
+        .find_map(|l| {
+            l.split(',')
+                .nth(1)
+                .and_then(|v| v.trim_matches('"').parse().ok())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no rate in redis-benchmark output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
