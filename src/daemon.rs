@@ -49,6 +49,12 @@ pub struct ServerArgs {
           value_parser = parse_size)]
     pub max_request_bytes: usize,
 
+    /// Memory for RocksDB's cache of data blocks, shared by every database
+    /// the daemon opens (suffixes KiB, MiB, GiB). Reads of cached blocks skip
+    /// the page cache and decompression.
+    #[arg(long = "cache-size", env = "RKV_CACHE_SIZE", default_value = "128MiB", value_parser = parse_size)]
+    pub cache_size: usize,
+
     /// Log format.
     #[arg(
         long = "log-format",

@@ -35,6 +35,14 @@ impl Db {
     /// `create_if_missing` is off, or the mode is read-only),
     /// [`Error::DbLocked`] when another process holds it read-write.
     pub fn open(path: &Path, mode: OpenMode) -> Result<Db> {
+        Db::open_with_cache(path, mode, None)
+    }
+
+    /// [`Db::open`] with data blocks cached in `cache`, which several
+    /// databases may share. Blocks are keyed by the SST file's identity, so a
+    /// follower's new generation finds the blocks its SST files (hard links
+    /// of the previous generation's) already had cached.
+    pub fn open_with_cache(path: &Path, mode: OpenMode, cache: Option<&BlockCache>) -> Result<Db> {
         let create_if_missing = matches!(
             mode,
             OpenMode::ReadWrite {
@@ -48,6 +56,11 @@ impl Db {
         }
         let mut options = Options::default();
         options.create_if_missing(create_if_missing);
+        if let Some(cache) = cache {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache.0);
+            options.set_block_based_table_factory(&table);
+        }
         // A database made elsewhere may have more column families than the
         // default one; RocksDB refuses to open it unless all are named.
         let column_families = if holds_db(path) {
@@ -169,6 +182,17 @@ impl Db {
         self.flush()?;
         self.inner.compact_range::<&[u8], &[u8]>(None, None);
         Ok(())
+    }
+}
+
+/// A block cache shared by the databases opened with it.
+#[derive(Clone)]
+pub struct BlockCache(rocksdb::Cache);
+
+impl BlockCache {
+    /// An LRU cache of `bytes`.
+    pub fn new(bytes: usize) -> BlockCache {
+        BlockCache(rocksdb::Cache::new_lru_cache(bytes))
     }
 }
 

@@ -13,6 +13,7 @@ use clap::Parser;
 use super::{Follower, PollOutcome};
 use crate::backup::BackupDir;
 use crate::daemon::{self, DaemonFile, Notifier, ServerArgs};
+use crate::db::BlockCache;
 use crate::server::{ListenAddr, Server, ServerConfig};
 
 use super::generations::DataDir;
@@ -120,6 +121,8 @@ pub struct FollowerConfig {
     pub max_staleness: Option<Duration>,
     /// Stale read policy.
     pub stale_reads: StaleReads,
+    /// Block cache bytes.
+    pub cache_size: usize,
     /// The RESP server.
     pub server: ServerConfig,
 }
@@ -152,6 +155,7 @@ impl FollowerArgs {
             restore_rate_limit: self.restore_rate_limit as u64,
             max_staleness: self.max_staleness,
             stale_reads: self.stale_reads,
+            cache_size: self.server.cache_size,
             server,
         })
     }
@@ -171,8 +175,15 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     let data = DataDir::lock(&config.data)?;
     let store =
         BackupDir::new(&config.backup_dir).with_restore_rate_limit(config.restore_rate_limit);
-    let follower = Follower::open(store, data, config.max_staleness, config.stale_reads)
-        .with_context(|| format!("open the data directory {}", config.data.display()))?;
+    let cache = BlockCache::new(config.cache_size);
+    let follower = Follower::open(
+        store,
+        data,
+        config.max_staleness,
+        config.stale_reads,
+        Some(cache),
+    )
+    .with_context(|| format!("open the data directory {}", config.data.display()))?;
     let follower = Arc::new(follower);
     let server = Server::start(config.server.clone(), Arc::clone(&follower) as _)
         .context("start the server")?;

@@ -20,7 +20,7 @@ use arc_swap::ArcSwapOption;
 use crate::backup::{
     unix_ms, BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats,
 };
-use crate::db::{Db, OpenMode};
+use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::resp::Reply;
 use crate::server::Backend;
@@ -48,6 +48,9 @@ pub struct Follower {
     max_staleness: Option<Duration>,
     stale_reads: StaleReads,
     write_lock: Mutex<()>,
+    /// Shared by every generation: the SST files a new generation shares
+    /// with the old one keep their cached blocks across the swap.
+    cache: Option<BlockCache>,
 }
 
 /// What the follower has seen and done, for `INFO replication`.
@@ -88,6 +91,7 @@ impl Follower {
         data: DataDir,
         max_staleness: Option<Duration>,
         stale_reads: StaleReads,
+        cache: Option<BlockCache>,
     ) -> Result<Follower> {
         let follower = Follower {
             store,
@@ -98,6 +102,7 @@ impl Follower {
             max_staleness,
             stale_reads,
             write_lock: Mutex::new(()),
+            cache,
         };
         if let Some((id, path)) = follower.data.current() {
             match follower.open_generation(id, &path) {
@@ -125,7 +130,7 @@ impl Follower {
     /// Opens generation `id` at `path` read-only; its backup's facts come
     /// from the store's metadata when it still has the backup.
     fn open_generation(&self, id: u32, path: &Path) -> Result<Generation> {
-        let db = Db::open(path, OpenMode::ReadOnly)?;
+        let db = Db::open_with_cache(path, OpenMode::ReadOnly, self.cache.as_ref())?;
         let backup = self
             .store
             .list()
@@ -252,7 +257,8 @@ impl Follower {
         // become `current`. RocksDB keeps paths, so it is opened where it
         // will stay: renamed to gen-N first, published after the check.
         let path = self.data.finish(backup.id, &partial)?;
-        let db = match Db::open(&path, OpenMode::ReadOnly).and_then(|db| check(db, backup)) {
+        let opened = Db::open_with_cache(&path, OpenMode::ReadOnly, self.cache.as_ref());
+        let db = match opened.and_then(|db| check(db, backup)) {
             Ok(db) => db,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&path);
@@ -611,6 +617,7 @@ mod tests {
             DataDir::lock(&s.data).unwrap(),
             None,
             StaleReads::Serve,
+            Some(BlockCache::new(8 << 20)),
         )
         .unwrap()
     }
@@ -700,6 +707,7 @@ mod tests {
             data,
             Some(Duration::from_millis(1)),
             StaleReads::Refuse,
+            None,
         )
         .unwrap();
         f.poll();

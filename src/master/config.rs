@@ -12,6 +12,7 @@ use clap::Parser;
 use super::{Master, StepOutcome};
 use crate::backup::{BackupDir, Retention};
 use crate::daemon::{self, DaemonFile, Notifier, ServerArgs};
+use crate::db::BlockCache;
 use crate::server::{ListenAddr, Server, ServerConfig};
 
 const AFTER_HELP: &str = "\
@@ -96,6 +97,8 @@ pub struct MasterConfig {
     pub sync_writes: bool,
     /// Final backup at exit.
     pub backup_on_exit: bool,
+    /// Block cache bytes.
+    pub cache_size: usize,
     /// The RESP server.
     pub server: ServerConfig,
 }
@@ -132,6 +135,7 @@ impl MasterArgs {
             },
             sync_writes: self.sync_writes,
             backup_on_exit: self.backup_on_exit,
+            cache_size: self.server.cache_size,
             server,
         })
     }
@@ -149,8 +153,15 @@ pub fn main() -> i32 {
 pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     let signals = daemon::watch_signals().context("install signal handlers")?;
     let store = BackupDir::new(&config.backup_dir);
-    let master = Master::open(&config.db, store, config.retention, config.sync_writes)
-        .with_context(|| format!("open the database at {}", config.db.display()))?;
+    let cache = BlockCache::new(config.cache_size);
+    let master = Master::open(
+        &config.db,
+        store,
+        config.retention,
+        config.sync_writes,
+        Some(&cache),
+    )
+    .with_context(|| format!("open the database at {}", config.db.display()))?;
     let master = Arc::new(master);
     let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
         .context("start the server")?;

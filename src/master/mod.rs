@@ -71,13 +71,12 @@ impl Master {
         store: BackupDir,
         retention: Retention,
         sync_writes: bool,
+        cache: Option<&crate::db::BlockCache>,
     ) -> Result<Master> {
-        let mut db = Db::open(
-            db_path,
-            OpenMode::ReadWrite {
-                create_if_missing: true,
-            },
-        )?;
+        let mode = OpenMode::ReadWrite {
+            create_if_missing: true,
+        };
+        let mut db = Db::open_with_cache(db_path, mode, cache)?;
         db.set_sync_writes(sync_writes);
         let newest = match store.list() {
             Ok(backups) => backups.last().cloned(),
@@ -419,6 +418,7 @@ mod tests {
             BackupDir::new(dir.join("backups")),
             retention,
             false,
+            None,
         )
         .unwrap()
     }
@@ -472,6 +472,7 @@ mod tests {
             BackupDir::new(tmp.path().join("backups")),
             retention,
             false,
+            None,
         );
         let m = match m {
             Ok(m) => m,

@@ -190,8 +190,17 @@ fn lookup(name: &str) -> Option<&'static Spec> {
 
 /// Executes one request.
 pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action) {
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    let Some(spec) = lookup(&name) else {
+    // Lower-cased on the stack: this runs for every request.
+    let mut buf = [0u8; 16];
+    let name = match args[0].len() {
+        n if n <= buf.len() => {
+            buf[..n].copy_from_slice(&args[0]);
+            buf[..n].make_ascii_lowercase();
+            std::str::from_utf8(&buf[..n]).unwrap_or("")
+        }
+        _ => "",
+    };
+    let Some(spec) = lookup(name) else {
         return (unknown_command(args), Action::Continue);
     };
     let argc = args.len() as i64;
@@ -210,7 +219,7 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
         );
     }
     let backend = shared.backend.as_ref();
-    let reply = match name.as_str() {
+    let reply = match name {
         "auth" => auth(args, conn, shared),
         "quit" => return (Reply::ok(), Action::Close),
         "ping" => match args.len() {
@@ -232,12 +241,12 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
         "save" => backend.save(),
         "get" | "mget" | "exists" | "type" | "ttl" | "dbsize" | "scan" | "rkv.scan" => {
             match backend.reader() {
-                Ok(db) => read(&name, args, &db, shared).unwrap_or_else(storage_error),
+                Ok(db) => read(name, args, &db, shared).unwrap_or_else(storage_error),
                 Err(refusal) => refusal,
             }
         }
         "set" | "mset" | "del" => match backend.writer() {
-            Ok(db) => write(&name, args, &db, backend).unwrap_or_else(storage_error),
+            Ok(db) => write(name, args, &db, backend).unwrap_or_else(storage_error),
             Err(refusal) => refusal,
         },
         _ => unreachable!("every command in the table is dispatched"),
