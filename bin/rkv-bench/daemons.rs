@@ -83,7 +83,10 @@ impl Proc {
         }
         let child = Command::new(&program)
             .args(&args)
-            .env("RKV_LOG", "warn")
+            .env(
+                "RKV_LOG",
+                std::env::var("RKV_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -30,6 +30,10 @@ struct Args {
     /// Where the scratch databases go (default: a temp dir).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Run only these scenarios (for investigating one figure; the report
+    /// then lacks the others).
+    #[arg(long, value_delimiter = ',', value_parser = ["lag", "catchup", "writes", "reads"])]
+    only: Vec<String>,
 }
 
 struct Plan {
@@ -82,8 +86,9 @@ fn main() {
         d
     };
 
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut lag = Vec::new();
-    for (interval, duration) in &plan.lag {
+    for (interval, duration) in plan.lag.iter().filter(|_| wanted("lag")) {
         log(&format!(
             "1. lag at --interval {} for {}",
             humantime::format_duration(*interval),
@@ -97,7 +102,7 @@ fn main() {
         ));
     }
     let mut catchup = Vec::new();
-    for &size in &plan.sizes_mib {
+    for &size in plan.sizes_mib.iter().filter(|_| wanted("catchup")) {
         log(&format!(
             "2. catch-up on a {size} MiB database after a {} MiB change",
             plan.change_mib
@@ -106,10 +111,16 @@ fn main() {
         catchup.push(scenarios::catchup(&work, size, plan.change_mib));
         let _ = std::fs::remove_dir_all(&work);
     }
-    log("3. master write throughput");
-    let writes = scenarios::master_writes(&dir("writes"), plan.requests);
-    log("4. follower read throughput");
-    let reads = scenarios::follower_reads(&dir("reads"), plan.requests);
+    let mut writes = Vec::new();
+    if wanted("writes") {
+        log("3. master write throughput");
+        writes = scenarios::master_writes(&dir("writes"), plan.requests);
+    }
+    let mut reads = Vec::new();
+    if wanted("reads") {
+        log("4. follower read throughput");
+        reads = scenarios::follower_reads(&dir("reads"), plan.requests);
+    }
 
     let report = Report {
         quick: args.quick,
@@ -373,7 +384,11 @@ impl Report {
         write("bench-lag.gp", &lag_script);
         write("bench-catchup.dat", &catchup_data);
         write("bench-catchup.gp", catchup_script);
-        for script in ["bench-lag.gp", "bench-catchup.gp"] {
+        let scripts = [
+            ("bench-lag.gp", self.lag.is_empty()),
+            ("bench-catchup.gp", self.catchup.is_empty()),
+        ];
+        for script in scripts.iter().filter(|(_, empty)| !empty).map(|(s, _)| *s) {
             let status = std::process::Command::new("gnuplot")
                 .arg(script)
                 .current_dir(out)

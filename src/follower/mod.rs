@@ -249,9 +249,11 @@ impl Follower {
         let partial = self
             .data
             .start(backup.id, base.as_ref().map(|g| g.db.path()))?;
+        let linked = started.elapsed();
         let mut stats =
             self.store
                 .restore(Some(backup.id), &partial, RestoreMode::KeepMatchingFiles)?;
+        let restored = started.elapsed();
         write_generation_info(&partial, backup);
         // Check it opens and holds what the backup promises before it can
         // become `current`. RocksDB keeps paths, so it is opened where it
@@ -265,7 +267,15 @@ impl Follower {
                 return Err(e);
             }
         };
+        let opened = started.elapsed();
         self.data.publish(backup.id)?;
+        tracing::debug!(
+            "apply {}: link {linked:?}, restore {:?}, open and check {:?}, publish {:?}",
+            backup.id,
+            restored - linked,
+            opened - restored,
+            started.elapsed() - opened
+        );
         let generation = Arc::new(Generation {
             backup: backup.clone(),
             db: Arc::new(db),
