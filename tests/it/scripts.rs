@@ -161,3 +161,33 @@ fn smoke_test_fails_with_one_clear_line_when_a_follower_is_down() {
     );
     assert!(log.contains("smoke test FAILED"), "{log}");
 }
+
+#[test]
+fn demo_shows_replication_and_leaves_no_process_behind() {
+    let s = Sandbox::new();
+    let tmp = s.root().display().to_string();
+    let (ok, log) = run("demo.sh", &[], &[("TMPDIR", tmp.as_str())]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("readable on") && log.contains("measured staleness"),
+        "{log}"
+    );
+    assert!(
+        log.contains("READONLY You can't write against a read only replica."),
+        "{log}"
+    );
+    assert!(
+        log.contains("role:slave") && log.contains("rkv_staleness_ms:"),
+        "{log}"
+    );
+    // Every daemon the demo started ran under TMPDIR: none may be left.
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&tmp) && c.contains("rkv-"))
+        .collect();
+    assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
+    let left: Vec<_> = std::fs::read_dir(s.root()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left files in TMPDIR: {left:?}");
+}
