@@ -403,3 +403,75 @@ fn a_follower_waits_for_the_backup_dir_and_a_second_one_is_refused() {
         get(&follower, "late") == Some(bulk("arrival"))
     });
 }
+
+#[test]
+fn a_vanished_backup_dir_keeps_the_data_serving_and_is_reported() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &["--poll-interval", "100ms"],
+    );
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the backup applied", || {
+        get(&follower, "k") == Some(bulk("v"))
+    });
+    assert_eq!(master.stop(), Some(0));
+
+    std::fs::rename(s.path("backups"), s.path("moved")).unwrap();
+    wait_until(GENEROUS, "the loss reported", || {
+        follower.info("master_link_status").as_deref() == Some("down")
+    });
+    assert!(follower
+        .info("rkv_last_error")
+        .unwrap()
+        .contains("no backup directory"));
+    assert_eq!(get(&follower, "k"), Some(bulk("v")));
+
+    std::fs::rename(s.path("moved"), s.path("backups")).unwrap();
+    wait_until(GENEROUS, "the link back up", || {
+        follower.info("master_link_status").as_deref() == Some("up")
+    });
+}
+
+#[test]
+fn a_backup_purged_during_its_restore_gives_way_to_the_newest() {
+    let s = Sandbox::new();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &["--interval", "0", "--keep", "1", "--keep-within", "0"],
+    );
+    let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "2MiB"];
+    let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &slow);
+    master.client().call(&[b"SET", b"a", b"1"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "backup 1 applied", || {
+        get(&follower, "a") == Some(bulk("1"))
+    });
+
+    fill(&master, "big", 12);
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the restore of backup 2 under way", || {
+        s.path("f1/gen-000002.partial").exists()
+    });
+    // Backup 3 makes retention purge backup 2 while it is being restored.
+    master.client().call(&[b"SET", b"b", b"2"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    assert!(
+        !s.path("backups/meta/2").exists(),
+        "backup 2 was not purged"
+    );
+
+    wait_until(GENEROUS, "backup 3 applied", || {
+        follower.info_num("rkv_applied_backup_id") == 3
+    });
+    assert_eq!(get(&follower, "b"), Some(bulk("2")));
+    assert!(matches!(
+        get(&follower, "big:000000:00"),
+        Some(Reply::Bulk(Some(_)))
+    ));
+    assert_eq!(follower.info("rkv_last_error").as_deref(), Some(""));
+}
