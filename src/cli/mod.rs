@@ -37,7 +37,7 @@ const EXAMPLES: &str = "\
 Examples:
   rkv --db=/tmp/db --create_if_missing put user:1 Alice
   rkv --db=/tmp/db get user:1
-  rkv --db=/tmp/db scan --from=user: --to=user; --max_keys=10
+  rkv --db=/tmp/db scan --from=user: --to='user;' --max_keys=10
   rkv --db=/tmp/db --hex put 0x00FF 0x0102
   rkv --db=/tmp/db backup --backup_dir=/tmp/backups
   rkv backups --backup_dir=/tmp/backups
@@ -135,7 +135,7 @@ pub enum Command {
     },
     /// Print `key : value` lines in key order.
     #[command(
-        after_help = "Example:\n  rkv --db=/tmp/db scan --from=user: --to=user; --max_keys=100"
+        after_help = "Example:\n  rkv --db=/tmp/db scan --from=user: --to='user;' --max_keys=100"
     )]
     Scan {
         /// First key to print (inclusive).

@@ -538,6 +538,40 @@ fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate:
     })
 }
 
+/// Plain `SET key value` requests of one pipeline, written as one batch.
+#[derive(Default)]
+pub(crate) struct SetBatch {
+    batch: WriteBatch,
+    count: usize,
+}
+
+impl SetBatch {
+    /// Whether `args` is a plain `SET key value` (no options).
+    pub(crate) fn accepts(args: &[Vec<u8>]) -> bool {
+        args.len() == 3 && args[0].eq_ignore_ascii_case(b"set")
+    }
+
+    pub(crate) fn push(&mut self, args: Vec<Vec<u8>>) {
+        self.batch.put(&args[1], &args[2]);
+        self.count += 1;
+    }
+
+    /// Writes the batch and appends one reply per SET to `out`.
+    pub(crate) fn flush(&mut self, shared: &Shared, out: &mut Vec<u8>) {
+        if self.count == 0 {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let reply = match shared.backend.writer() {
+            Ok(db) => db.write(batch).map_or_else(storage_error, |()| Reply::ok()),
+            Err(refusal) => refusal,
+        };
+        for _ in 0..std::mem::take(&mut self.count) {
+            reply.encode(out);
+        }
+    }
+}
+
 /// `SET key value [NX | XX] [GET]`; expiry options are refused, since rkv
 /// keys do not expire.
 fn set(args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply> {

@@ -275,6 +275,10 @@ fn serve_client(mut stream: Stream, id: u64, shared: &Shared) {
         // Answer every complete request already buffered, then write the
         // replies in one go: that is what makes pipelining cheap.
         let mut close = false;
+        // Consecutive plain SETs of a pipeline go to RocksDB as one write
+        // batch (one WAL append): a bulk load costs a write per batch, not
+        // per key. Any other command first flushes them, so order holds.
+        let mut sets = commands::SetBatch::default();
         loop {
             match resp::parse_request(&buf[start..], &limits) {
                 Ok(Some((args, used))) => {
@@ -283,6 +287,11 @@ fn serve_client(mut stream: Stream, id: u64, shared: &Shared) {
                         continue;
                     }
                     shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
+                    if conn.authenticated && commands::SetBatch::accepts(&args) {
+                        sets.push(args);
+                        continue;
+                    }
+                    sets.flush(shared, &mut out);
                     let (reply, action) = commands::execute(&args, &mut conn, shared);
                     reply.encode(&mut out);
                     if action == commands::Action::Close {
@@ -293,12 +302,14 @@ fn serve_client(mut stream: Stream, id: u64, shared: &Shared) {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!("client {id}: protocol error: {}", e.0);
+                    sets.flush(shared, &mut out);
                     e.reply().encode(&mut out);
                     close = true;
                     break;
                 }
             }
         }
+        sets.flush(shared, &mut out);
         if !out.is_empty() {
             if stream.write_all(&out).is_err() {
                 return;

@@ -476,3 +476,31 @@ fn data_no_backup_holds_is_backed_up_soon_after_start() {
     assert_eq!(master.stop(), Some(0));
     assert_eq!(backups(&s).len(), 1);
 }
+
+#[test]
+fn pipelined_plain_sets_are_batched_without_reordering() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let mut wire = Vec::new();
+    let request = |args: &[&str], wire: &mut Vec<u8>| {
+        Reply::array(args.iter().map(|a| bulk(a)).collect()).encode(wire)
+    };
+    for i in 0..500 {
+        request(&["SET", &format!("k{i}"), &i.to_string()], &mut wire);
+    }
+    request(&["GET", "k499"], &mut wire);
+    request(&["SET", "k0", "again"], &mut wire);
+    request(&["GET", "k0"], &mut wire);
+    request(&["DBSIZE"], &mut wire);
+    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
+    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    stream.write_all(&wire).unwrap();
+    let mut expected = b"+OK\r\n".repeat(500);
+    expected.extend_from_slice(b"$3\r\n499\r\n+OK\r\n$5\r\nagain\r\n:500\r\n");
+    let mut got = vec![0u8; expected.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected)
+    );
+}
