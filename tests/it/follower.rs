@@ -46,6 +46,28 @@ fn fill(master: &Daemon, prefix: &str, mib: usize) {
     }
 }
 
+/// A master taking backups on request only, and a follower polling every
+/// 100 ms, with `extra` flags for the follower.
+fn pair(s: &Sandbox, extra: &[&str]) -> (Daemon, Daemon) {
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let mut flags = vec!["--poll-interval", "100ms"];
+    flags.extend_from_slice(extra);
+    let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &flags);
+    (master, follower)
+}
+
+/// Sets `key` on the master, backs up, and waits for the follower to serve it.
+fn set_and_replicate(master: &Daemon, follower: &Daemon, key: &str, value: &str) {
+    master
+        .client()
+        .call(&[b"SET", key.as_bytes(), value.as_bytes()])
+        .unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the write replicated", || {
+        get(follower, key) == Some(bulk(value))
+    });
+}
+
 #[test]
 fn a_write_reaches_both_followers_within_the_bound() {
     let s = Sandbox::new();
@@ -281,17 +303,8 @@ fn kill_9_during_a_restore_then_restart_serves_at_once_and_catches_up() {
 #[test]
 fn a_corrupt_backup_keeps_the_old_data_serving_until_an_intact_one() {
     let s = Sandbox::new();
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &["--poll-interval", "100ms"],
-    );
-    master.client().call(&[b"SET", b"k", b"1"]).unwrap();
-    master.client().call(&[b"SAVE"]).unwrap();
-    wait_until(GENEROUS, "backup 1 applied", || {
-        get(&follower, "k") == Some(bulk("1"))
-    });
+    let (master, follower) = pair(&s, &[]);
+    set_and_replicate(&master, &follower, "k", "1");
     assert_eq!(follower.stop(), Some(0));
 
     master.client().call(&[b"SET", b"k", b"2"]).unwrap();
@@ -407,17 +420,8 @@ fn a_follower_waits_for_the_backup_dir_and_a_second_one_is_refused() {
 #[test]
 fn a_vanished_backup_dir_keeps_the_data_serving_and_is_reported() {
     let s = Sandbox::new();
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &["--poll-interval", "100ms"],
-    );
-    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
-    master.client().call(&[b"SAVE"]).unwrap();
-    wait_until(GENEROUS, "the backup applied", || {
-        get(&follower, "k") == Some(bulk("v"))
-    });
+    let (master, follower) = pair(&s, &[]);
+    set_and_replicate(&master, &follower, "k", "v");
     assert_eq!(master.stop(), Some(0));
 
     std::fs::rename(s.path("backups"), s.path("moved")).unwrap();
@@ -446,11 +450,7 @@ fn a_backup_purged_during_its_restore_gives_way_to_the_newest() {
     );
     let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "2MiB"];
     let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &slow);
-    master.client().call(&[b"SET", b"a", b"1"]).unwrap();
-    master.client().call(&[b"SAVE"]).unwrap();
-    wait_until(GENEROUS, "backup 1 applied", || {
-        get(&follower, "a") == Some(bulk("1"))
-    });
+    set_and_replicate(&master, &follower, "a", "1");
 
     fill(&master, "big", 12);
     master.client().call(&[b"SAVE"]).unwrap();
