@@ -157,20 +157,7 @@ impl BackupStore for BackupDir {
             Err(Error::NoBackups { .. }) => return Ok(Vec::new()),
             other => other?,
         }
-        let engine = self.engine(false)?;
-        let mut backups: Vec<BackupInfo> = engine
-            .get_backup_info()
-            .into_iter()
-            .map(|info| BackupInfo {
-                id: info.backup_id,
-                timestamp: info.timestamp.max(0) as u64,
-                size: info.size,
-                files: info.num_files,
-                metadata: AppMetadata::parse(&info.app_metadata),
-            })
-            .collect();
-        backups.sort_by_key(|b| b.id);
-        Ok(backups)
+        Ok(infos(&self.engine(false)?))
     }
 
     fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
@@ -269,7 +256,10 @@ impl BackupStore for BackupDir {
 
     fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
         let started = Instant::now();
-        let backups = self.list()?;
+        // One engine for the lookup and the restore: opening one reads every
+        // meta file and lists every shared file.
+        let mut engine = self.engine(false)?;
+        let backups = infos(&engine);
         let id = match id {
             None => backups
                 .last()
@@ -299,7 +289,6 @@ impl BackupStore for BackupDir {
             });
         }
         let before = snapshot(dest);
-        let mut engine = self.engine(false)?;
         let mut options = RestoreOptions::default();
         options.set_keep_log_files(false);
         options.set_mode(match mode {
@@ -368,6 +357,23 @@ impl BackupStore for BackupDir {
         let bytes = fs::read(self.path.join(HEARTBEAT)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+/// The complete backups an engine sees, oldest first.
+fn infos(engine: &BackupEngine) -> Vec<BackupInfo> {
+    let mut backups: Vec<BackupInfo> = engine
+        .get_backup_info()
+        .into_iter()
+        .map(|info| BackupInfo {
+            id: info.backup_id,
+            timestamp: info.timestamp.max(0) as u64,
+            size: info.size,
+            files: info.num_files,
+            metadata: AppMetadata::parse(&info.app_metadata),
+        })
+        .collect();
+    backups.sort_by_key(|b| b.id);
+    backups
 }
 
 /// The regular files of `dir` with their inode and size: a file restored anew

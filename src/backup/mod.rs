@@ -210,6 +210,11 @@ fn hostname() -> String {
     }
 }
 
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
 /// The current time in unix milliseconds.
 pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)

@@ -13,12 +13,12 @@ pub mod generations;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
 use crate::backup::{
-    unix_ms, BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats,
+    now_ms, BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats,
 };
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
@@ -583,11 +583,6 @@ impl Backend for Follower {
         ];
         vec![("persistence", persistence), ("replication", replication)]
     }
-}
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backup::{self, BackupDir, BackupStore, CreateStats, Retention};
+use crate::backup::{self, now_ms, BackupDir, BackupStore, CreateStats, Retention};
 use crate::db::{Db, OpenMode};
 use crate::error::Result;
 use crate::resp::Reply;
@@ -397,11 +397,6 @@ impl Backend for Master {
         ];
         vec![("persistence", persistence), ("replication", replication)]
     }
-}
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    backup::unix_ms(SystemTime::now())
 }
 
 #[cfg(test)]
