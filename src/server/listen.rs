@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -169,22 +169,6 @@ impl Stream {
             Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
             Stream::Unix(s) => s.try_clone().map(Stream::Unix),
         }
-    }
-
-    /// Ends reading: a blocked `read` returns 0.
-    pub fn shutdown_read(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Read),
-            Stream::Unix(s) => s.shutdown(Shutdown::Read),
-        };
-    }
-
-    /// Ends writing: the peer reads EOF after what was sent.
-    pub fn shutdown_write(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
-            Stream::Unix(s) => s.shutdown(Shutdown::Write),
-        };
     }
 
     /// Bounds how long a read may block.

@@ -1,22 +1,29 @@
-//! The RESP server both daemons share: listeners (TCP and Unix sockets), one
-//! thread per client, pipelined requests answered in order, the client and
-//! request-size caps, `AUTH`, and a shutdown that stops accepting and lets
-//! requests in flight finish.
+//! The RESP server both daemons share: listeners (TCP and Unix sockets),
+//! a few event-loop workers that own the client connections, pipelined
+//! requests answered in order, the client and request-size caps, `AUTH`,
+//! and a shutdown that stops accepting and lets requests in flight finish.
+//!
+//! An acceptor thread per listener hands each new client to a worker (round
+//! robin). A worker waits on its clients with epoll (mio), reads what is
+//! there, answers every complete request, and writes the replies. Like
+//! Redis, a slow command (`SAVE`, `DBSIZE` on a large database) holds up the
+//! other clients of its worker; `BGSAVE` does not.
 //!
 //! What the commands act on is the daemon's business: it hands the server a
 //! [`Backend`], and [`commands`] maps each request onto it.
 
 pub mod commands;
 mod listen;
+mod worker;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::db::Db;
-use crate::resp::{self, Limits, Reply};
+use crate::resp::{Limits, Reply};
 
 pub use listen::{ListenAddr, Listener, Stream};
 
@@ -87,8 +94,6 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) cursors: commands::Cursors,
     shutting_down: AtomicBool,
-    /// Open client sockets, so shutdown can end their idle reads.
-    clients: Mutex<Vec<(u64, Stream)>>,
     next_client_id: AtomicU64,
 }
 
@@ -97,7 +102,7 @@ pub struct Server {
     shared: Arc<Shared>,
     local_addrs: Vec<ListenAddr>,
     acceptors: Vec<JoinHandle<()>>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    workers: Vec<worker::Handle>,
 }
 
 impl Server {
@@ -118,18 +123,24 @@ impl Server {
             started: Instant::now(),
             cursors: commands::Cursors::default(),
             shutting_down: AtomicBool::new(false),
-            clients: Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
         });
-        let connections = Arc::new(Mutex::new(Vec::new()));
+        // One worker per core: the work is CPU (parsing, RocksDB reads from
+        // cache) and the clients are spread over them.
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16));
+        let workers: Vec<worker::Handle> = (0..count)
+            .map(|i| worker::Handle::spawn(i, Arc::clone(&shared)))
+            .collect::<std::io::Result<_>>()?;
+        let senders: Arc<Vec<worker::Sender>> =
+            Arc::new(workers.iter().map(worker::Handle::sender).collect());
         let acceptors = listeners
             .into_iter()
             .map(|listener| {
                 let shared = Arc::clone(&shared);
-                let connections = Arc::clone(&connections);
+                let senders = Arc::clone(&senders);
                 std::thread::Builder::new()
                     .name("rkv-accept".into())
-                    .spawn(move || accept_loop(listener, shared, connections))
+                    .spawn(move || accept_loop(listener, &shared, &senders))
                     .expect("spawn accept thread")
             })
             .collect();
@@ -137,7 +148,7 @@ impl Server {
             shared,
             local_addrs,
             acceptors,
-            connections,
+            workers,
         })
     }
 
@@ -151,8 +162,9 @@ impl Server {
         &self.shared.stats
     }
 
-    /// Stops accepting, lets each client finish the requests it has sent,
-    /// closes every connection, and waits up to `grace` for all that.
+    /// Stops accepting, lets each client finish the requests it has sent
+    /// and receive their replies, closes every connection, and waits up to
+    /// `grace` for all that.
     pub fn shutdown(self, grace: Duration) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         for addr in &self.local_addrs {
@@ -161,20 +173,12 @@ impl Server {
         for acceptor in self.acceptors {
             let _ = acceptor.join();
         }
-        // Idle clients are blocked reading: end their reads. A client in the
-        // middle of a request finishes it, writes its replies, then sees EOF.
-        for (_, stream) in self.shared.clients.lock().unwrap().iter() {
-            stream.shutdown_read();
-        }
         let deadline = Instant::now() + grace;
-        let handles = std::mem::take(&mut *self.connections.lock().unwrap());
-        for handle in handles {
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            }
+        for worker in &self.workers {
+            worker.stop(deadline);
+        }
+        for worker in self.workers {
+            worker.join(deadline);
         }
         if let Some(ListenAddr::Unix(path)) = self.local_addrs.iter().find(|a| a.is_unix()) {
             let _ = std::fs::remove_file(path);
@@ -182,11 +186,8 @@ impl Server {
     }
 }
 
-fn accept_loop(
-    listener: Listener,
-    shared: Arc<Shared>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-) {
+fn accept_loop(listener: Listener, shared: &Shared, workers: &[worker::Sender]) {
+    let mut next = 0;
     loop {
         let stream = match listener.accept() {
             Ok(stream) => stream,
@@ -215,39 +216,11 @@ fn accept_loop(
         }
         stats.connected_clients.fetch_add(1, Ordering::SeqCst);
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            shared.clients.lock().unwrap().push((id, clone));
+        if let Err(e) = workers[next % workers.len()].send(id, stream) {
+            tracing::warn!("cannot hand a new client to a worker: {e}");
+            stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
         }
-        let conn_shared = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name(format!("rkv-client-{id}"))
-            .spawn(move || {
-                serve_client(stream, id, &conn_shared);
-                conn_shared
-                    .clients
-                    .lock()
-                    .unwrap()
-                    .retain(|(cid, _)| *cid != id);
-                conn_shared
-                    .stats
-                    .connected_clients
-                    .fetch_sub(1, Ordering::SeqCst);
-            });
-        match spawned {
-            Ok(handle) => {
-                let mut all = connections.lock().unwrap();
-                all.retain(|h| !h.is_finished());
-                all.push(handle);
-            }
-            Err(e) => {
-                tracing::warn!("cannot start a thread for a new client: {e}");
-                shared.clients.lock().unwrap().retain(|(cid, _)| *cid != id);
-                shared
-                    .stats
-                    .connected_clients
-                    .fetch_sub(1, Ordering::SeqCst);
-            }
-        }
+        next += 1;
     }
 }
 
@@ -256,97 +229,4 @@ pub(crate) struct Connection {
     pub(crate) id: u64,
     pub(crate) authenticated: bool,
     pub(crate) name: Option<Vec<u8>>,
-}
-
-/// Reads requests, answers them in order, until the client leaves, sends a
-/// request that cannot be framed, or the server shuts down.
-fn serve_client(mut stream: Stream, id: u64, shared: &Shared) {
-    let mut conn = Connection {
-        id,
-        authenticated: shared.config.password.is_none(),
-        name: None,
-    };
-    let limits = shared.config.limits;
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut start = 0; // first unparsed byte of `buf`
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        // Answer every complete request already buffered, then write the
-        // replies in one go: that is what makes pipelining cheap.
-        let mut close = false;
-        // Consecutive plain SETs of a pipeline go to RocksDB as one write
-        // batch (one WAL append): a bulk load costs a write per batch, not
-        // per key. Any other command first flushes them, so order holds.
-        let mut sets = commands::SetBatch::default();
-        loop {
-            match resp::parse_request(&buf[start..], &limits) {
-                Ok(Some((args, used))) => {
-                    start += used;
-                    if args.is_empty() {
-                        continue;
-                    }
-                    shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                    if conn.authenticated && commands::SetBatch::accepts(&args) {
-                        sets.push(args);
-                        continue;
-                    }
-                    sets.flush(shared, &mut out);
-                    let (reply, action) = commands::execute(&args, &mut conn, shared);
-                    reply.encode(&mut out);
-                    if action == commands::Action::Close {
-                        close = true;
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!("client {id}: protocol error: {}", e.0);
-                    sets.flush(shared, &mut out);
-                    e.reply().encode(&mut out);
-                    close = true;
-                    break;
-                }
-            }
-        }
-        sets.flush(shared, &mut out);
-        if !out.is_empty() {
-            if stream.write_all(&out).is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if close {
-            linger(&mut stream, &mut chunk);
-            return;
-        }
-        if start == buf.len() {
-            buf.clear();
-            start = 0;
-        } else if start > 0 && start >= buf.len() / 2 {
-            buf.drain(..start);
-            start = 0;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Before closing on a client, signals EOF and reads (briefly) what it is
-/// still sending: closing with unread input makes the kernel reset the
-/// connection, and the client would lose the error reply it was sent.
-fn linger(stream: &mut Stream, chunk: &mut [u8]) {
-    stream.shutdown_write();
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        match stream.read(chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
 }

@@ -504,3 +504,49 @@ fn pipelined_plain_sets_are_batched_without_reordering() {
         String::from_utf8_lossy(&expected)
     );
 }
+
+#[test]
+fn a_half_closed_client_still_gets_its_replies() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
+    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    // Inline commands, as `nc` or a script sends them, then end of input.
+    stream.write_all(b"PING\r\nECHO hi\r\n").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "+PONG\r\n$2\r\nhi\r\n");
+}
+
+#[test]
+fn a_client_reading_slowly_gets_every_large_reply() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let value = vec![b'v'; 1 << 20];
+    master.client().call(&[b"SET", b"big", &value]).unwrap();
+    // 40 MiB of replies asked for at once: more than the server buffers
+    // for one client, so it must stop reading and resume as replies drain.
+    let mut wire = Vec::new();
+    for _ in 0..40 {
+        Reply::array(vec![bulk("GET"), bulk("big")]).encode(&mut wire);
+    }
+    Reply::array(vec![bulk("PING")]).encode(&mut wire);
+    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
+    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    stream.write_all(&wire).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut expected = Vec::new();
+    for _ in 0..40 {
+        Reply::bulk(value.clone()).encode(&mut expected);
+    }
+    expected.extend_from_slice(b"+PONG\r\n");
+    let mut got = vec![0u8; expected.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert!(got == expected, "the replies differ");
+    // Meanwhile other clients were served.
+    assert_eq!(
+        master.client().call(&[b"PING"]).unwrap(),
+        Reply::Simple("PONG".into())
+    );
+}

@@ -1,0 +1,487 @@
+//! One event-loop worker: owns some client connections, waits on them with
+//! epoll (mio, edge-triggered), reads what arrives, answers every complete
+//! request in order, and writes the replies without blocking. A client that
+//! stops reading its replies stops being read (its output is capped), so no
+//! client can make the server buffer without bound.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::event::Source;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use super::commands::{self, Action, SetBatch};
+use super::{Connection, Shared, Stream};
+use crate::resp;
+
+const WAKER: Token = Token(usize::MAX);
+/// Replies buffered for one client before its input is left unread.
+const OUTPUT_CAP: usize = 16 << 20;
+/// How long a client that sent an unparseable request may keep sending
+/// before it is cut off (see [`State::Lingering`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+enum Message {
+    Client(u64, Stream),
+    Stop(Instant),
+}
+
+/// Hands clients to a worker.
+#[derive(Clone)]
+pub(super) struct Sender {
+    tx: mpsc::Sender<Message>,
+    waker: Arc<Waker>,
+}
+
+impl Sender {
+    /// Gives the worker a new client.
+    pub(super) fn send(&self, id: u64, stream: Stream) -> io::Result<()> {
+        self.tx
+            .send(Message::Client(id, stream))
+            .map_err(|_| io::Error::other("the worker has stopped"))?;
+        self.waker.wake()
+    }
+}
+
+/// A running worker.
+pub(super) struct Handle {
+    sender: Sender,
+    thread: JoinHandle<()>,
+}
+
+impl Handle {
+    /// Starts worker number `index`.
+    pub(super) fn spawn(index: usize, shared: Arc<Shared>) -> io::Result<Handle> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("rkv-worker-{index}"))
+            .spawn(move || {
+                Worker {
+                    poll,
+                    rx,
+                    shared,
+                    clients: HashMap::new(),
+                    next_token: 0,
+                    chunk: vec![0u8; 64 * 1024],
+                }
+                .run()
+            })?;
+        Ok(Handle {
+            sender: Sender { tx, waker },
+            thread,
+        })
+    }
+
+    pub(super) fn sender(&self) -> Sender {
+        self.sender.clone()
+    }
+
+    /// Asks the worker to finish: close idle clients now, the others once
+    /// their replies are out, all of them at `deadline`.
+    pub(super) fn stop(&self, deadline: Instant) {
+        let _ = self.sender.tx.send(Message::Stop(deadline));
+        let _ = self.sender.waker.wake();
+    }
+
+    /// Waits for the worker until `deadline`.
+    pub(super) fn join(self, deadline: Instant) {
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    clients: HashMap<usize, Client>,
+    next_token: usize,
+    /// Scratch space for reads, shared by the worker's clients.
+    chunk: Vec<u8>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            let lingering = self
+                .clients
+                .values()
+                .any(|c| matches!(c.state, State::Lingering(_)));
+            let timeout = (stop_at.is_some() || lingering).then_some(Duration::from_millis(50));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("a server worker cannot wait for clients: {e}");
+                    return;
+                }
+            }
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    while let Ok(message) = self.rx.try_recv() {
+                        match message {
+                            Message::Client(id, stream) => self.add(id, stream),
+                            Message::Stop(deadline) => stop_at = Some(deadline),
+                        }
+                    }
+                    continue;
+                }
+                let token = event.token().0;
+                let Some(client) = self.clients.get_mut(&token) else {
+                    continue;
+                };
+                client.on_ready(&self.shared, &mut self.chunk);
+                if client.finished() {
+                    self.close(token);
+                }
+            }
+            let now = Instant::now();
+            let expired: Vec<usize> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| matches!(c.state, State::Lingering(until) if now >= until))
+                .map(|(t, _)| *t)
+                .collect();
+            for token in expired {
+                self.close(token);
+            }
+            if let Some(deadline) = stop_at {
+                // Idle clients go now; those with replies on the way, once
+                // the replies are out; everyone at the deadline.
+                let done: Vec<usize> = self
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| now >= deadline || c.out.is_empty())
+                    .map(|(t, _)| *t)
+                    .collect();
+                for token in done {
+                    self.close(token);
+                }
+                if self.clients.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, id: u64, stream: Stream) {
+        let token = self.next_token;
+        self.next_token = (self.next_token + 1) % (usize::MAX - 1);
+        let stream = match NonBlocking::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("client {id}: cannot make its socket non-blocking: {e}");
+                self.shared
+                    .stats
+                    .connected_clients
+                    .fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        };
+        let mut client = Client {
+            stream,
+            conn: Connection {
+                id,
+                authenticated: self.shared.config.password.is_none(),
+                name: None,
+            },
+            buf: Vec::new(),
+            start: 0,
+            out: Vec::new(),
+            written: 0,
+            state: State::Open,
+            eof: false,
+            broken: false,
+            paused: false,
+            write_shut: false,
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = client
+            .stream
+            .register(self.poll.registry(), Token(token), interest)
+        {
+            tracing::warn!("client {id}: cannot watch its socket: {e}");
+            self.shared
+                .stats
+                .connected_clients
+                .fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        self.clients.insert(token, client);
+        // Bytes may have arrived before the registration: read them now.
+        if let Some(client) = self.clients.get_mut(&token) {
+            client.on_ready(&self.shared, &mut self.chunk);
+            if client.finished() {
+                self.close(token);
+            }
+        }
+    }
+
+    fn close(&mut self, token: usize) {
+        if let Some(mut client) = self.clients.remove(&token) {
+            let _ = client.stream.deregister(self.poll.registry());
+            self.shared
+                .stats
+                .connected_clients
+                .fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Requests are read and answered.
+    Open,
+    /// `QUIT`: the replies go out, then the connection closes.
+    Closing,
+    /// After a request that cannot be framed: the error goes out, writing is
+    /// shut, and what the client still sends is read and dropped until it
+    /// closes or the time is up. Closing with unread input would make the
+    /// kernel reset the connection, and the client would lose the error.
+    Lingering(Instant),
+}
+
+struct Client {
+    stream: NonBlocking,
+    conn: Connection,
+    /// Bytes read; `buf[start..]` is not parsed yet.
+    buf: Vec<u8>,
+    start: usize,
+    /// Replies; `out[written..]` is not sent yet.
+    out: Vec<u8>,
+    written: usize,
+    state: State,
+    /// The client shut its side: answer what it sent, then close.
+    eof: bool,
+    /// The socket failed: close now.
+    broken: bool,
+    /// Output is over the cap: input waits until it drains.
+    paused: bool,
+    write_shut: bool,
+}
+
+impl Client {
+    /// Reads, answers and writes as far as the socket allows.
+    fn on_ready(&mut self, shared: &Shared, chunk: &mut [u8]) {
+        loop {
+            self.read(shared, chunk);
+            self.write();
+            // Output drained below the cap while input was waiting: an
+            // edge-triggered socket will not say again that it is readable.
+            if self.paused && self.out.len() - self.written < OUTPUT_CAP / 2 && !self.broken {
+                self.paused = false;
+                // Requests already buffered come first.
+                if matches!(self.state, State::Open) {
+                    self.answer(shared);
+                }
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn read(&mut self, shared: &Shared, chunk: &mut [u8]) {
+        while !self.paused && !self.eof && !self.broken {
+            match self.stream.read(chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    if matches!(self.state, State::Open) {
+                        self.buf.extend_from_slice(&chunk[..n]);
+                        self.answer(shared);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.broken = true,
+            }
+        }
+    }
+
+    /// Answers every complete request in the buffer.
+    fn answer(&mut self, shared: &Shared) {
+        let limits = shared.config.limits;
+        // Consecutive plain SETs of a pipeline go to RocksDB as one write
+        // batch (one WAL append); any other command flushes them first, so
+        // order holds.
+        let mut sets = SetBatch::default();
+        while matches!(self.state, State::Open) {
+            match resp::parse_request(&self.buf[self.start..], &limits) {
+                Ok(Some((args, used))) => {
+                    self.start += used;
+                    if args.is_empty() {
+                        continue;
+                    }
+                    shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
+                    if self.conn.authenticated && SetBatch::accepts(&args) {
+                        sets.push(args);
+                        continue;
+                    }
+                    sets.flush(shared, &mut self.out);
+                    let (reply, action) = commands::execute(&args, &mut self.conn, shared);
+                    reply.encode(&mut self.out);
+                    if action == Action::Close {
+                        self.state = State::Closing;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("client {}: protocol error: {}", self.conn.id, e.0);
+                    sets.flush(shared, &mut self.out);
+                    e.reply().encode(&mut self.out);
+                    self.state = State::Lingering(Instant::now() + LINGER);
+                }
+            }
+            if self.out.len() - self.written >= OUTPUT_CAP {
+                self.paused = true;
+                break;
+            }
+        }
+        sets.flush(shared, &mut self.out);
+        // Keep the unparsed tail only.
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    fn write(&mut self) {
+        while self.written < self.out.len() && !self.broken {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => self.broken = true,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.broken = true,
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        if matches!(self.state, State::Lingering(_)) && !self.write_shut {
+            self.stream.shutdown(Shutdown::Write);
+            self.write_shut = true;
+        }
+        if matches!(self.state, State::Lingering(_)) && !self.eof && !self.broken {
+            // Drop what the client still sends.
+            let mut sink = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut sink) {
+                    Ok(0) => {
+                        self.eof = true;
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => {
+                        self.broken = true;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the connection can be closed.
+    fn finished(&self) -> bool {
+        let sent = self.written >= self.out.len();
+        self.broken || (sent && self.state == State::Closing) || (sent && self.eof)
+    }
+}
+
+/// A client socket in non-blocking mode, registered with mio.
+enum NonBlocking {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl NonBlocking {
+    fn from_std(stream: Stream) -> io::Result<NonBlocking> {
+        Ok(match stream {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                NonBlocking::Tcp(mio::net::TcpStream::from_std(s))
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                NonBlocking::Unix(mio::net::UnixStream::from_std(s))
+            }
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            NonBlocking::Tcp(s) => s.shutdown(how),
+            NonBlocking::Unix(s) => s.shutdown(how),
+        };
+    }
+}
+
+impl Read for NonBlocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            NonBlocking::Tcp(s) => s.read(buf),
+            NonBlocking::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for NonBlocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            NonBlocking::Tcp(s) => s.write(buf),
+            NonBlocking::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for NonBlocking {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            NonBlocking::Tcp(s) => s.register(registry, token, interests),
+            NonBlocking::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        match self {
+            NonBlocking::Tcp(s) => s.reregister(registry, token, interests),
+            NonBlocking::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            NonBlocking::Tcp(s) => s.deregister(registry),
+            NonBlocking::Unix(s) => s.deregister(registry),
+        }
+    }
+}
