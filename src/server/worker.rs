@@ -178,18 +178,22 @@ impl Worker {
     fn add(&mut self, id: u64, stream: Stream) {
         let token = self.next_token;
         self.next_token = (self.next_token + 1) % (usize::MAX - 1);
-        let stream = match NonBlocking::from_std(stream) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let registry = self.poll.registry();
+        let ready = NonBlocking::from_std(stream).and_then(|mut stream| {
+            stream.register(registry, Token(token), interest)?;
+            Ok(stream)
+        });
+        let stream = match ready {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!("client {id}: cannot make its socket non-blocking: {e}");
-                self.shared
-                    .stats
-                    .connected_clients
-                    .fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!("client {id}: cannot set up its socket: {e}");
+                let stats = &self.shared.stats;
+                stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
         };
-        let mut client = Client {
+        let client = Client {
             stream,
             conn: Connection {
                 id,
@@ -206,18 +210,6 @@ impl Worker {
             paused: false,
             write_shut: false,
         };
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = client
-            .stream
-            .register(self.poll.registry(), Token(token), interest)
-        {
-            tracing::warn!("client {id}: cannot watch its socket: {e}");
-            self.shared
-                .stats
-                .connected_clients
-                .fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
         self.clients.insert(token, client);
         // Bytes may have arrived before the registration: read them now.
         if let Some(client) = self.clients.get_mut(&token) {
