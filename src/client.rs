@@ -92,8 +92,26 @@ impl Client {
         self.read_reply()
     }
 
+    /// One `field:value` of the daemon's `INFO` (of `section`, or all
+    /// sections); `None` when it reports no such field.
+    pub fn info_field(
+        &mut self,
+        section: Option<&str>,
+        field: &str,
+    ) -> Result<Option<String>, ClientError> {
+        let mut args: Vec<&[u8]> = vec![b"INFO"];
+        args.extend(section.map(str::as_bytes));
+        let Reply::Bulk(Some(text)) = self.call(&args)? else {
+            return Ok(None);
+        };
+        let prefix = format!("{field}:");
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix).map(str::to_string)))
+    }
+
     /// Reads one reply.
-    pub fn read_reply(&mut self) -> Result<Reply, ClientError> {
+    fn read_reply(&mut self) -> Result<Reply, ClientError> {
         read_reply(&mut self.reader).map_err(|e| match e {
             ReadError::Io(source) => ClientError::Io {
                 addr: self.addr.clone(),

@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rkv::client::Client;
-use rkv::resp::Reply;
 use rkv::server::ListenAddr;
 
 /// A daemon started by the benchmark; killed when dropped.
@@ -35,25 +34,24 @@ pub fn free_port() -> u16 {
 
 impl Proc {
     pub fn master(db: &Path, backups: &Path, extra: &[&str]) -> Proc {
-        let mut args = vec![
-            "--db".into(),
-            path(db),
-            "--backup-dir".into(),
-            path(backups),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start(bin("rkv-master"), args)
+        Proc::rkv(
+            "rkv-master",
+            ["--db", &path(db), "--backup-dir", &path(backups)],
+            extra,
+        )
     }
 
     pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Proc {
-        let mut args = vec![
-            "--backup-dir".into(),
-            path(backups),
-            "--data".into(),
-            path(data),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start(bin("rkv-follower"), args)
+        Proc::rkv(
+            "rkv-follower",
+            ["--backup-dir", &path(backups), "--data", &path(data)],
+            extra,
+        )
+    }
+
+    fn rkv(name: &str, dirs: [&str; 4], extra: &[&str]) -> Proc {
+        let args = dirs.iter().chain(extra).map(|s| s.to_string()).collect();
+        Proc::start(bin(name), args)
     }
 
     pub fn redis_server() -> Proc {
@@ -114,13 +112,7 @@ impl Proc {
 
     /// One `field:value` of INFO.
     pub fn info(&self, field: &str) -> Option<String> {
-        let Reply::Bulk(Some(text)) = self.client().call(&[b"INFO"]).ok()? else {
-            return None;
-        };
-        let prefix = format!("{field}:");
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        self.client().info_field(None, field).ok()?
     }
 
     pub fn info_num(&self, field: &str) -> i64 {

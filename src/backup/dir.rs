@@ -160,6 +160,21 @@ impl BackupStore for BackupDir {
         Ok(infos(&self.engine(false)?))
     }
 
+    fn newest_id(&self) -> Result<Option<u32>> {
+        match self.check_readable() {
+            Err(Error::NoBackups { .. }) => return Ok(None),
+            other => other?,
+        }
+        let meta = self.path.join(META_DIR);
+        let entries =
+            fs::read_dir(&meta).map_err(|e| Error::io(format!("list {}", meta.display()), e))?;
+        // Complete backups only: BackupEngine writes `.<id>.tmp` and renames
+        // it to `<id>`.
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max())
+    }
+
     fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
         let started = Instant::now();
         let mut engine = self.engine(true)?;
@@ -432,6 +447,7 @@ mod tests {
         let second = store.create(&db, "host:/db").unwrap();
         assert!(second.info.id > first.info.id);
 
+        assert_eq!(store.newest_id().unwrap(), Some(second.info.id));
         let list = store.list().unwrap();
         assert_eq!(
             list.iter().map(|b| b.id).collect::<Vec<_>>(),

@@ -145,6 +145,12 @@ pub trait BackupStore {
     /// when the store does not exist.
     fn list(&self) -> Result<Vec<BackupInfo>>;
 
+    /// The id of the newest complete backup, cheaply (without loading any
+    /// backup): `None` when there is none. [`Error::BackupDirMissing`](crate::Error::BackupDirMissing)
+    /// when the store does not exist. A backup named here may still be
+    /// missing from [`BackupStore::list`] if RocksDB cannot load it.
+    fn newest_id(&self) -> Result<Option<u32>>;
+
     /// Backs up `db` (flushing it first), incrementally: files an earlier
     /// backup holds are shared, not copied. `master` names the source in the
     /// metadata. Creates the store when missing.

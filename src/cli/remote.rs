@@ -55,7 +55,7 @@ pub(super) fn run(
             other => Err(unexpected(addr, &other)),
         },
         Command::Backup { backup_dir } => {
-            let daemon_dir = info_field(&mut client, "persistence", "rkv_backup_dir")?;
+            let daemon_dir = client.info_field(Some("persistence"), "rkv_backup_dir")?;
             if let (Some(wanted), Some(theirs)) = (backup_dir, &daemon_dir) {
                 let same =
                     crate::daemon::resolve(wanted) == crate::daemon::resolve(theirs.as_ref());
@@ -68,7 +68,7 @@ pub(super) fn run(
                 }
             }
             client.call(&args)?;
-            let id = info_field(&mut client, "persistence", "rkv_last_backup_id")?;
+            let id = client.info_field(Some("persistence"), "rkv_last_backup_id")?;
             emit(
                 out,
                 &format!(
@@ -114,18 +114,6 @@ pub(super) fn run(
         }
         _ => unreachable!("only routable commands reach a daemon"),
     }
-}
-
-/// One `field:value` of an INFO section.
-fn info_field(client: &mut Client, section: &str, field: &str) -> Result<Option<String>, CliError> {
-    let reply = client.call(&[b"INFO", section.as_bytes()])?;
-    let Reply::Bulk(Some(text)) = reply else {
-        return Ok(None);
-    };
-    let prefix = format!("{field}:");
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string)))
 }
 
 fn unexpected(addr: &ListenAddr, reply: &Reply) -> CliError {

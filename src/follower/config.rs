@@ -239,22 +239,13 @@ fn apply_loop(
     wake: &mpsc::Receiver<()>,
     stop: &mpsc::Receiver<()>,
 ) {
-    let mut announced_wait = false;
     loop {
         if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
             return;
         }
-        match follower.poll() {
-            PollOutcome::Failed(e) if e.contains("no backup directory") && !announced_wait => {
-                tracing::info!("waiting for the backup directory to appear: {e}");
-                announced_wait = true;
-            }
-            PollOutcome::Applied(_) => {
-                announced_wait = false;
-                // A newer backup may have landed during the apply.
-                continue;
-            }
-            _ => {}
+        if let PollOutcome::Applied(_) = follower.poll() {
+            // A newer backup may have landed during the apply.
+            continue;
         }
         let deadline = Instant::now() + poll_interval;
         // Events come in bursts (a backup writes many files): drain them.

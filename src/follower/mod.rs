@@ -127,16 +127,17 @@ impl Follower {
         Ok(follower)
     }
 
-    /// Opens generation `id` at `path` read-only; its backup's facts come
-    /// from the store's metadata when it still has the backup.
+    /// Opens generation `id` at `path` read-only. Its backup's facts come
+    /// from the record the apply left beside it, else from the store (which
+    /// costs a BackupEngine open, and may have purged the backup).
     fn open_generation(&self, id: u32, path: &Path) -> Result<Generation> {
         let db = Db::open_with_cache(path, OpenMode::ReadOnly, self.cache.as_ref())?;
-        let backup = self
-            .store
-            .list()
-            .ok()
-            .and_then(|list| list.into_iter().find(|b| b.id == id))
-            .or_else(|| read_generation_info(path))
+        let backup = read_generation_info(path)
+            .filter(|b| b.id == id)
+            .or_else(|| {
+                let list = self.store.list().ok()?;
+                list.into_iter().find(|b| b.id == id)
+            })
             .unwrap_or(BackupInfo {
                 id,
                 timestamp: 0,
@@ -162,7 +163,16 @@ impl Follower {
     /// One step: apply the newest complete backup if it is newer than the
     /// one served.
     pub fn poll(&self) -> PollOutcome {
-        let listed = self.store.list();
+        // Listing meta/ says whether anything is new; only then is a
+        // BackupEngine opened (it reads every meta file and lists every
+        // shared file, which on NFS is not free every poll interval).
+        let serving_id = self.serving.load().as_ref().map(|g| g.backup.id);
+        let listed = self.store.newest_id().and_then(|newest| match newest {
+            Some(id) if serving_id.is_none_or(|serving| id > serving) => {
+                Ok((newest, self.store.list()?))
+            }
+            _ => Ok((newest, Vec::new())),
+        });
         let heartbeat = self.store.read_heartbeat();
         let mut state = self.state();
         state.last_poll = Some(Instant::now());
@@ -170,19 +180,28 @@ impl Follower {
             state.heartbeat = heartbeat;
         }
         let backups = match listed {
-            Ok(backups) => {
+            Ok((newest_id, backups)) => {
                 state.last_poll_ok = true;
+                if newest_id.is_some() {
+                    state.newest_seen = newest_id;
+                }
                 backups
             }
             Err(e) => {
                 state.last_poll_ok = false;
                 let message = e.to_string();
-                // A missing directory before the first backup is normal and
-                // the apply loop says so; anything else is worth a warning.
-                let first_wait =
-                    matches!(e, Error::BackupDirMissing { .. }) && self.serving.load().is_none();
-                if state.last_error.as_deref() != Some(&message) && !first_wait {
-                    tracing::warn!("cannot read the backup directory: {message}; still serving");
+                // Said once per distinct failure. A missing directory before
+                // the first backup is the normal start of a new deployment.
+                if state.last_error.as_deref() != Some(&message) {
+                    let first_wait = matches!(e, Error::BackupDirMissing { .. })
+                        && self.serving.load().is_none();
+                    if first_wait {
+                        tracing::info!("waiting for the backup directory to appear: {message}");
+                    } else {
+                        tracing::warn!(
+                            "cannot read the backup directory: {message}; still serving"
+                        );
+                    }
                 }
                 state.last_error = Some(message.clone());
                 return PollOutcome::Failed(message);
@@ -191,8 +210,6 @@ impl Follower {
         let Some(newest) = backups.last().cloned() else {
             return PollOutcome::UpToDate;
         };
-        state.newest_seen = Some(newest.id);
-        let serving_id = self.serving.load().as_ref().map(|g| g.backup.id);
         if serving_id.is_some_and(|id| id >= newest.id) {
             return PollOutcome::UpToDate;
         }
@@ -299,11 +316,15 @@ impl Follower {
         Ok(stats)
     }
 
-    /// Drops retired generations no reader holds and removes every
-    /// directory but the ones still in use.
+    /// Drops retired generations no reader holds and, when any went,
+    /// removes every directory but the ones still in use.
     pub fn release_retired(&self) {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let before = retired.len();
         retired.retain(|g| Arc::strong_count(g) > 1);
+        if retired.len() == before {
+            return;
+        }
         let mut keep: Vec<u32> = retired.iter().map(|g| g.backup.id).collect();
         keep.extend(self.serving.load().iter().map(|g| g.backup.id));
         if !self.state().applying {
@@ -318,8 +339,8 @@ impl Follower {
     pub fn staleness(&self) -> Option<Duration> {
         let generation = self.serving.load_full()?;
         let mut current_as_of = generation.backup.created_ms();
-        let heartbeat = self.state().heartbeat.clone();
-        if let (Some(meta), Some(heartbeat)) = (&generation.backup.metadata, heartbeat) {
+        let state = self.state();
+        if let (Some(meta), Some(heartbeat)) = (&generation.backup.metadata, &state.heartbeat) {
             if heartbeat.seq <= meta.seq && heartbeat.master == meta.master {
                 current_as_of = current_as_of.max(heartbeat.ms);
             }

@@ -157,11 +157,6 @@ impl Server {
         &self.local_addrs
     }
 
-    /// The server's counters.
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
-    }
-
     /// Stops accepting, lets each client finish the requests it has sent
     /// and receive their replies, closes every connection, and waits up to
     /// `grace` for all that.

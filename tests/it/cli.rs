@@ -305,3 +305,20 @@ fn lock_holder() {
     println!("HOLDING");
     std::thread::sleep(std::time::Duration::from_secs(120));
 }
+
+#[test]
+fn commands_that_need_a_daemon_or_a_directory_say_so() {
+    let s = Sandbox::new();
+    let db = db_flag(&s.path("db"));
+    rkv(&[&db, "--create_if_missing", "put", "k", "v"]).ok();
+    rkv(&[&db, "info"]).fails(2, &["`info` asks a running daemon", "--connect=ADDR"]);
+    rkv(&[
+        "--connect=127.0.0.1:1",
+        "restore",
+        &backup_flag(&s.path("b")),
+    ])
+    .fails(2, &["restore, backups and verify work on directories"]);
+    // Nothing listens on port 1: the address is named and a next step given.
+    rkv(&["--connect=127.0.0.1:1", "get", "k"])
+        .fails(1, &["127.0.0.1:1", "Try: check that the daemon is running"]);
+}

@@ -138,17 +138,24 @@ fn a_write_reaches_both_followers_within_the_bound() {
     );
     rkv(&[&db_flag(&s.path("f2")), "put", "k", "v"])
         .fails(1, &["rkv-follower data directory", "read-only"]);
+    rkv(&[
+        &db_flag(&s.path("f2")),
+        "restore",
+        &format!("--backup_dir={}", s.path("backups").display()),
+    ])
+    .fails(
+        2,
+        &[
+            "rkv-follower data directory",
+            "restore into another directory",
+        ],
+    );
 }
 
 #[test]
 fn readers_see_no_error_and_no_missing_key_across_20_swaps() {
     let s = Sandbox::new();
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &["--poll-interval", "100ms"],
-    );
+    let (master, follower) = pair(&s, &[]);
     let mut m = master.client();
     m.call(&[b"SET", b"key:0", b"0"]).unwrap();
     m.call(&[b"SAVE"]).unwrap();
@@ -224,12 +231,7 @@ fn readers_see_no_error_and_no_missing_key_across_20_swaps() {
 #[test]
 fn a_small_change_copies_a_small_fraction_of_the_database() {
     let s = Sandbox::new();
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &["--poll-interval", "100ms"],
-    );
+    let (master, follower) = pair(&s, &[]);
     fill(&master, "bulk", 24);
     master.client().call(&[b"SAVE"]).unwrap();
     wait_until(GENEROUS, "the large backup applied", || {
@@ -474,4 +476,19 @@ fn a_backup_purged_during_its_restore_gives_way_to_the_newest() {
         Some(Reply::Bulk(Some(_)))
     ));
     assert_eq!(follower.info("rkv_last_error").as_deref(), Some(""));
+}
+
+#[test]
+fn stale_reads_are_served_but_reported_by_default() {
+    let s = Sandbox::new();
+    let (master, follower) = pair(&s, &["--max-staleness", "1s"]);
+    set_and_replicate(&master, &follower, "k", "v");
+    assert_eq!(master.stop(), Some(0));
+    wait_until(GENEROUS, "the follower to report itself unhealthy", || {
+        follower.info("healthy").as_deref() == Some("0")
+    });
+    // --stale-reads serve (the default): old data, answered.
+    assert_eq!(get(&follower, "k"), Some(bulk("v")));
+    assert_eq!(follower.info("rkv_stale_reads").as_deref(), Some("serve"));
+    assert!(follower.info_num("rkv_staleness_ms") > 1000);
 }

@@ -168,19 +168,11 @@ fn pipelined_sets_are_answered_in_order() {
         ])
         .encode(&mut wire);
     }
-    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
-    stream.set_read_timeout(Some(GENEROUS)).unwrap();
-    stream.write_all(&wire).unwrap();
     let mut expected = b"$-1\r\n".to_vec();
     for i in 0..999 {
         Reply::bulk(i.to_string().into_bytes()).encode(&mut expected);
     }
-    let mut got = vec![0u8; expected.len()];
-    stream.read_exact(&mut got).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(&expected)
-    );
+    assert_replies(&master, &wire, &expected);
 }
 
 #[test]
@@ -216,8 +208,7 @@ fn malformed_requests_get_an_error_and_others_carry_on() {
             "-ERR Protocol error: expected '$', got ':'",
         ),
     ] {
-        let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
-        stream.set_read_timeout(Some(GENEROUS)).unwrap();
+        let mut stream = master.raw();
         stream.write_all(wire).unwrap();
         let mut reply = String::new();
         // The server answers, then closes: read to EOF.
@@ -290,8 +281,7 @@ fn redis_wording_for_bad_commands_auth_and_client_cap() {
     });
     let _b = master.client();
     let _c = master.client();
-    let mut extra = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
-    extra.set_read_timeout(Some(GENEROUS)).unwrap();
+    let mut extra = master.raw();
     let mut reply = String::new();
     extra.read_to_string(&mut reply).unwrap();
     assert_eq!(reply, "-ERR max number of clients reached\r\n");
@@ -492,25 +482,16 @@ fn pipelined_plain_sets_are_batched_without_reordering() {
     request(&["SET", "k0", "again"], &mut wire);
     request(&["GET", "k0"], &mut wire);
     request(&["DBSIZE"], &mut wire);
-    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
-    stream.set_read_timeout(Some(GENEROUS)).unwrap();
-    stream.write_all(&wire).unwrap();
     let mut expected = b"+OK\r\n".repeat(500);
     expected.extend_from_slice(b"$3\r\n499\r\n+OK\r\n$5\r\nagain\r\n:500\r\n");
-    let mut got = vec![0u8; expected.len()];
-    stream.read_exact(&mut got).unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(&expected)
-    );
+    assert_replies(&master, &wire, &expected);
 }
 
 #[test]
 fn a_half_closed_client_still_gets_its_replies() {
     let s = Sandbox::new();
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
-    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
-    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    let mut stream = master.raw();
     // Inline commands, as `nc` or a script sends them, then end of input.
     stream.write_all(b"PING\r\nECHO hi\r\n").unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -532,8 +513,7 @@ fn a_client_reading_slowly_gets_every_large_reply() {
         Reply::array(vec![bulk("GET"), bulk("big")]).encode(&mut wire);
     }
     Reply::array(vec![bulk("PING")]).encode(&mut wire);
-    let mut stream = std::net::TcpStream::connect(master.addr.to_string()).unwrap();
-    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    let mut stream = master.raw();
     stream.write_all(&wire).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let mut expected = Vec::new();
@@ -548,5 +528,59 @@ fn a_client_reading_slowly_gets_every_large_reply() {
     assert_eq!(
         master.client().call(&[b"PING"]).unwrap(),
         Reply::Simple("PONG".into())
+    );
+}
+
+#[test]
+fn a_unix_socket_listener_serves_rkv_and_routing_prefers_it() {
+    let s = Sandbox::new();
+    let socket = s.path("master.sock");
+    let listen = format!("unix:{}", socket.display());
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--listen", &listen]);
+    assert_eq!(
+        rkv(&[&format!("--connect={listen}"), "put", "k", "over-unix"]).ok(),
+        "OK\n"
+    );
+    assert_eq!(
+        rkv(&[&format!("--connect={listen}"), "get", "k"]).ok(),
+        "over-unix\n"
+    );
+    let file = rkv::daemon::DaemonFile::read(&s.path("db")).unwrap();
+    assert!(file.listen.contains(&listen), "{file:?}");
+    // `--db` reaches the daemon through the addresses its file lists (the
+    // CLI tries the Unix socket first).
+    assert_eq!(
+        rkv(&[&db_flag(&s.path("db")), "get", "k"]).ok(),
+        "over-unix\n"
+    );
+    assert_eq!(master.stop(), Some(0));
+    assert!(!socket.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--log-format", "json"]);
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    let log_path = s.path("db").with_extension("log");
+    assert_eq!(master.stop(), Some(0));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value["fields"]["message"].is_string(), "{line}");
+    }
+}
+
+/// Sends `wire` in one write and checks the replies are exactly `expected`.
+fn assert_replies(master: &Daemon, wire: &[u8], expected: &[u8]) {
+    let mut stream = master.raw();
+    stream.write_all(wire).unwrap();
+    let mut got = vec![0u8; expected.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected)
     );
 }

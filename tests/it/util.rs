@@ -187,16 +187,20 @@ impl Daemon {
         )
     }
 
+    /// A plain TCP connection, for tests that speak raw bytes; reads time
+    /// out after a generous minute instead of hanging.
+    pub fn raw(&self) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(self.addr.to_string()).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        stream
+    }
+
     /// One `field:value` of `INFO`, if present.
     pub fn info(&self, field: &str) -> Option<String> {
         let mut client = rkv::client::Client::connect(&self.addr, None).ok()?;
-        let rkv::resp::Reply::Bulk(Some(text)) = client.call(&[b"INFO"]).ok()? else {
-            return None;
-        };
-        let prefix = format!("{field}:");
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        client.info_field(None, field).ok()?
     }
 
     /// `info(field)` as a number (0 when absent).
