@@ -26,6 +26,10 @@ pub struct Db {
     inner: DB,
     path: PathBuf,
     write_options: WriteOptions,
+    /// The error of the last write that failed, until one succeeds or it is
+    /// cleared: a full disk makes RocksDB refuse writes until it recovers.
+    write_failure: std::sync::Mutex<Option<String>>,
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Db {
@@ -43,6 +47,17 @@ impl Db {
     /// follower's new generation finds the blocks its SST files (hard links
     /// of the previous generation's) already had cached.
     pub fn open_with_cache(path: &Path, mode: OpenMode, cache: Option<&BlockCache>) -> Result<Db> {
+        Db::open_tuned(path, mode, cache, None)
+    }
+
+    /// [`Db::open_with_cache`] with RocksDB's cap on open files: past it,
+    /// RocksDB closes SST files and opens them again by path when read.
+    pub fn open_tuned(
+        path: &Path,
+        mode: OpenMode,
+        cache: Option<&BlockCache>,
+        max_open_files: Option<i32>,
+    ) -> Result<Db> {
         let create_if_missing = matches!(
             mode,
             OpenMode::ReadWrite {
@@ -56,6 +71,15 @@ impl Db {
         }
         let mut options = Options::default();
         options.create_if_missing(create_if_missing);
+        if let Some(n) = max_open_files {
+            options.set_max_open_files(n);
+        }
+        if matches!(mode, OpenMode::ReadWrite { .. }) {
+            // With an SST file manager RocksDB recovers by itself from a full
+            // disk: it polls free space and resumes writes once there is
+            // some. Without one, writes fail until a restart.
+            options.set_sst_file_manager(&rocksdb::SstFileManager::new());
+        }
         if let Some(cache) = cache {
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache.0);
@@ -84,6 +108,8 @@ impl Db {
             inner,
             path: path.to_path_buf(),
             write_options: WriteOptions::default(),
+            write_failure: std::sync::Mutex::new(None),
+            write_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -111,23 +137,61 @@ impl Db {
 
     /// Stores `value` under `key`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.inner
-            .put_opt(key, value, &self.write_options)
-            .map_err(|e| Error::rocksdb("write a key", e))
+        let result = self.inner.put_opt(key, value, &self.write_options);
+        self.track(result, "write a key")
     }
 
     /// Removes `key`; removing an absent key is not an error.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        self.inner
-            .delete_opt(key, &self.write_options)
-            .map_err(|e| Error::rocksdb("delete a key", e))
+        let result = self.inner.delete_opt(key, &self.write_options);
+        self.track(result, "delete a key")
     }
 
     /// Applies the puts and deletes of `batch` atomically.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.inner
-            .write_opt(&batch, &self.write_options)
-            .map_err(|e| Error::rocksdb("write a batch", e))
+        let result = self.inner.write_opt(&batch, &self.write_options);
+        self.track(result, "write a batch")
+    }
+
+    /// Records a write's outcome for [`Db::write_failure`].
+    fn track(&self, result: Result<(), rocksdb::Error>, what: &str) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(()) => {
+                if self.write_failed.load(Ordering::Relaxed) {
+                    self.clear_write_failure();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.write_failed.store(true, Ordering::Relaxed);
+                *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                Err(Error::rocksdb(what, e))
+            }
+        }
+    }
+
+    /// RocksDB's error for the last write, while writes fail.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Forgets the last write failure (the database accepts writes again).
+    pub fn clear_write_failure(&self) {
+        self.write_failed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// RocksDB's identity of this database (its `IDENTITY`, a UUID made when
+    /// it was created), if RocksDB has one.
+    pub fn identity(&self) -> Option<String> {
+        let bytes = self.inner.get_db_identity().ok()?;
+        let id = String::from_utf8_lossy(&bytes).trim().to_string();
+        (!id.is_empty()).then_some(id)
     }
 
     /// The sequence number of the newest write; it moves on every write.

@@ -56,6 +56,65 @@ pub enum Error {
         detail: String,
     },
 
+    /// A file in the backup store is damaged (truncated, or its bytes differ
+    /// from what the backups listing it record).
+    #[error("the backup store's file {path} is damaged: {detail}")]
+    DamagedFile {
+        /// The file, relative to the store.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// Backup `id` was purged while it was being restored.
+    #[error(
+        "backup {id} was purged by the master before its restore could finish (the restore \
+         ran {ran:?}{keep})",
+        keep = keep_within.map(|k| format!("; the master keeps backups for --keep-within {}", humantime::format_duration(k))).unwrap_or_default()
+    )]
+    BackupPurged {
+        /// The backup.
+        id: u32,
+        /// How long the restore ran before it failed.
+        ran: std::time::Duration,
+        /// The master's `--keep-within`, when its heartbeat says.
+        keep_within: Option<std::time::Duration>,
+    },
+
+    /// Another master process holds the backup directory's lock.
+    #[error("another rkv-master is using the backup directory {path}{owner}", owner = owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    BackupDirLocked {
+        /// The backup directory.
+        path: PathBuf,
+        /// Who, as its heartbeat names it.
+        owner: Option<String>,
+    },
+
+    /// Another master renews its lease on the backup directory.
+    #[error("another rkv-master ({owner}) holds the backup directory {path}: it keeps renewing its heartbeat there")]
+    BackupDirLeased {
+        /// The backup directory.
+        path: PathBuf,
+        /// The other master: `<host>:<db path>` and pid.
+        owner: String,
+    },
+
+    /// The backup directory's newest backup is of another database.
+    #[error(
+        "the newest backup in {path} (backup {id}) is of another database ({theirs}), not of \
+         this master's database ({ours})"
+    )]
+    ForeignBackups {
+        /// The backup directory.
+        path: PathBuf,
+        /// The newest backup.
+        id: u32,
+        /// Its database: identity and master label.
+        theirs: String,
+        /// This master's database.
+        ours: String,
+    },
+
     /// A restore was asked into a directory whose database a process has open.
     #[error("cannot restore into {path}: the database there is in use by another process")]
     RestoreTargetInUse {
@@ -120,6 +179,24 @@ impl Error {
             Error::BackupCorrupt { .. } => Some(
                 "restore an older backup (see `rkv backups`), and take a new backup from the \
                  database"
+                    .to_string(),
+            ),
+            Error::DamagedFile { .. } => Some(
+                "the master heals this by itself: it drops the file, and the backups that \
+                 need it, and copies it again in a new backup"
+                    .to_string(),
+            ),
+            Error::BackupPurged { .. } => {
+                Some("raise --keep-within on the master above the time a restore takes".to_string())
+            }
+            Error::BackupDirLocked { .. } | Error::BackupDirLeased { .. } => Some(
+                "one master per backup directory: stop the other master, or give this one its \
+                 own --backup-dir"
+                    .to_string(),
+            ),
+            Error::ForeignBackups { .. } => Some(
+                "give this master its own --backup-dir; or, to make this database the source \
+                 followers replicate (a promotion), stop the old master and pass --take-over"
                     .to_string(),
             ),
             Error::RestoreTargetInUse { .. } => Some(

@@ -17,8 +17,8 @@ use rocksdb::Env;
 
 use super::meta;
 use super::{
-    unix_ms, AppMetadata, BackupInfo, BackupStore, CreateStats, Heartbeat, RestoreMode,
-    RestoreStats, Retention,
+    unix_ms, AppMetadata, BackupInfo, BackupStore, CreateStats, Damage, Heartbeat, RestoreMode,
+    RestoreStats, Retention, ScrubCursor,
 };
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
@@ -30,6 +30,11 @@ const META_DIR: &str = "meta";
 const HEARTBEAT: &str = "rkv-heartbeat.json";
 /// The sub-directory holding SST files shared between backups.
 const SHARED_DIR: &str = "shared_checksum";
+/// The sub-directory holding each backup's own files (`private/<id>/`).
+const PRIVATE_DIR: &str = "private";
+/// The file a running master holds a lock on: a second master on the same
+/// host (or on a filesystem whose locks work across hosts) is refused at once.
+const MASTER_LOCK: &str = "rkv-master.lock";
 
 /// A backup directory in RocksDB's BackupEngine layout (`meta/`, `private/`,
 /// `shared_checksum/`).
@@ -149,6 +154,252 @@ impl BackupDir {
             crc = crc32c::crc32c_append(crc, &buf[..n]);
         }
     }
+
+    /// Why the store's copy of `file` is not what a backup recorded, if it
+    /// is not: missing, another size, or another crc32c.
+    fn check_file(&self, file: &meta::MetaFile) -> Option<String> {
+        let path = self.path.join(&file.path);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Some(format!("{} is missing", file.path))
+            }
+            Err(e) => return Some(format!("cannot read {}: {e}", file.path)),
+        };
+        // Shared files name their size: `<number>_s<session>_<crc>_<size>.sst`
+        // in RocksDB's default naming; the meta file may also record it.
+        let expected_len = file.size.or_else(|| shared_file_size(&file.path));
+        if let Some(expected) = expected_len.filter(|&n| n != len) {
+            return Some(format!(
+                "{} has {len} bytes, the backup records {expected}",
+                file.path
+            ));
+        }
+        let expected = file.crc32c?;
+        match Self::crc32c_of(&path) {
+            Ok(actual) if actual == expected => None,
+            Ok(actual) => Some(format!(
+                "{} has crc32c {actual}, the backup records {expected}",
+                file.path
+            )),
+            Err(e) => Some(format!("cannot read {}: {e}", file.path)),
+        }
+    }
+
+    /// The first file of backup `id` that is damaged, described; `None` when
+    /// every file checks (or the meta file cannot be read).
+    pub fn find_damage(&self, id: u32) -> Option<String> {
+        match self.read_meta(id) {
+            Ok(meta) => meta.files.iter().find_map(|f| self.check_file(f)),
+            Err(Error::BackupCorrupt { detail, .. }) => Some(detail),
+            Err(_) => None,
+        }
+    }
+
+    /// The ids in `meta/`, ascending: complete backups, loadable or not.
+    fn meta_ids(&self) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir(self.path.join(META_DIR)) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Takes the master's lock on the directory (creating it if needed).
+    /// [`Error::BackupDirLocked`] when another process holds it; `Ok(None)`
+    /// when the filesystem has no working locks (the lease in the heartbeat
+    /// still fences a second master there).
+    pub fn lock_for_master(&self) -> Result<Option<fs::File>> {
+        fs::create_dir_all(&self.path)
+            .map_err(|e| Error::io(format!("create {}", self.path.display()), e))?;
+        let path = self.path.join(MASTER_LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::BackupDirLocked {
+                path: self.path.clone(),
+                owner: None,
+            }),
+            Err(fs::TryLockError::Error(e)) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot lock {}; relying on the heartbeat lease alone",
+                    path.display()
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks the files of the retained backups against their crc32c,
+    /// going on from `cursor` and reading at most `budget` bytes, so that a
+    /// large directory is scrubbed over several calls; wraps around at the
+    /// end. Meta files that cannot be parsed count as damaged too.
+    pub fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
+        let mut files: Vec<(String, meta::MetaFile, Vec<u32>)> = Vec::new();
+        let mut damage = Vec::new();
+        let mut by_path: HashMap<String, usize> = HashMap::new();
+        for id in self.meta_ids() {
+            match self.read_meta(id) {
+                Ok(meta) => {
+                    for file in meta.files {
+                        match by_path.get(&file.path) {
+                            Some(&i) => files[i].2.push(id),
+                            None => {
+                                by_path.insert(file.path.clone(), files.len());
+                                files.push((file.path.clone(), file, vec![id]));
+                            }
+                        }
+                    }
+                }
+                Err(Error::BackupCorrupt { detail, .. }) => damage.push(Damage {
+                    path: format!("{META_DIR}/{id}"),
+                    detail,
+                    backups: vec![id],
+                }),
+                Err(_) => {} // purged meanwhile
+            }
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let start = files.partition_point(|f| f.0 <= cursor.after);
+        let mut read = 0u64;
+        let mut checked = 0usize;
+        for (path, file, backups) in files[start..].iter().chain(files[..start].iter()) {
+            if read >= budget || checked == files.len() {
+                break;
+            }
+            checked += 1;
+            read += fs::metadata(self.path.join(path)).map_or(0, |m| m.len());
+            cursor.after = path.clone();
+            if let Some(detail) = self.check_file(file) {
+                damage.push(Damage {
+                    path: path.clone(),
+                    detail,
+                    backups: backups.clone(),
+                });
+            }
+        }
+        cursor.files_checked += checked as u64;
+        cursor.bytes_checked += read;
+        damage
+    }
+
+    /// Removes damaged files from the store, so that the next backup copies
+    /// them again from the database (a shared file's name is its content's
+    /// identity: a fresh copy is what every backup listing it recorded).
+    /// A damaged meta file takes its backup with it, unless it is the
+    /// newest: [`BackupDir::drop_incomplete`] drops that one once a newer
+    /// backup exists.
+    pub fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
+        let newest = self.meta_ids().last().copied();
+        for d in damage {
+            if let Some(id) = d.path.strip_prefix(&format!("{META_DIR}/")) {
+                // The newest stays until a newer backup exists, so that its
+                // id is never handed out again.
+                match id.parse::<u32>() {
+                    Ok(id) if Some(id) != newest => self.drop_backup(id)?,
+                    _ => {}
+                }
+                continue;
+            }
+            let path = self.path.join(&d.path);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("remove {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every backup but the newest whose files are not all present with
+    /// their recorded sizes (after [`BackupDir::remove_damaged`], those whose
+    /// damaged file the database no longer has), and the shared files no
+    /// backup lists any more. The newest stays so that ids never go back.
+    /// Returns the ids dropped.
+    pub fn drop_incomplete(&self) -> Result<Vec<u32>> {
+        let ids = self.meta_ids();
+        let Some(&newest) = ids.last() else {
+            return Ok(Vec::new());
+        };
+        let mut dropped = Vec::new();
+        let mut referenced = HashSet::new();
+        for &id in &ids {
+            let complete = match self.read_meta(id) {
+                Ok(meta) => {
+                    let complete = meta.files.iter().all(|f| {
+                        let expected = f.size.or_else(|| shared_file_size(&f.path));
+                        fs::metadata(self.path.join(&f.path))
+                            .is_ok_and(|m| expected.is_none_or(|n| n == m.len()))
+                    });
+                    if complete || id == newest {
+                        referenced.extend(meta.files.into_iter().map(|f| f.path));
+                    }
+                    complete
+                }
+                Err(_) => false,
+            };
+            if !complete && id != newest {
+                self.drop_backup(id)?;
+                dropped.push(id);
+            }
+        }
+        if !dropped.is_empty() {
+            for name in self.shared_files() {
+                if !referenced.contains(&name) && !name.ends_with(".tmp") {
+                    let _ = fs::remove_file(self.path.join(&name));
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Deletes backup `id` as BackupEngine does: its meta file first (the
+    /// backup stops existing), then its private files.
+    fn drop_backup(&self, id: u32) -> Result<()> {
+        let meta = self.meta_path(id);
+        match fs::remove_file(&meta) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", meta.display()), e)),
+        }
+        let private = self.path.join(PRIVATE_DIR).join(id.to_string());
+        match fs::remove_dir_all(&private) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", private.display()), e)),
+        }
+    }
+}
+
+/// The size a shared file's name records (`…_<size>.sst`), if it does.
+fn shared_file_size(path: &str) -> Option<u64> {
+    let name = path.strip_prefix(&format!("{SHARED_DIR}/"))?;
+    let stem = name
+        .strip_suffix(".sst")
+        .or_else(|| name.strip_suffix(".blob"))?;
+    let parts: Vec<&str> = stem.split('_').collect();
+    // `<number>_s<session>_<size>` (session-id naming without checksum) or
+    // `<number>_<crc>_<size>` (legacy); the size is always last.
+    (parts.len() >= 3).then(|| parts.last()?.parse().ok())?
+}
+
+/// The file a "Size mismatch for existing backup file" error names, which
+/// RocksDB reports when a shared file in the store was truncated or grown.
+pub(super) fn size_mismatch_file(message: &str) -> Option<String> {
+    let rest = message
+        .split("Size mismatch for existing backup file: ")
+        .nth(1)?;
+    let name = rest.split_whitespace().next()?;
+    Some(name.to_string())
 }
 
 impl BackupStore for BackupDir {
@@ -184,14 +435,21 @@ impl BackupStore for BackupDir {
             seq: db.latest_sequence_number(),
             created_ms: unix_ms(SystemTime::now()),
             master: master.to_string(),
+            db_id: db.identity(),
         };
         let json = serde_json::to_vec(&metadata).expect("metadata serializes");
         let mut options = CreateBackupOptions::default();
         options.set_flush_before_backup(true);
         let id = engine
             .create_new_backup_with_metadata(db.rocksdb(), &options, &json)
-            .map_err(|e| {
-                Error::rocksdb(format!("create a backup in {}", self.path.display()), e)
+            .map_err(|e| match size_mismatch_file(e.as_ref()) {
+                // A shared file in the store no longer has the size its name
+                // records: every backup would fail on it until it is replaced.
+                Some(path) => Error::DamagedFile {
+                    path,
+                    detail: "its size differs from the size its name records".to_string(),
+                },
+                None => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
             })?;
         let info = engine
             .get_backup_info()
@@ -215,6 +473,14 @@ impl BackupStore for BackupDir {
                 bytes_copied += fs::metadata(self.path.join(&file.path))
                     .map(|m| m.len())
                     .unwrap_or(0);
+                // Read back what was just written: a copy damaged on its way
+                // to the store is found now, not by the follower that needs it.
+                if let Some(detail) = self.check_file(&file) {
+                    return Err(Error::DamagedFile {
+                        path: file.path,
+                        detail,
+                    });
+                }
             }
         }
         Ok(CreateStats {
@@ -233,9 +499,11 @@ impl BackupStore for BackupDir {
             if self.meta_path(id).is_file() {
                 return Err(Error::BackupCorrupt {
                     id,
-                    detail: "RocksDB cannot load it (a file it lists is missing or has the \
-                             wrong size)"
-                        .to_string(),
+                    detail: self.find_damage(id).unwrap_or_else(|| {
+                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
+                         size)"
+                            .to_string()
+                    }),
                 });
             }
             return Err(Error::BackupNotFound {
@@ -247,26 +515,15 @@ impl BackupStore for BackupDir {
             id,
             detail: e.to_string(),
         })?;
-        for file in self.read_meta(id)?.files {
-            let Some(expected) = file.crc32c else {
-                continue;
-            };
-            let path = self.path.join(&file.path);
-            let actual = Self::crc32c_of(&path).map_err(|e| Error::BackupCorrupt {
-                id,
-                detail: format!("cannot read {}: {e}", path.display()),
-            })?;
-            if actual != expected {
-                return Err(Error::BackupCorrupt {
-                    id,
-                    detail: format!(
-                        "{} has crc32c {actual}, the backup records {expected}",
-                        file.path
-                    ),
-                });
-            }
+        match self
+            .read_meta(id)?
+            .files
+            .iter()
+            .find_map(|f| self.check_file(f))
+        {
+            Some(detail) => Err(Error::BackupCorrupt { id, detail }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
@@ -286,9 +543,11 @@ impl BackupStore for BackupDir {
             Some(id) if self.meta_path(id).is_file() => {
                 return Err(Error::BackupCorrupt {
                     id,
-                    detail: "RocksDB cannot load it (a file it lists is missing or has the \
-                             wrong size)"
-                        .to_string(),
+                    detail: self.find_damage(id).unwrap_or_else(|| {
+                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
+                         size)"
+                            .to_string()
+                    }),
                 })
             }
             Some(id) => {
@@ -315,9 +574,10 @@ impl BackupStore for BackupDir {
             .map_err(|e| {
                 let message = e.to_string();
                 if message.starts_with("Corruption") || message.contains("checksum mismatch") {
+                    // RocksDB's message names no file; find it.
                     Error::BackupCorrupt {
                         id,
-                        detail: message,
+                        detail: self.find_damage(id).unwrap_or(message),
                     }
                 } else {
                     Error::rocksdb(format!("restore backup {id} into {}", dest.display()), e)
@@ -357,6 +617,10 @@ impl BackupStore for BackupDir {
             .iter()
             .map(|b| b.id)
             .collect())
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.meta_path(id).exists()
     }
 
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {

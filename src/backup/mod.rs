@@ -32,6 +32,11 @@ pub struct AppMetadata {
     pub created_ms: u64,
     /// Who took it: `<host>:<db path>`.
     pub master: String,
+    /// The database's RocksDB identity (its `IDENTITY`): what tells one
+    /// database's backups from another's, even at the same path. Absent in
+    /// backups taken before rkv recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_id: Option<String>,
 }
 
 impl AppMetadata {
@@ -41,6 +46,12 @@ impl AppMetadata {
     /// Parses stored metadata; `None` for backups made by other tools.
     pub fn parse(bytes: &[u8]) -> Option<AppMetadata> {
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// Which database the backup is of: its identity, or for backups that
+    /// predate it, the master's label.
+    pub fn lineage(&self) -> &str {
+        self.db_id.as_deref().unwrap_or(&self.master)
     }
 }
 
@@ -114,6 +125,30 @@ pub struct RestoreStats {
     pub duration: Duration,
 }
 
+/// A file of the store that does not hold what the backups listing it
+/// record (found by a scrub, or when a backup is created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The file, relative to the store (`shared_checksum/…`, `private/3/…`,
+    /// `meta/3`).
+    pub path: String,
+    /// What is wrong with it.
+    pub detail: String,
+    /// The backups that list it.
+    pub backups: Vec<u32>,
+}
+
+/// Where a rolling scrub goes on from, and what it has read so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubCursor {
+    /// The last file checked; the next call starts after it.
+    pub after: String,
+    /// Files checked since start.
+    pub files_checked: u64,
+    /// Bytes read since start.
+    pub bytes_checked: u64,
+}
+
 /// Which backups to keep: the newest `keep`, plus every backup younger than
 /// `keep_within` (so a follower's restore is not purged from under it), and
 /// always the newest.
@@ -173,8 +208,12 @@ pub trait BackupStore {
     /// used; returns the ids deleted, oldest first.
     fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>>;
 
-    /// Records that the master, at `heartbeat.ms`, had no writes beyond the
-    /// newest backup. Replaces the previous heartbeat atomically.
+    /// Whether backup `id` is still in the store (complete or not): `false`
+    /// once retention purged it.
+    fn contains(&self, id: u32) -> bool;
+
+    /// Records the master's state at `heartbeat.ms`. Replaces the previous
+    /// heartbeat atomically.
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()>;
 
     /// The newest heartbeat; `None` when there is none or it is unreadable.
@@ -182,20 +221,45 @@ pub trait BackupStore {
 }
 
 /// The master's word that its database held no writes beyond sequence
-/// number `seq` at time `ms`. Backups alone cannot tell an idle master from
-/// a dead one: with the heartbeat, a follower serving the backup of `seq` knows
-/// its data is current as of `ms`, and its staleness bound holds while the
-/// master is idle.
+/// number `seq` at time `ms`, rewritten every second while it runs.
+///
+/// Backups alone cannot tell an idle master from a dead one: with the
+/// heartbeat, a follower serving the backup of `seq` knows its data is
+/// current, and its staleness bound holds while the master is idle. Each new
+/// heartbeat is also a reading of the master's clock, which lets a follower
+/// measure staleness on its own clock whatever the skew between hosts. And
+/// it is the master's lease on the directory: `token` names the one master
+/// that may write there, and a master that finds another's token stops.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Format version; 1.
     pub v: u32,
-    /// The master's latest sequence number, all of it in a backup.
+    /// The master's latest sequence number at `ms`.
     pub seq: u64,
-    /// When, in unix milliseconds.
+    /// When, in unix milliseconds on the master's clock.
     pub ms: u64,
     /// The master: `<host>:<db path>`.
     pub master: String,
+    /// The master database's identity (see [`AppMetadata::db_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_id: Option<String>,
+    /// The lease: unique to one run of one master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The master's process id, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The master's `--keep-within`, in milliseconds: a follower whose
+    /// restores keep losing the race to the purge says what to raise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within_ms: Option<u64>,
+}
+
+impl Heartbeat {
+    /// Which database the master serves (see [`AppMetadata::lineage`]).
+    pub fn lineage(&self) -> &str {
+        self.db_id.as_deref().unwrap_or(&self.master)
+    }
 }
 
 /// How a backup names its source: `<host>:<absolute db path>`.
@@ -243,6 +307,7 @@ mod tests {
                 seq: 0,
                 created_ms,
                 master: String::new(),
+                db_id: None,
             }),
         }
     }
@@ -274,6 +339,7 @@ mod tests {
             seq: 7,
             created_ms: 1_700_000_000_123,
             master: "h:/db".into(),
+            db_id: Some("id".into()),
         };
         let json = serde_json::to_vec(&meta).unwrap();
         assert_eq!(AppMetadata::parse(&json), Some(meta));

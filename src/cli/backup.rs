@@ -175,6 +175,7 @@ mod tests {
                     seq: 42,
                     created_ms,
                     master: "h:/db".into(),
+                    db_id: None,
                 }),
             },
             BackupInfo {

@@ -87,8 +87,10 @@ pub struct FollowerArgs {
     )]
     pub listen: Vec<ListenAddr>,
 
-    /// Data older than this (now minus the served backup's creation) makes
-    /// the follower unhealthy; off by default.
+    /// Data older than this makes the follower unhealthy: older than the
+    /// last moment the follower saw evidence (a backup or heartbeat) that it
+    /// held the master's whole state, measured on this host's clock so that
+    /// skewed clocks cannot hide it. Off by default.
     #[arg(long = "max-staleness", env = "RKV_MAX_STALENESS", value_parser = daemon::parse_duration, value_name = "DURATION")]
     pub max_staleness: Option<Duration>,
 
@@ -259,17 +261,31 @@ fn apply_loop(
 }
 
 /// A filesystem watch on the backup directory's `meta/`, where a complete
-/// backup appears as a renamed file. Set up once `meta/` exists.
+/// backup appears as a renamed file, and on the directory itself, where the
+/// master's heartbeat is renamed into place every second. Set up once
+/// `meta/` exists.
 struct MetaWatcher {
-    meta: PathBuf,
+    backup_dir: PathBuf,
     wake: mpsc::Sender<()>,
     watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Whether a filesystem event can mean a new backup or heartbeat: a file
+/// created or renamed. Opens and reads are not: the follower's own listing
+/// of `meta/` is one, and waking on it would make an idle follower poll
+/// itself in a loop.
+fn is_news(event: &notify::Event) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
 }
 
 impl MetaWatcher {
     fn new(backup_dir: &Path, wake: mpsc::Sender<()>) -> MetaWatcher {
         let mut watcher = MetaWatcher {
-            meta: backup_dir.join("meta"),
+            backup_dir: backup_dir.to_path_buf(),
             wake,
             watcher: None,
         };
@@ -280,29 +296,31 @@ impl MetaWatcher {
     /// Starts watching if `meta/` exists and no watch is on yet.
     fn ensure(&mut self) {
         use notify::Watcher;
-        if self.watcher.is_some() || !self.meta.is_dir() {
+        let meta = self.backup_dir.join("meta");
+        if self.watcher.is_some() || !meta.is_dir() {
             return;
         }
         let wake = self.wake.clone();
         let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| is_news(&e)) {
                 let _ = wake.send(());
             }
         };
-        match notify::recommended_watcher(handler) {
-            Ok(mut watcher) => match watcher.watch(&self.meta, notify::RecursiveMode::NonRecursive)
-            {
-                Ok(()) => {
-                    tracing::debug!("watching {}", self.meta.display());
-                    self.watcher = Some(watcher);
-                }
-                Err(e) => tracing::warn!(
-                    "cannot watch {} ({e}); relying on polling",
-                    self.meta.display()
-                ),
-            },
-            Err(e) => tracing::warn!("no filesystem watcher ({e}); relying on polling"),
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                tracing::warn!(error = %e, "no filesystem watcher; relying on polling");
+                return;
+            }
+        };
+        for dir in [&meta, &self.backup_dir] {
+            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(error = %e, "cannot watch {}; relying on polling", dir.display());
+                return;
+            }
         }
+        tracing::debug!("watching {}", meta.display());
+        self.watcher = Some(watcher);
     }
 
     fn wake(&self) {
@@ -318,6 +336,23 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         FollowerArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn only_creates_and_renames_wake_the_follower() {
+        use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
+        let event = |kind| notify::Event::new(kind);
+        assert!(is_news(&event(EventKind::Create(CreateKind::File))));
+        assert!(is_news(&event(EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        )))));
+        // The follower's own listing of meta/ must not wake it.
+        assert!(!is_news(&event(EventKind::Access(AccessKind::Open(
+            notify::event::AccessMode::Any
+        )))));
+        assert!(!is_news(&event(EventKind::Access(AccessKind::Close(
+            notify::event::AccessMode::Read
+        )))));
     }
 
     fn parse(extra: &[&str]) -> Result<FollowerConfig, String> {

@@ -106,16 +106,6 @@ impl DataDir {
         &self.path
     }
 
-    /// The directory name of generation `id`.
-    fn name(id: u32) -> String {
-        format!("gen-{id:06}")
-    }
-
-    /// The path of generation `id`.
-    pub fn generation_path(&self, id: u32) -> PathBuf {
-        self.path.join(Self::name(id))
-    }
-
     /// The backup id and path of the serving generation, if any.
     pub fn current(&self) -> Option<(u32, PathBuf)> {
         let target = fs::read_link(self.path.join(CURRENT)).ok()?;
@@ -124,11 +114,20 @@ impl DataDir {
         path.is_dir().then_some((id, path))
     }
 
-    /// Starts generation `id`: an empty `gen-<id>.partial` holding hard links
-    /// to the SST files of `base` (the serving generation), if given. A
-    /// leftover partial from a crash is discarded first.
+    /// Starts a generation of backup `id`: an empty partial directory holding
+    /// hard links to the SST files of `base` (the serving generation), if
+    /// given. It is named `gen-<id>`, or `gen-<id>-<n>` when a generation of
+    /// that id is still there (a backup directory that was replaced reuses
+    /// ids). A leftover partial of that name from a crash is discarded first.
     pub fn start(&self, id: u32, base: Option<&Path>) -> Result<PathBuf> {
-        let partial = self.path.join(format!("{}{PARTIAL}", Self::name(id)));
+        let name = (0..)
+            .map(|n| match n {
+                0 => format!("gen-{id:06}"),
+                n => format!("gen-{id:06}-{n}"),
+            })
+            .find(|name| !self.path.join(name).exists())
+            .expect("some generation name is free");
+        let partial = self.path.join(format!("{name}{PARTIAL}"));
         let io = |what: &str, e| Error::io(format!("{what} {}", partial.display()), e);
         if partial.exists() {
             fs::remove_dir_all(&partial).map_err(|e| io("remove the leftover", e))?;
@@ -148,14 +147,10 @@ impl DataDir {
         Ok(partial)
     }
 
-    /// Renames the restored partial generation `id` to `gen-<id>`: complete,
+    /// Renames a restored partial generation to its final name: complete,
     /// but not serving until [`DataDir::publish`]. Returns its path.
-    pub fn finish(&self, id: u32, partial: &Path) -> Result<PathBuf> {
-        let done = self.generation_path(id);
-        if done.exists() {
-            fs::remove_dir_all(&done)
-                .map_err(|e| Error::io(format!("remove the stale {}", done.display()), e))?;
-        }
+    pub fn finish(&self, partial: &Path) -> Result<PathBuf> {
+        let done = finished_path(partial);
         fs::rename(partial, &done).map_err(|e| {
             Error::io(
                 format!("rename {} to {}", partial.display(), done.display()),
@@ -165,13 +160,29 @@ impl DataDir {
         Ok(done)
     }
 
-    /// Makes generation `id` the one `current` names: a new symlink renamed
-    /// over the old one, so `current` always names a complete generation.
-    pub fn publish(&self, id: u32) -> Result<()> {
+    /// Removes what a failed apply left: the partial and, if it got that
+    /// far, the finished generation (which was never published).
+    pub fn discard(&self, partial: &Path) {
+        for dir in [partial.to_path_buf(), finished_path(partial)] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, "cannot remove {}", dir.display()),
+            }
+        }
+    }
+
+    /// Makes the generation at `generation` the one `current` names: a new
+    /// symlink renamed over the old one, so `current` always names a
+    /// complete generation.
+    pub fn publish(&self, generation: &Path) -> Result<()> {
+        let name = generation
+            .file_name()
+            .ok_or_else(|| Error::io("publish", io::Error::other("no generation name")))?;
         let tmp = self.path.join(format!(".{CURRENT}.tmp"));
         let current = self.path.join(CURRENT);
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(Self::name(id), &tmp)
+        std::os::unix::fs::symlink(name, &tmp)
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         sync_dir(&self.path)?;
         fs::rename(&tmp, &current)
@@ -179,29 +190,39 @@ impl DataDir {
         sync_dir(&self.path)
     }
 
-    /// Removes every generation and partial except `keep` (ids): leftovers
-    /// of crashes and generations no reader uses any more.
-    pub fn remove_except(&self, keep: &[u32]) {
+    /// Removes every generation and partial except those at `keep`:
+    /// leftovers of crashes and generations no reader uses any more.
+    pub fn remove_except(&self, keep: &[&Path]) {
         let Ok(entries) = fs::read_dir(&self.path) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let id = parse_generation(name.trim_end_matches(PARTIAL));
-            if id.is_some_and(|id| !keep.contains(&id) || name.ends_with(PARTIAL)) {
+            let is_generation = parse_generation(name.trim_end_matches(PARTIAL)).is_some();
+            let kept = keep
+                .iter()
+                .any(|k| k.file_name() == Some(entry.file_name().as_os_str()));
+            if is_generation && (!kept || name.ends_with(PARTIAL)) {
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
-                    tracing::warn!("cannot remove {}: {e}", entry.path().display());
+                    tracing::warn!(error = %e, "cannot remove {}", entry.path().display());
                 }
             }
         }
     }
 }
 
-/// `gen-000123` → 123.
+/// `…/gen-000123.partial` → `…/gen-000123`.
+fn finished_path(partial: &Path) -> PathBuf {
+    let name = partial.file_name().unwrap_or_default().to_string_lossy();
+    partial.with_file_name(name.trim_end_matches(PARTIAL))
+}
+
+/// `gen-000123` (or `gen-000123-2`) → 123.
 fn parse_generation(name: &str) -> Option<u32> {
-    let digits = name.strip_prefix("gen-")?;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())?
+    let rest = name.strip_prefix("gen-")?;
+    let (digits, suffix) = rest.split_once('-').unwrap_or((rest, "1"));
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (numeric(digits) && numeric(suffix)).then(|| digits.parse().ok())?
 }
 
 /// Makes renames and new links in `dir` durable.
@@ -224,9 +245,9 @@ mod tests {
         let first = data.start(1, None).unwrap();
         fs::write(first.join("000007.sst"), b"sst").unwrap();
         fs::write(first.join("MANIFEST-000001"), b"m").unwrap();
-        let gen1 = data.finish(1, &first).unwrap();
+        let gen1 = data.finish(&first).unwrap();
         assert_eq!(data.current(), None, "finished is not yet serving");
-        data.publish(1).unwrap();
+        data.publish(&gen1).unwrap();
         assert_eq!(data.current(), Some((1, gen1.clone())));
         assert!(DataDir::is_data_dir(tmp.path()));
 
@@ -240,14 +261,35 @@ mod tests {
             ino(&second.join("000007.sst")),
             ino(&gen1.join("000007.sst"))
         );
-        let gen2 = data.finish(2, &second).unwrap();
-        data.publish(2).unwrap();
-        assert_eq!(data.current(), Some((2, gen2)));
+        let gen2 = data.finish(&second).unwrap();
+        data.publish(&gen2).unwrap();
+        assert_eq!(data.current(), Some((2, gen2.clone())));
 
         fs::create_dir(tmp.path().join("gen-000009.partial")).unwrap();
-        data.remove_except(&[2]);
+        data.remove_except(&[&gen2]);
         assert!(!gen1.exists() && !tmp.path().join("gen-000009.partial").exists());
-        assert!(data.generation_path(2).exists());
+        assert!(gen2.exists());
+    }
+
+    #[test]
+    fn a_reused_id_gets_its_own_directory_and_a_failed_apply_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::lock(tmp.path()).unwrap();
+        let gen3 = data.finish(&data.start(3, None).unwrap()).unwrap();
+        data.publish(&gen3).unwrap();
+        // A replaced backup directory brings another backup 3.
+        let again = data.start(3, Some(&gen3)).unwrap();
+        assert_eq!(again.file_name().unwrap(), "gen-000003-1.partial");
+        let other = data.finish(&again).unwrap();
+        data.publish(&other).unwrap();
+        assert_eq!(data.current(), Some((3, other.clone())));
+        assert!(gen3.exists(), "the previous generation 3 is untouched");
+
+        let failed = data.start(4, Some(&other)).unwrap();
+        data.discard(&failed);
+        let finished = data.finish(&data.start(5, None).unwrap()).unwrap();
+        data.discard(&tmp.path().join("gen-000005.partial"));
+        assert!(!failed.exists() && !finished.exists());
     }
 
     #[test]
@@ -263,6 +305,8 @@ mod tests {
     #[test]
     fn parses_generation_names() {
         assert_eq!(parse_generation("gen-000123"), Some(123));
+        assert_eq!(parse_generation("gen-000123-2"), Some(123));
+        assert_eq!(parse_generation("gen-000123-x"), None);
         assert_eq!(parse_generation("gen-"), None);
         assert_eq!(parse_generation("gen-12a"), None);
         assert_eq!(parse_generation("current"), None);

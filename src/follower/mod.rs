@@ -11,15 +11,14 @@
 mod config;
 pub mod generations;
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
-use crate::backup::{
-    now_ms, BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats,
-};
+use crate::backup::{BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats};
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::resp::Reply;
@@ -34,6 +33,15 @@ pub struct Generation {
     pub backup: BackupInfo,
     /// The database, open read-only.
     pub db: Arc<Db>,
+    /// Its directory.
+    pub path: PathBuf,
+}
+
+impl Generation {
+    /// Which database the generation is a copy of, when its backup says.
+    fn lineage(&self) -> Option<&str> {
+        self.backup.metadata.as_ref().map(|m| m.lineage())
+    }
 }
 
 /// A follower's replication state.
@@ -42,7 +50,7 @@ pub struct Follower {
     data: DataDir,
     serving: ArcSwapOption<Generation>,
     /// Generations swapped out but perhaps still read; removed from disk
-    /// once no reader holds them.
+    /// once no reader holds their database.
     retired: Mutex<Vec<Arc<Generation>>>,
     state: Mutex<ApplyState>,
     max_staleness: Option<Duration>,
@@ -51,6 +59,40 @@ pub struct Follower {
     /// Shared by every generation: the SST files a new generation shares
     /// with the old one keep their cached blocks across the swap.
     cache: Option<BlockCache>,
+    /// RocksDB's cap on open files per generation; `None` keeps them all open.
+    max_open_files: Option<i32>,
+    /// The origin of this follower's monotonic clock (see [`MasterClock`]).
+    epoch: Instant,
+}
+
+/// The master's clock as this follower sees it, learnt from heartbeats.
+///
+/// A heartbeat that changed between two reads was written after the
+/// first, so its timestamp `M` read at monotonic time `L` gives the offset
+/// `M - L`, below the true one by at most the read's delay. The highest of
+/// the recent samples converts the master's timestamps to this host's
+/// clock: staleness then holds whatever the skew between the hosts, and a
+/// stepped clock ages out of the window.
+#[derive(Debug, Default, Clone)]
+struct MasterClock {
+    samples: VecDeque<i64>,
+}
+
+impl MasterClock {
+    const WINDOW: usize = 16;
+
+    fn sample(&mut self, offset_ms: i64) {
+        if self.samples.len() == Self::WINDOW {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(offset_ms);
+    }
+
+    /// The master's clock minus this follower's monotonic clock, in ms;
+    /// `None` until a heartbeat was seen to change.
+    fn offset(&self) -> Option<i64> {
+        self.samples.iter().copied().max()
+    }
 }
 
 /// What the follower has seen and done, for `INFO replication`.
@@ -66,8 +108,18 @@ struct ApplyState {
     last_error: Option<String>,
     /// A backup that failed to apply, and when to try it again.
     backoff: Option<(u32, Instant, Duration)>,
-    /// The master's newest heartbeat.
+    /// The master's newest heartbeat, and when it was seen to change.
     heartbeat: Option<Heartbeat>,
+    heartbeat_changed: Option<Instant>,
+    clock: MasterClock,
+    /// Restores in a row that lost the race to the master's purge.
+    purge_races: u32,
+    /// The newest backup RocksDB cannot load, once reported.
+    skipped: Option<u32>,
+    /// Why the served data is not the backup directory's database (it was
+    /// replaced, or another database took it over), until the follower has
+    /// re-bootstrapped from it.
+    lineage_change: Option<String>,
 }
 
 /// What one poll did.
@@ -93,6 +145,18 @@ impl Follower {
         stale_reads: StaleReads,
         cache: Option<BlockCache>,
     ) -> Result<Follower> {
+        Follower::open_with(store, data, max_staleness, stale_reads, cache, None)
+    }
+
+    /// [`Follower::open`] with RocksDB's cap on open files per generation.
+    pub fn open_with(
+        store: BackupDir,
+        data: DataDir,
+        max_staleness: Option<Duration>,
+        stale_reads: StaleReads,
+        cache: Option<BlockCache>,
+        max_open_files: Option<i32>,
+    ) -> Result<Follower> {
         let follower = Follower {
             store,
             data,
@@ -103,35 +167,46 @@ impl Follower {
             stale_reads,
             write_lock: Mutex::new(()),
             cache,
+            max_open_files,
+            epoch: Instant::now(),
         };
-        if let Some((id, path)) = follower.data.current() {
-            match follower.open_generation(id, &path) {
+        let current = follower.data.current();
+        if let Some((id, path)) = &current {
+            match follower.open_generation(*id, path) {
                 Ok(generation) => {
-                    tracing::info!("serving generation {id} from {}", path.display());
+                    tracing::info!(backup_id = id, "serving generation {}", path.display());
                     follower.serving.store(Some(Arc::new(generation)));
                 }
+                // Kept on disk: the cause may pass (too many open files, a
+                // permission being fixed), and it is the only local copy.
                 Err(e) => tracing::error!(
-                    "cannot open the current generation {}: {e}; waiting for the next backup",
+                    error = %e,
+                    "cannot open the current generation {}; keeping it, and waiting for the \
+                     next backup",
                     path.display()
                 ),
             }
         }
         // Partials are crash leftovers; other generations are unused now.
-        let keep: Vec<u32> = follower
-            .serving
-            .load()
-            .iter()
-            .map(|g| g.backup.id)
-            .collect();
+        let keep: Vec<&Path> = current.iter().map(|(_, p)| p.as_path()).collect();
         follower.data.remove_except(&keep);
         Ok(follower)
+    }
+
+    fn open_db(&self, path: &Path) -> Result<Db> {
+        Db::open_tuned(
+            path,
+            OpenMode::ReadOnly,
+            self.cache.as_ref(),
+            self.max_open_files,
+        )
     }
 
     /// Opens generation `id` at `path` read-only. Its backup's facts come
     /// from the record the apply left beside it, else from the store (which
     /// costs a BackupEngine open, and may have purged the backup).
     fn open_generation(&self, id: u32, path: &Path) -> Result<Generation> {
-        let db = Db::open_with_cache(path, OpenMode::ReadOnly, self.cache.as_ref())?;
+        let db = self.open_db(path)?;
         let backup = read_generation_info(path)
             .filter(|b| b.id == id)
             .or_else(|| {
@@ -148,6 +223,7 @@ impl Follower {
         Ok(Generation {
             backup,
             db: Arc::new(db),
+            path: path.to_path_buf(),
         })
     }
 
@@ -160,32 +236,61 @@ impl Follower {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Milliseconds on this follower's monotonic clock.
+    fn mono_ms(&self, at: Instant) -> i64 {
+        at.saturating_duration_since(self.epoch).as_millis() as i64
+    }
+
+    /// Takes in a heartbeat read at `read_at`: a changed one is a reading of
+    /// the master's clock (when it is of the served database, or nothing is
+    /// served yet).
+    fn observe_heartbeat(&self, state: &mut ApplyState, heartbeat: Heartbeat, read_at: Instant) {
+        if state.heartbeat.as_ref() == Some(&heartbeat) {
+            return;
+        }
+        let serving = self.serving.load();
+        let same_lineage = serving
+            .as_ref()
+            .and_then(|g| g.lineage())
+            .is_none_or(|l| l == heartbeat.lineage());
+        // The first heartbeat read may be hours old: only a change tells
+        // when one was written.
+        if state.heartbeat.is_some() && same_lineage {
+            state
+                .clock
+                .sample(heartbeat.ms as i64 - self.mono_ms(read_at));
+        }
+        state.heartbeat_changed = Some(read_at);
+        state.heartbeat = Some(heartbeat);
+    }
+
     /// One step: apply the newest complete backup if it is newer than the
-    /// one served.
+    /// one served, or if it is of another database than the one served.
     pub fn poll(&self) -> PollOutcome {
+        let serving = self.serving.load_full();
+        let serving_id = serving.as_ref().map(|g| g.backup.id);
+        let heartbeat = self.store.read_heartbeat();
+        let read_at = Instant::now();
         // Listing meta/ says whether anything is new; only then is a
         // BackupEngine opened (it reads every meta file and lists every
         // shared file, which on NFS is not free every poll interval).
-        let serving_id = self.serving.load().as_ref().map(|g| g.backup.id);
+        let other_master = match (&heartbeat, serving.as_ref().and_then(|g| g.lineage())) {
+            (Some(h), Some(served)) => h.lineage() != served,
+            _ => false,
+        };
         let listed = self.store.newest_id().and_then(|newest| match newest {
-            Some(id) if serving_id.is_none_or(|serving| id > serving) => {
-                Ok((newest, self.store.list()?))
-            }
+            Some(id) if serving_id != Some(id) || other_master => Ok((newest, self.store.list()?)),
             _ => Ok((newest, Vec::new())),
         });
-        let heartbeat = self.store.read_heartbeat();
         let mut state = self.state();
-        state.last_poll = Some(Instant::now());
-        if heartbeat.is_some() {
-            state.heartbeat = heartbeat;
+        state.last_poll = Some(read_at);
+        if let Some(heartbeat) = heartbeat {
+            self.observe_heartbeat(&mut state, heartbeat, read_at);
         }
-        let backups = match listed {
-            Ok((newest_id, backups)) => {
+        let (newest_id, backups) = match listed {
+            Ok(listed) => {
                 state.last_poll_ok = true;
-                if newest_id.is_some() {
-                    state.newest_seen = newest_id;
-                }
-                backups
+                listed
             }
             Err(e) => {
                 state.last_poll_ok = false;
@@ -199,7 +304,8 @@ impl Follower {
                         tracing::info!("waiting for the backup directory to appear: {message}");
                     } else {
                         tracing::warn!(
-                            "cannot read the backup directory: {message}; still serving"
+                            error = %message,
+                            "cannot read the backup directory; still serving"
                         );
                     }
                 }
@@ -207,11 +313,66 @@ impl Follower {
                 return PollOutcome::Failed(message);
             }
         };
-        let Some(newest) = backups.last().cloned() else {
+        if newest_id.is_some() {
+            state.newest_seen = newest_id;
+        }
+        let Some(newest_id) = newest_id else {
             return PollOutcome::UpToDate;
         };
-        if serving_id.is_some_and(|id| id >= newest.id) {
+        if serving_id == Some(newest_id) && !other_master {
+            if state.backoff.is_none() && state.skipped.is_none() {
+                state.last_error = None;
+            }
             return PollOutcome::UpToDate;
+        }
+        // The newest backup RocksDB can load; a newer one it cannot is
+        // skipped, and said.
+        let newest = backups.last().cloned();
+        if newest.as_ref().is_none_or(|b| b.id < newest_id)
+            && state.skipped != Some(newest_id)
+            && self.store.contains(newest_id)
+        {
+            let detail = self
+                .store
+                .find_damage(newest_id)
+                .unwrap_or_else(|| "RocksDB cannot load it".to_string());
+            let message = format!("backup {newest_id} skipped: {detail}");
+            tracing::error!(backup_id = newest_id, detail = %detail, "skipping a backup that cannot be loaded");
+            state.failures += 1;
+            state.skipped = Some(newest_id);
+            state.last_error = Some(message);
+        }
+        let Some(newest) = newest else {
+            return PollOutcome::UpToDate;
+        };
+        let lineage_change = match (&serving, newest.metadata.as_ref()) {
+            (Some(g), Some(meta)) if g.lineage().is_some_and(|l| l != meta.lineage()) => {
+                Some(format!(
+                    "the backup directory now holds another database's backups ({} at {}), \
+                     not the served one's ({}): re-bootstrapping from backup {}",
+                    meta.lineage(),
+                    meta.master,
+                    g.lineage().unwrap_or_default(),
+                    newest.id
+                ))
+            }
+            (Some(g), _) if newest.id < g.backup.id => Some(format!(
+                "the backup directory's ids went back (newest {}, served {}): it was replaced; \
+                 re-bootstrapping from backup {}",
+                newest.id, g.backup.id, newest.id
+            )),
+            _ => None,
+        };
+        match &lineage_change {
+            Some(why) => {
+                if state.lineage_change.as_deref() != Some(why) {
+                    tracing::error!("{why}");
+                }
+                state.lineage_change = Some(why.clone());
+                state.last_error = Some(why.clone());
+            }
+            None if serving_id.is_some_and(|id| id >= newest.id) => return PollOutcome::UpToDate,
+            None => {}
         }
         if let Some((id, retry_at, _)) = state.backoff {
             if id == newest.id && Instant::now() < retry_at {
@@ -221,7 +382,8 @@ impl Follower {
         state.applying = true;
         drop(state);
 
-        let result = self.apply(&newest);
+        let started = Instant::now();
+        let result = self.apply(&newest, lineage_change.is_some());
         let mut state = self.state();
         state.applying = false;
         match result {
@@ -230,72 +392,91 @@ impl Follower {
                 state.last_apply = Some(stats.clone());
                 state.backoff = None;
                 state.last_error = None;
+                state.purge_races = 0;
+                state.skipped = None;
+                if state.lineage_change.take().is_some() {
+                    // The old database's clock readings say nothing of the new.
+                    state.clock = MasterClock::default();
+                    tracing::warn!(
+                        backup_id = newest.id,
+                        "re-bootstrapped: serving the backup directory's database"
+                    );
+                }
                 drop(state);
                 self.release_retired();
                 PollOutcome::Applied(stats)
             }
             Err(e) => {
-                let message = format!("apply backup {}: {e}", newest.id);
+                // Gone from a directory that is still there: purged.
+                let purged = !self.store.contains(newest.id)
+                    && self.store.newest_id().is_ok_and(|n| n.is_some());
+                let e = match e {
+                    _ if purged => Error::BackupPurged {
+                        id: newest.id,
+                        ran: started.elapsed(),
+                        keep_within: state
+                            .heartbeat
+                            .as_ref()
+                            .and_then(|h| h.keep_within_ms)
+                            .map(Duration::from_millis),
+                    },
+                    e => e,
+                };
+                let mut message = format!("apply backup {}: {e}", newest.id);
                 state.failures += 1;
-                state.last_error = Some(message.clone());
-                if matches!(e, Error::BackupCorrupt { .. }) {
-                    // Retry with backoff: a copy may still be arriving (NFS),
-                    // and a newer backup is tried as soon as it appears.
-                    let delay = match state.backoff {
-                        Some((id, _, delay)) if id == newest.id => {
-                            (delay * 2).min(Duration::from_secs(60))
+                match e {
+                    Error::BackupCorrupt { .. } => {
+                        // Retry with backoff: a copy may still be arriving
+                        // (NFS), the master heals damaged files, and a newer
+                        // backup is tried as soon as it appears.
+                        let delay = match state.backoff {
+                            Some((id, _, delay)) if id == newest.id => {
+                                (delay * 2).min(Duration::from_secs(60))
+                            }
+                            _ => Duration::from_secs(1),
+                        };
+                        state.backoff = Some((newest.id, Instant::now() + delay, delay));
+                        tracing::error!(error = %message, retry_in = ?delay, "serving the previous data");
+                    }
+                    Error::BackupPurged { .. } => {
+                        state.purge_races += 1;
+                        if state.purge_races > 1 {
+                            message = format!(
+                                "{message}; {} restores in a row lost this race: raise \
+                                 --keep-within on the master above the time a restore takes",
+                                state.purge_races
+                            );
+                            tracing::error!(error = %message, "serving the previous data");
+                        } else {
+                            tracing::warn!(error = %message, "serving the previous data; trying the newest backup");
                         }
-                        _ => Duration::from_secs(1),
-                    };
-                    state.backoff = Some((newest.id, Instant::now() + delay, delay));
-                    tracing::error!("{message}; serving the previous data, retrying in {delay:?}");
-                } else {
-                    // Purged during the restore, or an I/O error: the next
-                    // poll starts over with the newest backup.
-                    tracing::warn!("{message}; serving the previous data, will retry");
+                    }
+                    _ => tracing::warn!(error = %message, "serving the previous data, will retry"),
                 }
+                state.last_error = Some(message.clone());
                 PollOutcome::Failed(message)
             }
         }
     }
 
-    /// Applies backup `backup` as a new generation and serves it.
-    fn apply(&self, backup: &BackupInfo) -> Result<RestoreStats> {
+    /// Applies backup `backup` as a new generation and serves it; a
+    /// `rebootstrap` restores it whole, sharing nothing with the served
+    /// generation (another database's). A failure removes what it made.
+    fn apply(&self, backup: &BackupInfo, rebootstrap: bool) -> Result<RestoreStats> {
         let started = Instant::now();
-        let base = self.serving.load_full();
+        let base = self.serving.load_full().filter(|_| !rebootstrap);
         let partial = self
             .data
-            .start(backup.id, base.as_ref().map(|g| g.db.path()))?;
-        let linked = started.elapsed();
-        let mut stats =
-            self.store
-                .restore(Some(backup.id), &partial, RestoreMode::KeepMatchingFiles)?;
-        let restored = started.elapsed();
-        write_generation_info(&partial, backup);
-        // Check it opens and holds what the backup promises before it can
-        // become `current`. RocksDB keeps paths, so it is opened where it
-        // will stay: renamed to gen-N first, published after the check.
-        let path = self.data.finish(backup.id, &partial)?;
-        let opened = Db::open_with_cache(&path, OpenMode::ReadOnly, self.cache.as_ref());
-        let db = match opened.and_then(|db| check(db, backup)) {
-            Ok(db) => db,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&path);
-                return Err(e);
-            }
-        };
-        let opened = started.elapsed();
-        self.data.publish(backup.id)?;
-        tracing::debug!(
-            "apply {}: link {linked:?}, restore {:?}, open and check {:?}, publish {:?}",
-            backup.id,
-            restored - linked,
-            opened - restored,
-            started.elapsed() - opened
-        );
+            .start(backup.id, base.as_ref().map(|g| g.path.as_path()))?;
+        let result = self.restore_and_open(backup, &partial, started);
+        if result.is_err() {
+            self.data.discard(&partial);
+        }
+        let (mut stats, db, path) = result?;
         let generation = Arc::new(Generation {
             backup: backup.clone(),
             db: Arc::new(db),
+            path,
         });
         if let Some(old) = self.serving.swap(Some(generation)) {
             self.retired
@@ -305,71 +486,142 @@ impl Follower {
         }
         stats.duration = started.elapsed();
         tracing::info!(
-            "applied backup {} (seq {}): {} files copied ({} bytes), {} kept, in {:?}",
-            backup.id,
-            backup.metadata.as_ref().map_or(0, |m| m.seq),
-            stats.files_copied,
-            stats.bytes_copied,
-            stats.files_kept,
-            stats.duration
+            backup_id = backup.id,
+            seq = backup.metadata.as_ref().map_or(0, |m| m.seq),
+            files_copied = stats.files_copied,
+            bytes_copied = stats.bytes_copied,
+            files_kept = stats.files_kept,
+            duration_ms = stats.duration.as_millis() as u64,
+            "applied backup"
         );
         Ok(stats)
     }
 
-    /// Drops retired generations no reader holds and, when any went,
-    /// removes every directory but the ones still in use.
+    /// Restores `backup` into `partial`, checks it and publishes it.
+    fn restore_and_open(
+        &self,
+        backup: &BackupInfo,
+        partial: &Path,
+        started: Instant,
+    ) -> Result<(RestoreStats, Db, PathBuf)> {
+        let linked = started.elapsed();
+        let stats = self
+            .store
+            .restore(Some(backup.id), partial, RestoreMode::KeepMatchingFiles)?;
+        let restored = started.elapsed();
+        write_generation_info(partial, backup);
+        // Check it opens and holds what the backup promises before it can
+        // become `current`. RocksDB keeps paths, so it is opened where it
+        // will stay: renamed first, published after the check.
+        let path = self.data.finish(partial)?;
+        let db = check(self.open_db(&path)?, backup)?;
+        let opened = started.elapsed();
+        self.data.publish(&path)?;
+        tracing::debug!(
+            backup_id = backup.id,
+            link_ms = linked.as_millis() as u64,
+            restore_ms = (restored - linked).as_millis() as u64,
+            open_ms = (opened - restored).as_millis() as u64,
+            publish_ms = (started.elapsed() - opened).as_millis() as u64,
+            "apply phases"
+        );
+        Ok((stats, db, path))
+    }
+
+    /// Drops retired generations whose database no reader holds and, when
+    /// any went, removes every directory but the ones still in use. A
+    /// reader holds the database, not the generation: the directory must
+    /// outlive it, as RocksDB opens SST files lazily when it caps open files.
     pub fn release_retired(&self) {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         let before = retired.len();
-        retired.retain(|g| Arc::strong_count(g) > 1);
+        retired.retain(|g| Arc::strong_count(&g.db) > 1);
         if retired.len() == before {
             return;
         }
-        let mut keep: Vec<u32> = retired.iter().map(|g| g.backup.id).collect();
-        keep.extend(self.serving.load().iter().map(|g| g.backup.id));
+        let serving = self.serving.load_full();
+        let mut keep: Vec<&Path> = retired.iter().map(|g| g.path.as_path()).collect();
+        keep.extend(serving.iter().map(|g| g.path.as_path()));
         if !self.state().applying {
             self.data.remove_except(&keep);
         }
     }
 
-    /// How old the served data is: now minus the moment it was last known
-    /// to be the master's whole state. That is the served backup's creation,
-    /// or the master's latest heartbeat when the master has written nothing
-    /// since that backup.
+    /// How old the served data is, on this follower's clock: now minus the
+    /// moment it was last known to be the master's whole state. That is the
+    /// served backup's creation, or the master's latest heartbeat when the
+    /// master had written nothing beyond that backup; both are master
+    /// timestamps, converted with the offset heartbeats measured (see
+    /// [`MasterClock`]). `None` until a heartbeat was seen to change: an
+    /// unknown age is not a fresh one.
     pub fn staleness(&self) -> Option<Duration> {
         let generation = self.serving.load_full()?;
-        let mut current_as_of = generation.backup.created_ms();
         let state = self.state();
+        let offset = state.clock.offset()?;
+        let mut current_as_of = generation.backup.created_ms() as i64;
         if let (Some(meta), Some(heartbeat)) = (&generation.backup.metadata, &state.heartbeat) {
-            if heartbeat.seq <= meta.seq && heartbeat.master == meta.master {
-                current_as_of = current_as_of.max(heartbeat.ms);
+            if heartbeat.seq <= meta.seq && heartbeat.lineage() == meta.lineage() {
+                current_as_of = current_as_of.max(heartbeat.ms as i64);
             }
         }
+        let now_on_master = self.mono_ms(Instant::now()) + offset;
         Some(Duration::from_millis(
-            now_ms().saturating_sub(current_as_of),
+            now_on_master.saturating_sub(current_as_of).max(0) as u64,
         ))
     }
 
-    /// Whether the follower serves data within `--max-staleness`.
+    /// The master's clock minus this host's, in ms (from heartbeats).
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        let offset = self.state().clock.offset()?;
+        let now = Instant::now();
+        Some(offset + self.mono_ms(now) - crate::backup::now_ms() as i64)
+    }
+
+    /// Whether the follower serves the backup directory's database within
+    /// `--max-staleness`.
     pub fn healthy(&self) -> bool {
-        match (self.serving.load().as_ref(), self.max_staleness) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(_), Some(max)) => self.staleness().is_some_and(|s| s <= max),
+        if self.serving.load().is_none() || self.state().lineage_change.is_some() {
+            return false;
+        }
+        match self.max_staleness {
+            None => true,
+            Some(max) => self.staleness().is_some_and(|s| s <= max),
+        }
+    }
+
+    /// Why the follower is not healthy, for refusals and `/healthz`.
+    fn unhealthy_reason(&self) -> String {
+        if let Some(why) = self.state().lineage_change.clone() {
+            return why;
+        }
+        let max = humantime::format_duration(self.max_staleness.unwrap_or_default());
+        match self.staleness() {
+            Some(age) => format!(
+                "the data is {} old, more than --max-staleness {max}: the master has not \
+                 published a newer backup",
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64)),
+            ),
+            None => format!(
+                "the data's age is unknown (no heartbeat of the master seen changing since \
+                 this follower started), so it cannot be shown within --max-staleness {max}"
+            ),
         }
     }
 
     /// A one-line summary for systemd's STATUS.
     pub fn status_line(&self) -> String {
-        match (self.serving(), self.staleness()) {
-            (Some(g), Some(age)) => format!(
-                "serving backup {} ({} old){}",
-                g.backup.id,
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                if self.healthy() { "" } else { ", STALE" }
-            ),
-            _ => "waiting for the first backup".to_string(),
-        }
+        let Some(g) = self.serving() else {
+            return "waiting for the first backup".to_string();
+        };
+        let age = match self.staleness() {
+            Some(age) => humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+            None => "age unknown".to_string(),
+        };
+        format!(
+            "serving backup {} ({age}){}",
+            g.backup.id,
+            if self.healthy() { "" } else { ", STALE" }
+        )
     }
 }
 
@@ -432,13 +684,9 @@ impl Backend for Follower {
             )));
         };
         if self.stale_reads == StaleReads::Refuse && !self.healthy() {
-            let age = self.staleness().unwrap_or_default();
-            let max = self.max_staleness.unwrap_or_default();
             return Err(Reply::error(format!(
-                "MASTERDOWN the data is {} old, more than --max-staleness {}: the master has not \
-                 published a newer backup",
-                humantime::format_duration(Duration::from_millis(age.as_millis() as u64)),
-                humantime::format_duration(max)
+                "MASTERDOWN {}",
+                self.unhealthy_reason()
             )));
         }
         Ok(Arc::clone(&generation.db))
@@ -548,16 +796,21 @@ impl Backend for Follower {
             ),
             kv("rkv_staleness_ms", ms(self.staleness())),
             kv(
+                "rkv_master_clock_skew_ms",
+                self.clock_skew_ms()
+                    .map_or_else(String::new, |s| s.to_string()),
+            ),
+            kv(
                 "rkv_newest_backup_id",
                 state.newest_seen.unwrap_or(0).to_string(),
             ),
             kv(
                 "rkv_master_heartbeat_ms_ago",
-                state
-                    .heartbeat
-                    .as_ref()
-                    .map_or(-1, |h| now_ms().saturating_sub(h.ms) as i64)
-                    .to_string(),
+                ms(state.heartbeat_changed.map(|t| t.elapsed())),
+            ),
+            kv(
+                "rkv_lineage_change",
+                state.lineage_change.clone().unwrap_or_default(),
             ),
             kv(
                 "rkv_last_poll_ms_ago",
@@ -747,5 +1000,233 @@ mod tests {
             "{e}"
         );
         assert!(matches!(f.writer(), Err(Reply::Error(e)) if e.starts_with("READONLY")));
+    }
+
+    fn gen_dirs(s: &Setup) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&s.data)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("gen-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn heartbeat(s: &Setup, ms: u64, seq: u64) -> Heartbeat {
+        Heartbeat {
+            v: 1,
+            seq,
+            ms,
+            master: "t".into(),
+            db_id: s.master.identity(),
+            token: Some("token".into()),
+            pid: None,
+            keep_within_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_no_partial_behind() {
+        let s = setup();
+        let f = follower(&s);
+        s.master.put(b"k", b"1").unwrap();
+        s.store.create(&s.master, "t").unwrap();
+        f.poll();
+        s.master.put(b"k", b"2").unwrap();
+        let id = s.store.create(&s.master, "t").unwrap().info.id;
+        let private = s.store.path().join(format!("private/{id}"));
+        let manifest = std::fs::read_dir(&private)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains("MANIFEST"))
+            .unwrap();
+        let mut bytes = std::fs::read(&manifest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&manifest, bytes).unwrap();
+
+        let PollOutcome::Failed(message) = f.poll() else {
+            panic!("a corrupt backup must fail")
+        };
+        // The message names the damaged file.
+        assert!(message.contains("MANIFEST"), "{message}");
+        assert_eq!(gen_dirs(&s), ["gen-000001"], "the partial was left behind");
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_truncated_meta_file_is_reported_not_skipped_silently() {
+        let s = setup();
+        let f = follower(&s);
+        s.master.put(b"k", b"1").unwrap();
+        s.store.create(&s.master, "t").unwrap();
+        f.poll();
+        s.master.put(b"k", b"2").unwrap();
+        s.store.create(&s.master, "t").unwrap();
+        let meta = s.store.path().join("meta/2");
+        let text = std::fs::read(&meta).unwrap();
+        std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
+        f.poll();
+        let error = f.state().last_error.clone().unwrap_or_default();
+        assert!(error.contains("backup 2 skipped"), "{error:?}");
+        assert_eq!(f.state().failures, 1);
+        // Said once, not counted again on every poll.
+        f.poll();
+        assert_eq!(f.state().failures, 1);
+    }
+
+    #[test]
+    fn a_reader_holding_the_old_database_keeps_its_files_with_few_open_files() {
+        let s = setup();
+        // Many SST files, more than RocksDB may keep open.
+        for i in 0..40 {
+            s.master.put(format!("k{i:03}").as_bytes(), b"old").unwrap();
+            s.master.flush().unwrap();
+        }
+        s.store.create(&s.master, "t").unwrap();
+        let f = Follower::open_with(
+            BackupDir::new(s.store.path()),
+            DataDir::lock(&s.data).unwrap(),
+            None,
+            StaleReads::Serve,
+            None,
+            Some(10),
+        )
+        .unwrap();
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        let held = f.reader().unwrap();
+        drop(f.serving());
+        s.master.put(b"new", b"1").unwrap();
+        s.store.create(&s.master, "t").unwrap();
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        f.release_retired();
+        // Every SST of the old generation is read again by path.
+        for i in 0..40 {
+            let value = held.get(format!("k{i:03}").as_bytes()).unwrap();
+            assert_eq!(value.as_deref(), Some(&b"old"[..]), "key {i}");
+        }
+        drop(held);
+        f.release_retired();
+        assert_eq!(gen_dirs(&s), ["gen-000002"]);
+    }
+
+    #[test]
+    fn an_unopenable_current_generation_is_kept() {
+        let s = setup();
+        {
+            let f = follower(&s);
+            s.master.put(b"k", b"v").unwrap();
+            s.store.create(&s.master, "t").unwrap();
+            f.poll();
+        }
+        let gen = s.data.join("gen-000001");
+        std::fs::rename(gen.join("CURRENT"), gen.join("CURRENT.away")).unwrap();
+        let f = follower(&s);
+        assert!(f.serving().is_none());
+        assert!(gen.exists(), "the only local copy was deleted");
+        drop(f);
+        std::fs::rename(gen.join("CURRENT.away"), gen.join("CURRENT")).unwrap();
+        let f = follower(&s);
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_replaced_backup_directory_is_re_bootstrapped() {
+        let s = setup();
+        let f = follower(&s);
+        for v in [b"1", b"2", b"3"] {
+            s.master.put(b"k", v).unwrap();
+            s.store.create(&s.master, "t").unwrap();
+        }
+        f.poll();
+        assert_eq!(f.serving().unwrap().backup.id, 3);
+        // The directory is replaced by one of a new database: ids restart.
+        std::fs::remove_dir_all(s.store.path()).unwrap();
+        let other = Db::open(
+            &s._tmp.path().join("db2"),
+            OpenMode::ReadWrite {
+                create_if_missing: true,
+            },
+        )
+        .unwrap();
+        other.put(b"k", b"new").unwrap();
+        s.store.create(&other, "t").unwrap();
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"new"[..]));
+        assert!(f.healthy());
+
+        // Once more, and the new ids pass the served one: the identity tells.
+        std::fs::remove_dir_all(s.store.path()).unwrap();
+        for v in [b"a", b"b", b"c"] {
+            s.master.put(b"k", v).unwrap();
+            s.store.create(&s.master, "t").unwrap();
+        }
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"c"[..]));
+        assert!(f.healthy());
+    }
+
+    #[test]
+    fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
+        let s = setup();
+        let f = Follower::open(
+            BackupDir::new(s.store.path()),
+            DataDir::lock(&s.data).unwrap(),
+            Some(Duration::from_secs(3)),
+            StaleReads::Refuse,
+            None,
+        )
+        .unwrap();
+        s.master.put(b"k", b"v").unwrap();
+        // The master's clock is two hours ahead: its backup and heartbeats
+        // say so.
+        let ahead = crate::backup::now_ms() + 2 * 3600 * 1000;
+        s.store.create(&s.master, "t").unwrap();
+        let seq = s.master.latest_sequence_number();
+        s.store.write_heartbeat(&heartbeat(&s, ahead, seq)).unwrap();
+        f.poll();
+        assert_eq!(f.staleness(), None, "no heartbeat seen changing yet");
+        assert!(!f.healthy());
+        std::thread::sleep(Duration::from_millis(50));
+        s.store
+            .write_heartbeat(&heartbeat(&s, ahead + 50, seq))
+            .unwrap();
+        f.poll();
+        let age = f.staleness().unwrap();
+        assert!(age < Duration::from_secs(1), "{age:?}");
+        assert!(f.healthy());
+        let skew = f.clock_skew_ms().unwrap();
+        assert!((skew - 7_200_000).abs() < 1000, "skew {skew}");
+
+        // The master stops: no new heartbeat. Its clock being ahead must not
+        // keep the data looking fresh.
+        std::thread::sleep(Duration::from_millis(3100));
+        f.poll();
+        assert!(f.staleness().unwrap() > Duration::from_secs(3));
+        assert!(!f.healthy());
+        assert!(f.reader().is_err());
+
+        // Two hours behind instead, and alive: fresh data is served. (A new
+        // follower: one that saw the clock ahead distrusts a clock that
+        // steps back for a window of heartbeats, erring on the stale side.)
+        drop(f);
+        let f = Follower::open(
+            BackupDir::new(s.store.path()),
+            DataDir::lock(&s.data).unwrap(),
+            Some(Duration::from_secs(3)),
+            StaleReads::Refuse,
+            None,
+        )
+        .unwrap();
+        let behind = crate::backup::now_ms() - 2 * 3600 * 1000;
+        for i in 0..2 {
+            s.store
+                .write_heartbeat(&heartbeat(&s, behind + i, seq))
+                .unwrap();
+            f.poll();
+        }
+        assert!(f.staleness().unwrap() < Duration::from_secs(1));
+        assert!(f.reader().is_ok());
     }
 }

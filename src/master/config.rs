@@ -54,9 +54,23 @@ pub struct MasterArgs {
     pub keep: u32,
 
     /// Never purge a backup younger than this: give the slowest follower
-    /// time to finish restoring it.
+    /// time to finish restoring it. At least 10s (shorter cannot protect a
+    /// restore); raise it above your slowest follower's restore time.
     #[arg(long = "keep-within", env = "RKV_KEEP_WITHIN", default_value = "1h", value_parser = daemon::parse_duration)]
     pub keep_within: Duration,
+
+    /// How often to check the next files of the backup directory against
+    /// their checksums (at most 256 MiB a time, so a large directory is
+    /// covered over several intervals); damaged files are healed by
+    /// copying them again. 0 turns the scrub off.
+    #[arg(long = "scrub-interval", env = "RKV_SCRUB_INTERVAL", default_value = "1m", value_parser = daemon::parse_duration)]
+    pub scrub_interval: Duration,
+
+    /// Take over a backup directory whose newest backup is of another
+    /// database, making this database the one followers replicate (a
+    /// promotion). Never overrides a master that is still running there.
+    #[arg(long = "take-over", env = "RKV_TAKE_OVER")]
+    pub take_over: bool,
 
     /// Where to listen: HOST:PORT or unix:/path; repeat for several
     /// (comma-separated in the environment variable).
@@ -82,6 +96,10 @@ pub struct MasterArgs {
     pub server: ServerArgs,
 }
 
+/// The shortest `--keep-within`: a backup must outlive the restore of it
+/// that a follower started when it appeared.
+pub const KEEP_WITHIN_FLOOR: Duration = Duration::from_secs(10);
+
 /// A validated master configuration.
 #[derive(Debug)]
 pub struct MasterConfig {
@@ -93,6 +111,10 @@ pub struct MasterConfig {
     pub interval: Duration,
     /// What to keep.
     pub retention: Retention,
+    /// Scrub timer; zero is off.
+    pub scrub_interval: Duration,
+    /// Take over a directory of another database's backups.
+    pub take_over: bool,
     /// fsync every write.
     pub sync_writes: bool,
     /// Final backup at exit.
@@ -124,11 +146,21 @@ impl MasterArgs {
                 backup_dir.display()
             ));
         }
+        if self.keep_within < KEEP_WITHIN_FLOOR {
+            return Err(format!(
+                "--keep-within {} is too short to protect a follower's restore from the purge; \
+                 it must be at least {} (raise it above your slowest follower's restore time)",
+                humantime::format_duration(self.keep_within),
+                humantime::format_duration(KEEP_WITHIN_FLOOR)
+            ));
+        }
         let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
             db: self.db,
             backup_dir: self.backup_dir,
             interval: self.interval,
+            scrub_interval: self.scrub_interval,
+            take_over: self.take_over,
             retention: Retention {
                 keep: self.keep as usize,
                 keep_within: self.keep_within,
@@ -162,11 +194,15 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
         Some(&cache),
     )
     .with_context(|| format!("open the database at {}", config.db.display()))?;
+    master.claim(config.take_over)?;
     let master = Arc::new(master);
     let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
         .context("start the server")?;
     let addrs = daemon::announce(&config.db, "master", &server);
-    let backup_loop = master.start_loop(config.interval);
+    let backup_loop = master.start_loop(config.interval, config.scrub_interval);
+    // Not joined at exit: a heartbeat stuck on a stalled filesystem must not
+    // hold up the shutdown.
+    let _heartbeat = master.start_heartbeat();
     tracing::info!(
         "rkv-master serving {} on {}; backups to {} every {}",
         config.db.display(),
@@ -188,7 +224,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
             tracing::info!("SIGUSR1: backing up now");
             master.request_backup();
         },
-        || master.heartbeat(),
+        || {},
         || master.status_line(),
     );
 
@@ -301,5 +337,9 @@ mod tests {
             "0"
         ])
         .is_err());
+        // Retention too short to protect a restore is refused, with the floor.
+        let short = args(&["--keep-within", "0"]).validate().unwrap_err();
+        assert!(short.contains("at least 10s"), "{short}");
+        assert!(args(&["--keep-within", "10s"]).validate().is_ok());
     }
 }

@@ -6,29 +6,49 @@
 //! [`Backend`]; [`run`] is the daemon's lifecycle around it.
 
 mod config;
+pub mod lease;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backup::{self, now_ms, BackupDir, BackupStore, CreateStats, Retention};
+use crate::backup::{
+    self, now_ms, BackupDir, BackupStore, CreateStats, Damage, Retention, ScrubCursor,
+};
 use crate::db::{Db, OpenMode};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::resp::Reply;
 use crate::server::Backend;
 
-pub use config::{main, MasterArgs, MasterConfig};
+pub use config::{main, MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
+use lease::{Claim, Identity};
+
+/// How often the heartbeat (and lease) is rewritten.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+
+/// The most bytes one scrub step reads: a large directory is scrubbed over
+/// several `--scrub-interval`s, so a scrub never stalls backups for long.
+pub const SCRUB_BUDGET: u64 = 256 << 20;
 
 /// The master's database and backup state.
 pub struct Master {
     db: Arc<Db>,
     store: BackupDir,
-    label: String,
+    identity: Identity,
     retention: Retention,
     state: Mutex<BackupState>,
     changed: Condvar,
     write_lock: Mutex<()>,
+    /// This run's claim on the backup directory, once taken.
+    claim: Mutex<Option<Claim>>,
+    /// Another master took the backup directory: no more backups, and
+    /// writes are refused (they would never reach a follower).
+    fenced: AtomicBool,
+    /// Serialises backup steps, whoever runs them (the loop, the final
+    /// backup at exit, a test): a mutex is a guarantee, a comment a wish.
+    step_lock: Mutex<()>,
 }
 
 /// What the backup loop has done and been asked to do.
@@ -39,8 +59,10 @@ struct BackupState {
     /// A backup was asked for (BGSAVE, SAVE, SIGUSR1).
     requested: bool,
     in_progress: bool,
-    /// Bumped after every attempt, so `SAVE` can wait for the one it asked for.
-    attempts: u64,
+    /// Steps started and finished by the loop, so `SAVE` can tell whether
+    /// an attempt that started after it failed.
+    started: u64,
+    finished: u64,
     stopping: bool,
     last: Option<CreateStats>,
     /// Unix seconds of the newest backup, for LASTSAVE.
@@ -50,6 +72,17 @@ struct BackupState {
     done: u64,
     failed: u64,
     heartbeat_failing: bool,
+    /// The database refuses writes (a full disk): RocksDB's error, and
+    /// whether it was said in the log.
+    db_error: Option<String>,
+    scrub: ScrubCursor,
+    damaged_found: u64,
+    last_damage: Option<String>,
+    /// Damage was found: after the next backup, drop what it left incomplete.
+    heal_pending: bool,
+    backups_dropped: u64,
+    /// Who holds the directory now, when another master took it.
+    fenced_by: Option<String>,
 }
 
 /// What one backup step did.
@@ -83,14 +116,20 @@ impl Master {
             Err(crate::Error::BackupDirMissing { .. }) => None,
             Err(e) => return Err(e),
         };
-        let label = backup::master_label(db_path);
+        let identity = Identity {
+            label: backup::master_label(db_path),
+            db_id: db.identity(),
+        };
         // Only a backup of this database says what is backed up: after a
         // promotion the newest backup is the old master's, and the new
         // master's first backup must come at once.
         let own = newest
             .as_ref()
             .and_then(|b| b.metadata.as_ref())
-            .filter(|m| m.master == label);
+            .filter(|m| match (&m.db_id, &identity.db_id) {
+                (Some(theirs), Some(ours)) => theirs == ours,
+                _ => m.master == identity.label,
+            });
         let state = BackupState {
             backed_up_seq: own.map_or(0, |m| m.seq),
             last_save_unix: newest
@@ -100,14 +139,40 @@ impl Master {
             ..BackupState::default()
         };
         Ok(Master {
-            label,
+            identity,
             db: Arc::new(db),
             store,
             retention,
             state: Mutex::new(state),
             changed: Condvar::new(),
             write_lock: Mutex::new(()),
+            claim: Mutex::new(None),
+            fenced: AtomicBool::new(false),
+            step_lock: Mutex::new(()),
         })
+    }
+
+    /// Claims the backup directory (see [`lease`]) and writes the first
+    /// heartbeat; `take_over` allows a directory whose newest backup is of
+    /// another database. Until it is called the master backs up unfenced,
+    /// as a test or a one-off tool may.
+    pub fn claim(&self, take_over: bool) -> Result<()> {
+        let newest = match self.store.list() {
+            Ok(backups) => backups.last().cloned(),
+            Err(Error::BackupDirMissing { .. } | Error::NoBackups { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let claim = lease::claim(&self.store, &self.identity, newest.as_ref(), take_over)?;
+        let token = claim.token.clone();
+        *self.claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
+        self.store
+            .write_heartbeat(&self.new_heartbeat(Some(token)))
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot write the first heartbeat");
+                e
+            })
+            .ok();
+        Ok(())
     }
 
     /// The database.
@@ -119,35 +184,102 @@ impl Master {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn token(&self) -> Option<String> {
+        let claim = self.claim.lock().unwrap_or_else(|e| e.into_inner());
+        claim.as_ref().map(|c| c.token.clone())
+    }
+
     /// Whether the database holds writes no backup holds.
     pub fn has_unbacked_changes(&self) -> bool {
         self.db.latest_sequence_number() > self.state().backed_up_seq
     }
 
+    /// `Err` with who holds the directory when this master no longer does.
+    /// A heartbeat without a token (or none at all: the directory was
+    /// replaced) is not another master's.
+    fn check_lease(&self) -> std::result::Result<(), String> {
+        if let Some(by) = &self.state().fenced_by {
+            return Err(by.clone());
+        }
+        let Some(token) = self.token() else {
+            return Ok(());
+        };
+        match self.store.read_heartbeat() {
+            Some(h) if h.token.as_ref().is_some_and(|t| *t != token) => {
+                let by = format!(
+                    "{}{}",
+                    h.master,
+                    h.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+                );
+                tracing::error!(
+                    other = %by,
+                    "another master took over the backup directory {}: this master stops \
+                     backing up and refuses writes, which would never reach a follower",
+                    self.store.path().display()
+                );
+                self.fenced.store(true, Ordering::SeqCst);
+                self.state().fenced_by = Some(by.clone());
+                Err(by)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// One step of the loop: back up if the database changed since the
-    /// newest backup, then apply retention. Callers must not run two steps at
-    /// once; the loop and the final backup at exit never do.
+    /// newest backup, then apply retention.
     pub fn backup_step(&self) -> StepOutcome {
-        if !self.has_unbacked_changes() {
+        self.step(false)
+    }
+
+    /// A backup step; `force` backs up even when nothing changed (to copy
+    /// again a file a scrub found damaged).
+    fn step(&self, force: bool) -> StepOutcome {
+        let _one_at_a_time = self.step_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && !self.has_unbacked_changes() {
             return StepOutcome::Unchanged;
         }
+        if let Err(by) = self.check_lease() {
+            let message =
+                format!("this master no longer owns the backup directory: {by} took it over");
+            let mut state = self.state();
+            state.last_ok = false;
+            state.failed += 1;
+            state.last_error = Some(message.clone());
+            return StepOutcome::Failed(message);
+        }
         self.state().in_progress = true;
-        let result = self.store.create(&self.db, &self.label);
+        let mut result = self.store.create(&self.db, &self.identity.label);
+        if let Err(Error::DamagedFile { path, detail }) = &result {
+            // A damaged file in the store fails every backup that shares
+            // it (or made this one unusable): drop it and back up again.
+            let damage = Damage {
+                path: path.clone(),
+                detail: detail.clone(),
+                backups: Vec::new(),
+            };
+            self.record_damage(std::slice::from_ref(&damage));
+            result = self
+                .store
+                .remove_damaged(&[damage])
+                .and_then(|()| self.store.create(&self.db, &self.identity.label));
+        }
         let mut state = self.state();
         state.in_progress = false;
         let outcome = match result {
             Ok(stats) => {
                 let seq = stats.info.metadata.as_ref().map_or(0, |m| m.seq);
                 tracing::info!(
-                    "backup {} created: seq {seq}, {} new files, {} bytes copied in {:?}",
-                    stats.info.id,
-                    stats.files_copied,
-                    stats.bytes_copied,
-                    stats.duration
+                    backup_id = stats.info.id,
+                    seq,
+                    files_copied = stats.files_copied,
+                    bytes_copied = stats.bytes_copied,
+                    duration_ms = stats.duration.as_millis() as u64,
+                    "backup created"
                 );
-                state.backed_up_seq = seq;
+                state.backed_up_seq = state.backed_up_seq.max(seq);
                 state.last_save_unix = (stats.info.created_ms() / 1000) as i64;
                 state.last_ok = true;
+                state.last_error = None;
                 state.done += 1;
                 state.last = Some(stats.clone());
                 StepOutcome::Created(stats)
@@ -157,7 +289,7 @@ impl Master {
                     Some(hint) => format!("{e} ({hint})"),
                     None => e.to_string(),
                 };
-                tracing::error!("backup failed, will retry: {message}");
+                tracing::error!(error = %message, "backup failed, will retry");
                 state.last_ok = false;
                 state.failed += 1;
                 state.last_error = Some(message.clone());
@@ -166,38 +298,164 @@ impl Master {
         };
         drop(state);
         if matches!(outcome, StepOutcome::Created(_)) {
+            self.drop_incomplete();
             match self.store.purge(&self.retention, SystemTime::now()) {
-                Ok(purged) if !purged.is_empty() => tracing::info!("purged backups {purged:?}"),
+                Ok(purged) if !purged.is_empty() => tracing::info!(?purged, "purged backups"),
                 Ok(_) => {}
-                Err(e) => tracing::warn!("purging old backups failed: {e}"),
+                Err(e) => tracing::warn!(error = %e, "purging old backups failed"),
             }
         }
         outcome
     }
 
-    /// Writes the heartbeat when every write is in a backup, so followers
-    /// can tell an idle master from a dead one. Quiet on failure after the
-    /// first log line: the next backup attempt reports the directory's state.
-    pub fn heartbeat(&self) {
-        let mut state = self.state();
-        let seq = self.db.latest_sequence_number();
-        if seq != state.backed_up_seq || state.last_save_unix == 0 || state.in_progress {
+    /// Drops the backups a damaged file made incomplete (never the newest).
+    fn drop_incomplete(&self) {
+        if !self.state().heal_pending {
             return;
         }
-        let heartbeat = backup::Heartbeat {
-            v: 1,
-            seq,
-            ms: now_ms(),
-            master: self.label.clone(),
+        match self.store.drop_incomplete() {
+            Ok(dropped) => {
+                if !dropped.is_empty() {
+                    tracing::warn!(
+                        ?dropped,
+                        "dropped backups that needed a damaged file the database no longer has"
+                    );
+                }
+                let mut state = self.state();
+                state.backups_dropped += dropped.len() as u64;
+                state.heal_pending = false;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot drop incomplete backups"),
+        }
+    }
+
+    fn record_damage(&self, damage: &[Damage]) {
+        let mut state = self.state();
+        for d in damage {
+            tracing::error!(
+                file = %d.path,
+                detail = %d.detail,
+                backups = ?d.backups,
+                "damaged file in the backup directory: removing it and backing up again"
+            );
+            state.damaged_found += 1;
+            state.heal_pending = true;
+            state.last_damage = Some(format!("{}: {}", d.path, d.detail));
+        }
+    }
+
+    /// One step of the rolling scrub: checks the next files of the retained
+    /// backups against their checksums (at most [`SCRUB_BUDGET`] bytes) and
+    /// heals what is damaged: the files go, a new backup copies them again
+    /// from the database, and backups that needed a file the database no
+    /// longer has are dropped. Returns the damage found.
+    pub fn scrub_step(&self) -> Vec<Damage> {
+        let damage = {
+            let _one_at_a_time = self.step_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cursor = std::mem::take(&mut self.state().scrub);
+            let damage = self.store.scrub(&mut cursor, SCRUB_BUDGET);
+            self.state().scrub = cursor;
+            if damage.is_empty() {
+                return damage;
+            }
+            self.record_damage(&damage);
+            if let Err(e) = self.store.remove_damaged(&damage) {
+                tracing::error!(error = %e, "cannot remove the damaged files");
+                return damage;
+            }
+            damage
         };
-        match self.store.write_heartbeat(&heartbeat) {
+        if let StepOutcome::Failed(e) = self.step(true) {
+            tracing::error!(error = %e, "the backup that heals the damage failed; will retry");
+            self.state().requested = true;
+        }
+        damage
+    }
+
+    fn new_heartbeat(&self, token: Option<String>) -> backup::Heartbeat {
+        backup::Heartbeat {
+            v: 1,
+            seq: self.db.latest_sequence_number(),
+            ms: now_ms(),
+            master: self.identity.label.clone(),
+            db_id: self.identity.db_id.clone(),
+            token,
+            pid: Some(std::process::id()),
+            keep_within_ms: Some(self.retention.keep_within.as_millis() as u64),
+        }
+    }
+
+    /// Renews the lease and tells followers the master's latest sequence
+    /// number and clock. The I/O happens outside the state lock, so a
+    /// stalled filesystem holds up only the heartbeat thread. Quiet on
+    /// failure after the first log line: the next backup attempt reports
+    /// the directory's state.
+    pub fn heartbeat(&self) {
+        self.check_db_recovered();
+        if self.fenced.load(Ordering::SeqCst) || self.check_lease().is_err() {
+            return;
+        }
+        let heartbeat = self.new_heartbeat(self.token());
+        let result = self.store.write_heartbeat(&heartbeat);
+        let mut state = self.state();
+        match result {
             Ok(()) => state.heartbeat_failing = false,
             Err(e) if !state.heartbeat_failing => {
-                tracing::warn!("cannot write the heartbeat: {e}");
+                tracing::warn!(error = %e, "cannot write the heartbeat");
                 state.heartbeat_failing = true;
             }
             Err(_) => {}
         }
+    }
+
+    /// Says in the log and INFO when the database refuses writes (a full
+    /// disk), and when it accepts them again: RocksDB resumes by itself
+    /// once space returns, and a flush succeeds only then.
+    fn check_db_recovered(&self) {
+        let failure = self.db.write_failure();
+        let noted = self.state().db_error.is_some();
+        match failure {
+            Some(error) => {
+                if !noted {
+                    tracing::error!(
+                        error = %error,
+                        "the database refuses writes: read-only until the cause is fixed (after \
+                         a full disk, by itself within seconds of space returning)"
+                    );
+                    self.state().db_error = Some(error);
+                }
+                if self.db.flush().is_ok() {
+                    self.db.clear_write_failure();
+                    self.state().db_error = None;
+                    tracing::info!("the database accepts writes again");
+                }
+            }
+            None if noted => {
+                self.state().db_error = None;
+                tracing::info!("the database accepts writes again");
+            }
+            None => {}
+        }
+    }
+
+    /// Starts the heartbeat thread: a heartbeat every [`HEARTBEAT_PERIOD`]
+    /// until [`Master::stop_loop`].
+    pub fn start_heartbeat(self: &Arc<Self>) -> JoinHandle<()> {
+        let master = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("rkv-heartbeat".into())
+            .spawn(move || loop {
+                master.heartbeat();
+                let state = master.state();
+                let (state, _) = master
+                    .changed
+                    .wait_timeout_while(state, HEARTBEAT_PERIOD, |s| !s.stopping)
+                    .unwrap_or_else(|e| e.into_inner());
+                if state.stopping {
+                    return;
+                }
+            })
+            .expect("spawn heartbeat thread")
     }
 
     /// Asks the loop for a backup now; returns whether one is already running.
@@ -208,52 +466,80 @@ impl Master {
         state.in_progress
     }
 
-    /// Starts the backup loop: a step every `interval` (never, when zero) and
-    /// whenever one is requested, until [`Master::stop_loop`].
-    pub fn start_loop(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+    /// Starts the backup loop: a step every `interval` (never, when zero)
+    /// and whenever one is requested, and a scrub step every
+    /// `scrub_interval` (never, when zero), until [`Master::stop_loop`].
+    pub fn start_loop(
+        self: &Arc<Self>,
+        interval: Duration,
+        scrub_interval: Duration,
+    ) -> JoinHandle<()> {
         let master = Arc::clone(self);
         std::thread::Builder::new()
             .name("rkv-backup".into())
-            .spawn(move || master.backup_loop(interval))
+            .spawn(move || master.backup_loop(interval, scrub_interval))
             .expect("spawn backup thread")
     }
 
-    fn backup_loop(&self, interval: Duration) {
+    fn backup_loop(&self, interval: Duration, scrub_interval: Duration) {
         // The first step runs at once: data no backup holds goes out soon.
         let mut next = Instant::now();
+        let mut next_scrub = Instant::now() + scrub_interval;
+        let far = Duration::from_secs(3600);
         loop {
+            let scrub;
             {
                 let mut state = self.state();
                 loop {
                     if state.stopping {
                         return;
                     }
-                    if state.requested || (!interval.is_zero() && Instant::now() >= next) {
+                    let now = Instant::now();
+                    if state.requested || (!interval.is_zero() && now >= next) {
+                        scrub = false;
                         break;
                     }
-                    let wait = if interval.is_zero() {
-                        Duration::from_secs(3600)
+                    if !scrub_interval.is_zero() && now >= next_scrub {
+                        scrub = true;
+                        break;
+                    }
+                    let until_backup = if interval.is_zero() {
+                        far
                     } else {
-                        next.saturating_duration_since(Instant::now())
+                        next.saturating_duration_since(now)
+                    };
+                    let until_scrub = if scrub_interval.is_zero() {
+                        far
+                    } else {
+                        next_scrub.saturating_duration_since(now)
                     };
                     state = self
                         .changed
-                        .wait_timeout(state, wait)
+                        .wait_timeout(state, until_backup.min(until_scrub))
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }
-                state.requested = false;
+                if !scrub {
+                    state.requested = false;
+                    state.started += 1;
+                }
+            }
+            if scrub {
+                self.scrub_step();
+                next_scrub = Instant::now() + scrub_interval;
+                continue;
             }
             self.backup_step();
             let mut state = self.state();
-            state.attempts += 1;
+            state.finished = state.started;
             self.changed.notify_all();
             drop(state);
             next = Instant::now() + interval;
         }
     }
 
-    /// Stops the loop after the step in progress, if any.
+    /// Stops the loop after the step in progress, if any, and the
+    /// heartbeat thread.
     pub fn stop_loop(&self) {
         self.state().stopping = true;
         self.changed.notify_all();
@@ -262,6 +548,12 @@ impl Master {
     /// A one-line summary for systemd's STATUS.
     pub fn status_line(&self) -> String {
         let state = self.state();
+        if let Some(by) = &state.fenced_by {
+            return format!("FENCED: {by} took over the backup directory");
+        }
+        if state.db_error.is_some() {
+            return "READ-ONLY: the database refuses writes (see the log)".to_string();
+        }
         match &state.last {
             Some(last) => format!(
                 "last backup {} at {} ({} backups, {} failed)",
@@ -289,6 +581,13 @@ impl Backend for Master {
     }
 
     fn writer(&self) -> std::result::Result<Arc<Db>, Reply> {
+        if self.fenced.load(Ordering::Relaxed) {
+            let by = self.state().fenced_by.clone().unwrap_or_default();
+            return Err(Reply::error(format!(
+                "READONLY this master lost its backup directory to another master ({by}): \
+                 writes here would never reach a follower"
+            )));
+        }
         Ok(Arc::clone(&self.db))
     }
 
@@ -313,19 +612,36 @@ impl Backend for Master {
     }
 
     fn save(&self) -> Reply {
+        // Done once a backup holds every write acknowledged before this
+        // request: its sequence number now. Waiting on attempts instead
+        // would let a step that checked for changes just before the last
+        // write answer for it.
+        let target = self.db.latest_sequence_number();
         let mut state = self.state();
-        // Wait for an attempt that starts after this request: one already
-        // running may have missed the latest writes.
-        let target = state.attempts + if state.in_progress { 2 } else { 1 };
+        let mut first = state.started + 1;
         state.requested = true;
         self.changed.notify_all();
-        while state.attempts < target && !state.stopping {
+        loop {
+            if state.backed_up_seq >= target {
+                return Reply::ok();
+            }
+            if state.stopping {
+                return Reply::error("ERR the master is shutting down");
+            }
+            if state.finished >= first {
+                if !state.last_ok {
+                    return match &state.last_error {
+                        Some(e) => Reply::error(format!("ERR backup failed: {e}")),
+                        None => Reply::error("ERR backup failed"),
+                    };
+                }
+                // A step that started after this request found nothing
+                // to do yet: ask again.
+                first = state.started + 1;
+                state.requested = true;
+                self.changed.notify_all();
+            }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        match (state.last_ok, &state.last_error) {
-            (true, _) => Reply::ok(),
-            (false, Some(e)) => Reply::error(format!("ERR backup failed: {e}")),
-            (false, None) => Reply::error("ERR backup failed"),
         }
     }
 
@@ -384,6 +700,30 @@ impl Backend for Master {
                 "rkv_last_backup_error",
                 state.last_error.clone().unwrap_or_default(),
             ),
+            kv(
+                "rkv_db_writable",
+                u8::from(state.db_error.is_none()).to_string(),
+            ),
+            kv("rkv_db_error", state.db_error.clone().unwrap_or_default()),
+            kv(
+                "rkv_owns_backup_dir",
+                u8::from(state.fenced_by.is_none()).to_string(),
+            ),
+            kv("rkv_fenced_by", state.fenced_by.clone().unwrap_or_default()),
+            kv(
+                "rkv_scrub_files_checked",
+                state.scrub.files_checked.to_string(),
+            ),
+            kv(
+                "rkv_scrub_bytes_checked",
+                state.scrub.bytes_checked.to_string(),
+            ),
+            kv("rkv_damaged_files_found", state.damaged_found.to_string()),
+            kv(
+                "rkv_last_damage",
+                state.last_damage.clone().unwrap_or_default(),
+            ),
+            kv("rkv_backups_dropped", state.backups_dropped.to_string()),
             kv("rkv_keep", self.retention.keep.to_string()),
             kv(
                 "rkv_keep_within_sec",

@@ -116,7 +116,10 @@ fn a_write_reaches_both_followers_within_the_bound() {
         f1.info_num("rkv_newest_backup_id")
     );
     assert_eq!(f1.info_num("rkv_applied_seq"), 1);
-    assert!(f1.info_num("rkv_staleness_ms") >= 0);
+    // Known once the follower has seen the master's heartbeat change.
+    wait_until(GENEROUS, "the staleness measured", || {
+        f1.info_num("rkv_staleness_ms") >= 0 && f1.info("rkv_staleness_ms").as_deref() != Some("-1")
+    });
     assert_eq!(f1.info("healthy").as_deref(), Some("1"));
     let connect = format!("--connect={}", f1.addr);
     rkv(&[&connect, "put", "k", "v"]).fails(1, &["READONLY"]);
@@ -448,17 +451,19 @@ fn a_backup_purged_during_its_restore_gives_way_to_the_newest() {
     let master = Daemon::master(
         &s.path("db"),
         &s.path("backups"),
-        &["--interval", "0", "--keep", "1", "--keep-within", "0"],
+        &["--interval", "0", "--keep", "1", "--keep-within", "10s"],
     );
-    let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "2MiB"];
+    let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "1MiB"];
     let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &slow);
     set_and_replicate(&master, &follower, "a", "1");
 
-    fill(&master, "big", 12);
+    // A restore of backup 2 at 1 MiB/s outlasts its --keep-within.
+    fill(&master, "big", 16);
     master.client().call(&[b"SAVE"]).unwrap();
     wait_until(GENEROUS, "the restore of backup 2 under way", || {
         s.path("f1/gen-000002.partial").exists()
     });
+    std::thread::sleep(Duration::from_secs(10));
     // Backup 3 makes retention purge backup 2 while it is being restored.
     master.client().call(&[b"SET", b"b", b"2"]).unwrap();
     master.client().call(&[b"SAVE"]).unwrap();
@@ -483,6 +488,9 @@ fn stale_reads_are_served_but_reported_by_default() {
     let s = Sandbox::new();
     let (master, follower) = pair(&s, &["--max-staleness", "1s"]);
     set_and_replicate(&master, &follower, "k", "v");
+    wait_until(GENEROUS, "the staleness measured", || {
+        follower.info("healthy").as_deref() == Some("1")
+    });
     assert_eq!(master.stop(), Some(0));
     wait_until(GENEROUS, "the follower to report itself unhealthy", || {
         follower.info("healthy").as_deref() == Some("0")

@@ -67,13 +67,18 @@ fn retention_keeps_what_it_promises() {
     let master = Daemon::master(
         &s.path("db"),
         &s.path("backups"),
-        &["--interval", "0", "--keep", "2", "--keep-within", "0"],
+        &["--interval", "0", "--keep", "2", "--keep-within", "10s"],
     );
     let mut c = master.client();
-    for i in 0..5 {
+    for i in 0..4 {
         c.call(&[b"SET", format!("k{i}").as_bytes(), b"v"]).unwrap();
         assert_eq!(c.call(&[b"SAVE"]).unwrap(), Reply::ok());
     }
+    // All younger than --keep-within: all kept.
+    assert_eq!(backups(&s).len(), 4);
+    std::thread::sleep(Duration::from_secs(10));
+    c.call(&[b"SET", b"k4", b"v"]).unwrap();
+    assert_eq!(c.call(&[b"SAVE"]).unwrap(), Reply::ok());
     let ids: Vec<u32> = backups(&s).iter().map(|b| b.id).collect();
     assert_eq!(ids, [4, 5]);
     drop(master);

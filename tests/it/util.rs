@@ -147,6 +147,16 @@ impl Daemon {
     /// Starts `rkv-master` on `db` and `backups` with `extra` flags, on a free
     /// loopback port, and waits until it answers PING.
     pub fn master(db: &Path, backups: &Path, extra: &[&str]) -> Daemon {
+        Daemon::master_with_env(db, backups, extra, &[])
+    }
+
+    /// [`Daemon::master`] with extra environment variables.
+    pub fn master_with_env(
+        db: &Path,
+        backups: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let port = free_port();
         let mut args: Vec<String> = vec![
             "--db".into(),
@@ -160,6 +170,7 @@ impl Daemon {
         Daemon::start(
             env!("CARGO_BIN_EXE_rkv-master"),
             &args,
+            env,
             format!("127.0.0.1:{port}"),
             db.with_extension("log"),
         )
@@ -182,6 +193,7 @@ impl Daemon {
         Daemon::start(
             env!("CARGO_BIN_EXE_rkv-follower"),
             &args,
+            &[],
             format!("127.0.0.1:{port}"),
             log,
         )
@@ -208,6 +220,22 @@ impl Daemon {
         self.info(field).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 
+    /// CPU time (user + system) the daemon used so far.
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which is in parentheses).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        std::time::Duration::from_millis(ticks * 1000 / hz)
+    }
+
     /// kill -9.
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
@@ -216,10 +244,17 @@ impl Daemon {
         }
     }
 
-    fn start(bin: &str, args: &[String], addr: String, log: PathBuf) -> Daemon {
+    fn start(
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        addr: String,
+        log: PathBuf,
+    ) -> Daemon {
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("RKV_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .stdout(log_file.try_clone().unwrap())
