@@ -31,7 +31,8 @@ trap summary EXIT
 # System packages: libclang for RocksDB's bindings, clang to build it,
 # redis-cli for the tests that drive the daemons with a real Redis client,
 # systemd-analyze for the unit checks, python3 for the scripts' port picking,
-# redis-server and gnuplot for the quick benchmark.
+# redis-server and gnuplot for the quick benchmark, faketime for the tests
+# and fault scenarios of a master whose clock is hours off.
 missing=()
 compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
 command -v clang >/dev/null || missing+=(clang)
@@ -40,6 +41,7 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]}) and rerun"
@@ -70,5 +72,10 @@ BENCH_OUT=$(mktemp -d)
 RKV_BIN_DIR=$CARGO_TARGET_DIR/release scripts/bench.sh --quick --out "$BENCH_OUT" >/dev/null
 grep -q '^| 1s | [1-9]' "$BENCH_OUT/BENCHMARKS.md" || { log "the quick benchmark has no lag numbers"; exit 1; }
 rm -rf "$BENCH_OUT"
+passed=$((passed + 1))
+log "running the fault suite in quick mode (every scenario must lose nothing, serve nothing wrong, get stuck nowhere)"
+FAULTS_OUT=$(mktemp -d)
+RKV_BIN_DIR=$CARGO_TARGET_DIR/release scripts/faults.sh --quick --out "$FAULTS_OUT" >&2
+rm -rf "$FAULTS_OUT"
 passed=$((passed + 1))
 TESTS_LINE="tests: $passed passed, $failed failed"

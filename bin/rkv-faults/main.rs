@@ -1,0 +1,260 @@
+//! `rkv-faults`: rkv's fault suite. It starts the real daemons on temp dirs
+//! and loopback ports, injects the faults an operator meets (kill -9 of
+//! either daemon at random moments, damaged backup files, full disks,
+//! retention shorter than a restore, two masters on one directory, a
+//! replaced directory, skewed clocks), checks what users rely on, and
+//! prints one line of figures per scenario. It writes RELIABILITY.md and a
+//! plot into --out. Exits 1 when any scenario lost, served wrong or got
+//! stuck. Run it through `scripts/faults.sh`.
+
+mod procs;
+mod scenarios;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Runs rkv's fault scenarios and reports their figures.
+#[derive(Debug, Parser)]
+#[command(name = "rkv-faults")]
+struct Args {
+    /// Few tries per scenario (about 3 minutes): proves every scenario
+    /// works; the full run's counts are the ones RELIABILITY.md reports.
+    #[arg(long)]
+    quick: bool,
+    /// Where RELIABILITY.md and the plot go.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Where the scratch directories go (default: a temp dir).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Seed of the random kill moments, so a failing run can be repeated.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Run only these scenarios.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(scenarios::NAMES))]
+    only: Vec<String>,
+}
+
+/// One scenario's result: its line, and whether it lost, served wrong or
+/// got stuck.
+pub struct Outcome {
+    pub name: &'static str,
+    pub line: String,
+    pub ok: bool,
+    /// Recovery times in ms, for the plot.
+    pub recoveries_ms: Vec<f64>,
+}
+
+/// How many tries each scenario makes.
+pub struct Plan {
+    pub master_kills: usize,
+    pub follower_kills: usize,
+    pub swaps: usize,
+    pub corruptions: usize,
+    pub idle: Duration,
+}
+
+pub fn log(message: &str) {
+    eprintln!(
+        "{} rkv-faults: {message}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    );
+}
+
+/// A small deterministic random source (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A duration uniformly in `[lo, hi)`.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = (hi - lo).as_millis().max(1) as u64;
+        lo + Duration::from_millis(self.next_u64() % span)
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let plan = if args.quick {
+        Plan {
+            master_kills: 5,
+            follower_kills: 5,
+            swaps: 20,
+            corruptions: 4,
+            idle: Duration::from_secs(10),
+        }
+    } else {
+        Plan {
+            master_kills: 100,
+            follower_kills: 100,
+            swaps: 100,
+            corruptions: 20,
+            idle: Duration::from_secs(60),
+        }
+    };
+    std::fs::create_dir_all(&args.out).expect("create --out");
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("rkv-faults-{}", std::process::id())));
+    let started = Instant::now();
+    let mut rng = Rng::new(args.seed);
+    let mut outcomes = Vec::new();
+    for &name in scenarios::NAMES {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        log(&format!("scenario {name}"));
+        let outcome = scenarios::run(name, &dir, &plan, &mut rng);
+        println!("{}", outcome.line);
+        if !outcome.ok {
+            log(&format!("FAILED: {name}; logs in {}", dir.display()));
+        }
+        outcomes.push(outcome);
+    }
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    write_report(&args, &plan, &outcomes, started.elapsed());
+    println!(
+        "faults: {} passed, {failed} failed",
+        outcomes.len() - failed
+    );
+    if failed > 0 {
+        // The evidence stays: daemon logs and directories.
+        log(&format!("scratch directories kept in {}", work.display()));
+        std::process::exit(1);
+    }
+    if args.work.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 20);
+    format!("{cpu}, {cores} cores, {mem} GiB")
+}
+
+fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) {
+    let mut md = String::new();
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let _ = writeln!(md, "# rkv under faults\n");
+    let _ = writeln!(
+        md,
+        "Measured by `scripts/faults.sh{}` on {} ({}), in {}, seed {}. Each scenario \
+         starts the real daemons on loopback and temp dirs and injects its fault; a line \
+         counts what a user would see go wrong. Every count of lost, wrong or stuck must be \
+         zero: the suite fails otherwise, and its quick mode runs in the test command.\n",
+        if args.quick { " --quick" } else { "" },
+        &date[..10],
+        machine(),
+        humantime::format_duration(Duration::from_secs(took.as_secs())),
+        args.seed
+    );
+    let _ = writeln!(md, "```");
+    for o in outcomes {
+        let _ = writeln!(md, "{}", o.line);
+    }
+    let _ = writeln!(md, "```\n");
+    let _ = writeln!(
+        md,
+        "Tries: {} master kills, {} follower kills, {} swaps under reads, {} corruptions \
+         (shared SST flipped and truncated, private file flipped, meta truncated, in turn), \
+         an idle follower watched for {}.\n",
+        plan.master_kills,
+        plan.follower_kills,
+        plan.swaps,
+        plan.corruptions,
+        humantime::format_duration(plan.idle)
+    );
+    let _ = writeln!(
+        md,
+        "![time to serve again after each kill -9](reliability-recovery.png)\n\n\
+         The plot: how long each daemon took, after a kill -9 and a restart, to answer \
+         its first read (the follower serves its current generation at once; the master \
+         replays its write-ahead log).\n"
+    );
+    std::fs::write(args.out.join("RELIABILITY.md"), md).expect("write RELIABILITY.md");
+    plot(&args.out, outcomes);
+}
+
+/// Plots the recovery times of the kill scenarios with gnuplot, if it is
+/// installed.
+fn plot(out: &Path, outcomes: &[Outcome]) {
+    let mut data = String::new();
+    for (index, o) in outcomes
+        .iter()
+        .filter(|o| !o.recoveries_ms.is_empty())
+        .enumerate()
+    {
+        let _ = writeln!(data, "# {}", o.name);
+        for (i, ms) in o.recoveries_ms.iter().enumerate() {
+            let _ = writeln!(data, "{i} {ms:.1}");
+        }
+        data.push_str("\n\n");
+        let _ = index;
+    }
+    let dat = out.join("reliability-recovery.dat");
+    std::fs::write(&dat, &data).unwrap();
+    let names: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.recoveries_ms.is_empty())
+        .map(|o| o.name)
+        .collect();
+    let plots: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "'{}' index {i} using 1:2 with points title '{n}'",
+                dat.display()
+            )
+        })
+        .collect();
+    if plots.is_empty() {
+        return;
+    }
+    let script = format!(
+        "set terminal pngcairo size 900,450\nset output '{}'\nset xlabel 'try'\n\
+         set ylabel 'ms until the first read is answered'\nset logscale y\nset key top left\n\
+         plot {}\n",
+        out.join("reliability-recovery.png").display(),
+        plots.join(", ")
+    );
+    let status = std::process::Command::new("gnuplot")
+        .arg("-e")
+        .arg(script)
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        log("gnuplot failed or is missing: no plot");
+    }
+}

@@ -1,0 +1,202 @@
+//! The daemons a fault scenario drives: rkv-master and rkv-follower on
+//! loopback ports, each logging into the scenario's directory, killed with
+//! -9 or stopped with SIGTERM on purpose, and killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rkv::client::Client;
+use rkv::resp::Reply;
+use rkv::server::ListenAddr;
+
+/// A running daemon.
+pub struct Proc {
+    child: Option<Child>,
+    pub addr: ListenAddr,
+    pub log: PathBuf,
+}
+
+/// Where the daemons are: beside this binary.
+fn bin(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(name)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl Proc {
+    pub fn master(db: &Path, backups: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut args = vec![
+            "--db".into(),
+            path(db),
+            "--backup-dir".into(),
+            path(backups),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::start("rkv-master", args, env, db.with_extension("log"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "--backup-dir".into(),
+            path(backups),
+            "--data".into(),
+            path(data),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::start("rkv-follower", args, &[], data.with_extension("log"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `name` and waits until it answers PING; `Err` with its log
+    /// when it exits first (a refused start).
+    pub fn start(
+        name: &str,
+        mut args: Vec<String>,
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<Proc, String> {
+        let port = free_port();
+        args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(bin(name))
+            .args(&args)
+            .envs(env.iter().copied())
+            .env("RKV_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let mut proc = Proc {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if proc
+                .client()
+                .is_some_and(|mut c| c.call(&[b"PING"]).is_ok())
+            {
+                return Ok(proc);
+            }
+            if let Some(status) = proc.child.as_mut().unwrap().try_wait().unwrap() {
+                proc.child = None;
+                return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
+            }
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn client(&self) -> Option<Client> {
+        Client::connect(&self.addr, None).ok()
+    }
+
+    /// One INFO field.
+    pub fn info(&self, field: &str) -> Option<String> {
+        self.client()?.info_field(None, field).ok()?
+    }
+
+    pub fn info_num(&self, field: &str) -> i64 {
+        self.info(field).and_then(|v| v.parse().ok()).unwrap_or(-1)
+    }
+
+    pub fn get(&self, key: &str) -> Option<Reply> {
+        self.client()?.call_raw(&[b"GET", key.as_bytes()]).ok()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The last lines of the daemon's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    /// CPU time (user + system) used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields.get(11).and_then(|t| t.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|t| t.parse().ok()).unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// kill -9, and reap.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM; the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes; returns
+/// how long it took, or `None` on timeout.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
