@@ -198,10 +198,12 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
     );
     let _ = writeln!(
         md,
-        "![time to serve again after each kill -9](reliability-recovery.png)\n\n\
-         The plot: how long each daemon took, after a kill -9 and a restart, to answer \
-         its first read (the follower serves its current generation at once; the master \
-         replays its write-ahead log).\n"
+        "![recovery time of each try](reliability-recovery.png)\n\n\
+         The plot, one point a try: how long each daemon took, after a kill -9 and a \
+         restart, to answer its first read (the follower serves its current generation at \
+         once; the master replays its write-ahead log), and how long a follower took to \
+         serve the data of a backup whose file was damaged (the master finds the damage, \
+         copies the file again in a new backup, and the follower applies that).\n"
     );
     std::fs::write(args.out.join("RELIABILITY.md"), md).expect("write RELIABILITY.md");
     plot(&args.out, outcomes);
@@ -211,17 +213,13 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
 /// installed.
 fn plot(out: &Path, outcomes: &[Outcome]) {
     let mut data = String::new();
-    for (index, o) in outcomes
-        .iter()
-        .filter(|o| !o.recoveries_ms.is_empty())
-        .enumerate()
-    {
+    // One block per scenario, two blank lines apart: gnuplot's `index`.
+    for o in outcomes.iter().filter(|o| !o.recoveries_ms.is_empty()) {
         let _ = writeln!(data, "# {}", o.name);
         for (i, ms) in o.recoveries_ms.iter().enumerate() {
             let _ = writeln!(data, "{i} {ms:.1}");
         }
         data.push_str("\n\n");
-        let _ = index;
     }
     let dat = out.join("reliability-recovery.dat");
     std::fs::write(&dat, &data).unwrap();
@@ -230,13 +228,20 @@ fn plot(out: &Path, outcomes: &[Outcome]) {
         .filter(|o| !o.recoveries_ms.is_empty())
         .map(|o| o.name)
         .collect();
+    let label = |name: &'static str| match name {
+        "master-kill" => "master: kill -9, restart, first read answered",
+        "follower-kill" => "follower: kill -9, restart, first read answered",
+        "corruption" => "damaged backup: the follower serves its data",
+        other => other,
+    };
     let plots: Vec<String> = names
         .iter()
         .enumerate()
         .map(|(i, n)| {
             format!(
-                "'{}' index {i} using 1:2 with points title '{n}'",
-                dat.display()
+                "'{}' index {i} using 1:2 with points pt 7 ps 0.6 title '{}'",
+                dat.display(),
+                label(n)
             )
         })
         .collect();
@@ -244,17 +249,21 @@ fn plot(out: &Path, outcomes: &[Outcome]) {
         return;
     }
     let script = format!(
-        "set terminal pngcairo size 900,450\nset output '{}'\nset xlabel 'try'\n\
-         set ylabel 'ms until the first read is answered'\nset logscale y\nset key top left\n\
+        "set terminal pngcairo size 900,500\nset output '{}'\nset xlabel 'try'\n\
+         set ylabel 'ms'\nset logscale y\nset grid\nset key outside bottom center\n\
          plot {}\n",
         out.join("reliability-recovery.png").display(),
         plots.join(", ")
     );
-    let status = std::process::Command::new("gnuplot")
-        .arg("-e")
-        .arg(script)
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
+    let plotted = std::process::Command::new("gnuplot")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait()
+        });
+    if !plotted.is_ok_and(|s| s.success()) {
         log("gnuplot failed or is missing: no plot");
     }
 }

@@ -157,10 +157,39 @@ fn missing(proc: &Proc, from: u64, to: u64) -> u64 {
     lacking
 }
 
+/// Whether `dir` holds an entry whose name `matches` (a backup or apply in
+/// progress leaves one).
+fn holds(dir: &Path, matches: impl Fn(&str) -> bool) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| matches(&e.file_name().to_string_lossy()))
+    })
+}
+
+/// Waits (polling every millisecond, at most `limit`) for `check`, then a
+/// random 0–`jitter`: a kill lands inside the step `check` detects.
+fn aim(rng: &mut Rng, limit: Duration, jitter: Duration, check: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !check() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(rng.between(Duration::ZERO, jitter));
+}
+
 fn master_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
     let (db, backups) = (dir.join("db"), dir.join("backups"));
     let flags = ["--interval", "200ms", "--keep", "5", "--keep-within", "10s"];
     let (mut unopenable, mut failed_verifies, mut lost, mut acked) = (0, 0, 0u64, 0u64);
+    let mut mid_backup = 0;
+    let backing_up = |probe: &mut rkv::client::Client| {
+        probe
+            .info_field(None, "rdb_bgsave_in_progress")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("1")
+    };
     let mut recoveries = Vec::new();
     let mut checked_from = 0;
     for _ in 0..tries {
@@ -171,7 +200,20 @@ fn master_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
         lost += missing(&master, checked_from, acked);
         checked_from = acked;
         let writer = Writer::start(&master, acked, Duration::ZERO);
-        std::thread::sleep(rng.between(Duration::from_millis(300), Duration::from_millis(1500)));
+        std::thread::sleep(rng.between(Duration::from_millis(100), Duration::from_millis(600)));
+        // Most kills aimed inside a backup (a flush and a copy: tens of
+        // milliseconds), some anywhere.
+        let mut probe = master.client().expect("connect");
+        if !rng.next_u64().is_multiple_of(4) {
+            let started = Instant::now();
+            while !backing_up(&mut probe) && started.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(rng.between(Duration::ZERO, Duration::from_millis(8)));
+        }
+        if backing_up(&mut probe) {
+            mid_backup += 1;
+        }
         master.kill();
         acked = writer.finish();
         let store = BackupDir::new(&backups);
@@ -189,8 +231,9 @@ fn master_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
     let master = Proc::master(&db, &backups, &flags, &[]);
     lost += missing(&master, checked_from, acked);
     let line = format!(
-        "master kill -9: {tries} tries, {unopenable} unopenable, {failed_verifies} failed \
-         verifies, {lost} of {acked} acknowledged writes lost"
+        "master kill -9: {tries} tries ({mid_backup} inside a backup), {unopenable} \
+         unopenable, {failed_verifies} failed verifies, {lost} of {acked} acknowledged writes \
+         lost"
     );
     Outcome {
         recoveries_ms: recoveries,
@@ -226,12 +269,25 @@ fn follower_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
     let flags = ["--poll-interval", "100ms"];
     let mut follower = Proc::follower(&backups, &data, &flags);
     wait_for(Duration::from_secs(60), || prefix(&follower).is_some());
-    let (mut not_at_once, mut wrong, mut went_back) = (0, 0, 0);
+    let (mut not_at_once, mut wrong, mut went_back, mut mid_apply) = (0, 0, 0, 0);
     let mut recoveries = Vec::new();
     let mut seen = 0;
+    let applying = || holds(&data, |n| n.ends_with(".partial"));
     for _ in 0..tries {
-        std::thread::sleep(rng.between(Duration::from_millis(100), Duration::from_millis(800)));
+        std::thread::sleep(rng.between(Duration::from_millis(50), Duration::from_millis(400)));
         let before = prefix(&follower);
+        // Most kills aimed inside an apply, some anywhere.
+        if !rng.next_u64().is_multiple_of(4) {
+            aim(
+                rng,
+                Duration::from_secs(2),
+                Duration::from_millis(5),
+                applying,
+            );
+        }
+        if applying() {
+            mid_apply += 1;
+        }
         follower.kill();
         let started = Instant::now();
         follower = Proc::follower(&backups, &data, &flags);
@@ -259,7 +315,8 @@ fn follower_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
     })
     .is_some();
     let line = format!(
-        "follower kill -9 during applies: {tries} tries, {not_at_once} not serving at once, \
+        "follower kill -9 during applies: {tries} tries ({mid_apply} inside an apply), \
+         {not_at_once} not serving at once, \
          {wrong} partial or wrong states, {went_back} went back, caught up: {}",
         if caught_up { "yes" } else { "NO" }
     );

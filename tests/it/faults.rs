@@ -9,48 +9,14 @@ use std::time::{Duration, Instant};
 
 use rkv::resp::Reply;
 
-use crate::util::{run_bin, wait_until, Daemon, Sandbox};
+use crate::util::{bulk, fill, get, incompressible, run_bin, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(60);
-
-fn bulk(s: &str) -> Reply {
-    Reply::bulk(s.as_bytes().to_vec())
-}
-
-fn get(d: &Daemon, key: &str) -> Option<Reply> {
-    rkv::client::Client::connect(&d.addr, None)
-        .ok()?
-        .call_raw(&[b"GET", key.as_bytes()])
-        .ok()
-}
 
 fn set(d: &Daemon, key: &str, value: &str) -> Reply {
     d.client()
         .call_raw(&[b"SET", key.as_bytes(), value.as_bytes()])
         .unwrap()
-}
-
-/// Writes about `mib` MiB of poorly compressible values.
-fn fill(master: &Daemon, prefix: &str, mib: usize) {
-    let mut c = master.client();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for batch in 0..mib * 16 {
-        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
-        for i in 0..16 {
-            let value: Vec<u8> = (0..4096)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            args.push(format!("{prefix}:{batch:06}:{i:02}").into_bytes());
-            args.push(value);
-        }
-        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        c.call(&refs).unwrap();
-    }
 }
 
 fn partials(data: &Path) -> usize {
@@ -472,14 +438,7 @@ fn a_full_database_disk_recovers_by_itself_when_space_returns() {
     let mut refused = None;
     let mut c = master.client();
     for i in 0..6000 {
-        let value: Vec<u8> = (0..64 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let value = incompressible(64 << 10, &mut x);
         match c
             .call_raw(&[b"SET", format!("k{i}").as_bytes(), &value])
             .unwrap()

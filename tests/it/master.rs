@@ -7,16 +7,12 @@ use std::time::Duration;
 use rkv::backup::{BackupDir, BackupStore};
 use rkv::resp::Reply;
 
-use crate::util::{backup_flag, db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
+use crate::util::{backup_flag, bulk, db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(30);
 
 fn backups(s: &Sandbox) -> Vec<rkv::backup::BackupInfo> {
     BackupDir::new(s.path("backups")).list().unwrap_or_default()
-}
-
-fn bulk(s: &str) -> Reply {
-    Reply::bulk(s.as_bytes().to_vec())
 }
 
 #[test]

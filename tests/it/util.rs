@@ -337,6 +337,47 @@ impl Drop for Daemon {
     }
 }
 
+/// A bulk string reply.
+pub fn bulk(s: &str) -> rkv::resp::Reply {
+    rkv::resp::Reply::bulk(s.as_bytes().to_vec())
+}
+
+/// `GET key` on a new connection; `None` when the daemon cannot be reached.
+pub fn get(d: &Daemon, key: &str) -> Option<rkv::resp::Reply> {
+    rkv::client::Client::connect(&d.addr, None)
+        .ok()?
+        .call_raw(&[b"GET", key.as_bytes()])
+        .ok()
+}
+
+/// `len` bytes that do not compress (xorshift from `state`, which moves on).
+pub fn incompressible(len: usize, state: &mut u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
+/// Writes about `mib` MiB of incompressible values under
+/// `<prefix>:<batch>:<i>`, 16 keys of 4 KiB per MSET.
+pub fn fill(master: &Daemon, prefix: &str, mib: usize) {
+    let mut c = master.client();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for batch in 0..mib * 16 {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in 0..16 {
+            args.push(format!("{prefix}:{batch:06}:{i:02}").into_bytes());
+            args.push(incompressible(4096, &mut x));
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        c.call(&refs).unwrap();
+    }
+}
+
 /// Runs a binary with args and returns its output.
 pub fn run_bin(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).output().unwrap()
