@@ -49,11 +49,27 @@ pub struct ServerArgs {
           value_parser = parse_size)]
     pub max_request_bytes: usize,
 
+    /// The largest reply to one request, in bytes (suffixes KiB, MiB, GiB):
+    /// an MGET whose values add up to more is refused with an error, and a
+    /// SCAN returns fewer keys. Bounds what one client can make the server
+    /// hold.
+    #[arg(long = "max-reply-bytes", env = "RKV_MAX_REPLY_BYTES", default_value = "128MiB",
+          value_parser = parse_size)]
+    pub max_reply_bytes: usize,
+
     /// Memory for RocksDB's cache of data blocks, shared by every database
     /// the daemon opens (suffixes KiB, MiB, GiB). Reads of cached blocks skip
     /// the page cache and decompression.
     #[arg(long = "cache-size", env = "RKV_CACHE_SIZE", default_value = "128MiB", value_parser = parse_size)]
     pub cache_size: usize,
+
+    /// The permission bits new files and directories do not get, in octal:
+    /// 077 keeps the database, backups and data private to the daemon's
+    /// user whatever the shell's umask; 027 lets the group read them (how
+    /// followers running as another user of the group read the backup
+    /// directory; the systemd units set it).
+    #[arg(long, env = "RKV_UMASK", default_value = "077", value_parser = parse_umask, value_name = "OCTAL")]
+    pub umask: u32,
 
     /// Log format.
     #[arg(
@@ -70,6 +86,13 @@ impl ServerArgs {
     /// applies protected mode; the error is a sentence for the operator.
     pub fn server_config(&self, listen: Vec<ListenAddr>) -> Result<ServerConfig, String> {
         let password = load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
+        let from_environment = std::env::var("RKV_REQUIREPASS").ok() == self.requirepass;
+        if self.requirepass.is_some() && !from_environment {
+            eprintln!(
+                "warning: --requirepass on the command line is visible to every local user \
+                 (ps, /proc); use --password-file or RKV_REQUIREPASS instead"
+            );
+        }
         check_protected_mode(&listen, password.is_some(), self.protected_mode)?;
         if self.max_clients == 0 {
             return Err("--max-clients must be at least 1".to_string());
@@ -80,17 +103,20 @@ impl ServerArgs {
             max_clients: self.max_clients,
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
+                max_reply_bytes: self.max_reply_bytes,
             },
         })
     }
 }
 
 /// A daemon's `main`: validates its configuration (exit 2 with the sentence
-/// on failure), starts logging, runs it, and turns the outcome into an exit
-/// code (0 clean stop, 1 failure, with a `Try:` line where one helps).
+/// on failure), sets the umask, starts logging, runs it, and turns the
+/// outcome into an exit code (0 clean stop, 1 failure, with a `Try:` line
+/// where one helps).
 pub fn daemon_main<C>(
     name: &str,
     log_format: LogFormat,
+    umask: u32,
     config: Result<C, String>,
     run: impl FnOnce(C) -> anyhow::Result<()>,
 ) -> i32 {
@@ -101,6 +127,7 @@ pub fn daemon_main<C>(
             return 2;
         }
     };
+    set_umask(umask);
     init_logging(log_format);
     match run(config) {
         Ok(()) => 0,
@@ -115,6 +142,21 @@ pub fn daemon_main<C>(
             1
         }
     }
+}
+
+/// Sets the process's umask: what every file and directory rkv creates
+/// (RocksDB's included) does not get.
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask((mask & 0o777) as libc::mode_t) };
+}
+
+/// Parses an octal umask (`077`, `0027`).
+pub fn parse_umask(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not an octal umask (e.g. 077 or 027)"))
 }
 
 /// Accepts yes/no, true/false, on/off, 1/0.
@@ -168,6 +210,19 @@ pub fn load_password(
         (Some(""), None) => Err("--requirepass is empty; give a password".to_string()),
         (Some(p), None) => Ok(Some(p.as_bytes().to_vec())),
         (None, Some(path)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o007 != 0 {
+                return Err(format!(
+                    "the password file {} can be read by every user (mode {:o}); make it \
+                     private: chmod 600 {0}",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
             let password = text.lines().next().unwrap_or("").trim();
@@ -476,6 +531,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_password(None, Some(&file))
+            .unwrap_err()
+            .contains("chmod 600"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert_eq!(
             load_password(None, Some(&file)),
             Ok(Some(b"s3cret".to_vec()))

@@ -80,11 +80,14 @@ fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Caps on what one request may hold.
+/// Caps on what one request, and its reply, may make the server hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request, all of its arguments and framing together, in bytes.
     pub max_request_bytes: usize,
+    /// Largest reply to one request (the values of an `MGET`, the keys of a
+    /// `SCAN`), in bytes: a larger one is refused before it is built.
+    pub max_reply_bytes: usize,
 }
 
 /// Redis's cap on the number of arguments of one request.
@@ -107,20 +110,131 @@ impl ProtocolError {
 /// A parsed request: its arguments, and how many bytes of the buffer it used.
 pub type Parsed = (Vec<Vec<u8>>, usize);
 
+/// Redis's caps for a connection that has not authenticated: a client
+/// without the password cannot make the server hold more than this.
+const UNAUTHENTICATED_ARGS: i64 = 10;
+const UNAUTHENTICATED_ARG_BYTES: i64 = 16 * 1024;
+
 /// Parses one request from the front of `buf`: `Ok(None)` when more bytes
 /// are needed. Empty inline lines parse as a request with no arguments.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    match first {
-        b'*' => parse_multibulk(buf, limits),
-        b'$' | b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'!' | b'=' | b'(' | b'%' | b'~'
-        | b'>' | b'|' => Err(ProtocolError(format!(
-            "expected '*', got '{}'",
-            char::from(first)
-        ))),
-        _ => parse_inline(buf),
+    RequestParser::default().parse(buf, limits, true)
+}
+
+/// Parses a client's requests as their bytes arrive. A request that is not
+/// complete yet keeps what was parsed of it, so the next read goes on where
+/// this one stopped: the cost of a request is linear in its size whatever
+/// the read boundaries (a million arguments sent in 4 KiB writes are not
+/// parsed again from the start on every read).
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    partial: Option<Partial>,
+}
+
+/// A multibulk request under way.
+#[derive(Debug)]
+struct Partial {
+    count: usize,
+    args: Vec<Vec<u8>>,
+    /// Bytes of the request parsed so far (header and complete arguments).
+    used: usize,
+}
+
+impl RequestParser {
+    /// Parses the request at the front of `buf`, which must start where the
+    /// previous complete request ended (and hold what earlier calls saw of
+    /// this one). `authenticated` false applies Redis's caps for clients
+    /// that have not given the password.
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Option<Parsed>, ProtocolError> {
+        let result = self.parse_from(buf, limits, authenticated);
+        if result.is_err() {
+            self.partial = None;
+        }
+        result
+    }
+
+    fn parse_from(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Option<Parsed>, ProtocolError> {
+        if self.partial.is_none() {
+            let Some(&first) = buf.first() else {
+                return Ok(None);
+            };
+            match first {
+                b'*' => {}
+                b'$' | b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'!' | b'=' | b'(' | b'%'
+                | b'~' | b'>' | b'|' => {
+                    return Err(ProtocolError(format!(
+                        "expected '*', got '{}'",
+                        char::from(first)
+                    )))
+                }
+                _ => return parse_inline(buf),
+            }
+            let Some((count, pos)) = header(buf, 0)? else {
+                return Ok(None);
+            };
+            if !authenticated && count > UNAUTHENTICATED_ARGS {
+                return Err(ProtocolError("unauthenticated multibulk length".into()));
+            }
+            let count = match count {
+                n if n > MAX_ARGS as i64 => {
+                    return Err(ProtocolError("invalid multibulk length".into()))
+                }
+                n if n <= 0 => return Ok(Some((Vec::new(), pos))),
+                n => n as usize,
+            };
+            self.partial = Some(Partial {
+                count,
+                args: Vec::with_capacity(count.min(1024)),
+                used: pos,
+            });
+        }
+        let partial = self.partial.as_mut().expect("a request under way");
+        while partial.args.len() < partial.count {
+            let pos = partial.used;
+            match buf.get(pos) {
+                None => return Ok(None),
+                Some(b'$') => {}
+                Some(&other) => {
+                    return Err(ProtocolError(format!(
+                        "expected '$', got '{}'",
+                        char::from(other)
+                    )))
+                }
+            }
+            let Some((len, start)) = header(buf, pos)? else {
+                return Ok(None);
+            };
+            if !authenticated && len > UNAUTHENTICATED_ARG_BYTES {
+                return Err(ProtocolError("unauthenticated bulk length".into()));
+            }
+            if len < 0 || len as u64 > limits.max_request_bytes as u64 {
+                return Err(ProtocolError("invalid bulk length".into()));
+            }
+            let end = start + len as usize;
+            if end > limits.max_request_bytes {
+                return Err(too_big(limits));
+            }
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError("bulk string not terminated by CRLF".into()));
+            }
+            partial.args.push(buf[start..end].to_vec());
+            partial.used = end + 2;
+        }
+        let Partial { args, used, .. } = self.partial.take().expect("a request under way");
+        Ok(Some((args, used)))
     }
 }
 
@@ -136,55 +250,91 @@ fn parse_inline(buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
         return Err(ProtocolError("too big inline request".into()));
     }
     let text = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-    let args = text
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|word| !word.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
+    let args =
+        split_args(text).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
     Ok(Some((args, end + 1)))
 }
 
-fn parse_multibulk(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, ProtocolError> {
-    let Some((count, mut pos)) = header(buf, 0)? else {
-        return Ok(None);
-    };
-    let count = match count {
-        n if n > MAX_ARGS as i64 => return Err(ProtocolError("invalid multibulk length".into())),
-        n if n <= 0 => return Ok(Some((Vec::new(), pos))),
-        n => n as usize,
-    };
-    let mut args = Vec::with_capacity(count.min(1024));
-    for _ in 0..count {
-        match buf.get(pos) {
-            None => return Ok(None),
-            Some(b'$') => {}
-            Some(&other) => {
-                return Err(ProtocolError(format!(
-                    "expected '$', got '{}'",
-                    char::from(other)
-                )))
+/// Splits an inline command as Redis's `sdssplitargs` does: words apart by
+/// whitespace; `"…"` with `\\n`, `\\r`, `\\t`, `\\b`, `\\a`, `\\xHH` and `\\<c>`
+/// escapes; `'…'` with only `\\'`. A closing quote must be followed by
+/// whitespace or the end. `None` for unbalanced quotes.
+pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            return Some(args);
+        }
+        let mut arg = Vec::new();
+        let (mut in_double, mut in_single) = (false, false);
+        loop {
+            let c = line.get(i).copied();
+            if in_double {
+                match c {
+                    None => return None,
+                    Some(b'\\')
+                        if line.get(i + 1) == Some(&b'x')
+                            && line.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+                            && line.get(i + 3).is_some_and(u8::is_ascii_hexdigit) =>
+                    {
+                        let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
+                        arg.push(u8::from_str_radix(hex, 16).ok()?);
+                        i += 3;
+                    }
+                    Some(b'\\') if i + 1 < line.len() => {
+                        i += 1;
+                        arg.push(match line[i] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                    Some(b'"') => {
+                        // The closing quote must end the word.
+                        if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                            return None;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    Some(other) => arg.push(other),
+                }
+            } else if in_single {
+                match c {
+                    None => return None,
+                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                        i += 1;
+                        arg.push(b'\'');
+                    }
+                    Some(b'\'') => {
+                        if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                            return None;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    Some(other) => arg.push(other),
+                }
+            } else {
+                match c {
+                    None => break,
+                    Some(b) if b.is_ascii_whitespace() => break,
+                    Some(b'"') => in_double = true,
+                    Some(b'\'') => in_single = true,
+                    Some(other) => arg.push(other),
+                }
             }
+            i += 1;
         }
-        let Some((len, start)) = header(buf, pos)? else {
-            return Ok(None);
-        };
-        if len < 0 || len as u64 > limits.max_request_bytes as u64 {
-            return Err(ProtocolError("invalid bulk length".into()));
-        }
-        let end = start + len as usize;
-        if end > limits.max_request_bytes {
-            return Err(too_big(limits));
-        }
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Err(ProtocolError("bulk string not terminated by CRLF".into()));
-        }
-        args.push(buf[start..end].to_vec());
-        pos = end + 2;
+        args.push(arg);
     }
-    Ok(Some((args, pos)))
 }
 
 fn too_big(limits: &Limits) -> ProtocolError {
@@ -226,6 +376,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_request_bytes: 1024,
+        max_reply_bytes: 1024,
     };
 
     fn parse(bytes: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
@@ -288,6 +439,55 @@ mod tests {
             reply,
             Reply::Error("ERR Protocol error: invalid bulk length".into())
         );
+    }
+
+    #[test]
+    fn a_request_split_anywhere_parses_the_same_and_resumes() {
+        let wire = b"*3\r\n$3\r\nSET\r\n$5\r\nhello\r\n$2\r\n\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut parser = RequestParser::default();
+            let first = parser.parse(&wire[..split], &LIMITS, true).unwrap();
+            assert_eq!(first, None, "split at {split}");
+            let (args, used) = parser.parse(wire, &LIMITS, true).unwrap().unwrap();
+            assert_eq!(args, [b"SET".to_vec(), b"hello".to_vec(), b"\r\n".to_vec()]);
+            assert_eq!(used, wire.len());
+        }
+        // Arguments already parsed are not parsed again: the parser keeps
+        // them and goes on from where it stopped.
+        let mut parser = RequestParser::default();
+        assert_eq!(parser.parse(&wire[..20], &LIMITS, true).unwrap(), None);
+        assert_eq!(parser.partial.as_ref().unwrap().args.len(), 1);
+    }
+
+    #[test]
+    fn unauthenticated_requests_are_capped_as_in_redis() {
+        let mut parser = RequestParser::default();
+        let err = parser.parse(b"*11\r\n", &LIMITS, false).unwrap_err();
+        assert_eq!(err.0, "unauthenticated multibulk length");
+        let err = parser
+            .parse(b"*1\r\n$16385\r\n", &LIMITS, false)
+            .unwrap_err();
+        assert_eq!(err.0, "unauthenticated bulk length");
+        assert!(parser
+            .parse(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n", &LIMITS, false)
+            .is_ok());
+    }
+
+    #[test]
+    fn inline_arguments_split_as_redis_splits_them() {
+        let split = |s: &[u8]| split_args(s);
+        assert_eq!(
+            split(b"SET \"a b\" 'c d'").unwrap(),
+            [b"SET".to_vec(), b"a b".to_vec(), b"c d".to_vec()]
+        );
+        assert_eq!(
+            split(b"\"\\x41\\n\\\"\" 'it\\'s'").unwrap(),
+            [b"A\n\"".to_vec(), b"it's".to_vec()]
+        );
+        assert_eq!(split(b"\"\"").unwrap(), [Vec::<u8>::new()]);
+        assert_eq!(split(b"SET \"a b"), None);
+        assert_eq!(split(b"'a'b"), None, "a closing quote must end the word");
+        assert_eq!(split(b"  ").unwrap(), Vec::<Vec<u8>>::new());
     }
 
     #[test]

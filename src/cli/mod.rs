@@ -285,6 +285,13 @@ impl CliError {
 /// Runs `rkv` with the process's arguments and returns its exit code.
 pub fn main() -> i32 {
     init_logging();
+    // What the CLI creates (a database, a backup directory) is private to
+    // its user, as the daemons' is; RKV_UMASK=027 lets the group read.
+    let umask = std::env::var("RKV_UMASK")
+        .ok()
+        .and_then(|m| crate::daemon::parse_umask(&m).ok())
+        .unwrap_or(0o077);
+    crate::daemon::set_umask(umask);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

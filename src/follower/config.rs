@@ -168,7 +168,8 @@ impl FollowerArgs {
 pub fn main() -> i32 {
     let args = FollowerArgs::parse();
     let log_format = args.server.log_format;
-    daemon::daemon_main("rkv-follower", log_format, args.validate(), run)
+    let umask = args.server.umask;
+    daemon::daemon_main("rkv-follower", log_format, umask, args.validate(), run)
 }
 
 /// Runs the follower until SIGTERM/SIGINT.

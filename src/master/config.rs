@@ -178,7 +178,8 @@ impl MasterArgs {
 pub fn main() -> i32 {
     let args = MasterArgs::parse();
     let log_format = args.server.log_format;
-    daemon::daemon_main("rkv-master", log_format, args.validate(), run)
+    let umask = args.server.umask;
+    daemon::daemon_main("rkv-master", log_format, umask, args.validate(), run)
 }
 
 /// Runs the master until SIGTERM/SIGINT.

@@ -78,8 +78,20 @@ const COMMANDS: &[Spec] = &[
         keys: (1, -1, 1),
     },
     Spec {
+        name: "discard",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
         name: "echo",
         arity: 2,
+        flags: FAST,
+        keys: (0, 0, 0),
+    },
+    Spec {
+        name: "exec",
+        arity: 1,
         flags: FAST,
         keys: (0, 0, 0),
     },
@@ -118,6 +130,12 @@ const COMMANDS: &[Spec] = &[
         arity: -3,
         flags: WRITE,
         keys: (1, -1, 2),
+    },
+    Spec {
+        name: "multi",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
     },
     Spec {
         name: "ping",
@@ -200,6 +218,9 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
         }
         _ => "",
     };
+    if conn.refused_multi {
+        return (refused_transaction(name, conn), Action::Continue);
+    }
     let Some(spec) = lookup(name) else {
         return (unknown_command(args), Action::Continue);
     };
@@ -221,6 +242,15 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
     let backend = shared.backend.as_ref();
     let reply = match name {
         "auth" => auth(args, conn, shared),
+        "multi" => {
+            conn.refused_multi = true;
+            Reply::error(
+                "ERR MULTI is not supported by rkv yet: the commands up to EXEC or DISCARD \
+                 will be refused, not run",
+            )
+        }
+        "exec" => Reply::error("ERR EXEC without MULTI"),
+        "discard" => Reply::error("ERR DISCARD without MULTI"),
         "quit" => return (Reply::ok(), Action::Close),
         "ping" => match args.len() {
             1 => Reply::Simple("PONG".into()),
@@ -241,7 +271,7 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
         "save" => backend.save(),
         "get" | "mget" | "exists" | "type" | "ttl" | "dbsize" | "scan" | "rkv.scan" => {
             match backend.reader() {
-                Ok(db) => read(name, args, &db, shared).unwrap_or_else(storage_error),
+                Ok(db) => read(name, args, &db, shared, conn.id).unwrap_or_else(storage_error),
                 Err(refusal) => refusal,
             }
         }
@@ -254,15 +284,48 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
     (reply, Action::Continue)
 }
 
-fn unknown_command(args: &[Vec<u8>]) -> Reply {
-    let mut text = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(&args[0])
-    );
-    for arg in args.iter().skip(1).take(20) {
-        text.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
+/// The reply to a command sent after a refused `MULTI`: nothing runs until
+/// `EXEC` (which reports the transaction discarded, as Redis does for a
+/// transaction with an error) or `DISCARD`. A client that believes it sent
+/// a transaction must never see half of it applied.
+fn refused_transaction(name: &str, conn: &mut Connection) -> Reply {
+    match name {
+        "exec" => {
+            conn.refused_multi = false;
+            Reply::error("EXECABORT Transaction discarded because of previous errors.")
+        }
+        "discard" => {
+            conn.refused_multi = false;
+            Reply::ok()
+        }
+        "multi" => Reply::error("ERR MULTI calls can not be nested"),
+        _ => Reply::error(
+            "ERR not run: inside a MULTI that rkv refused (transactions are not supported \
+             yet); EXEC or DISCARD ends it",
+        ),
     }
-    Reply::error(text)
+}
+
+/// How much of an unknown command Redis echoes back: the name and the
+/// arguments each cut to 128 bytes in all, so a huge argument never makes a
+/// huge error line.
+const ECHO_LIMIT: usize = 128;
+
+fn unknown_command(args: &[Vec<u8>]) -> Reply {
+    let clip = |bytes: &[u8], room: usize| {
+        String::from_utf8_lossy(&bytes[..bytes.len().min(room)]).into_owned()
+    };
+    let mut echoed = String::new();
+    for arg in &args[1..] {
+        if echoed.len() >= ECHO_LIMIT {
+            break;
+        }
+        echoed.push_str(&format!("'{}' ", clip(arg, ECHO_LIMIT - echoed.len())));
+    }
+    Reply::error(format!(
+        "ERR unknown command '{}', with args beginning with: {echoed}",
+        clip(&args[0], ECHO_LIMIT)
+    ))
 }
 
 fn storage_error(e: crate::Error) -> Reply {
@@ -284,11 +347,12 @@ fn auth(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> Reply {
         3 => &Vec::new(),
         _ => return Reply::error("ERR syntax error"),
     };
+    // A wrong password does not log out a connection that is logged in,
+    // as in Redis.
     if constant_time_eq(given, password) {
         conn.authenticated = true;
         Reply::ok()
     } else {
-        conn.authenticated = false;
         Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
     }
 }
@@ -459,15 +523,31 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
     ]
 }
 
-fn read(name: &str, args: &[Vec<u8>], db: &Db, shared: &Shared) -> crate::Result<Reply> {
+fn read(
+    name: &str,
+    args: &[Vec<u8>],
+    db: &Db,
+    shared: &Shared,
+    conn_id: u64,
+) -> crate::Result<Reply> {
     Ok(match name {
         "get" => Reply::Bulk(db.get(&args[1])?),
-        "mget" => Reply::array(
-            args[1..]
-                .iter()
-                .map(|k| db.get(k).map(Reply::Bulk))
-                .collect::<crate::Result<_>>()?,
-        ),
+        "mget" => {
+            let cap = shared.config.limits.max_reply_bytes;
+            let mut size = 0usize;
+            let mut values = Vec::with_capacity(args.len() - 1);
+            for key in &args[1..] {
+                let value = db.get(key)?;
+                size += value.as_ref().map_or(5, |v| v.len() + 16);
+                if size > cap {
+                    return Ok(Reply::error(format!(
+                        "ERR reply larger than --max-reply-bytes ({cap} bytes): ask for fewer keys"
+                    )));
+                }
+                values.push(Reply::Bulk(value));
+            }
+            Reply::array(values)
+        }
         "exists" => {
             let mut count = 0;
             for key in &args[1..] {
@@ -493,8 +573,8 @@ fn read(name: &str, args: &[Vec<u8>], db: &Db, shared: &Shared) -> crate::Result
             }
             Reply::Integer(count)
         }
-        "scan" => scan(args, db, &shared.cursors)?,
-        "rkv.scan" => range_scan(args, db)?,
+        "scan" => scan(args, db, shared, conn_id)?,
+        "rkv.scan" => range_scan(args, db, shared.config.limits.max_reply_bytes)?,
         _ => unreachable!("read commands only"),
     })
 }
@@ -512,19 +592,19 @@ fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate:
             for pair in args[1..].chunks(2) {
                 batch.put(&pair[0], &pair[1]);
             }
+            let _ordered = lock(backend);
             db.write(batch)?;
             Reply::ok()
         }
         "del" => {
-            // Counting needs the keys' presence and the delete to be atomic.
-            let _guard = backend
-                .write_lock()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            // Counting needs the keys' presence and the delete to be atomic;
+            // a key named twice is removed, and counted, once.
+            let _ordered = lock(backend);
             let mut batch = WriteBatch::default();
             let mut count = 0;
+            let mut seen = std::collections::HashSet::new();
             for key in &args[1..] {
-                if db.get(key)?.is_some() {
+                if seen.insert(key.as_slice()) && db.get(key)?.is_some() {
                     count += 1;
                     batch.delete(key);
                 }
@@ -536,6 +616,15 @@ fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate:
         }
         _ => unreachable!("write commands only"),
     })
+}
+
+/// The write lock: every write takes it, so a read-modify-write (`SET … NX`,
+/// `DEL` counting) is never interleaved with another write.
+fn lock(backend: &dyn Backend) -> std::sync::MutexGuard<'_, ()> {
+    backend
+        .write_lock()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Plain `SET key value` requests of one pipeline, written as one batch.
@@ -563,7 +652,10 @@ impl SetBatch {
         }
         let batch = std::mem::take(&mut self.batch);
         let reply = match shared.backend.writer() {
-            Ok(db) => db.write(batch).map_or_else(storage_error, |()| Reply::ok()),
+            Ok(db) => {
+                let _ordered = lock(shared.backend.as_ref());
+                db.write(batch).map_or_else(storage_error, |()| Reply::ok())
+            }
             Err(refusal) => refusal,
         };
         for _ in 0..std::mem::take(&mut self.count) {
@@ -590,14 +682,11 @@ fn set(args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply>
             _ => return Ok(Reply::error("ERR syntax error")),
         }
     }
+    let _ordered = lock(backend);
     if !(nx || xx || get) {
         db.put(key, value)?;
         return Ok(Reply::ok());
     }
-    let _guard = backend
-        .write_lock()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
     let old = db.get(key)?;
     let apply = !(nx && old.is_some() || xx && old.is_none());
     if apply {
@@ -610,9 +699,13 @@ fn set(args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply>
     })
 }
 
-/// Open `SCAN` cursors: cursor id → the next key to examine. Bounded: the
-/// oldest cursors are forgotten first, and a forgotten cursor is an error,
-/// never a silent restart.
+/// Open `SCAN` cursors: cursor id → the next key to examine, owned by the
+/// connection that started the scan. Each connection keeps at most
+/// [`Cursors::PER_CONNECTION`], forgetting its own oldest first, so no
+/// client can evict another's; a connection's cursors go when it closes
+/// (any connection may use a cursor while its owner is open, as a client's
+/// connection pool does). A forgotten cursor is an error, never a silent
+/// restart.
 #[derive(Default)]
 pub(crate) struct Cursors {
     inner: Mutex<CursorTable>,
@@ -622,23 +715,24 @@ pub(crate) struct Cursors {
 #[derive(Default)]
 struct CursorTable {
     keys: HashMap<u64, Vec<u8>>,
-    order: VecDeque<u64>,
+    /// Each owner's cursors, oldest first.
+    owned: HashMap<u64, VecDeque<u64>>,
 }
 
 impl Cursors {
-    /// The most cursors remembered at once.
-    const CAPACITY: usize = 16_384;
+    /// The most cursors one connection keeps at once.
+    const PER_CONNECTION: usize = 128;
 
-    fn save(&self, next_key: Vec<u8>) -> u64 {
+    fn save(&self, owner: u64, next_key: Vec<u8>) -> u64 {
         // Ids start above 0 (which means "start" and "done") and never repeat.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         table.keys.insert(id, next_key);
-        table.order.push_back(id);
-        while table.order.len() > Self::CAPACITY {
-            if let Some(old) = table.order.pop_front() {
-                table.keys.remove(&old);
-            }
+        let owned = table.owned.entry(owner).or_default();
+        owned.push_back(id);
+        let evicted = (owned.len() > Self::PER_CONNECTION).then(|| owned.pop_front());
+        if let Some(Some(old)) = evicted {
+            table.keys.remove(&old);
         }
         id
     }
@@ -647,11 +741,24 @@ impl Cursors {
         let table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         table.keys.get(&id).cloned()
     }
+
+    /// Forgets the cursors of connection `owner`, which closed.
+    pub(crate) fn release(&self, owner: u64) {
+        let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ids) = table.owned.remove(&owner) {
+            for id in ids {
+                table.keys.remove(&id);
+            }
+        }
+    }
 }
 
 /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: keys in key
 /// order; each call examines about COUNT keys.
-fn scan(args: &[Vec<u8>], db: &Db, cursors: &Cursors) -> crate::Result<Reply> {
+/// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]`; stops early, with a
+/// cursor to go on from, once the keys reach `max_bytes`.
+fn scan(args: &[Vec<u8>], db: &Db, shared: &Shared, owner: u64) -> crate::Result<Reply> {
+    let (cursors, max_bytes) = (&shared.cursors, shared.config.limits.max_reply_bytes);
     let cursor: u64 = match std::str::from_utf8(&args[1])
         .ok()
         .and_then(|s| s.parse().ok())
@@ -694,16 +801,18 @@ fn scan(args: &[Vec<u8>], db: &Db, cursors: &Cursors) -> crate::Result<Reply> {
     };
     let mut keys = Vec::new();
     let mut next_cursor = 0;
+    let mut size = 0;
     for (examined, entry) in db.iter(&range).enumerate() {
         let (key, _) = entry?;
         if !key.starts_with(&prefix) {
             break;
         }
-        if examined == count {
-            next_cursor = cursors.save(key);
+        if examined == count || size >= max_bytes {
+            next_cursor = cursors.save(owner, key);
             break;
         }
         if only_strings && pattern.as_deref().is_none_or(|p| glob::matches(p, &key)) {
+            size += key.len() + 16;
             keys.push(Reply::bulk(key));
         }
     }
@@ -717,7 +826,7 @@ fn scan(args: &[Vec<u8>], db: &Db, cursors: &Cursors) -> crate::Result<Reply> {
 /// (an empty `to` means no upper bound), keys and values interleaved, and the
 /// key to continue from (nil when done). rkv's own command: ordered ranges
 /// are what `rkv scan --from --to` needs and Redis's SCAN cannot express.
-fn range_scan(args: &[Vec<u8>], db: &Db) -> crate::Result<Reply> {
+fn range_scan(args: &[Vec<u8>], db: &Db, max_bytes: usize) -> crate::Result<Reply> {
     let count: usize = match std::str::from_utf8(&args[3])
         .ok()
         .and_then(|s| s.parse().ok())
@@ -731,12 +840,15 @@ fn range_scan(args: &[Vec<u8>], db: &Db) -> crate::Result<Reply> {
     };
     let mut entries = Vec::new();
     let mut next = None;
+    let mut size = 0;
     for entry in db.iter(&range) {
         let (key, value) = entry?;
-        if entries.len() == 2 * count {
+        // At least one entry, so a scan always moves on.
+        if entries.len() == 2 * count || (size >= max_bytes && !entries.is_empty()) {
             next = Some(key);
             break;
         }
+        size += key.len() + value.len() + 32;
         entries.push(Reply::bulk(key));
         entries.push(Reply::bulk(value));
     }

@@ -86,8 +86,23 @@ impl Listener {
                 .map(Listener::Tcp)
                 .map_err(context),
             ListenAddr::Unix(path) => {
-                if path.exists() && UnixStream::connect(path).is_err() {
-                    let _ = std::fs::remove_file(path);
+                use std::os::unix::fs::FileTypeExt;
+                // Only a socket nobody answers on is ours to replace: any
+                // other file at the path is the operator's, and stays.
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    if !meta.file_type().is_socket() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!(
+                                "listen on {addr}: {} exists and is not a socket; remove it or \
+                                 choose another path",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    if UnixStream::connect(path).is_err() {
+                        let _ = std::fs::remove_file(path);
+                    }
                 }
                 UnixListener::bind(path)
                     .map(|l| Listener::Unix(l, path.clone()))

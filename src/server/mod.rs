@@ -224,4 +224,7 @@ pub(crate) struct Connection {
     pub(crate) id: u64,
     pub(crate) authenticated: bool,
     pub(crate) name: Option<Vec<u8>>,
+    /// The client sent `MULTI`, which rkv refuses: its commands up to
+    /// `EXEC` or `DISCARD` are refused too, never run one by one.
+    pub(crate) refused_multi: bool,
 }

@@ -199,9 +199,11 @@ impl Worker {
                 id,
                 authenticated: self.shared.config.password.is_none(),
                 name: None,
+                refused_multi: false,
             },
             buf: Vec::new(),
             start: 0,
+            parser: resp::RequestParser::default(),
             out: Vec::new(),
             written: 0,
             state: State::Open,
@@ -223,6 +225,7 @@ impl Worker {
     fn close(&mut self, token: usize) {
         if let Some(mut client) = self.clients.remove(&token) {
             let _ = client.stream.deregister(self.poll.registry());
+            self.shared.cursors.release(client.conn.id);
             self.shared
                 .stats
                 .connected_clients
@@ -251,6 +254,8 @@ struct Client {
     /// Bytes read; `buf[start..]` is not parsed yet.
     buf: Vec<u8>,
     start: usize,
+    /// Keeps a partly received request's arguments between reads.
+    parser: resp::RequestParser,
     /// Replies; `out[written..]` is not sent yet.
     out: Vec<u8>,
     written: usize,
@@ -309,14 +314,21 @@ impl Client {
         // order holds.
         let mut sets = SetBatch::default();
         while matches!(self.state, State::Open) {
-            match resp::parse_request(&self.buf[self.start..], &limits) {
+            let authenticated = self.conn.authenticated;
+            match self
+                .parser
+                .parse(&self.buf[self.start..], &limits, authenticated)
+            {
                 Ok(Some((args, used))) => {
                     self.start += used;
                     if args.is_empty() {
                         continue;
                     }
                     shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                    if self.conn.authenticated && SetBatch::accepts(&args) {
+                    if self.conn.authenticated
+                        && !self.conn.refused_multi
+                        && SetBatch::accepts(&args)
+                    {
                         sets.push(args);
                         continue;
                     }

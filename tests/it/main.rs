@@ -2,6 +2,7 @@
 //! what a user sees (output, exit codes, error sentences).
 
 mod cli;
+mod clients;
 mod faults;
 mod follower;
 mod master;

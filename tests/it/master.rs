@@ -233,6 +233,8 @@ fn redis_wording_for_bad_commands_auth_and_client_cap() {
     let s = Sandbox::new();
     let pw = s.path("pw");
     std::fs::write(&pw, "hunter2\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pw_flag = pw.display().to_string();
     let master = Daemon::master(
         &s.path("db"),

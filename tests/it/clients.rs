@@ -1,0 +1,236 @@
+//! Hostile and careless clients against the real daemons: atomic writes
+//! under races, transactions refused whole, what an unauthenticated client
+//! may send, bounded replies, cursors no client can evict, Redis's edge
+//! cases, and files private to the daemon's user.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use rkv::resp::Reply;
+
+use crate::util::{bulk, run_bin, Daemon, Sandbox};
+
+fn master(s: &Sandbox, extra: &[&str]) -> Daemon {
+    Daemon::master(&s.path("db"), &s.path("backups"), extra)
+}
+
+/// Sends raw bytes and reads until `replies` complete replies arrived (or
+/// the server closed); returns what was read.
+fn exchange(d: &Daemon, wire: &[u8], until: &[u8]) -> Vec<u8> {
+    let mut stream = d.raw();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(wire).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(until.len()).any(|w| w == until) {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    got
+}
+
+#[test]
+fn set_nx_is_atomic_against_plain_sets() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    let keys = 3000;
+    let racer = |nx: bool| {
+        let addr = m.addr.clone();
+        std::thread::spawn(move || {
+            let mut c = rkv::client::Client::connect(&addr, None).unwrap();
+            let mut wins = Vec::new();
+            for i in 0..keys {
+                let key = format!("lock:{i}");
+                let reply = if nx {
+                    c.call_raw(&[b"SET", key.as_bytes(), b"a", b"NX"]).unwrap()
+                } else {
+                    c.call_raw(&[b"SET", key.as_bytes(), b"b"]).unwrap()
+                };
+                wins.push(reply == Reply::ok());
+            }
+            wins
+        })
+    };
+    let (nx, plain) = (racer(true), racer(false));
+    let (_nx_wins, plain_wins) = (nx.join().unwrap(), plain.join().unwrap());
+    assert!(plain_wins.iter().all(|&w| w));
+    // Each key got one NX and one plain SET: whichever came first, the plain
+    // SET's value is the last one written. `a` means the NX read "absent",
+    // the plain SET wrote, and the NX wrote over it.
+    let mut c = m.client();
+    for i in 0..keys {
+        let key = format!("lock:{i}");
+        assert_eq!(
+            c.call_raw(&[b"GET", key.as_bytes()]).unwrap(),
+            bulk("b"),
+            "{key}: SET NX was not atomic against a plain SET"
+        );
+    }
+}
+
+#[test]
+fn del_counts_a_key_named_twice_once() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    let mut c = m.client();
+    c.call(&[b"SET", b"a", b"1"]).unwrap();
+    assert_eq!(c.call(&[b"DEL", b"a", b"a"]).unwrap(), Reply::Integer(1));
+}
+
+#[test]
+fn a_refused_multi_applies_nothing_of_its_transaction() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    // A client library's transaction: MULTI, the commands, EXEC, pipelined.
+    let wire = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n\
+                 *2\r\n$3\r\nDEL\r\n$1\r\nx\r\n*1\r\n$4\r\nEXEC\r\n";
+    let got = String::from_utf8(exchange(&m, wire, b"EXECABORT")).unwrap();
+    let lines: Vec<&str> = got.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 4, "{got}");
+    assert!(lines[0].starts_with("-ERR MULTI is not supported"), "{got}");
+    assert!(lines[1].starts_with("-ERR not run") && lines[2].starts_with("-ERR not run"));
+    assert_eq!(
+        lines[3],
+        "-EXECABORT Transaction discarded because of previous errors."
+    );
+    let mut c = m.client();
+    assert_eq!(c.call_raw(&[b"GET", b"k"]).unwrap(), Reply::Bulk(None));
+    assert_eq!(
+        c.call_raw(&[b"EXEC"]).unwrap(),
+        Reply::error("ERR EXEC without MULTI")
+    );
+}
+
+#[test]
+fn an_unauthenticated_client_may_send_only_small_requests() {
+    let s = Sandbox::new();
+    let pw = s.path("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pw = pw.display().to_string();
+    let m = master(&s, &["--interval", "0", "--password-file", &pw]);
+    let got = exchange(&m, b"*11\r\n", b"\r\n");
+    assert_eq!(
+        got,
+        b"-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    let got = exchange(&m, b"*2\r\n$3\r\nSET\r\n$16385\r\n", b"\r\n");
+    assert_eq!(got, b"-ERR Protocol error: unauthenticated bulk length\r\n");
+    // After AUTH the usual caps hold.
+    let mut c = rkv::client::Client::connect(&m.addr, Some(b"secret")).unwrap();
+    let big = vec![b'x'; 100_000];
+    assert_eq!(c.call(&[b"SET", b"k", &big]).unwrap(), Reply::ok());
+    // A wrong AUTH does not log a connection out; AUTH a b c is a syntax error.
+    assert!(
+        matches!(c.call_raw(&[b"AUTH", b"wrong"]).unwrap(), Reply::Error(e) if e.starts_with("WRONGPASS"))
+    );
+    assert_eq!(c.call(&[b"GET", b"k"]).unwrap(), Reply::bulk(big));
+    assert_eq!(
+        c.call_raw(&[b"AUTH", b"a", b"b", b"c"]).unwrap(),
+        Reply::error("ERR syntax error")
+    );
+}
+
+#[test]
+fn one_reply_cannot_exceed_max_reply_bytes() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0", "--max-reply-bytes", "1MiB"]);
+    let mut c = m.client();
+    let value = vec![b'v'; 400 << 10];
+    for k in [b"a", b"b", b"c"] {
+        c.call(&[b"SET", k, &value]).unwrap();
+    }
+    let reply = c.call_raw(&[b"MGET", b"a", b"b", b"c"]).unwrap();
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.contains("--max-reply-bytes")),
+        "{reply:?}"
+    );
+    let Reply::Array(Some(two)) = c.call(&[b"MGET", b"a", b"b"]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(two.len(), 2);
+}
+
+#[test]
+fn one_client_cannot_evict_another_clients_scan_cursor() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    let mut c = m.client();
+    for i in 0..50 {
+        c.call(&[b"SET", format!("k{i:02}").as_bytes(), b"v"])
+            .unwrap();
+    }
+    let Reply::Array(Some(first)) = c.call(&[b"SCAN", b"0", b"COUNT", b"5"]).unwrap() else {
+        panic!()
+    };
+    let Reply::Bulk(Some(cursor)) = &first[0] else {
+        panic!()
+    };
+    // Another client opens twenty thousand cursors.
+    let mut hog = m.client();
+    for _ in 0..20_000 {
+        hog.call(&[b"SCAN", b"0", b"COUNT", b"1"]).unwrap();
+    }
+    let reply = c.call_raw(&[b"SCAN", cursor, b"COUNT", b"5"]).unwrap();
+    assert!(matches!(reply, Reply::Array(Some(_))), "{reply:?}");
+}
+
+#[test]
+fn a_unix_listen_path_that_is_not_a_socket_is_left_alone() {
+    let s = Sandbox::new();
+    let file = s.path("precious");
+    std::fs::write(&file, b"keep me").unwrap();
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_rkv-master"),
+        &[
+            "--db",
+            &s.path("db").display().to_string(),
+            "--backup-dir",
+            &s.path("backups").display().to_string(),
+            "--listen",
+            &format!("unix:{}", file.display()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[test]
+fn redis_edge_cases_inline_quotes_and_long_unknown_commands() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    assert_eq!(
+        exchange(&m, b"SET \"a b\r\n", b"\r\n"),
+        b"-ERR Protocol error: unbalanced quotes in request\r\n"
+    );
+    assert_eq!(
+        exchange(&m, b"SET \"a b\" 'c d'\r\nGET \"a b\"\r\n", b"c d\r\n"),
+        b"+OK\r\n$3\r\nc d\r\n"
+    );
+    let huge = vec![b'z'; 10 << 20];
+    let reply = m.client().call_raw(&[b"NOSUCH", &huge]).unwrap();
+    let Reply::Error(e) = reply else { panic!() };
+    assert!(e.len() < 400, "a {} byte error line", e.len());
+    assert!(e.starts_with("ERR unknown command 'NOSUCH', with args beginning with: 'zzz"));
+}
+
+#[test]
+fn what_the_daemons_create_is_private_whatever_the_umask() {
+    // The test runs under the shell's umask (022 in CI): the daemon's own
+    // 077 must win. (Changing the umask here would race the other tests.)
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    m.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    m.client().call(&[b"SAVE"]).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.path("db")), 0o700);
+    assert_eq!(mode(&s.path("backups")), 0o700);
+    assert_eq!(mode(&s.path("backups/meta/1")) & 0o077, 0);
+    assert_eq!(mode(&s.path("db/CURRENT")) & 0o077, 0);
+}
