@@ -3,9 +3,12 @@
 # injects the faults an operator meets (kill -9 of the master during backups
 # and of followers during applies, damaged backup files, full disks,
 # retention shorter than a restore, two masters on one directory, a replaced
-# directory, a master clock hours off, an idle follower), prints one line of
-# figures per scenario and writes RELIABILITY.md and reliability-recovery.png.
-# Exits 1 when any scenario lost a write, served wrong data or got stuck.
+# directory, a master clock hours off, an idle follower) and hostile clients
+# (a seeded RESP fuzzer, thousands of connections, unauthenticated floods,
+# slow and non-reading clients, a 100,000-command pipeline, a
+# million-argument request), prints one line of figures per scenario and
+# writes RELIABILITY.md and reliability-recovery.png. Exits 1 when any
+# scenario lost a write, served wrong data, crashed, hung or got stuck.
 #
 # Usage: scripts/faults.sh [--quick] [--out DIR] [--only NAME,…] [--seed N]
 #

@@ -2,11 +2,13 @@
 //! and loopback ports, injects the faults an operator meets (kill -9 of
 //! either daemon at random moments, damaged backup files, full disks,
 //! retention shorter than a restore, two masters on one directory, a
-//! replaced directory, skewed clocks), checks what users rely on, and
-//! prints one line of figures per scenario. It writes RELIABILITY.md and a
-//! plot into --out. Exits 1 when any scenario lost, served wrong or got
-//! stuck. Run it through `scripts/faults.sh`.
+//! replaced directory, skewed clocks) and hostile clients (a seeded
+//! fuzzer, floods, slow and non-reading clients), checks what users rely
+//! on, and prints one line of figures per scenario. It writes
+//! RELIABILITY.md and a plot into --out. Exits 1 when any scenario lost,
+//! served wrong or got stuck. Run it through `scripts/faults.sh`.
 
+mod hostile;
 mod procs;
 mod scenarios;
 
@@ -55,6 +57,8 @@ pub struct Plan {
     pub swaps: usize,
     pub corruptions: usize,
     pub idle: Duration,
+    pub fuzz_requests: usize,
+    pub connections: usize,
 }
 
 pub fn log(message: &str) {
@@ -95,6 +99,8 @@ fn main() {
             swaps: 20,
             corruptions: 4,
             idle: Duration::from_secs(10),
+            fuzz_requests: 20_000,
+            connections: 1_000,
         }
     } else {
         Plan {
@@ -103,6 +109,8 @@ fn main() {
             swaps: 100,
             corruptions: 20,
             idle: Duration::from_secs(60),
+            fuzz_requests: 200_000,
+            connections: 5_000,
         }
     };
     std::fs::create_dir_all(&args.out).expect("create --out");
@@ -189,12 +197,20 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
         md,
         "Tries: {} master kills, {} follower kills, {} swaps under reads, {} corruptions \
          (shared SST flipped and truncated, private file flipped, meta truncated, in turn), \
-         an idle follower watched for {}.\n",
+         an idle follower watched for {}; then hostile clients: {} fuzzed requests (valid \
+         commands, then one mutated: flipped, cut or inserted bytes, huge declared lengths, \
+         10,000-deep nesting, random bytes), {} connections at once, unauthenticated floods, \
+         slow senders, clients that never read, a 100,000-command pipeline and a \
+         million-argument request. Peak memory of a daemon under hostile clients must stay \
+         under {:.0} MiB.\n",
         plan.master_kills,
         plan.follower_kills,
         plan.swaps,
         plan.corruptions,
-        humantime::format_duration(plan.idle)
+        humantime::format_duration(plan.idle),
+        plan.fuzz_requests,
+        plan.connections,
+        hostile::RSS_BOUND_MIB
     );
     let _ = writeln!(
         md,

@@ -96,7 +96,8 @@ impl Proc {
         loop {
             if proc
                 .client()
-                .is_some_and(|mut c| c.call(&[b"PING"]).is_ok())
+                // Any reply will do: with a password it is NOAUTH.
+                .is_some_and(|mut c| c.call_raw(&[b"PING"]).is_ok())
             {
                 return Ok(proc);
             }

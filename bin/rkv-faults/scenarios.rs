@@ -28,6 +28,9 @@ pub const NAMES: &[&str] = &[
     "replaced-dir",
     "clock-skew",
     "idle-follower",
+    "fuzz",
+    "floods",
+    "big-request",
 ];
 
 pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
@@ -43,6 +46,9 @@ pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
         "replaced-dir" => replaced_dir(dir),
         "clock-skew" => clock_skew(dir),
         "idle-follower" => idle_follower(dir, plan.idle),
+        "fuzz" => crate::hostile::fuzz(dir, plan.fuzz_requests, rng),
+        "floods" => crate::hostile::floods(dir, plan.connections),
+        "big-request" => crate::hostile::big_request(dir, 1_000_000),
         _ => unreachable!("unknown scenario {name}"),
     }
 }
