@@ -12,19 +12,11 @@ use std::time::{Duration, Instant};
 use rkv::resp::Reply;
 
 use crate::procs::{wait_for, Proc};
+use crate::scenarios::outcome;
 use crate::{Outcome, Rng};
 
 /// Peak resident memory a hostile scenario may drive a daemon to.
 pub const RSS_BOUND_MIB: f64 = 512.0;
-
-fn outcome(name: &'static str, ok: bool, line: String) -> Outcome {
-    Outcome {
-        name,
-        line,
-        ok,
-        recoveries_ms: Vec::new(),
-    }
-}
 
 fn peak_rss_mib(proc: &Proc) -> f64 {
     let status =

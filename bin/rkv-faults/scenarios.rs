@@ -53,7 +53,8 @@ pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
     }
 }
 
-fn outcome(name: &'static str, ok: bool, line: String) -> Outcome {
+/// A scenario's outcome without recovery times.
+pub fn outcome(name: &'static str, ok: bool, line: String) -> Outcome {
     Outcome {
         name,
         line,
