@@ -1,22 +1,13 @@
-//! `rkv-follower`'s flags (each also an `RKV_*` environment variable), their
-//! validation, and the daemon's lifecycle: lock the data directory, serve
-//! `current` at once, then watch and poll the backup directory.
+//! `rkv-follower`'s flags (each also an `RKV_*` environment variable) and
+//! their validation into a [`FollowerConfig`].
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 
-use super::{Follower, PollOutcome};
-use crate::backup::BackupDir;
-use crate::daemon::{self, DaemonFile, Notifier, ServerArgs};
-use crate::db::BlockCache;
-use crate::server::{ListenAddr, Server, ServerConfig};
-
-use super::generations::DataDir;
+use crate::daemon::{self, ServerArgs};
+use crate::server::{ListenAddr, ServerConfig};
 
 const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable named in brackets.
@@ -163,172 +154,6 @@ impl FollowerArgs {
     }
 }
 
-/// `rkv-follower`'s entry point: returns the exit code (0 clean stop, 1
-/// failure, 2 bad configuration).
-pub fn main() -> i32 {
-    let args = FollowerArgs::parse();
-    let log_format = args.server.log_format;
-    let umask = args.server.umask;
-    daemon::daemon_main("rkv-follower", log_format, umask, args.validate(), run)
-}
-
-/// Runs the follower until SIGTERM/SIGINT.
-pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
-    let signals = daemon::watch_signals().context("install signal handlers")?;
-    let data = DataDir::lock(&config.data)?;
-    let store =
-        BackupDir::new(&config.backup_dir).with_restore_rate_limit(config.restore_rate_limit);
-    let cache = BlockCache::new(config.cache_size);
-    let follower = Follower::open(
-        store,
-        data,
-        config.max_staleness,
-        config.stale_reads,
-        Some(cache),
-    )
-    .with_context(|| format!("open the data directory {}", config.data.display()))?;
-    let follower = Arc::new(follower);
-    let server = Server::start(config.server.clone(), Arc::clone(&follower) as _)
-        .context("start the server")?;
-    let addrs = daemon::announce(&config.data, "follower", &server);
-    tracing::info!(
-        "rkv-follower serving {} on {}; following {}",
-        config.data.display(),
-        addrs.join(", "),
-        config.backup_dir.display()
-    );
-    // Ready before catching up: the current generation is served already.
-    let notifier = Notifier::from_env();
-    notifier.ready(&follower.status_line());
-
-    let (wake_tx, wake_rx) = mpsc::channel::<()>();
-    let mut watcher = MetaWatcher::new(&config.backup_dir, wake_tx);
-    let worker = {
-        let follower = Arc::clone(&follower);
-        let poll_interval = config.poll_interval;
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let handle = std::thread::Builder::new()
-            .name("rkv-apply".into())
-            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &stop_rx))
-            .context("start the apply thread")?;
-        (handle, stop_tx)
-    };
-
-    daemon::serve_until_terminated(
-        &signals,
-        &notifier,
-        || tracing::info!("SIGUSR1: nothing to do on a follower"),
-        || watcher.ensure(),
-        || follower.status_line(),
-    );
-
-    tracing::info!("shutting down: no new clients; finishing requests in flight");
-    notifier.stopping();
-    server.shutdown(Duration::from_secs(10));
-    let (handle, stop_tx) = worker;
-    drop(stop_tx);
-    watcher.wake();
-    let _ = handle.join();
-    DaemonFile::remove(&config.data);
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Polls on every filesystem event and at least every `poll_interval`,
-/// until `stop` closes. A failed backup is retried with its own backoff.
-fn apply_loop(
-    follower: &Follower,
-    poll_interval: Duration,
-    wake: &mpsc::Receiver<()>,
-    stop: &mpsc::Receiver<()>,
-) {
-    loop {
-        if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-            return;
-        }
-        if let PollOutcome::Applied(_) = follower.poll() {
-            // A newer backup may have landed during the apply.
-            continue;
-        }
-        let deadline = Instant::now() + poll_interval;
-        // Events come in bursts (a backup writes many files): drain them.
-        match wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(()) => while wake.try_recv().is_ok() {},
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll_interval),
-        }
-        follower.release_retired();
-    }
-}
-
-/// A filesystem watch on the backup directory's `meta/`, where a complete
-/// backup appears as a renamed file, and on the directory itself, where the
-/// master's heartbeat is renamed into place every second. Set up once
-/// `meta/` exists.
-struct MetaWatcher {
-    backup_dir: PathBuf,
-    wake: mpsc::Sender<()>,
-    watcher: Option<notify::RecommendedWatcher>,
-}
-
-/// Whether a filesystem event can mean a new backup or heartbeat: a file
-/// created or renamed. Opens and reads are not: the follower's own listing
-/// of `meta/` is one, and waking on it would make an idle follower poll
-/// itself in a loop.
-fn is_news(event: &notify::Event) -> bool {
-    use notify::event::{EventKind, ModifyKind};
-    matches!(
-        event.kind,
-        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
-    )
-}
-
-impl MetaWatcher {
-    fn new(backup_dir: &Path, wake: mpsc::Sender<()>) -> MetaWatcher {
-        let mut watcher = MetaWatcher {
-            backup_dir: backup_dir.to_path_buf(),
-            wake,
-            watcher: None,
-        };
-        watcher.ensure();
-        watcher
-    }
-
-    /// Starts watching if `meta/` exists and no watch is on yet.
-    fn ensure(&mut self) {
-        use notify::Watcher;
-        let meta = self.backup_dir.join("meta");
-        if self.watcher.is_some() || !meta.is_dir() {
-            return;
-        }
-        let wake = self.wake.clone();
-        let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| is_news(&e)) {
-                let _ = wake.send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(error = %e, "no filesystem watcher; relying on polling");
-                return;
-            }
-        };
-        for dir in [&meta, &self.backup_dir] {
-            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(error = %e, "cannot watch {}; relying on polling", dir.display());
-                return;
-            }
-        }
-        tracing::debug!("watching {}", meta.display());
-        self.watcher = Some(watcher);
-    }
-
-    fn wake(&self) {
-        let _ = self.wake.send(());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,23 +162,6 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         FollowerArgs::command().debug_assert();
-    }
-
-    #[test]
-    fn only_creates_and_renames_wake_the_follower() {
-        use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
-        let event = |kind| notify::Event::new(kind);
-        assert!(is_news(&event(EventKind::Create(CreateKind::File))));
-        assert!(is_news(&event(EventKind::Modify(ModifyKind::Name(
-            RenameMode::To
-        )))));
-        // The follower's own listing of meta/ must not wake it.
-        assert!(!is_news(&event(EventKind::Access(AccessKind::Open(
-            notify::event::AccessMode::Any
-        )))));
-        assert!(!is_news(&event(EventKind::Access(AccessKind::Close(
-            notify::event::AccessMode::Read
-        )))));
     }
 
     fn parse(extra: &[&str]) -> Result<FollowerConfig, String> {

@@ -10,6 +10,8 @@
 
 mod config;
 pub mod generations;
+mod run;
+mod watch;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -24,8 +26,9 @@ use crate::error::{Error, Result};
 use crate::resp::Reply;
 use crate::server::Backend;
 
-pub use config::{main, FollowerArgs, FollowerConfig, StaleReads};
+pub use config::{FollowerArgs, FollowerConfig, StaleReads};
 use generations::DataDir;
+pub use run::{main, run};
 
 /// The generation being served.
 pub struct Generation {

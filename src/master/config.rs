@@ -1,19 +1,15 @@
 //! `rkv-master`'s flags (each also an `RKV_*` environment variable, so a
-//! systemd env file needs no parser), their validation, and the daemon's
-//! lifecycle: open, listen, announce, serve, back up, shut down.
+//! systemd env file needs no parser) and their validation into a
+//! [`MasterConfig`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 
-use super::{Master, StepOutcome};
-use crate::backup::{BackupDir, Retention};
-use crate::daemon::{self, DaemonFile, Notifier, ServerArgs};
-use crate::db::BlockCache;
-use crate::server::{ListenAddr, Server, ServerConfig};
+use crate::backup::Retention;
+use crate::daemon::{self, ServerArgs};
+use crate::server::{ListenAddr, ServerConfig};
 
 const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable named in brackets.
@@ -171,82 +167,6 @@ impl MasterArgs {
             server,
         })
     }
-}
-
-/// `rkv-master`'s entry point: returns the exit code (0 clean stop, 1 failure,
-/// 2 bad configuration).
-pub fn main() -> i32 {
-    let args = MasterArgs::parse();
-    let log_format = args.server.log_format;
-    let umask = args.server.umask;
-    daemon::daemon_main("rkv-master", log_format, umask, args.validate(), run)
-}
-
-/// Runs the master until SIGTERM/SIGINT.
-pub fn run(config: MasterConfig) -> anyhow::Result<()> {
-    let signals = daemon::watch_signals().context("install signal handlers")?;
-    let store = BackupDir::new(&config.backup_dir);
-    let cache = BlockCache::new(config.cache_size);
-    let master = Master::open(
-        &config.db,
-        store,
-        config.retention,
-        config.sync_writes,
-        Some(&cache),
-    )
-    .with_context(|| format!("open the database at {}", config.db.display()))?;
-    master.claim(config.take_over)?;
-    let master = Arc::new(master);
-    let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
-        .context("start the server")?;
-    let addrs = daemon::announce(&config.db, "master", &server);
-    let backup_loop = master.start_loop(config.interval, config.scrub_interval);
-    // Not joined at exit: a heartbeat stuck on a stalled filesystem must not
-    // hold up the shutdown.
-    let _heartbeat = master.start_heartbeat();
-    tracing::info!(
-        "rkv-master serving {} on {}; backups to {} every {}",
-        config.db.display(),
-        addrs.join(", "),
-        config.backup_dir.display(),
-        if config.interval.is_zero() {
-            "request only".to_string()
-        } else {
-            humantime::format_duration(config.interval).to_string()
-        }
-    );
-    let notifier = Notifier::from_env();
-    notifier.ready(&master.status_line());
-
-    daemon::serve_until_terminated(
-        &signals,
-        &notifier,
-        || {
-            tracing::info!("SIGUSR1: backing up now");
-            master.request_backup();
-        },
-        || {},
-        || master.status_line(),
-    );
-
-    tracing::info!("shutting down: no new clients; finishing requests in flight");
-    notifier.stopping();
-    server.shutdown(Duration::from_secs(10));
-    master.stop_loop();
-    let _ = backup_loop.join();
-    let mut result = Ok(());
-    if config.backup_on_exit {
-        match master.backup_step() {
-            StepOutcome::Unchanged => {
-                tracing::info!("no changes since the last backup; no final backup")
-            }
-            StepOutcome::Created(stats) => tracing::info!("final backup {} taken", stats.info.id),
-            StepOutcome::Failed(e) => result = Err(anyhow::anyhow!("the final backup failed: {e}")),
-        }
-    }
-    DaemonFile::remove(&config.db);
-    tracing::info!("stopped");
-    result
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 mod config;
 pub mod lease;
+mod run;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +23,9 @@ use crate::error::{Error, Result};
 use crate::resp::Reply;
 use crate::server::Backend;
 
-pub use config::{main, MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
+pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
 use lease::{Claim, Identity};
+pub use run::{main, run};
 
 /// How often the heartbeat (and lease) is rewritten.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);

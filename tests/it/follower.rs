@@ -468,3 +468,20 @@ fn stale_reads_are_served_but_reported_by_default() {
     assert_eq!(follower.info("rkv_stale_reads").as_deref(), Some("serve"));
     assert!(follower.info_num("rkv_staleness_ms") > 1000);
 }
+
+#[test]
+fn json_logs_carry_the_apply_as_fields() {
+    let s = Sandbox::new();
+    let (master, follower) = pair(&s, &["--log-format", "json"]);
+    set_and_replicate(&master, &follower, "k", "v");
+    let log = follower.log();
+    let applied = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "applied backup")
+        .unwrap_or_else(|| panic!("no applied-backup line in:\n{log}"));
+    let fields = &applied["fields"];
+    assert_eq!(fields["backup_id"], 1);
+    assert!(fields["bytes_copied"].as_u64().unwrap() > 0, "{applied}");
+    assert!(fields["duration_ms"].is_u64(), "{applied}");
+}

@@ -1,0 +1,117 @@
+//! The follower daemon's lifecycle: lock the data directory, serve
+//! `current` at once, then apply new backups as the watch or the poll timer
+//! finds them, until SIGTERM.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+use super::config::{FollowerArgs, FollowerConfig};
+use super::generations::DataDir;
+use super::watch::MetaWatcher;
+use super::{Follower, PollOutcome};
+use crate::backup::BackupDir;
+use crate::daemon::{self, DaemonFile, Notifier};
+use crate::db::BlockCache;
+use crate::server::Server;
+
+/// `rkv-follower`'s entry point: returns the exit code (0 clean stop, 1
+/// failure, 2 bad configuration).
+pub fn main() -> i32 {
+    let args = FollowerArgs::parse();
+    let log_format = args.server.log_format;
+    let umask = args.server.umask;
+    daemon::daemon_main("rkv-follower", log_format, umask, args.validate(), run)
+}
+
+/// Runs the follower until SIGTERM/SIGINT.
+pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
+    let signals = daemon::watch_signals().context("install signal handlers")?;
+    let data = DataDir::lock(&config.data)?;
+    let store =
+        BackupDir::new(&config.backup_dir).with_restore_rate_limit(config.restore_rate_limit);
+    let cache = BlockCache::new(config.cache_size);
+    let follower = Follower::open(
+        store,
+        data,
+        config.max_staleness,
+        config.stale_reads,
+        Some(cache),
+    )
+    .with_context(|| format!("open the data directory {}", config.data.display()))?;
+    let follower = Arc::new(follower);
+    let server = Server::start(config.server.clone(), Arc::clone(&follower) as _)
+        .context("start the server")?;
+    let addrs = daemon::announce(&config.data, "follower", &server);
+    tracing::info!(
+        "rkv-follower serving {} on {}; following {}",
+        config.data.display(),
+        addrs.join(", "),
+        config.backup_dir.display()
+    );
+    // Ready before catching up: the current generation is served already.
+    let notifier = Notifier::from_env();
+    notifier.ready(&follower.status_line());
+
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let mut watcher = MetaWatcher::new(&config.backup_dir, wake_tx);
+    let worker = {
+        let follower = Arc::clone(&follower);
+        let poll_interval = config.poll_interval;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("rkv-apply".into())
+            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &stop_rx))
+            .context("start the apply thread")?;
+        (handle, stop_tx)
+    };
+
+    daemon::serve_until_terminated(
+        &signals,
+        &notifier,
+        || tracing::info!("SIGUSR1: nothing to do on a follower"),
+        || watcher.ensure(),
+        || follower.status_line(),
+    );
+
+    tracing::info!("shutting down: no new clients; finishing requests in flight");
+    notifier.stopping();
+    server.shutdown(Duration::from_secs(10));
+    let (handle, stop_tx) = worker;
+    drop(stop_tx);
+    watcher.wake();
+    let _ = handle.join();
+    DaemonFile::remove(&config.data);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Polls on every filesystem event and at least every `poll_interval`,
+/// until `stop` closes. A failed backup is retried with its own backoff.
+fn apply_loop(
+    follower: &Follower,
+    poll_interval: Duration,
+    wake: &mpsc::Receiver<()>,
+    stop: &mpsc::Receiver<()>,
+) {
+    loop {
+        if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+            return;
+        }
+        if let PollOutcome::Applied(_) = follower.poll() {
+            // A newer backup may have landed during the apply.
+            continue;
+        }
+        let deadline = Instant::now() + poll_interval;
+        // Events come in bursts (a backup writes many files): drain them.
+        match wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(()) => while wake.try_recv().is_ok() {},
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll_interval),
+        }
+        follower.release_retired();
+    }
+}
