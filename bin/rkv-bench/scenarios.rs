@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rkv::backup::{BackupDir, BackupStore, RestoreMode};
+use rkv::backup::{BackupDir, BackupSource, RestoreMode};
 use rkv::db::{Db, OpenMode};
 use rkv::resp::Reply;
 use rocksdb::WriteBatch;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rkv::backup::{BackupDir, BackupStore};
+use rkv::backup::{BackupDir, BackupSource};
 use rkv::resp::Reply;
 
 use crate::procs::{wait_for, Proc};

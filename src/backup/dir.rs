@@ -17,8 +17,8 @@ use rocksdb::Env;
 
 use super::meta;
 use super::{
-    unix_ms, AppMetadata, BackupInfo, BackupStore, CreateStats, Damage, Heartbeat, RestoreMode,
-    RestoreStats, Retention, ScrubCursor,
+    unix_ms, AppMetadata, BackupInfo, BackupSink, BackupSource, CreateStats, Damage, Heartbeat,
+    RestoreMode, RestoreStats, Retention, ScrubCursor,
 };
 use crate::db::{self, Db};
 use crate::error::{Error, Result};
@@ -68,11 +68,13 @@ impl BackupDir {
 
     /// The path of backup `id`'s meta file; it exists only once the backup is
     /// complete (BackupEngine writes `meta/.<id>.tmp` and renames it).
-    pub fn meta_path(&self, id: u32) -> PathBuf {
+    fn meta_path(&self, id: u32) -> PathBuf {
         self.path.join(META_DIR).join(id.to_string())
     }
 
-    /// Reads and parses backup `id`'s meta file.
+    /// Reads and parses backup `id`'s meta file: the backup's files and
+    /// their checksums (for tools such as the fault suite; the daemons go
+    /// through [`BackupSource`] and [`BackupSink`]).
     pub fn read_meta(&self, id: u32) -> Result<meta::BackupMeta> {
         let path = self.meta_path(id);
         let text = fs::read_to_string(&path).map_err(|e| {
@@ -188,7 +190,7 @@ impl BackupDir {
 
     /// The first file of backup `id` that is damaged, described; `None` when
     /// every file checks (or the meta file cannot be read).
-    pub fn find_damage(&self, id: u32) -> Option<String> {
+    fn damage_in(&self, id: u32) -> Option<String> {
         match self.read_meta(id) {
             Ok(meta) => meta.files.iter().find_map(|f| self.check_file(f)),
             Err(Error::BackupCorrupt { detail, .. }) => Some(detail),
@@ -212,7 +214,7 @@ impl BackupDir {
     /// [`Error::BackupDirLocked`] when another process holds it; `Ok(None)`
     /// when the filesystem has no working locks (the lease in the heartbeat
     /// still fences a second master there).
-    pub fn lock_for_master(&self) -> Result<Option<fs::File>> {
+    fn take_master_lock(&self) -> Result<Option<fs::File>> {
         fs::create_dir_all(&self.path)
             .map_err(|e| Error::io(format!("create {}", self.path.display()), e))?;
         let path = self.path.join(MASTER_LOCK);
@@ -243,7 +245,7 @@ impl BackupDir {
     /// going on from `cursor` and reading at most `budget` bytes, so that a
     /// large directory is scrubbed over several calls; wraps around at the
     /// end. Meta files that cannot be parsed count as damaged too.
-    pub fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
+    fn scrub_files(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
         let mut files: Vec<(String, meta::MetaFile, Vec<u32>)> = Vec::new();
         let mut damage = Vec::new();
         let mut by_path: HashMap<String, usize> = HashMap::new();
@@ -296,9 +298,9 @@ impl BackupDir {
     /// them again from the database (a shared file's name is its content's
     /// identity: a fresh copy is what every backup listing it recorded).
     /// A damaged meta file takes its backup with it, unless it is the
-    /// newest: [`BackupDir::drop_incomplete`] drops that one once a newer
+    /// newest: [`BackupSink::drop_incomplete`] drops that one once a newer
     /// backup exists.
-    pub fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
+    fn remove_damaged_files(&self, damage: &[Damage]) -> Result<()> {
         let newest = self.meta_ids().last().copied();
         for d in damage {
             if let Some(id) = d.path.strip_prefix(&format!("{META_DIR}/")) {
@@ -321,11 +323,11 @@ impl BackupDir {
     }
 
     /// Drops every backup but the newest whose files are not all present with
-    /// their recorded sizes (after [`BackupDir::remove_damaged`], those whose
+    /// their recorded sizes (after [`BackupSink::remove_damaged`], those whose
     /// damaged file the database no longer has), and the shared files no
     /// backup lists any more. The newest stays so that ids never go back.
     /// Returns the ids dropped.
-    pub fn drop_incomplete(&self) -> Result<Vec<u32>> {
+    fn drop_incomplete_backups(&self) -> Result<Vec<u32>> {
         let ids = self.meta_ids();
         let Some(&newest) = ids.last() else {
             return Ok(Vec::new());
@@ -402,7 +404,21 @@ pub(super) fn size_mismatch_file(message: &str) -> Option<String> {
     Some(name.to_string())
 }
 
-impl BackupStore for BackupDir {
+impl BackupSource for BackupDir {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn find_damage(&self, id: u32) -> Option<String> {
+        self.damage_in(id)
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        // A complete backup appears as a file renamed into meta/; the
+        // heartbeat is renamed into the directory itself.
+        vec![self.path.join(META_DIR), self.path.clone()]
+    }
+
     fn list(&self) -> Result<Vec<BackupInfo>> {
         match self.check_readable() {
             Err(Error::NoBackups { .. }) => return Ok(Vec::new()),
@@ -426,6 +442,129 @@ impl BackupStore for BackupDir {
             .max())
     }
 
+    fn verify(&self, id: u32) -> Result<()> {
+        let engine = self.engine(false)?;
+        if !engine.get_backup_info().iter().any(|b| b.backup_id == id) {
+            // RocksDB leaves a backup whose files are missing or truncated out
+            // of its list; tell that apart from an id that never existed.
+            if self.meta_path(id).is_file() {
+                return Err(Error::BackupCorrupt {
+                    id,
+                    detail: self.damage_in(id).unwrap_or_else(|| {
+                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
+                         size)"
+                            .to_string()
+                    }),
+                });
+            }
+            return Err(Error::BackupNotFound {
+                id,
+                path: self.path.clone(),
+            });
+        }
+        engine.verify_backup(id).map_err(|e| Error::BackupCorrupt {
+            id,
+            detail: e.to_string(),
+        })?;
+        match self
+            .read_meta(id)?
+            .files
+            .iter()
+            .find_map(|f| self.check_file(f))
+        {
+            Some(detail) => Err(Error::BackupCorrupt { id, detail }),
+            None => Ok(()),
+        }
+    }
+
+    fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
+        let started = Instant::now();
+        // One engine for the lookup and the restore: opening one reads every
+        // meta file and lists every shared file.
+        let mut engine = self.engine(false)?;
+        let backups = infos(&engine);
+        let id = match id {
+            None => backups
+                .last()
+                .map(|b| b.id)
+                .ok_or_else(|| Error::NoBackups {
+                    path: self.path.clone(),
+                })?,
+            Some(id) if backups.iter().any(|b| b.id == id) => id,
+            Some(id) if self.meta_path(id).is_file() => {
+                return Err(Error::BackupCorrupt {
+                    id,
+                    detail: self.damage_in(id).unwrap_or_else(|| {
+                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
+                         size)"
+                            .to_string()
+                    }),
+                })
+            }
+            Some(id) => {
+                return Err(Error::BackupNotFound {
+                    id,
+                    path: self.path.clone(),
+                })
+            }
+        };
+        if db::holds_db(dest) && db::is_locked(dest)? {
+            return Err(Error::RestoreTargetInUse {
+                path: dest.to_path_buf(),
+            });
+        }
+        let before = snapshot(dest);
+        let mut options = RestoreOptions::default();
+        options.set_keep_log_files(false);
+        options.set_mode(match mode {
+            RestoreMode::Full => EngineRestoreMode::KPurgeAllFiles,
+            RestoreMode::KeepMatchingFiles => EngineRestoreMode::KKeepLatestDbSessionIdFiles,
+        });
+        engine
+            .restore_from_backup(dest, dest, &options, id)
+            .map_err(|e| {
+                let message = e.to_string();
+                if message.starts_with("Corruption") || message.contains("checksum mismatch") {
+                    // RocksDB's message names no file; find it.
+                    Error::BackupCorrupt {
+                        id,
+                        detail: self.damage_in(id).unwrap_or(message),
+                    }
+                } else {
+                    Error::rocksdb(format!("restore backup {id} into {}", dest.display()), e)
+                }
+            })?;
+        let after = snapshot(dest);
+        let mut stats = RestoreStats {
+            id,
+            bytes_copied: 0,
+            files_copied: 0,
+            files_kept: 0,
+            duration: Duration::ZERO,
+        };
+        for (name, (inode, size)) in &after {
+            if before.get(name).is_some_and(|(old, _)| old == inode) {
+                stats.files_kept += 1;
+            } else {
+                stats.files_copied += 1;
+                stats.bytes_copied += size;
+            }
+        }
+        stats.duration = started.elapsed();
+        Ok(stats)
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.meta_path(id).exists()
+    }
+
+    fn read_heartbeat(&self) -> Option<Heartbeat> {
+        let bytes = fs::read(self.path.join(HEARTBEAT)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+impl BackupSink for BackupDir {
     fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
         let started = Instant::now();
         let mut engine = self.engine(true)?;
@@ -491,118 +630,6 @@ impl BackupStore for BackupDir {
         })
     }
 
-    fn verify(&self, id: u32) -> Result<()> {
-        let engine = self.engine(false)?;
-        if !engine.get_backup_info().iter().any(|b| b.backup_id == id) {
-            // RocksDB leaves a backup whose files are missing or truncated out
-            // of its list; tell that apart from an id that never existed.
-            if self.meta_path(id).is_file() {
-                return Err(Error::BackupCorrupt {
-                    id,
-                    detail: self.find_damage(id).unwrap_or_else(|| {
-                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
-                         size)"
-                            .to_string()
-                    }),
-                });
-            }
-            return Err(Error::BackupNotFound {
-                id,
-                path: self.path.clone(),
-            });
-        }
-        engine.verify_backup(id).map_err(|e| Error::BackupCorrupt {
-            id,
-            detail: e.to_string(),
-        })?;
-        match self
-            .read_meta(id)?
-            .files
-            .iter()
-            .find_map(|f| self.check_file(f))
-        {
-            Some(detail) => Err(Error::BackupCorrupt { id, detail }),
-            None => Ok(()),
-        }
-    }
-
-    fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
-        let started = Instant::now();
-        // One engine for the lookup and the restore: opening one reads every
-        // meta file and lists every shared file.
-        let mut engine = self.engine(false)?;
-        let backups = infos(&engine);
-        let id = match id {
-            None => backups
-                .last()
-                .map(|b| b.id)
-                .ok_or_else(|| Error::NoBackups {
-                    path: self.path.clone(),
-                })?,
-            Some(id) if backups.iter().any(|b| b.id == id) => id,
-            Some(id) if self.meta_path(id).is_file() => {
-                return Err(Error::BackupCorrupt {
-                    id,
-                    detail: self.find_damage(id).unwrap_or_else(|| {
-                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
-                         size)"
-                            .to_string()
-                    }),
-                })
-            }
-            Some(id) => {
-                return Err(Error::BackupNotFound {
-                    id,
-                    path: self.path.clone(),
-                })
-            }
-        };
-        if db::holds_db(dest) && db::is_locked(dest)? {
-            return Err(Error::RestoreTargetInUse {
-                path: dest.to_path_buf(),
-            });
-        }
-        let before = snapshot(dest);
-        let mut options = RestoreOptions::default();
-        options.set_keep_log_files(false);
-        options.set_mode(match mode {
-            RestoreMode::Full => EngineRestoreMode::KPurgeAllFiles,
-            RestoreMode::KeepMatchingFiles => EngineRestoreMode::KKeepLatestDbSessionIdFiles,
-        });
-        engine
-            .restore_from_backup(dest, dest, &options, id)
-            .map_err(|e| {
-                let message = e.to_string();
-                if message.starts_with("Corruption") || message.contains("checksum mismatch") {
-                    // RocksDB's message names no file; find it.
-                    Error::BackupCorrupt {
-                        id,
-                        detail: self.find_damage(id).unwrap_or(message),
-                    }
-                } else {
-                    Error::rocksdb(format!("restore backup {id} into {}", dest.display()), e)
-                }
-            })?;
-        let after = snapshot(dest);
-        let mut stats = RestoreStats {
-            id,
-            bytes_copied: 0,
-            files_copied: 0,
-            files_kept: 0,
-            duration: Duration::ZERO,
-        };
-        for (name, (inode, size)) in &after {
-            if before.get(name).is_some_and(|(old, _)| old == inode) {
-                stats.files_kept += 1;
-            } else {
-                stats.files_copied += 1;
-                stats.bytes_copied += size;
-            }
-        }
-        stats.duration = started.elapsed();
-        Ok(stats)
-    }
-
     fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>> {
         let backups = self.list()?;
         let keep = retention.keep_count(&backups, now);
@@ -619,10 +646,6 @@ impl BackupStore for BackupDir {
             .collect())
     }
 
-    fn contains(&self, id: u32) -> bool {
-        self.meta_path(id).exists()
-    }
-
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {
         let path = self.path.join(HEARTBEAT);
         let tmp = self.path.join(format!(".{HEARTBEAT}.tmp"));
@@ -632,9 +655,20 @@ impl BackupStore for BackupDir {
             .map_err(|e| Error::io(format!("write {}", path.display()), e))
     }
 
-    fn read_heartbeat(&self) -> Option<Heartbeat> {
-        let bytes = fs::read(self.path.join(HEARTBEAT)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    fn lock_for_master(&self) -> Result<Option<fs::File>> {
+        self.take_master_lock()
+    }
+
+    fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
+        self.scrub_files(cursor, budget)
+    }
+
+    fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
+        self.remove_damaged_files(damage)
+    }
+
+    fn drop_incomplete(&self) -> Result<Vec<u32>> {
+        self.drop_incomplete_backups()
     }
 }
 

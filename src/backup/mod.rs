@@ -1,16 +1,18 @@
 //! The backup directory: where the master's backups live and followers read
 //! them from.
 //!
-//! [`BackupStore`] is the one interface to it, so that where backups live
-//! (today a directory, later perhaps an object store) stays behind a small
-//! contract; [`BackupDir`] implements it on a local or NFS directory with
-//! RocksDB's BackupEngine. The policy (when to back up, what to keep) lives
+//! [`BackupSource`] (what a follower may do: read) and [`BackupSink`] (what
+//! only a master may do: write) are the interface to it, so that where
+//! backups live (today a directory, next an object store) stays behind a
+//! small contract; [`BackupDir`] implements both on a local or NFS directory
+//! with RocksDB's BackupEngine, and nothing outside this module knows its
+//! layout. The policy (when to back up, what to keep) lives
 //! with the callers; [`Retention`] only computes what a policy keeps.
 
 mod dir;
 pub mod meta;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -172,9 +174,14 @@ impl Retention {
     }
 }
 
-/// Where backups live. Every method states which error means what, so that
-/// callers can act on meaning rather than on message text.
-pub trait BackupStore {
+/// What a follower may do with a backup store: read it. Every method states
+/// which error means what, so that callers act on meaning rather than on
+/// message text. A follower holds only this, so it cannot create, purge or
+/// write anything by construction.
+pub trait BackupSource: Send + Sync {
+    /// Where the store is, for messages and INFO (a path or a URL).
+    fn location(&self) -> String;
+
     /// The complete backups, oldest first. An existing but empty store gives
     /// an empty list; [`Error::BackupDirMissing`](crate::Error::BackupDirMissing)
     /// when the store does not exist.
@@ -183,13 +190,12 @@ pub trait BackupStore {
     /// The id of the newest complete backup, cheaply (without loading any
     /// backup): `None` when there is none. [`Error::BackupDirMissing`](crate::Error::BackupDirMissing)
     /// when the store does not exist. A backup named here may still be
-    /// missing from [`BackupStore::list`] if RocksDB cannot load it.
+    /// missing from [`BackupSource::list`] if RocksDB cannot load it.
     fn newest_id(&self) -> Result<Option<u32>>;
 
-    /// Backs up `db` (flushing it first), incrementally: files an earlier
-    /// backup holds are shared, not copied. `master` names the source in the
-    /// metadata. Creates the store when missing.
-    fn create(&self, db: &Db, master: &str) -> Result<CreateStats>;
+    /// Whether backup `id` is still in the store (complete or not): `false`
+    /// once retention purged it.
+    fn contains(&self, id: u32) -> bool;
 
     /// Checks that every file of backup `id` exists with its recorded size
     /// and crc32c. [`Error::BackupNotFound`](crate::Error::BackupNotFound) for
@@ -197,27 +203,58 @@ pub trait BackupStore {
     /// when a file is missing or differs.
     fn verify(&self, id: u32) -> Result<()>;
 
+    /// The first damaged file of backup `id`, described, if any.
+    fn find_damage(&self, id: u32) -> Option<String>;
+
     /// Restores backup `id` (the newest when `None`) into `dest`, a directory
-    /// that need not exist. [`Error::NoBackups`](crate::Error::NoBackups) when
-    /// there is none, [`Error::BackupNotFound`](crate::Error::BackupNotFound)
+    /// that need not exist, with one look at the store. [`Error::NoBackups`](crate::Error::NoBackups)
+    /// when there is none, [`Error::BackupNotFound`](crate::Error::BackupNotFound)
     /// for an unknown id, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt)
-    /// when a file fails its checksum while copied.
+    /// (naming the file) when a file fails its checksum while copied.
     fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats>;
+
+    /// The newest heartbeat; `None` when there is none or it is unreadable.
+    fn read_heartbeat(&self) -> Option<Heartbeat>;
+
+    /// Local directories where a file created or renamed may mean a new
+    /// backup or heartbeat, for a filesystem watch; empty when the store
+    /// cannot be watched (polling then finds news).
+    fn watch_paths(&self) -> Vec<PathBuf>;
+}
+
+/// What only a master may do with a backup store: write it. A sink is also
+/// a source.
+pub trait BackupSink: BackupSource {
+    /// Backs up `db` (flushing it first), incrementally: files an earlier
+    /// backup holds are shared, not copied. `master` names the source in the
+    /// metadata. Creates the store when missing. [`Error::DamagedFile`](crate::Error::DamagedFile)
+    /// when a file of the store the backup shares, or one it just wrote, is
+    /// damaged.
+    fn create(&self, db: &Db, master: &str) -> Result<CreateStats>;
 
     /// Deletes the backups `retention` does not keep, and the files only they
     /// used; returns the ids deleted, oldest first.
     fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>>;
 
-    /// Whether backup `id` is still in the store (complete or not): `false`
-    /// once retention purged it.
-    fn contains(&self, id: u32) -> bool;
-
     /// Records the master's state at `heartbeat.ms`. Replaces the previous
     /// heartbeat atomically.
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()>;
 
-    /// The newest heartbeat; `None` when there is none or it is unreadable.
-    fn read_heartbeat(&self) -> Option<Heartbeat>;
+    /// Takes the lock a master holds on the store while it runs (`Ok(None)`
+    /// where the store has no working locks: the heartbeat lease still
+    /// fences); [`Error::BackupDirLocked`](crate::Error::BackupDirLocked) when
+    /// another holds it.
+    fn lock_for_master(&self) -> Result<Option<std::fs::File>>;
+
+    /// Checks the next files of the retained backups, from `cursor`, reading
+    /// at most `budget` bytes; returns what is damaged.
+    fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage>;
+
+    /// Removes damaged files so the next backup copies them again.
+    fn remove_damaged(&self, damage: &[Damage]) -> Result<()>;
+
+    /// Drops backups (never the newest) that miss a file; returns their ids.
+    fn drop_incomplete(&self) -> Result<Vec<u32>>;
 }
 
 /// The master's word that its database held no writes beyond sequence

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{emit, Cli, CliError, Command};
-use crate::backup::{master_label, BackupDir, BackupInfo, BackupStore, RestoreMode};
+use crate::backup::{master_label, BackupDir, BackupInfo, BackupSink, BackupSource, RestoreMode};
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
-use crate::backup::{BackupDir, BackupInfo, BackupStore, Heartbeat, RestoreMode, RestoreStats};
+use crate::backup::{BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::resp::Reply;
@@ -49,7 +49,7 @@ impl Generation {
 
 /// A follower's replication state.
 pub struct Follower {
-    store: BackupDir,
+    store: Box<dyn BackupSource>,
     data: DataDir,
     serving: ArcSwapOption<Generation>,
     /// Generations swapped out but perhaps still read; removed from disk
@@ -142,7 +142,7 @@ impl Follower {
     /// Takes the data directory and starts serving its `current`
     /// generation, if there is one, at once.
     pub fn open(
-        store: BackupDir,
+        store: impl BackupSource + 'static,
         data: DataDir,
         max_staleness: Option<Duration>,
         stale_reads: StaleReads,
@@ -153,7 +153,7 @@ impl Follower {
 
     /// [`Follower::open`] with RocksDB's cap on open files per generation.
     pub fn open_with(
-        store: BackupDir,
+        store: impl BackupSource + 'static,
         data: DataDir,
         max_staleness: Option<Duration>,
         stale_reads: StaleReads,
@@ -161,7 +161,7 @@ impl Follower {
         max_open_files: Option<i32>,
     ) -> Result<Follower> {
         let follower = Follower {
-            store,
+            store: Box::new(store),
             data,
             serving: ArcSwapOption::empty(),
             retired: Mutex::new(Vec::new()),
@@ -228,6 +228,12 @@ impl Follower {
             db: Arc::new(db),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Where a filesystem watch should look for news (see
+    /// [`BackupSource::watch_paths`]).
+    pub fn watch_paths(&self) -> Vec<PathBuf> {
+        self.store.watch_paths()
     }
 
     /// The generation being served.
@@ -683,7 +689,7 @@ impl Backend for Follower {
         let Some(generation) = self.serving.load_full() else {
             return Err(Reply::error(format!(
                 "MASTERDOWN no backup applied yet: this follower is waiting for the first complete backup in {}",
-                self.store.path().display()
+                self.store.location()
             )));
         };
         if self.stale_reads == StaleReads::Refuse && !self.healthy() {
@@ -781,7 +787,7 @@ impl Backend for Follower {
             ),
             kv("slave_read_only", "1".into()),
             kv("rkv_master", master),
-            kv("rkv_backup_dir", self.store.path().display().to_string()),
+            kv("rkv_backup_dir", self.store.location()),
             kv(
                 "rkv_applied_backup_id",
                 serving.as_ref().map_or(0, |g| g.backup.id).to_string(),
@@ -865,6 +871,7 @@ impl Backend for Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::{BackupDir, BackupSink};
     use crate::db::OpenMode;
 
     struct Setup {
@@ -1231,5 +1238,175 @@ mod tests {
         }
         assert!(f.staleness().unwrap() < Duration::from_secs(1));
         assert!(f.reader().is_ok());
+    }
+
+    /// A source with faults on demand, around a real directory: its restore
+    /// fails, or the backup is purged between the list and the restore, or
+    /// the whole store goes away.
+    struct FaultySource {
+        inner: BackupDir,
+        fail_restore: std::sync::atomic::AtomicBool,
+        purge_on_restore: std::sync::atomic::AtomicBool,
+        purged: Mutex<Vec<u32>>,
+        gone: std::sync::atomic::AtomicBool,
+    }
+
+    impl FaultySource {
+        fn new(inner: BackupDir) -> Arc<FaultySource> {
+            Arc::new(FaultySource {
+                inner,
+                fail_restore: Default::default(),
+                purge_on_restore: Default::default(),
+                purged: Mutex::new(Vec::new()),
+                gone: Default::default(),
+            })
+        }
+
+        fn set(flag: &std::sync::atomic::AtomicBool, on: bool) {
+            flag.store(on, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        fn missing(&self) -> Error {
+            Error::BackupDirMissing {
+                path: self.inner.path().to_path_buf(),
+            }
+        }
+    }
+
+    impl BackupSource for Arc<FaultySource> {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn list(&self) -> Result<Vec<BackupInfo>> {
+            if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(self.missing());
+            }
+            let purged = self.purged.lock().unwrap().clone();
+            Ok(self
+                .inner
+                .list()?
+                .into_iter()
+                .filter(|b| !purged.contains(&b.id))
+                .collect())
+        }
+        fn newest_id(&self) -> Result<Option<u32>> {
+            if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(self.missing());
+            }
+            self.inner.newest_id()
+        }
+        fn contains(&self, id: u32) -> bool {
+            !self.purged.lock().unwrap().contains(&id) && self.inner.contains(id)
+        }
+        fn verify(&self, id: u32) -> Result<()> {
+            self.inner.verify(id)
+        }
+        fn find_damage(&self, id: u32) -> Option<String> {
+            self.inner.find_damage(id)
+        }
+        fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.fail_restore.load(SeqCst) {
+                return Err(Error::io(
+                    "restore",
+                    std::io::Error::other("injected: the disk is failing"),
+                ));
+            }
+            if self.purge_on_restore.load(SeqCst) {
+                let id = id.unwrap();
+                self.purged.lock().unwrap().push(id);
+                return Err(Error::BackupNotFound {
+                    id,
+                    path: self.inner.path().to_path_buf(),
+                });
+            }
+            self.inner.restore(id, dest, mode)
+        }
+        fn read_heartbeat(&self) -> Option<Heartbeat> {
+            self.inner.read_heartbeat()
+        }
+        fn watch_paths(&self) -> Vec<PathBuf> {
+            Vec::new()
+        }
+    }
+
+    fn faulty_follower(s: &Setup) -> (Follower, Arc<FaultySource>) {
+        let source = FaultySource::new(BackupDir::new(s.store.path()));
+        let follower = Follower::open(
+            Arc::clone(&source),
+            DataDir::lock(&s.data).unwrap(),
+            None,
+            StaleReads::Serve,
+            None,
+        )
+        .unwrap();
+        (follower, source)
+    }
+
+    fn backup(s: &Setup, value: &[u8]) {
+        s.master.put(b"k", value).unwrap();
+        s.store.create(&s.master, "t").unwrap();
+    }
+
+    #[test]
+    fn a_source_whose_restore_fails_keeps_the_old_data_and_no_partial() {
+        let s = setup();
+        let (f, source) = faulty_follower(&s);
+        backup(&s, b"1");
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        backup(&s, b"2");
+        FaultySource::set(&source.fail_restore, true);
+        let PollOutcome::Failed(message) = f.poll() else {
+            panic!("the restore failed")
+        };
+        assert!(message.contains("the disk is failing"), "{message}");
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"1"[..]));
+        assert_eq!(gen_dirs(&s), ["gen-000001"]);
+        FaultySource::set(&source.fail_restore, false);
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"2"[..]));
+        assert_eq!(f.state().last_error, None);
+    }
+
+    #[test]
+    fn a_backup_purged_between_list_and_restore_is_reported_as_purged() {
+        let s = setup();
+        let (f, source) = faulty_follower(&s);
+        backup(&s, b"1");
+        f.poll();
+        FaultySource::set(&source.purge_on_restore, true);
+        backup(&s, b"2");
+        let PollOutcome::Failed(first) = f.poll() else {
+            panic!()
+        };
+        assert!(
+            first.contains("purged") && !first.contains("in a row"),
+            "{first}"
+        );
+        backup(&s, b"3");
+        let PollOutcome::Failed(second) = f.poll() else {
+            panic!()
+        };
+        assert!(second.contains("2 restores in a row"), "{second}");
+        assert!(second.contains("raise --keep-within"), "{second}");
+        FaultySource::set(&source.purge_on_restore, false);
+        backup(&s, b"4");
+        assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"4"[..]));
+    }
+
+    #[test]
+    fn a_source_that_goes_away_keeps_the_data_serving_and_says_so() {
+        let s = setup();
+        let (f, source) = faulty_follower(&s);
+        backup(&s, b"1");
+        f.poll();
+        FaultySource::set(&source.gone, true);
+        assert!(matches!(f.poll(), PollOutcome::Failed(_)));
+        assert!(!f.state().last_poll_ok);
+        assert_eq!(get(&f, b"k").as_deref(), Some(&b"1"[..]));
+        FaultySource::set(&source.gone, false);
+        assert!(matches!(f.poll(), PollOutcome::UpToDate));
+        assert!(f.state().last_poll_ok && f.state().last_error.is_none());
     }
 }

@@ -57,7 +57,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     notifier.ready(&follower.status_line());
 
     let (wake_tx, wake_rx) = mpsc::channel::<()>();
-    let mut watcher = MetaWatcher::new(&config.backup_dir, wake_tx);
+    let mut watcher = MetaWatcher::new(follower.watch_paths(), wake_tx);
     let worker = {
         let follower = Arc::clone(&follower);
         let poll_interval = config.poll_interval;

@@ -1,15 +1,15 @@
 //! The watch on the backup directory: a wake-up for the apply loop when a
 //! backup or heartbeat may have arrived, and nothing else.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 
-/// A filesystem watch on the backup directory's `meta/`, where a complete
-/// backup appears as a renamed file, and on the directory itself, where the
-/// master's heartbeat is renamed into place every second. Set up once
-/// `meta/` exists.
+/// A filesystem watch on the directories the backup store names (for a
+/// directory store: `meta/`, where a complete backup appears as a renamed
+/// file, and the directory itself, where the heartbeat is renamed into
+/// place). Set up once they all exist.
 pub(super) struct MetaWatcher {
-    backup_dir: PathBuf,
+    paths: Vec<PathBuf>,
     wake: mpsc::Sender<()>,
     watcher: Option<notify::RecommendedWatcher>,
 }
@@ -27,9 +27,9 @@ fn is_news(event: &notify::Event) -> bool {
 }
 
 impl MetaWatcher {
-    pub(super) fn new(backup_dir: &Path, wake: mpsc::Sender<()>) -> MetaWatcher {
+    pub(super) fn new(paths: Vec<PathBuf>, wake: mpsc::Sender<()>) -> MetaWatcher {
         let mut watcher = MetaWatcher {
-            backup_dir: backup_dir.to_path_buf(),
+            paths,
             wake,
             watcher: None,
         };
@@ -37,11 +37,11 @@ impl MetaWatcher {
         watcher
     }
 
-    /// Starts watching if `meta/` exists and no watch is on yet.
+    /// Starts watching once every path exists, if no watch is on yet.
     pub(super) fn ensure(&mut self) {
         use notify::Watcher;
-        let meta = self.backup_dir.join("meta");
-        if self.watcher.is_some() || !meta.is_dir() {
+        if self.watcher.is_some() || self.paths.is_empty() || !self.paths.iter().all(|p| p.is_dir())
+        {
             return;
         }
         let wake = self.wake.clone();
@@ -57,13 +57,13 @@ impl MetaWatcher {
                 return;
             }
         };
-        for dir in [&meta, &self.backup_dir] {
+        for dir in &self.paths {
             if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
                 tracing::warn!(error = %e, "cannot watch {}; relying on polling", dir.display());
                 return;
             }
         }
-        tracing::debug!("watching {}", meta.display());
+        tracing::debug!(paths = ?self.paths, "watching the backup store");
         self.watcher = Some(watcher);
     }
 

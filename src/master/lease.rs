@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use crate::backup::{BackupDir, BackupInfo, BackupStore, Heartbeat};
+use crate::backup::{BackupInfo, BackupSink, Heartbeat};
 use crate::error::{Error, Result};
 
 /// How long a claim watches another master's heartbeat for a change: three
@@ -71,7 +71,7 @@ pub struct Claim {
 /// backup. `take_over` allows a directory whose newest backup is of another
 /// database (never one another live master holds).
 pub fn claim(
-    store: &BackupDir,
+    store: &dyn BackupSink,
     me: &Identity,
     newest: Option<&BackupInfo>,
     take_over: bool,
@@ -99,7 +99,7 @@ pub fn claim(
             std::thread::sleep(Duration::from_millis(100));
             if let Some(now) = store.read_heartbeat().filter(|h| *h != seen) {
                 return Err(Error::BackupDirLeased {
-                    path: store.path().to_path_buf(),
+                    path: store.location().into(),
                     owner: owner(&now),
                 });
             }
@@ -124,7 +124,7 @@ pub fn claim(
             };
             if !take_over {
                 return Err(Error::ForeignBackups {
-                    path: store.path().to_path_buf(),
+                    path: store.location().into(),
                     id: newest.map_or(0, |b| b.id),
                     theirs,
                     ours: me.describe(),
@@ -134,7 +134,7 @@ pub fn claim(
                 previous = %theirs,
                 "--take-over: this master's database becomes the source of the backup directory \
                  {}; followers switch to it with its first backup",
-                store.path().display()
+                store.location()
             );
             took_over = Some(theirs);
         }
@@ -161,7 +161,7 @@ fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::AppMetadata;
+    use crate::backup::{AppMetadata, BackupDir};
 
     fn me(label: &str, id: &str) -> Identity {
         Identity {
@@ -191,27 +191,57 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = BackupDir::new(tmp.path());
         let a = me("h:/a", "A");
-        claim(&store, &a, Some(&backup("h:/a", Some("A"))), false).unwrap();
+        claim(
+            &store as &dyn BackupSink,
+            &a,
+            Some(&backup("h:/a", Some("A"))),
+            false,
+        )
+        .unwrap();
         // Same path, new database: another lineage.
-        let err = claim(&store, &a, Some(&backup("h:/a", Some("B"))), false).unwrap_err();
+        let err = claim(
+            &store as &dyn BackupSink,
+            &a,
+            Some(&backup("h:/a", Some("B"))),
+            false,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::ForeignBackups { id: 7, .. }), "{err}");
-        let claimed = claim(&store, &a, Some(&backup("h:/a", Some("B"))), true).unwrap();
+        let claimed = claim(
+            &store as &dyn BackupSink,
+            &a,
+            Some(&backup("h:/a", Some("B"))),
+            true,
+        )
+        .unwrap();
         assert!(claimed.took_over.as_deref().unwrap().contains('B'));
         drop(claimed);
         // Backups from before db ids: the label decides.
-        claim(&store, &a, Some(&backup("h:/a", None)), false).unwrap();
-        assert!(claim(&store, &a, Some(&backup("h:/b", None)), false).is_err());
+        claim(
+            &store as &dyn BackupSink,
+            &a,
+            Some(&backup("h:/a", None)),
+            false,
+        )
+        .unwrap();
+        assert!(claim(
+            &store as &dyn BackupSink,
+            &a,
+            Some(&backup("h:/b", None)),
+            false
+        )
+        .is_err());
     }
 
     #[test]
     fn a_held_lock_refuses_a_second_master() {
         let tmp = tempfile::tempdir().unwrap();
         let store = BackupDir::new(tmp.path());
-        let first = claim(&store, &me("h:/a", "A"), None, false).unwrap();
-        let err = claim(&store, &me("h:/b", "B"), None, false).unwrap_err();
+        let first = claim(&store as &dyn BackupSink, &me("h:/a", "A"), None, false).unwrap();
+        let err = claim(&store as &dyn BackupSink, &me("h:/b", "B"), None, false).unwrap_err();
         assert!(matches!(err, Error::BackupDirLocked { .. }), "{err}");
         drop(first);
-        claim(&store, &me("h:/b", "B"), None, false).unwrap();
+        claim(&store as &dyn BackupSink, &me("h:/b", "B"), None, false).unwrap();
     }
 
     #[test]
@@ -238,10 +268,10 @@ mod tests {
                 }
             })
         };
-        let err = claim(&store, &me("h:/a", "A"), None, false).unwrap_err();
+        let err = claim(&store as &dyn BackupSink, &me("h:/a", "A"), None, false).unwrap_err();
         assert!(matches!(err, Error::BackupDirLeased { .. }), "{err}");
         renewer.join().unwrap();
         // It stopped renewing: after the timeout the directory is free.
-        claim(&store, &me("h:/a", "A"), None, false).unwrap();
+        claim(&store as &dyn BackupSink, &me("h:/a", "A"), None, false).unwrap();
     }
 }

@@ -15,9 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backup::{
-    self, now_ms, BackupDir, BackupStore, CreateStats, Damage, Retention, ScrubCursor,
-};
+use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, ScrubCursor};
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::resp::Reply;
@@ -37,7 +35,7 @@ pub const SCRUB_BUDGET: u64 = 256 << 20;
 /// The master's database and backup state.
 pub struct Master {
     db: Arc<Db>,
-    store: BackupDir,
+    store: Box<dyn BackupSink>,
     identity: Identity,
     retention: Retention,
     state: Mutex<BackupState>,
@@ -103,7 +101,7 @@ impl Master {
     /// backup left off.
     pub fn open(
         db_path: &Path,
-        store: BackupDir,
+        store: impl BackupSink + 'static,
         retention: Retention,
         sync_writes: bool,
         cache: Option<&crate::db::BlockCache>,
@@ -143,7 +141,7 @@ impl Master {
         Ok(Master {
             identity,
             db: Arc::new(db),
-            store,
+            store: Box::new(store),
             retention,
             state: Mutex::new(state),
             changed: Condvar::new(),
@@ -164,7 +162,12 @@ impl Master {
             Err(Error::BackupDirMissing { .. } | Error::NoBackups { .. }) => None,
             Err(e) => return Err(e),
         };
-        let claim = lease::claim(&self.store, &self.identity, newest.as_ref(), take_over)?;
+        let claim = lease::claim(
+            self.store.as_ref(),
+            &self.identity,
+            newest.as_ref(),
+            take_over,
+        )?;
         let token = claim.token.clone();
         *self.claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
         self.store
@@ -217,7 +220,7 @@ impl Master {
                     other = %by,
                     "another master took over the backup directory {}: this master stops \
                      backing up and refuses writes, which would never reach a follower",
-                    self.store.path().display()
+                    self.store.location()
                 );
                 self.fenced.store(true, Ordering::SeqCst);
                 self.state().fenced_by = Some(by.clone());
@@ -674,7 +677,7 @@ impl Backend for Master {
                 "rdb_last_bgsave_time_sec",
                 last.map_or(-1, |l| l.duration.as_secs() as i64).to_string(),
             ),
-            kv("rkv_backup_dir", self.store.path().display().to_string()),
+            kv("rkv_backup_dir", self.store.location()),
             kv(
                 "rkv_last_backup_id",
                 last.map_or(0, |l| l.info.id).to_string(),
@@ -744,6 +747,7 @@ impl Backend for Master {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::BackupDir;
 
     fn master(dir: &Path) -> Master {
         let retention = Retention {

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use rkv::backup::{BackupDir, BackupStore};
+use rkv::backup::{BackupDir, BackupSource};
 use rkv::resp::Reply;
 
 use crate::util::{backup_flag, bulk, db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
