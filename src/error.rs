@@ -81,6 +81,13 @@ pub enum Error {
         keep_within: Option<std::time::Duration>,
     },
 
+    /// Another master took over the backup directory: this one is fenced.
+    #[error("this master no longer owns the backup directory: {by} took it over")]
+    Fenced {
+        /// The master that holds it now.
+        by: String,
+    },
+
     /// Another master process holds the backup directory's lock.
     #[error("another rkv-master is using the backup directory {path}{owner}", owner = owner.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
     BackupDirLocked {
@@ -189,7 +196,9 @@ impl Error {
             Error::BackupPurged { .. } => {
                 Some("raise --keep-within on the master above the time a restore takes".to_string())
             }
-            Error::BackupDirLocked { .. } | Error::BackupDirLeased { .. } => Some(
+            Error::BackupDirLocked { .. }
+            | Error::BackupDirLeased { .. }
+            | Error::Fenced { .. } => Some(
                 "one master per backup directory: stop the other master, or give this one its \
                  own --backup-dir"
                     .to_string(),
@@ -238,7 +247,9 @@ impl Error {
     }
 }
 
-/// Whether a RocksDB error message reports a full disk.
+/// Whether a RocksDB error reports a full disk. RocksDB's C API gives the
+/// kind (an I/O error) but not the sub-code that says "no space", so the
+/// message it is built from decides.
 fn is_no_space(message: &str) -> bool {
     message.contains("No space left on device")
 }

@@ -523,8 +523,8 @@ impl BackupSource for BackupDir {
         engine
             .restore_from_backup(dest, dest, &options, id)
             .map_err(|e| {
-                let message = e.to_string();
-                if message.starts_with("Corruption") || message.contains("checksum mismatch") {
+                if e.kind() == rocksdb::ErrorKind::Corruption {
+                    let message = e.to_string();
                     // RocksDB's message names no file; find it.
                     Error::BackupCorrupt {
                         id,
@@ -581,14 +581,14 @@ impl BackupSink for BackupDir {
         options.set_flush_before_backup(true);
         let id = engine
             .create_new_backup_with_metadata(db.rocksdb(), &options, &json)
-            .map_err(|e| match size_mismatch_file(e.as_ref()) {
+            .map_err(|e| match (e.kind(), size_mismatch_file(e.as_ref())) {
                 // A shared file in the store no longer has the size its name
                 // records: every backup would fail on it until it is replaced.
-                Some(path) => Error::DamagedFile {
+                (rocksdb::ErrorKind::Corruption, Some(path)) => Error::DamagedFile {
                     path,
                     detail: "its size differs from the size its name records".to_string(),
                 },
-                None => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
+                _ => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
             })?;
         let info = engine
             .get_backup_info()

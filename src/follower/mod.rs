@@ -134,8 +134,9 @@ pub enum PollOutcome {
     Applied(RestoreStats),
     /// The backup failed before and waits for its retry time.
     Waiting(u32),
-    /// Something failed; the serving generation is unchanged.
-    Failed(String),
+    /// Something failed; the serving generation is unchanged. What INFO
+    /// and the log say of it (with advice) is in `rkv_last_error`.
+    Failed(Error),
 }
 
 impl Follower {
@@ -318,8 +319,8 @@ impl Follower {
                         );
                     }
                 }
-                state.last_error = Some(message.clone());
-                return PollOutcome::Failed(message);
+                state.last_error = Some(message);
+                return PollOutcome::Failed(e);
             }
         };
         if newest_id.is_some() {
@@ -462,8 +463,8 @@ impl Follower {
                     }
                     _ => tracing::warn!(error = %message, "serving the previous data, will retry"),
                 }
-                state.last_error = Some(message.clone());
-                PollOutcome::Failed(message)
+                state.last_error = Some(message);
+                PollOutcome::Failed(e)
             }
         }
     }
@@ -1056,9 +1057,10 @@ mod tests {
         bytes[last] ^= 0xff;
         std::fs::write(&manifest, bytes).unwrap();
 
-        let PollOutcome::Failed(message) = f.poll() else {
+        let PollOutcome::Failed(Error::BackupCorrupt { .. }) = f.poll() else {
             panic!("a corrupt backup must fail")
         };
+        let message = f.state().last_error.clone().unwrap();
         // The message names the damaged file.
         assert!(message.contains("MANIFEST"), "{message}");
         assert_eq!(gen_dirs(&s), ["gen-000001"], "the partial was left behind");
@@ -1356,9 +1358,10 @@ mod tests {
         assert!(matches!(f.poll(), PollOutcome::Applied(_)));
         backup(&s, b"2");
         FaultySource::set(&source.fail_restore, true);
-        let PollOutcome::Failed(message) = f.poll() else {
+        let PollOutcome::Failed(Error::Io { .. }) = f.poll() else {
             panic!("the restore failed")
         };
+        let message = f.state().last_error.clone().unwrap();
         assert!(message.contains("the disk is failing"), "{message}");
         assert_eq!(get(&f, b"k").as_deref(), Some(&b"1"[..]));
         assert_eq!(gen_dirs(&s), ["gen-000001"]);
@@ -1376,17 +1379,19 @@ mod tests {
         f.poll();
         FaultySource::set(&source.purge_on_restore, true);
         backup(&s, b"2");
-        let PollOutcome::Failed(first) = f.poll() else {
+        let PollOutcome::Failed(Error::BackupPurged { id: 2, .. }) = f.poll() else {
             panic!()
         };
+        let first = f.state().last_error.clone().unwrap();
         assert!(
             first.contains("purged") && !first.contains("in a row"),
             "{first}"
         );
         backup(&s, b"3");
-        let PollOutcome::Failed(second) = f.poll() else {
+        let PollOutcome::Failed(Error::BackupPurged { id: 3, .. }) = f.poll() else {
             panic!()
         };
+        let second = f.state().last_error.clone().unwrap();
         assert!(second.contains("2 restores in a row"), "{second}");
         assert!(second.contains("raise --keep-within"), "{second}");
         FaultySource::set(&source.purge_on_restore, false);

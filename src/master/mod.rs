@@ -93,7 +93,7 @@ pub enum StepOutcome {
     /// A backup was made.
     Created(CreateStats),
     /// The backup failed; the error is logged and counted.
-    Failed(String),
+    Failed(Error),
 }
 
 impl Master {
@@ -244,13 +244,12 @@ impl Master {
             return StepOutcome::Unchanged;
         }
         if let Err(by) = self.check_lease() {
-            let message =
-                format!("this master no longer owns the backup directory: {by} took it over");
+            let error = Error::Fenced { by };
             let mut state = self.state();
             state.last_ok = false;
             state.failed += 1;
-            state.last_error = Some(message.clone());
-            return StepOutcome::Failed(message);
+            state.last_error = Some(error.to_string());
+            return StepOutcome::Failed(error);
         }
         self.state().in_progress = true;
         let mut result = self.store.create(&self.db, &self.identity.label);
@@ -297,8 +296,8 @@ impl Master {
                 tracing::error!(error = %message, "backup failed, will retry");
                 state.last_ok = false;
                 state.failed += 1;
-                state.last_error = Some(message.clone());
-                StepOutcome::Failed(message)
+                state.last_error = Some(message);
+                StepOutcome::Failed(e)
             }
         };
         drop(state);
