@@ -30,6 +30,9 @@ pub struct Db {
     /// cleared: a full disk makes RocksDB refuse writes until it recovers.
     write_failure: std::sync::Mutex<Option<String>>,
     write_failed: std::sync::atomic::AtomicBool,
+    /// Held by every write of the server's commands, so a read-modify-write
+    /// (`SET … NX`, `DEL` counting) is never interleaved with another write.
+    write_lock: std::sync::Mutex<()>,
 }
 
 impl Db {
@@ -110,6 +113,7 @@ impl Db {
             write_options: WriteOptions::default(),
             write_failure: std::sync::Mutex::new(None),
             write_failed: std::sync::atomic::AtomicBool::new(false),
+            write_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -169,6 +173,11 @@ impl Db {
                 Err(Error::rocksdb(what, e))
             }
         }
+    }
+
+    /// Orders a write against the read-modify-writes: hold it while writing.
+    pub fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// RocksDB's error for the last write, while writes fail.

@@ -23,8 +23,7 @@ use arc_swap::ArcSwapOption;
 use crate::backup::{BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
-use crate::resp::Reply;
-use crate::server::Backend;
+use crate::server::{Backend, BackupRequest, Refusal, Role};
 
 pub use config::{FollowerArgs, FollowerConfig, StaleReads};
 use generations::DataDir;
@@ -58,7 +57,6 @@ pub struct Follower {
     state: Mutex<ApplyState>,
     max_staleness: Option<Duration>,
     stale_reads: StaleReads,
-    write_lock: Mutex<()>,
     /// Shared by every generation: the SST files a new generation shares
     /// with the old one keep their cached blocks across the swap.
     cache: Option<BlockCache>,
@@ -169,7 +167,6 @@ impl Follower {
             state: Mutex::new(ApplyState::default()),
             max_staleness,
             stale_reads,
-            write_lock: Mutex::new(()),
             cache,
             max_open_files,
             epoch: Instant::now(),
@@ -686,64 +683,41 @@ impl Backend for Follower {
         "slave"
     }
 
-    fn reader(&self) -> std::result::Result<Arc<Db>, Reply> {
+    fn reader(&self) -> std::result::Result<Arc<Db>, Refusal> {
         let Some(generation) = self.serving.load_full() else {
-            return Err(Reply::error(format!(
-                "MASTERDOWN no backup applied yet: this follower is waiting for the first complete backup in {}",
-                self.store.location()
-            )));
+            return Err(Refusal::NoDataYet {
+                store: self.store.location(),
+            });
         };
         if self.stale_reads == StaleReads::Refuse && !self.healthy() {
-            return Err(Reply::error(format!(
-                "MASTERDOWN {}",
-                self.unhealthy_reason()
-            )));
+            return Err(Refusal::Stale {
+                reason: self.unhealthy_reason(),
+            });
         }
         Ok(Arc::clone(&generation.db))
     }
 
-    fn writer(&self) -> std::result::Result<Arc<Db>, Reply> {
-        Err(Reply::error(
-            "READONLY You can't write against a read only replica.",
-        ))
+    fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
+        Err(Refusal::ReadOnlyReplica)
     }
 
-    fn write_lock(&self) -> &Mutex<()> {
-        &self.write_lock
-    }
-
-    fn role(&self) -> Reply {
+    fn role(&self) -> Role {
         let serving = self.serving.load();
-        let master = serving
-            .as_ref()
-            .and_then(|g| g.backup.metadata.as_ref())
-            .map(|m| m.master.clone())
-            .unwrap_or_default();
-        let host = master.split(':').next().unwrap_or_default().to_string();
-        let seq = serving
-            .as_ref()
-            .and_then(|g| g.backup.metadata.as_ref())
-            .map_or(0, |m| m.seq);
-        let link = if self.state().last_poll_ok && serving.is_some() {
-            "connected"
-        } else {
-            "connecting"
-        };
-        Reply::array(vec![
-            Reply::bulk("slave"),
-            Reply::bulk(host),
-            Reply::Integer(0),
-            Reply::bulk(link),
-            Reply::Integer(seq as i64),
-        ])
+        let meta = serving.as_ref().and_then(|g| g.backup.metadata.as_ref());
+        let master = meta.map(|m| m.master.clone()).unwrap_or_default();
+        Role::Replica {
+            master_host: master.split(':').next().unwrap_or_default().to_string(),
+            connected: self.state().last_poll_ok && serving.is_some(),
+            offset: meta.map_or(0, |m| m.seq),
+        }
     }
 
-    fn bgsave(&self) -> Reply {
-        Reply::error("ERR a follower takes no backups: run BGSAVE on the master")
+    fn request_backup(&self) -> std::result::Result<BackupRequest, Refusal> {
+        Err(Refusal::NoBackupsHere)
     }
 
-    fn save(&self) -> Reply {
-        self.bgsave()
+    fn backup_now(&self) -> std::result::Result<(), Refusal> {
+        Err(Refusal::NoBackupsHere)
     }
 
     fn lastsave(&self) -> i64 {
@@ -1003,14 +977,11 @@ mod tests {
         f.poll();
         std::thread::sleep(Duration::from_millis(5));
         assert!(!f.healthy());
-        let Err(Reply::Error(e)) = f.reader() else {
+        let Err(Refusal::Stale { reason }) = f.reader() else {
             panic!("stale reads must be refused")
         };
-        assert!(
-            e.starts_with("MASTERDOWN") && e.contains("max-staleness"),
-            "{e}"
-        );
-        assert!(matches!(f.writer(), Err(Reply::Error(e)) if e.starts_with("READONLY")));
+        assert!(reason.contains("max-staleness"), "{reason}");
+        assert!(matches!(f.writer(), Err(Refusal::ReadOnlyReplica)));
     }
 
     fn gen_dirs(s: &Setup) -> Vec<String> {

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, ScrubCursor};
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
-use crate::resp::Reply;
-use crate::server::Backend;
+use crate::server::{Backend, BackupRequest, Refusal, Role};
 
 pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
 use lease::{Claim, Identity};
@@ -40,7 +39,6 @@ pub struct Master {
     retention: Retention,
     state: Mutex<BackupState>,
     changed: Condvar,
-    write_lock: Mutex<()>,
     /// This run's claim on the backup directory, once taken.
     claim: Mutex<Option<Claim>>,
     /// Another master took the backup directory: no more backups, and
@@ -145,7 +143,6 @@ impl Master {
             retention,
             state: Mutex::new(state),
             changed: Condvar::new(),
-            write_lock: Mutex::new(()),
             claim: Mutex::new(None),
             fenced: AtomicBool::new(false),
             step_lock: Mutex::new(()),
@@ -463,7 +460,7 @@ impl Master {
     }
 
     /// Asks the loop for a backup now; returns whether one is already running.
-    pub fn request_backup(&self) -> bool {
+    pub fn schedule_backup(&self) -> bool {
         let mut state = self.state();
         state.requested = true;
         self.changed.notify_all();
@@ -580,42 +577,31 @@ impl Backend for Master {
         "master"
     }
 
-    fn reader(&self) -> std::result::Result<Arc<Db>, Reply> {
+    fn reader(&self) -> std::result::Result<Arc<Db>, Refusal> {
         Ok(Arc::clone(&self.db))
     }
 
-    fn writer(&self) -> std::result::Result<Arc<Db>, Reply> {
+    fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
         if self.fenced.load(Ordering::Relaxed) {
             let by = self.state().fenced_by.clone().unwrap_or_default();
-            return Err(Reply::error(format!(
-                "READONLY this master lost its backup directory to another master ({by}): \
-                 writes here would never reach a follower"
-            )));
+            return Err(Refusal::Fenced { by });
         }
         Ok(Arc::clone(&self.db))
     }
 
-    fn write_lock(&self) -> &Mutex<()> {
-        &self.write_lock
+    fn role(&self) -> Role {
+        Role::Master
     }
 
-    fn role(&self) -> Reply {
-        Reply::array(vec![
-            Reply::bulk("master"),
-            Reply::Integer(0),
-            Reply::array(Vec::new()),
-        ])
-    }
-
-    fn bgsave(&self) -> Reply {
-        if self.request_backup() {
-            Reply::Simple("Background saving scheduled".into())
+    fn request_backup(&self) -> std::result::Result<BackupRequest, Refusal> {
+        Ok(if self.schedule_backup() {
+            BackupRequest::Scheduled
         } else {
-            Reply::Simple("Background saving started".into())
-        }
+            BackupRequest::Started
+        })
     }
 
-    fn save(&self) -> Reply {
+    fn backup_now(&self) -> std::result::Result<(), Refusal> {
         // Done once a backup holds every write acknowledged before this
         // request: its sequence number now. Waiting on attempts instead
         // would let a step that checked for changes just before the last
@@ -627,17 +613,14 @@ impl Backend for Master {
         self.changed.notify_all();
         loop {
             if state.backed_up_seq >= target {
-                return Reply::ok();
+                return Ok(());
             }
             if state.stopping {
-                return Reply::error("ERR the master is shutting down");
+                return Err(Refusal::ShuttingDown);
             }
             if state.finished >= first {
                 if !state.last_ok {
-                    return match &state.last_error {
-                        Some(e) => Reply::error(format!("ERR backup failed: {e}")),
-                        None => Reply::error("ERR backup failed"),
-                    };
+                    return Err(Refusal::BackupFailed(state.last_error.clone()));
                 }
                 // A step that started after this request found nothing
                 // to do yet: ask again.

@@ -65,7 +65,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
         &notifier,
         || {
             tracing::info!("SIGUSR1: backing up now");
-            master.request_backup();
+            master.schedule_backup();
         },
         || {},
         || master.status_line(),

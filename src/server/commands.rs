@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use rocksdb::WriteBatch;
 
-use super::{Backend, Connection, Shared};
+use super::{BackupRequest, Connection, Refusal, Role, Shared};
 use crate::db::{Db, ScanRange};
 use crate::glob;
 use crate::resp::Reply;
@@ -265,19 +265,26 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
         "client" => client(args, conn),
         "command" => command(args),
         "info" => info(args, shared),
-        "role" => backend.role(),
+        "role" => role_reply(backend.role()),
         "lastsave" => Reply::Integer(backend.lastsave()),
-        "bgsave" => backend.bgsave(),
-        "save" => backend.save(),
+        "bgsave" => match backend.request_backup() {
+            Ok(BackupRequest::Started) => Reply::Simple("Background saving started".into()),
+            Ok(BackupRequest::Scheduled) => Reply::Simple("Background saving scheduled".into()),
+            Err(refusal) => refusal_reply(refusal),
+        },
+        "save" => match backend.backup_now() {
+            Ok(()) => Reply::ok(),
+            Err(refusal) => refusal_reply(refusal),
+        },
         "get" | "mget" | "exists" | "type" | "ttl" | "dbsize" | "scan" | "rkv.scan" => {
             match backend.reader() {
                 Ok(db) => read(name, args, &db, shared, conn.id).unwrap_or_else(storage_error),
-                Err(refusal) => refusal,
+                Err(refusal) => refusal_reply(refusal),
             }
         }
         "set" | "mset" | "del" => match backend.writer() {
-            Ok(db) => write(name, args, &db, backend).unwrap_or_else(storage_error),
-            Err(refusal) => refusal,
+            Ok(db) => write(name, args, &db).unwrap_or_else(storage_error),
+            Err(refusal) => refusal_reply(refusal),
         },
         _ => unreachable!("every command in the table is dispatched"),
     };
@@ -326,6 +333,50 @@ fn unknown_command(args: &[Vec<u8>]) -> Reply {
         "ERR unknown command '{}', with args beginning with: {echoed}",
         clip(&args[0], ECHO_LIMIT)
     ))
+}
+
+/// A daemon's refusal, worded as Redis words it.
+pub(crate) fn refusal_reply(refusal: Refusal) -> Reply {
+    Reply::error(match refusal {
+        Refusal::NoDataYet { store } => format!(
+            "MASTERDOWN no backup applied yet: this follower is waiting for the first \
+             complete backup in {store}"
+        ),
+        Refusal::Stale { reason } => format!("MASTERDOWN {reason}"),
+        Refusal::ReadOnlyReplica => "READONLY You can't write against a read only replica.".into(),
+        Refusal::Fenced { by } => format!(
+            "READONLY this master lost its backup directory to another master ({by}): writes \
+             here would never reach a follower"
+        ),
+        Refusal::NoBackupsHere => {
+            "ERR a follower takes no backups: run BGSAVE on the master".into()
+        }
+        Refusal::BackupFailed(Some(e)) => format!("ERR backup failed: {e}"),
+        Refusal::BackupFailed(None) => "ERR backup failed".into(),
+        Refusal::ShuttingDown => "ERR the master is shutting down".into(),
+    })
+}
+
+/// `ROLE`'s reply, as Redis shapes it for a master and for a replica.
+fn role_reply(role: Role) -> Reply {
+    match role {
+        Role::Master => Reply::array(vec![
+            Reply::bulk("master"),
+            Reply::Integer(0),
+            Reply::array(Vec::new()),
+        ]),
+        Role::Replica {
+            master_host,
+            connected,
+            offset,
+        } => Reply::array(vec![
+            Reply::bulk("slave"),
+            Reply::bulk(master_host),
+            Reply::Integer(0),
+            Reply::bulk(if connected { "connected" } else { "connecting" }),
+            Reply::Integer(offset as i64),
+        ]),
+    }
 }
 
 fn storage_error(e: crate::Error) -> Reply {
@@ -579,9 +630,9 @@ fn read(
     })
 }
 
-fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply> {
+fn write(name: &str, args: &[Vec<u8>], db: &Db) -> crate::Result<Reply> {
     Ok(match name {
-        "set" => return set(args, db, backend),
+        "set" => return set(args, db),
         "mset" => {
             if args.len().is_multiple_of(2) {
                 return Ok(Reply::error(
@@ -592,14 +643,14 @@ fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate:
             for pair in args[1..].chunks(2) {
                 batch.put(&pair[0], &pair[1]);
             }
-            let _ordered = lock(backend);
+            let _ordered = db.write_lock();
             db.write(batch)?;
             Reply::ok()
         }
         "del" => {
             // Counting needs the keys' presence and the delete to be atomic;
             // a key named twice is removed, and counted, once.
-            let _ordered = lock(backend);
+            let _ordered = db.write_lock();
             let mut batch = WriteBatch::default();
             let mut count = 0;
             let mut seen = std::collections::HashSet::new();
@@ -616,15 +667,6 @@ fn write(name: &str, args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate:
         }
         _ => unreachable!("write commands only"),
     })
-}
-
-/// The write lock: every write takes it, so a read-modify-write (`SET … NX`,
-/// `DEL` counting) is never interleaved with another write.
-fn lock(backend: &dyn Backend) -> std::sync::MutexGuard<'_, ()> {
-    backend
-        .write_lock()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Plain `SET key value` requests of one pipeline, written as one batch.
@@ -653,10 +695,10 @@ impl SetBatch {
         let batch = std::mem::take(&mut self.batch);
         let reply = match shared.backend.writer() {
             Ok(db) => {
-                let _ordered = lock(shared.backend.as_ref());
+                let _ordered = db.write_lock();
                 db.write(batch).map_or_else(storage_error, |()| Reply::ok())
             }
-            Err(refusal) => refusal,
+            Err(refusal) => refusal_reply(refusal),
         };
         for _ in 0..std::mem::take(&mut self.count) {
             reply.encode(out);
@@ -666,7 +708,7 @@ impl SetBatch {
 
 /// `SET key value [NX | XX] [GET]`; expiry options are refused, since rkv
 /// keys do not expire.
-fn set(args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply> {
+fn set(args: &[Vec<u8>], db: &Db) -> crate::Result<Reply> {
     let (key, value) = (&args[1], &args[2]);
     let (mut nx, mut xx, mut get) = (false, false, false);
     for option in &args[3..] {
@@ -682,7 +724,7 @@ fn set(args: &[Vec<u8>], db: &Db, backend: &dyn Backend) -> crate::Result<Reply>
             _ => return Ok(Reply::error("ERR syntax error")),
         }
     }
-    let _ordered = lock(backend);
+    let _ordered = db.write_lock();
     if !(nx || xx || get) {
         db.put(key, value)?;
         return Ok(Reply::ok());

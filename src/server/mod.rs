@@ -18,7 +18,7 @@ mod worker;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,30 +27,82 @@ use crate::resp::{Limits, Reply};
 
 pub use listen::{ListenAddr, Listener, Stream};
 
-/// What a daemon offers the commands.
+/// Why a daemon will not do what a command asks, in the daemon's terms;
+/// only the server words it as Redis would (`MASTERDOWN`, `READONLY`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A follower that has applied no backup yet; where it waits for one.
+    NoDataYet {
+        /// The backup store's location.
+        store: String,
+    },
+    /// A follower whose data is not known to be within its staleness bound
+    /// (under `--stale-reads refuse`); why, as a sentence.
+    Stale {
+        /// The data's age against the bound, or why it is unknown.
+        reason: String,
+    },
+    /// A follower takes no writes.
+    ReadOnlyReplica,
+    /// A master that lost its backup directory to another master.
+    Fenced {
+        /// The master that holds it now.
+        by: String,
+    },
+    /// A follower takes no backups.
+    NoBackupsHere,
+    /// The backup that was waited for failed; the reason, when known.
+    BackupFailed(Option<String>),
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+/// What `ROLE` reports, as facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The master.
+    Master,
+    /// A follower of `master_host`, at sequence number `offset`.
+    Replica {
+        /// The master's host, from the served backup.
+        master_host: String,
+        /// Whether it reads the backup store and serves data.
+        connected: bool,
+        /// The served sequence number.
+        offset: u64,
+    },
+}
+
+/// What a request for a backup now did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupRequest {
+    /// A backup starts now.
+    Started,
+    /// One is running; another follows it.
+    Scheduled,
+}
+
+/// What a daemon offers the commands, in its own terms: the server turns
+/// every answer into a Redis reply.
 pub trait Backend: Send + Sync + 'static {
-    /// `master` or `slave`, for `INFO` and error texts.
+    /// `master` or `slave`, for `INFO`.
     fn role_name(&self) -> &'static str;
 
-    /// The database to read from, or the error reply that refuses reads
-    /// (`-MASTERDOWN` on a follower whose data is too stale).
-    fn reader(&self) -> Result<Arc<Db>, Reply>;
+    /// The database to read from, or why reads are refused.
+    fn reader(&self) -> Result<Arc<Db>, Refusal>;
 
-    /// The database to write to, or the error reply that refuses writes
-    /// (`-READONLY` on a follower).
-    fn writer(&self) -> Result<Arc<Db>, Reply>;
+    /// The database to write to, or why writes are refused.
+    fn writer(&self) -> Result<Arc<Db>, Refusal>;
 
-    /// Serialises read-modify-write commands (`SET … NX`, `DEL` counting).
-    fn write_lock(&self) -> &Mutex<()>;
+    /// The facts behind `ROLE`.
+    fn role(&self) -> Role;
 
-    /// The reply to `ROLE`.
-    fn role(&self) -> Reply;
+    /// `BGSAVE`: start a backup now.
+    fn request_backup(&self) -> Result<BackupRequest, Refusal>;
 
-    /// `BGSAVE`: start a backup now; the reply says what happened.
-    fn bgsave(&self) -> Reply;
-
-    /// `SAVE`: take a backup now and return once it is done.
-    fn save(&self) -> Reply;
+    /// `SAVE`: returns once a backup holds every write acknowledged before
+    /// the call.
+    fn backup_now(&self) -> Result<(), Refusal>;
 
     /// `LASTSAVE`: unix seconds of the last backup (made or applied).
     fn lastsave(&self) -> i64;
