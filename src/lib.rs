@@ -9,6 +9,7 @@
 //! - [`master`]: the write-side daemon (backup loop, lifecycle);
 //! - [`follower`]: the read-only replica (watch, apply, generations, lag);
 //! - [`server`]: the RESP server both daemons share, and its commands;
+//! - [`status`]: what each daemon reports about itself, as facts;
 //! - [`resp`]: the Redis protocol's framing;
 //! - [`cli`]: the `rkv` command line, with RocksDB `ldb`'s syntax;
 //! - [`daemon`]: logging, signals, systemd notification, shared by the daemons.
@@ -27,5 +28,6 @@ pub mod keys;
 pub mod master;
 pub mod resp;
 pub mod server;
+pub mod status;
 
 pub use error::{Error, Result};

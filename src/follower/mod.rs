@@ -24,6 +24,7 @@ use crate::backup::{BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreSta
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::server::{Backend, BackupRequest, Refusal, Role};
+use crate::status::{DaemonStatus, FollowerStatus, LastApply};
 
 pub use config::{FollowerArgs, FollowerConfig, StaleReads};
 use generations::DataDir;
@@ -727,119 +728,38 @@ impl Backend for Follower {
             .map_or(0, |g| (g.backup.created_ms() / 1000) as i64)
     }
 
-    fn info_sections(&self) -> Vec<(&'static str, Vec<(String, String)>)> {
+    fn status(&self) -> DaemonStatus {
         let state = self.state().clone();
         let serving = self.serving.load_full();
         let meta = serving.as_ref().and_then(|g| g.backup.metadata.clone());
-        let kv = |k: &str, v: String| (k.to_string(), v);
-        let ms = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64).to_string();
-        let master = meta.as_ref().map(|m| m.master.clone()).unwrap_or_default();
-        let replication = vec![
-            kv("role", "slave".into()),
-            kv(
-                "master_host",
-                master.split(':').next().unwrap_or_default().into(),
-            ),
-            kv("master_port", "0".into()),
-            kv(
-                "master_link_status",
-                if state.last_poll_ok { "up" } else { "down" }.into(),
-            ),
-            kv(
-                "master_last_io_seconds_ago",
-                state
-                    .last_poll
-                    .map_or(-1, |t| t.elapsed().as_secs() as i64)
-                    .to_string(),
-            ),
-            kv(
-                "master_sync_in_progress",
-                u8::from(state.applying).to_string(),
-            ),
-            kv(
-                "slave_repl_offset",
-                meta.as_ref().map_or(0, |m| m.seq).to_string(),
-            ),
-            kv("slave_read_only", "1".into()),
-            kv("rkv_master", master),
-            kv("rkv_backup_dir", self.store.location()),
-            kv(
-                "rkv_applied_backup_id",
-                serving.as_ref().map_or(0, |g| g.backup.id).to_string(),
-            ),
-            kv(
-                "rkv_applied_created_ms",
-                serving
-                    .as_ref()
-                    .map_or(0, |g| g.backup.created_ms())
-                    .to_string(),
-            ),
-            kv(
-                "rkv_applied_seq",
-                meta.as_ref().map_or(0, |m| m.seq).to_string(),
-            ),
-            kv("rkv_staleness_ms", ms(self.staleness())),
-            kv(
-                "rkv_master_clock_skew_ms",
-                self.clock_skew_ms()
-                    .map_or_else(String::new, |s| s.to_string()),
-            ),
-            kv(
-                "rkv_newest_backup_id",
-                state.newest_seen.unwrap_or(0).to_string(),
-            ),
-            kv(
-                "rkv_master_heartbeat_ms_ago",
-                ms(state.heartbeat_changed.map(|t| t.elapsed())),
-            ),
-            kv(
-                "rkv_lineage_change",
-                state.lineage_change.clone().unwrap_or_default(),
-            ),
-            kv(
-                "rkv_last_poll_ms_ago",
-                ms(state.last_poll.map(|t| t.elapsed())),
-            ),
-            kv(
-                "rkv_last_apply_duration_ms",
-                ms(state.last_apply.as_ref().map(|a| a.duration)),
-            ),
-            kv(
-                "rkv_last_apply_bytes_copied",
-                state
-                    .last_apply
-                    .as_ref()
-                    .map_or(0, |a| a.bytes_copied)
-                    .to_string(),
-            ),
-            kv(
-                "rkv_last_apply_files_copied",
-                state
-                    .last_apply
-                    .as_ref()
-                    .map_or(0, |a| a.files_copied)
-                    .to_string(),
-            ),
-            kv(
-                "rkv_last_apply_files_kept",
-                state
-                    .last_apply
-                    .as_ref()
-                    .map_or(0, |a| a.files_kept)
-                    .to_string(),
-            ),
-            kv("rkv_applies_done", state.applies_done.to_string()),
-            kv("rkv_apply_failures", state.failures.to_string()),
-            kv("rkv_last_error", state.last_error.unwrap_or_default()),
-            kv("rkv_max_staleness_ms", ms(self.max_staleness)),
-            kv("rkv_stale_reads", self.stale_reads.as_str().into()),
-            kv("healthy", u8::from(self.healthy()).to_string()),
-        ];
-        let persistence = vec![
-            kv("loading", "0".into()),
-            kv("rdb_last_save_time", self.lastsave().to_string()),
-        ];
-        vec![("persistence", persistence), ("replication", replication)]
+        DaemonStatus::Follower(FollowerStatus {
+            master: meta.as_ref().map(|m| m.master.clone()).unwrap_or_default(),
+            link_up: state.last_poll_ok,
+            last_poll_ago: state.last_poll.map(|t| t.elapsed()),
+            applying: state.applying,
+            backup_dir: self.store.location(),
+            applied_backup_id: serving.as_ref().map_or(0, |g| g.backup.id),
+            applied_created_ms: serving.as_ref().map_or(0, |g| g.backup.created_ms()),
+            applied_seq: meta.as_ref().map_or(0, |m| m.seq),
+            staleness: self.staleness(),
+            clock_skew_ms: self.clock_skew_ms(),
+            newest_backup_id: state.newest_seen.unwrap_or(0),
+            heartbeat_ago: state.heartbeat_changed.map(|t| t.elapsed()),
+            lineage_change: state.lineage_change.clone(),
+            last_apply: state.last_apply.as_ref().map(|a| LastApply {
+                duration: a.duration,
+                bytes_copied: a.bytes_copied,
+                files_copied: a.files_copied,
+                files_kept: a.files_kept,
+            }),
+            applies_done: state.applies_done,
+            failures: state.failures,
+            last_error: state.last_error.clone(),
+            max_staleness: self.max_staleness,
+            stale_reads: self.stale_reads.as_str(),
+            healthy: self.healthy(),
+            last_save_unix: self.lastsave(),
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, Sc
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
 use crate::server::{Backend, BackupRequest, Refusal, Role};
+use crate::status::{DaemonStatus, LastBackup, MasterStatus};
 
 pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
 use lease::{Claim, Identity};
@@ -636,93 +637,35 @@ impl Backend for Master {
         self.state().last_save_unix
     }
 
-    fn info_sections(&self) -> Vec<(&'static str, Vec<(String, String)>)> {
+    fn status(&self) -> DaemonStatus {
         let state = self.state();
-        let seq = self.db.latest_sequence_number();
-        let kv = |k: &str, v: String| (k.to_string(), v);
-        let last = state.last.as_ref();
-        let persistence = vec![
-            kv(
-                "rdb_bgsave_in_progress",
-                u8::from(state.in_progress).to_string(),
-            ),
-            kv(
-                "rdb_changes_since_last_save",
-                seq.saturating_sub(state.backed_up_seq).to_string(),
-            ),
-            kv("rdb_last_save_time", state.last_save_unix.to_string()),
-            kv(
-                "rdb_last_bgsave_status",
-                if state.last_ok { "ok" } else { "err" }.into(),
-            ),
-            kv(
-                "rdb_last_bgsave_time_sec",
-                last.map_or(-1, |l| l.duration.as_secs() as i64).to_string(),
-            ),
-            kv("rkv_backup_dir", self.store.location()),
-            kv(
-                "rkv_last_backup_id",
-                last.map_or(0, |l| l.info.id).to_string(),
-            ),
-            kv("rkv_last_backup_seq", state.backed_up_seq.to_string()),
-            kv(
-                "rkv_last_backup_created_ms",
-                last.map_or(0, |l| l.info.created_ms()).to_string(),
-            ),
-            kv(
-                "rkv_last_backup_duration_ms",
-                last.map_or(0, |l| l.duration.as_millis()).to_string(),
-            ),
-            kv(
-                "rkv_last_backup_bytes_copied",
-                last.map_or(0, |l| l.bytes_copied).to_string(),
-            ),
-            kv(
-                "rkv_last_backup_files_copied",
-                last.map_or(0, |l| l.files_copied).to_string(),
-            ),
-            kv("rkv_backups_done", state.done.to_string()),
-            kv("rkv_backups_failed", state.failed.to_string()),
-            kv(
-                "rkv_last_backup_error",
-                state.last_error.clone().unwrap_or_default(),
-            ),
-            kv(
-                "rkv_db_writable",
-                u8::from(state.db_error.is_none()).to_string(),
-            ),
-            kv("rkv_db_error", state.db_error.clone().unwrap_or_default()),
-            kv(
-                "rkv_owns_backup_dir",
-                u8::from(state.fenced_by.is_none()).to_string(),
-            ),
-            kv("rkv_fenced_by", state.fenced_by.clone().unwrap_or_default()),
-            kv(
-                "rkv_scrub_files_checked",
-                state.scrub.files_checked.to_string(),
-            ),
-            kv(
-                "rkv_scrub_bytes_checked",
-                state.scrub.bytes_checked.to_string(),
-            ),
-            kv("rkv_damaged_files_found", state.damaged_found.to_string()),
-            kv(
-                "rkv_last_damage",
-                state.last_damage.clone().unwrap_or_default(),
-            ),
-            kv("rkv_backups_dropped", state.backups_dropped.to_string()),
-            kv("rkv_keep", self.retention.keep.to_string()),
-            kv(
-                "rkv_keep_within_sec",
-                self.retention.keep_within.as_secs().to_string(),
-            ),
-        ];
-        let replication = vec![
-            kv("role", "master".into()),
-            kv("connected_slaves", "0".into()),
-            kv("master_repl_offset", seq.to_string()),
-        ];
-        vec![("persistence", persistence), ("replication", replication)]
+        DaemonStatus::Master(MasterStatus {
+            seq: self.db.latest_sequence_number(),
+            backed_up_seq: state.backed_up_seq,
+            backup_in_progress: state.in_progress,
+            last_save_unix: state.last_save_unix,
+            last_ok: state.last_ok,
+            last: state.last.as_ref().map(|l| LastBackup {
+                id: l.info.id,
+                created_ms: l.info.created_ms(),
+                duration: l.duration,
+                bytes_copied: l.bytes_copied,
+                files_copied: l.files_copied,
+            }),
+            done: state.done,
+            failed: state.failed,
+            last_error: state.last_error.clone(),
+            backup_dir: self.store.location(),
+            db_error: state.db_error.clone(),
+            fenced_by: state.fenced_by.clone(),
+            scrub_files_checked: state.scrub.files_checked,
+            scrub_bytes_checked: state.scrub.bytes_checked,
+            damaged_found: state.damaged_found,
+            last_damage: state.last_damage.clone(),
+            backups_dropped: state.backups_dropped,
+            keep: self.retention.keep,
+            keep_within: self.retention.keep_within,
+        })
     }
 }
 

@@ -107,9 +107,9 @@ pub trait Backend: Send + Sync + 'static {
     /// `LASTSAVE`: unix seconds of the last backup (made or applied).
     fn lastsave(&self) -> i64;
 
-    /// Daemon-specific `INFO` sections (`persistence`, `replication`, …),
-    /// each a name and its `field:value` lines.
-    fn info_sections(&self) -> Vec<(&'static str, Vec<(String, String)>)>;
+    /// What the daemon reports about itself (`INFO persistence` and
+    /// `replication`).
+    fn status(&self) -> crate::status::DaemonStatus;
 }
 
 /// How the server listens and what it allows.

@@ -2,10 +2,12 @@
 //! daemon reports in its own terms.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::{refusal_reply, Ctx};
 use crate::resp::Reply;
 use crate::server::{BackupRequest, Role, Shared};
+use crate::status::DaemonStatus;
 
 pub(super) fn role(ctx: &mut Ctx<'_>) -> Reply {
     role_reply(ctx.shared.backend.role())
@@ -63,7 +65,7 @@ pub(super) fn info(ctx: &mut Ctx<'_>) -> Reply {
             .iter()
             .any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
     let mut sections = common_info(shared);
-    sections.extend(shared.backend.info_sections());
+    sections.extend(status_sections(shared.backend.status()));
     if let Ok(db) = shared.backend.reader() {
         let keys = db.estimate_num_keys().unwrap_or(0);
         sections.push((
@@ -152,4 +154,141 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
             ],
         ),
     ]
+}
+
+/// A daemon's status as Redis's `INFO persistence` and `replication`
+/// fields, with rkv's own beside them (`rkv_…`).
+fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, String)>)> {
+    let kv = |k: &str, v: String| (k.to_string(), v);
+    let ms = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64).to_string();
+    let text = |t: Option<String>| t.unwrap_or_default();
+    match status {
+        DaemonStatus::Master(m) => {
+            let last = m.last.as_ref();
+            let persistence = vec![
+                kv(
+                    "rdb_bgsave_in_progress",
+                    u8::from(m.backup_in_progress).to_string(),
+                ),
+                kv(
+                    "rdb_changes_since_last_save",
+                    m.seq.saturating_sub(m.backed_up_seq).to_string(),
+                ),
+                kv("rdb_last_save_time", m.last_save_unix.to_string()),
+                kv(
+                    "rdb_last_bgsave_status",
+                    if m.last_ok { "ok" } else { "err" }.into(),
+                ),
+                kv(
+                    "rdb_last_bgsave_time_sec",
+                    last.map_or(-1, |l| l.duration.as_secs() as i64).to_string(),
+                ),
+                kv("rkv_backup_dir", m.backup_dir),
+                kv("rkv_last_backup_id", last.map_or(0, |l| l.id).to_string()),
+                kv("rkv_last_backup_seq", m.backed_up_seq.to_string()),
+                kv(
+                    "rkv_last_backup_created_ms",
+                    last.map_or(0, |l| l.created_ms).to_string(),
+                ),
+                kv(
+                    "rkv_last_backup_duration_ms",
+                    last.map_or(0, |l| l.duration.as_millis()).to_string(),
+                ),
+                kv(
+                    "rkv_last_backup_bytes_copied",
+                    last.map_or(0, |l| l.bytes_copied).to_string(),
+                ),
+                kv(
+                    "rkv_last_backup_files_copied",
+                    last.map_or(0, |l| l.files_copied).to_string(),
+                ),
+                kv("rkv_backups_done", m.done.to_string()),
+                kv("rkv_backups_failed", m.failed.to_string()),
+                kv("rkv_last_backup_error", text(m.last_error)),
+                kv(
+                    "rkv_db_writable",
+                    u8::from(m.db_error.is_none()).to_string(),
+                ),
+                kv("rkv_db_error", text(m.db_error)),
+                kv(
+                    "rkv_owns_backup_dir",
+                    u8::from(m.fenced_by.is_none()).to_string(),
+                ),
+                kv("rkv_fenced_by", text(m.fenced_by)),
+                kv("rkv_scrub_files_checked", m.scrub_files_checked.to_string()),
+                kv("rkv_scrub_bytes_checked", m.scrub_bytes_checked.to_string()),
+                kv("rkv_damaged_files_found", m.damaged_found.to_string()),
+                kv("rkv_last_damage", text(m.last_damage)),
+                kv("rkv_backups_dropped", m.backups_dropped.to_string()),
+                kv("rkv_keep", m.keep.to_string()),
+                kv("rkv_keep_within_sec", m.keep_within.as_secs().to_string()),
+            ];
+            let replication = vec![
+                kv("role", "master".into()),
+                kv("connected_slaves", "0".into()),
+                kv("master_repl_offset", m.seq.to_string()),
+            ];
+            vec![("persistence", persistence), ("replication", replication)]
+        }
+        DaemonStatus::Follower(f) => {
+            let host = f.master.split(':').next().unwrap_or_default().to_string();
+            let apply = f.last_apply.as_ref();
+            let replication = vec![
+                kv("role", "slave".into()),
+                kv("master_host", host),
+                kv("master_port", "0".into()),
+                kv(
+                    "master_link_status",
+                    if f.link_up { "up" } else { "down" }.into(),
+                ),
+                kv(
+                    "master_last_io_seconds_ago",
+                    f.last_poll_ago
+                        .map_or(-1, |d| d.as_secs() as i64)
+                        .to_string(),
+                ),
+                kv("master_sync_in_progress", u8::from(f.applying).to_string()),
+                kv("slave_repl_offset", f.applied_seq.to_string()),
+                kv("slave_read_only", "1".into()),
+                kv("rkv_master", f.master),
+                kv("rkv_backup_dir", f.backup_dir),
+                kv("rkv_applied_backup_id", f.applied_backup_id.to_string()),
+                kv("rkv_applied_created_ms", f.applied_created_ms.to_string()),
+                kv("rkv_applied_seq", f.applied_seq.to_string()),
+                kv("rkv_staleness_ms", ms(f.staleness)),
+                kv(
+                    "rkv_master_clock_skew_ms",
+                    f.clock_skew_ms.map_or_else(String::new, |s| s.to_string()),
+                ),
+                kv("rkv_newest_backup_id", f.newest_backup_id.to_string()),
+                kv("rkv_master_heartbeat_ms_ago", ms(f.heartbeat_ago)),
+                kv("rkv_lineage_change", text(f.lineage_change)),
+                kv("rkv_last_poll_ms_ago", ms(f.last_poll_ago)),
+                kv("rkv_last_apply_duration_ms", ms(apply.map(|a| a.duration))),
+                kv(
+                    "rkv_last_apply_bytes_copied",
+                    apply.map_or(0, |a| a.bytes_copied).to_string(),
+                ),
+                kv(
+                    "rkv_last_apply_files_copied",
+                    apply.map_or(0, |a| a.files_copied).to_string(),
+                ),
+                kv(
+                    "rkv_last_apply_files_kept",
+                    apply.map_or(0, |a| a.files_kept).to_string(),
+                ),
+                kv("rkv_applies_done", f.applies_done.to_string()),
+                kv("rkv_apply_failures", f.failures.to_string()),
+                kv("rkv_last_error", text(f.last_error)),
+                kv("rkv_max_staleness_ms", ms(f.max_staleness)),
+                kv("rkv_stale_reads", f.stale_reads.into()),
+                kv("healthy", u8::from(f.healthy).to_string()),
+            ];
+            let persistence = vec![
+                kv("loading", "0".into()),
+                kv("rdb_last_save_time", f.last_save_unix.to_string()),
+            ];
+            vec![("persistence", persistence), ("replication", replication)]
+        }
+    }
 }
