@@ -10,6 +10,7 @@
 //! with the callers; [`Retention`] only computes what a policy keeps.
 
 mod dir;
+mod heal;
 pub mod meta;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 //! never two at once, then apply retention) and is the server's
 //! [`Backend`]; [`run`] is the daemon's lifecycle around it.
 
+mod backend;
 mod config;
 pub mod lease;
 mod run;
@@ -18,8 +19,6 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, ScrubCursor};
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
-use crate::server::{Backend, BackupRequest, Refusal, Role};
-use crate::status::{DaemonStatus, LastBackup, MasterStatus};
 
 pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
 use lease::{Claim, Identity};
@@ -573,183 +572,5 @@ impl Master {
     }
 }
 
-impl Backend for Master {
-    fn role_name(&self) -> &'static str {
-        "master"
-    }
-
-    fn reader(&self) -> std::result::Result<Arc<Db>, Refusal> {
-        Ok(Arc::clone(&self.db))
-    }
-
-    fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
-        if self.fenced.load(Ordering::Relaxed) {
-            let by = self.state().fenced_by.clone().unwrap_or_default();
-            return Err(Refusal::Fenced { by });
-        }
-        Ok(Arc::clone(&self.db))
-    }
-
-    fn role(&self) -> Role {
-        Role::Master
-    }
-
-    fn request_backup(&self) -> std::result::Result<BackupRequest, Refusal> {
-        Ok(if self.schedule_backup() {
-            BackupRequest::Scheduled
-        } else {
-            BackupRequest::Started
-        })
-    }
-
-    fn backup_now(&self) -> std::result::Result<(), Refusal> {
-        // Done once a backup holds every write acknowledged before this
-        // request: its sequence number now. Waiting on attempts instead
-        // would let a step that checked for changes just before the last
-        // write answer for it.
-        let target = self.db.latest_sequence_number();
-        let mut state = self.state();
-        let mut first = state.started + 1;
-        state.requested = true;
-        self.changed.notify_all();
-        loop {
-            if state.backed_up_seq >= target {
-                return Ok(());
-            }
-            if state.stopping {
-                return Err(Refusal::ShuttingDown);
-            }
-            if state.finished >= first {
-                if !state.last_ok {
-                    return Err(Refusal::BackupFailed(state.last_error.clone()));
-                }
-                // A step that started after this request found nothing
-                // to do yet: ask again.
-                first = state.started + 1;
-                state.requested = true;
-                self.changed.notify_all();
-            }
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn lastsave(&self) -> i64 {
-        self.state().last_save_unix
-    }
-
-    fn status(&self) -> DaemonStatus {
-        let state = self.state();
-        DaemonStatus::Master(MasterStatus {
-            seq: self.db.latest_sequence_number(),
-            backed_up_seq: state.backed_up_seq,
-            backup_in_progress: state.in_progress,
-            last_save_unix: state.last_save_unix,
-            last_ok: state.last_ok,
-            last: state.last.as_ref().map(|l| LastBackup {
-                id: l.info.id,
-                created_ms: l.info.created_ms(),
-                duration: l.duration,
-                bytes_copied: l.bytes_copied,
-                files_copied: l.files_copied,
-            }),
-            done: state.done,
-            failed: state.failed,
-            last_error: state.last_error.clone(),
-            backup_dir: self.store.location(),
-            db_error: state.db_error.clone(),
-            fenced_by: state.fenced_by.clone(),
-            scrub_files_checked: state.scrub.files_checked,
-            scrub_bytes_checked: state.scrub.bytes_checked,
-            damaged_found: state.damaged_found,
-            last_damage: state.last_damage.clone(),
-            backups_dropped: state.backups_dropped,
-            keep: self.retention.keep,
-            keep_within: self.retention.keep_within,
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backup::BackupDir;
-
-    fn master(dir: &Path) -> Master {
-        let retention = Retention {
-            keep: 2,
-            keep_within: Duration::ZERO,
-        };
-        Master::open(
-            &dir.join("db"),
-            BackupDir::new(dir.join("backups")),
-            retention,
-            false,
-            None,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn backs_up_only_when_the_database_changed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let m = master(tmp.path());
-        assert!(matches!(m.backup_step(), StepOutcome::Unchanged));
-        m.db().put(b"k", b"v").unwrap();
-        let StepOutcome::Created(stats) = m.backup_step() else {
-            panic!("expected a backup")
-        };
-        assert_eq!(
-            stats.info.metadata.unwrap().seq,
-            m.db().latest_sequence_number()
-        );
-        assert!(matches!(m.backup_step(), StepOutcome::Unchanged));
-        for i in 0..3 {
-            m.db().put(format!("k{i}").as_bytes(), b"v").unwrap();
-            assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
-        }
-        // Retention keeps two.
-        assert_eq!(m.store.list().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn a_restarted_master_knows_what_is_backed_up() {
-        let tmp = tempfile::tempdir().unwrap();
-        {
-            let m = master(tmp.path());
-            m.db().put(b"k", b"v").unwrap();
-            assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
-        }
-        let m = master(tmp.path());
-        assert!(!m.has_unbacked_changes());
-        assert!(m.lastsave() > 0);
-    }
-
-    #[test]
-    fn a_failed_backup_is_counted_and_retried() {
-        let tmp = tempfile::tempdir().unwrap();
-        // The backup dir path is a regular file: every backup fails.
-        std::fs::write(tmp.path().join("backups"), b"").unwrap();
-        let retention = Retention {
-            keep: 2,
-            keep_within: Duration::ZERO,
-        };
-        let m = Master::open(
-            &tmp.path().join("db"),
-            BackupDir::new(tmp.path().join("backups")),
-            retention,
-            false,
-            None,
-        );
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => panic!("open must not need a usable backup dir: {e}"),
-        };
-        m.db().put(b"k", b"v").unwrap();
-        assert!(matches!(m.backup_step(), StepOutcome::Failed(_)));
-        assert!(matches!(m.backup_step(), StepOutcome::Failed(_)));
-        assert_eq!(m.state().failed, 2);
-        assert!(m.has_unbacked_changes());
-        std::fs::remove_file(tmp.path().join("backups")).unwrap();
-        assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
-    }
-}
+mod tests;

@@ -1,0 +1,151 @@
+//! Staleness and health: the master's clock as a follower measures it from
+//! heartbeats, so that the data's age is measured on the follower's own
+//! clock whatever the skew between hosts.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{ApplyState, Follower};
+use crate::backup::Heartbeat;
+
+/// The master's clock as this follower sees it, learnt from heartbeats.
+///
+/// A heartbeat that changed between two reads was written after the
+/// first, so its timestamp `M` read at monotonic time `L` gives the offset
+/// `M - L`, below the true one by at most the read's delay. The highest of
+/// the recent samples converts the master's timestamps to this host's
+/// clock: staleness then holds whatever the skew between the hosts, and a
+/// stepped clock ages out of the window.
+#[derive(Debug, Default, Clone)]
+pub(super) struct MasterClock {
+    samples: VecDeque<i64>,
+}
+
+impl MasterClock {
+    const WINDOW: usize = 16;
+
+    pub(super) fn sample(&mut self, offset_ms: i64) {
+        if self.samples.len() == Self::WINDOW {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(offset_ms);
+    }
+
+    /// The master's clock minus this follower's monotonic clock, in ms;
+    /// `None` until a heartbeat was seen to change.
+    pub(super) fn offset(&self) -> Option<i64> {
+        self.samples.iter().copied().max()
+    }
+}
+
+impl Follower {
+    /// Milliseconds on this follower's monotonic clock.
+    pub(super) fn mono_ms(&self, at: Instant) -> i64 {
+        at.saturating_duration_since(self.epoch).as_millis() as i64
+    }
+
+    /// Takes in a heartbeat read at `read_at`: a changed one is a reading of
+    /// the master's clock (when it is of the served database, or nothing is
+    /// served yet).
+    pub(super) fn observe_heartbeat(
+        &self,
+        state: &mut ApplyState,
+        heartbeat: Heartbeat,
+        read_at: Instant,
+    ) {
+        if state.heartbeat.as_ref() == Some(&heartbeat) {
+            return;
+        }
+        let serving = self.serving.load();
+        let same_lineage = serving
+            .as_ref()
+            .and_then(|g| g.lineage())
+            .is_none_or(|l| l == heartbeat.lineage());
+        // The first heartbeat read may be hours old: only a change tells
+        // when one was written.
+        if state.heartbeat.is_some() && same_lineage {
+            state
+                .clock
+                .sample(heartbeat.ms as i64 - self.mono_ms(read_at));
+        }
+        state.heartbeat_changed = Some(read_at);
+        state.heartbeat = Some(heartbeat);
+    }
+
+    /// How old the served data is, on this follower's clock: now minus the
+    /// moment it was last known to be the master's whole state. That is the
+    /// served backup's creation, or the master's latest heartbeat when the
+    /// master had written nothing beyond that backup; both are master
+    /// timestamps, converted with the offset heartbeats measured (see
+    /// [`MasterClock`]). `None` until a heartbeat was seen to change: an
+    /// unknown age is not a fresh one.
+    pub fn staleness(&self) -> Option<Duration> {
+        let generation = self.serving.load_full()?;
+        let state = self.state();
+        let offset = state.clock.offset()?;
+        let mut current_as_of = generation.backup.created_ms() as i64;
+        if let (Some(meta), Some(heartbeat)) = (&generation.backup.metadata, &state.heartbeat) {
+            if heartbeat.seq <= meta.seq && heartbeat.lineage() == meta.lineage() {
+                current_as_of = current_as_of.max(heartbeat.ms as i64);
+            }
+        }
+        let now_on_master = self.mono_ms(Instant::now()) + offset;
+        Some(Duration::from_millis(
+            now_on_master.saturating_sub(current_as_of).max(0) as u64,
+        ))
+    }
+
+    /// The master's clock minus this host's, in ms (from heartbeats).
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        let offset = self.state().clock.offset()?;
+        let now = Instant::now();
+        Some(offset + self.mono_ms(now) - crate::backup::now_ms() as i64)
+    }
+
+    /// Whether the follower serves the backup directory's database within
+    /// `--max-staleness`.
+    pub fn healthy(&self) -> bool {
+        if self.serving.load().is_none() || self.state().lineage_change.is_some() {
+            return false;
+        }
+        match self.max_staleness {
+            None => true,
+            Some(max) => self.staleness().is_some_and(|s| s <= max),
+        }
+    }
+
+    /// Why the follower is not healthy, for refusals and `/healthz`.
+    pub(super) fn unhealthy_reason(&self) -> String {
+        if let Some(why) = self.state().lineage_change.clone() {
+            return why;
+        }
+        let max = humantime::format_duration(self.max_staleness.unwrap_or_default());
+        match self.staleness() {
+            Some(age) => format!(
+                "the data is {} old, more than --max-staleness {max}: the master has not \
+                 published a newer backup",
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64)),
+            ),
+            None => format!(
+                "the data's age is unknown (no heartbeat of the master seen changing since \
+                 this follower started), so it cannot be shown within --max-staleness {max}"
+            ),
+        }
+    }
+
+    /// A one-line summary for systemd's STATUS.
+    pub fn status_line(&self) -> String {
+        let Some(g) = self.serving() else {
+            return "waiting for the first backup".to_string();
+        };
+        let age = match self.staleness() {
+            Some(age) => humantime::format_duration(Duration::from_secs(age.as_secs())).to_string(),
+            None => "age unknown".to_string(),
+        };
+        format!(
+            "serving backup {} ({age}){}",
+            g.backup.id,
+            if self.healthy() { "" } else { ", STALE" }
+        )
+    }
+}

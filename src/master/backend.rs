@@ -1,0 +1,106 @@
+//! The master as the server's backend: reads and writes on its database
+//! (writes refused once fenced), backups on request, and its status.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::Master;
+use crate::db::Db;
+use crate::server::{Backend, BackupRequest, Refusal, Role};
+use crate::status::{DaemonStatus, LastBackup, MasterStatus};
+
+impl Backend for Master {
+    fn role_name(&self) -> &'static str {
+        "master"
+    }
+
+    fn reader(&self) -> std::result::Result<Arc<Db>, Refusal> {
+        Ok(Arc::clone(&self.db))
+    }
+
+    fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
+        if self.fenced.load(Ordering::Relaxed) {
+            let by = self.state().fenced_by.clone().unwrap_or_default();
+            return Err(Refusal::Fenced { by });
+        }
+        Ok(Arc::clone(&self.db))
+    }
+
+    fn role(&self) -> Role {
+        Role::Master
+    }
+
+    fn request_backup(&self) -> std::result::Result<BackupRequest, Refusal> {
+        Ok(if self.schedule_backup() {
+            BackupRequest::Scheduled
+        } else {
+            BackupRequest::Started
+        })
+    }
+
+    fn backup_now(&self) -> std::result::Result<(), Refusal> {
+        // Done once a backup holds every write acknowledged before this
+        // request: its sequence number now. Waiting on attempts instead
+        // would let a step that checked for changes just before the last
+        // write answer for it.
+        let target = self.db.latest_sequence_number();
+        let mut state = self.state();
+        let mut first = state.started + 1;
+        state.requested = true;
+        self.changed.notify_all();
+        loop {
+            if state.backed_up_seq >= target {
+                return Ok(());
+            }
+            if state.stopping {
+                return Err(Refusal::ShuttingDown);
+            }
+            if state.finished >= first {
+                if !state.last_ok {
+                    return Err(Refusal::BackupFailed(state.last_error.clone()));
+                }
+                // A step that started after this request found nothing
+                // to do yet: ask again.
+                first = state.started + 1;
+                state.requested = true;
+                self.changed.notify_all();
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn lastsave(&self) -> i64 {
+        self.state().last_save_unix
+    }
+
+    fn status(&self) -> DaemonStatus {
+        let state = self.state();
+        DaemonStatus::Master(MasterStatus {
+            seq: self.db.latest_sequence_number(),
+            backed_up_seq: state.backed_up_seq,
+            backup_in_progress: state.in_progress,
+            last_save_unix: state.last_save_unix,
+            last_ok: state.last_ok,
+            last: state.last.as_ref().map(|l| LastBackup {
+                id: l.info.id,
+                created_ms: l.info.created_ms(),
+                duration: l.duration,
+                bytes_copied: l.bytes_copied,
+                files_copied: l.files_copied,
+            }),
+            done: state.done,
+            failed: state.failed,
+            last_error: state.last_error.clone(),
+            backup_dir: self.store.location(),
+            db_error: state.db_error.clone(),
+            fenced_by: state.fenced_by.clone(),
+            scrub_files_checked: state.scrub.files_checked,
+            scrub_bytes_checked: state.scrub.bytes_checked,
+            damaged_found: state.damaged_found,
+            last_damage: state.last_damage.clone(),
+            backups_dropped: state.backups_dropped,
+            keep: self.retention.keep,
+            keep_within: self.retention.keep_within,
+        })
+    }
+}
