@@ -491,6 +491,30 @@ impl DaemonFile {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Waits (up to `timeout`) for the file that process `pid` writes into
+    /// `dir` once it listens, and returns it: how a script or a test that
+    /// started a daemon on port 0 learns the address it got.
+    pub fn wait_for(dir: &Path, pid: u32, timeout: Duration) -> Option<DaemonFile> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(file) = Self::read(dir).filter(|f| f.pid == pid) {
+                return Some(file);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The first TCP address the file names, if any.
+    pub fn tcp_addr(&self) -> Option<ListenAddr> {
+        self.listen
+            .iter()
+            .filter_map(|a| a.parse::<ListenAddr>().ok())
+            .find(|a| matches!(a, ListenAddr::Tcp(_)))
+    }
+
     /// The file in `dir`, if the daemon that wrote it is still running.
     pub fn find_running(dir: &Path) -> Option<DaemonFile> {
         let file = Self::read(dir)?;

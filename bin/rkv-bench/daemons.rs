@@ -38,6 +38,7 @@ impl Proc {
             "rkv-master",
             ["--db", &path(db), "--backup-dir", &path(backups)],
             extra,
+            db,
         )
     }
 
@@ -46,12 +47,13 @@ impl Proc {
             "rkv-follower",
             ["--backup-dir", &path(backups), "--data", &path(data)],
             extra,
+            data,
         )
     }
 
-    fn rkv(name: &str, dirs: [&str; 4], extra: &[&str]) -> Proc {
+    fn rkv(name: &str, dirs: [&str; 4], extra: &[&str], dir: &Path) -> Proc {
         let args = dirs.iter().chain(extra).map(|s| s.to_string()).collect();
-        Proc::start(bin(name), args)
+        Proc::start(bin(name), args, Some(dir))
     }
 
     pub fn redis_server() -> Proc {
@@ -68,16 +70,19 @@ impl Proc {
         Proc::start(
             PathBuf::from("redis-server"),
             args.iter().map(|s| s.to_string()).collect(),
+            None,
         )
     }
 
-    fn start(program: PathBuf, mut args: Vec<String>) -> Proc {
-        let port = free_port();
-        let is_redis = program == Path::new("redis-server");
-        if is_redis {
+    /// Starts `program`. An rkv daemon (whose database or data directory is
+    /// `dir`) picks its own port and names it in its daemon file; redis-server
+    /// gets a free one.
+    fn start(program: PathBuf, mut args: Vec<String>, dir: Option<&Path>) -> Proc {
+        let port = if dir.is_some() { 0 } else { free_port() };
+        if dir.is_none() {
             args.extend(["--port".to_string(), port.to_string()]);
         } else {
-            args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         }
         let child = Command::new(&program)
             .args(&args)
@@ -89,9 +94,21 @@ impl Proc {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let addr: ListenAddr = match dir {
+            Some(dir) => {
+                rkv::daemon::DaemonFile::wait_for(dir, child.id(), Duration::from_secs(60))
+                    .and_then(|f| f.tcp_addr())
+                    .unwrap_or_else(|| panic!("{} did not start", program.display()))
+            }
+            None => format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        let port = match &addr {
+            ListenAddr::Tcp(socket) => socket.port(),
+            ListenAddr::Unix(_) => 0,
+        };
         let proc = Proc {
             child: Some(child),
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            addr,
             port,
         };
         wait_until(

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rkv::client::Client;
+use rkv::daemon::DaemonFile;
 use rkv::resp::Reply;
 use rkv::server::ListenAddr;
 
@@ -26,14 +27,6 @@ fn bin(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
@@ -47,7 +40,7 @@ impl Proc {
             path(backups),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start("rkv-master", args, env, db.with_extension("log"))
+        Proc::start("rkv-master", args, env, db, db.with_extension("log"))
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -59,26 +52,28 @@ impl Proc {
             path(data),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start("rkv-follower", args, &[], data.with_extension("log"))
+        Proc::start("rkv-follower", args, &[], data, data.with_extension("log"))
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts `name` and waits until it answers PING; `Err` with its log
-    /// when it exits first (a refused start).
+    /// Starts `name` (whose database or data directory is `dir`) on a port
+    /// of its choosing, learns the port from the daemon file it writes
+    /// there, and waits until it answers PING; `Err` with its log when it
+    /// exits first (a refused start).
     pub fn start(
         name: &str,
         mut args: Vec<String>,
         env: &[(&str, &str)],
+        dir: &Path,
         log: PathBuf,
     ) -> Result<Proc, String> {
-        let port = free_port();
-        args.extend(["--listen".to_string(), format!("127.0.0.1:{port}")]);
+        args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(bin(name))
+        let mut child = Command::new(bin(name))
             .args(&args)
             .envs(env.iter().copied())
             .env("RKV_LOG", "info")
@@ -87,12 +82,28 @@ impl Proc {
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            let file = DaemonFile::read(dir).filter(|f| f.pid == child.id());
+            if let Some(addr) = file.and_then(|f| f.tcp_addr()) {
+                break addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let proc = Proc {
+                    child: None,
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    log,
+                };
+                return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
+            }
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let mut proc = Proc {
             child: Some(child),
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            addr,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if proc
                 .client()
@@ -105,7 +116,7 @@ impl Proc {
                 proc.child = None;
                 return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
             }
-            assert!(Instant::now() < deadline, "{name} did not start");
+            assert!(Instant::now() < deadline, "{name} did not answer");
             std::thread::sleep(Duration::from_millis(10));
         }
     }

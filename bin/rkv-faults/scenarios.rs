@@ -763,7 +763,7 @@ fn two_masters(dir: &Path) -> Outcome {
             backups.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start("rkv-master", args, &[], dir.join("b.log"))
+        Proc::start("rkv-master", args, &[], &dir.join("b"), dir.join("b.log"))
     };
     // Watch the follower while a second master tries its luck.
     let flips = Arc::new(AtomicU64::new(0));

@@ -114,15 +114,6 @@ pub fn backup_flag(path: &Path) -> String {
     format!("--backup_dir={}", path.display())
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Polls `check` every 50 ms until it holds; panics after `timeout`.
 #[track_caller]
 pub fn wait_until(timeout: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
@@ -144,8 +135,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `rkv-master` on `db` and `backups` with `extra` flags, on a free
-    /// loopback port, and waits until it answers PING.
+    /// Starts `rkv-master` on `db` and `backups` with `extra` flags, on a
+    /// loopback port of its choosing, and waits until it answers PING.
     pub fn master(db: &Path, backups: &Path, extra: &[&str]) -> Daemon {
         Daemon::master_with_env(db, backups, extra, &[])
     }
@@ -157,46 +148,40 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
-        let port = free_port();
         let mut args: Vec<String> = vec![
             "--db".into(),
             db.display().to_string(),
             "--backup-dir".into(),
             backups.display().to_string(),
+            // Port 0: the daemon picks a free port and writes it into its
+            // daemon file, so no port is picked here and lost to a race.
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Daemon::start(
             env!("CARGO_BIN_EXE_rkv-master"),
             &args,
             env,
-            format!("127.0.0.1:{port}"),
+            db,
             db.with_extension("log"),
         )
     }
 
     /// Starts `rkv-follower` of `backups` in `data` with `extra` flags, on a
-    /// free loopback port, and waits until it answers PING.
+    /// loopback port of its choosing, and waits until it answers PING.
     pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Daemon {
-        let port = free_port();
         let mut args: Vec<String> = vec![
             "--backup-dir".into(),
             backups.display().to_string(),
             "--data".into(),
             data.display().to_string(),
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = data.with_extension(format!("{}.log", std::process::id()));
-        Daemon::start(
-            env!("CARGO_BIN_EXE_rkv-follower"),
-            &args,
-            &[],
-            format!("127.0.0.1:{port}"),
-            log,
-        )
+        Daemon::start(env!("CARGO_BIN_EXE_rkv-follower"), &args, &[], data, log)
     }
 
     /// A plain TCP connection, for tests that speak raw bytes; reads time
@@ -244,15 +229,9 @@ impl Daemon {
         }
     }
 
-    fn start(
-        bin: &str,
-        args: &[String],
-        env: &[(&str, &str)],
-        addr: String,
-        log: PathBuf,
-    ) -> Daemon {
+    fn start(bin: &str, args: &[String], env: &[(&str, &str)], dir: &Path, log: PathBuf) -> Daemon {
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())
             .env("RKV_LOG", "info")
@@ -261,12 +240,29 @@ impl Daemon {
             .stderr(log_file)
             .spawn()
             .unwrap();
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // The daemon writes its addresses once it listens.
+        let addr = loop {
+            let file = rkv::daemon::DaemonFile::read(dir).filter(|f| f.pid == child.id());
+            if let Some(addr) = file.and_then(|f| f.tcp_addr()) {
+                break addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("daemon exited early ({status}):\n{}", log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not start:\n{}",
+                log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         let mut daemon = Daemon {
             child: Some(child),
-            addr: addr.parse().unwrap(),
+            addr,
             log,
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Ok(mut client) = rkv::client::Client::connect(&daemon.addr, None) {
                 if client.call_raw(&[b"PING"]).is_ok() {
@@ -278,10 +274,10 @@ impl Daemon {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "daemon did not start:\n{}",
+                "daemon did not answer:\n{}",
                 daemon.log()
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
