@@ -11,6 +11,7 @@
 mod backup;
 mod data;
 mod remote;
+mod target;
 
 use std::path::{Path, PathBuf};
 
@@ -318,25 +319,51 @@ pub fn main() -> i32 {
     }
 }
 
-/// Runs a parsed command line, printing its output to `out`.
-pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
-    if let Some(addr) = daemon_address(cli)? {
-        return remote::run(cli, &addr, out);
+impl Command {
+    /// The command's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Put { .. } => "put",
+            Command::Get { .. } => "get",
+            Command::Delete { .. } => "delete",
+            Command::Scan { .. } => "scan",
+            Command::Backup { .. } => "backup",
+            Command::Restore { .. } => "restore",
+            Command::Backups { .. } => "backups",
+            Command::Info { .. } => "info",
+            Command::Verify { .. } => "verify",
+        }
     }
+}
+
+/// Runs a parsed command line, printing its output to `out`. The target is
+/// chosen once: the daemon that owns `--db` (or `--connect`), else the
+/// directory itself.
+pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let daemon = daemon_address(cli)?.map(|addr| target::Remote::new(cli, addr));
     match &cli.command {
-        Command::Info { .. } => Err(CliError::Usage(
-            "`info` asks a running daemon: pass --connect=ADDR, or --db=DIR of a database a \
-             daemon owns"
-                .to_string(),
-        )),
         Command::Put { .. }
         | Command::Get { .. }
         | Command::Delete { .. }
-        | Command::Scan { .. } => data::run(cli, out),
-        Command::Backup { .. }
-        | Command::Restore { .. }
-        | Command::Backups { .. }
-        | Command::Verify { .. } => backup::run(cli, out),
+        | Command::Scan { .. } => match daemon {
+            Some(mut daemon) => data::run(cli, &mut daemon, out),
+            None => data::run(cli, &mut target::Local::new(cli, cli.command.name()), out),
+        },
+        Command::Info { .. } => match daemon {
+            Some(mut daemon) => remote::info(cli, &mut daemon, out),
+            None => Err(CliError::Usage(
+                "`info` asks a running daemon: pass --connect=ADDR, or --db=DIR of a database a \
+                 daemon owns"
+                    .to_string(),
+            )),
+        },
+        Command::Backup { .. } => match daemon {
+            Some(mut daemon) => remote::backup(cli, &mut daemon, out),
+            None => backup::run(cli, out),
+        },
+        Command::Restore { .. } | Command::Backups { .. } | Command::Verify { .. } => {
+            backup::run(cli, out)
+        }
     }
 }
 

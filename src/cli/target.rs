@@ -1,0 +1,212 @@
+//! Where the key/value commands act: a database directory opened directly,
+//! or the daemon that owns it (or `--connect`), behind one interface, so
+//! each command is written once.
+
+use std::path::Path;
+
+use super::{daemon_password, Cli, CliError};
+use crate::client::{Client, ClientError};
+use crate::db::{Db, OpenMode, ScanRange};
+use crate::follower::generations::DataDir;
+use crate::resp::Reply;
+use crate::server::ListenAddr;
+
+/// How many entries one `RKV.SCAN` round trip fetches.
+const SCAN_BATCH: usize = 1000;
+
+/// Called for each entry a scan yields: its key and value.
+pub(super) type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), CliError> + 'a;
+
+/// What the key/value commands need of where they act. Nothing is opened
+/// or connected before the first call, so a bad argument costs nothing.
+pub(super) trait Target {
+    /// Stores `value` under `key`.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), CliError>;
+    /// Removes `key`.
+    fn delete(&mut self, key: &[u8]) -> Result<(), CliError>;
+    /// The value under `key`, if any.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CliError>;
+    /// Calls `each` for the entries of `range` in key order, at most `max`.
+    fn scan(
+        &mut self,
+        range: &ScanRange,
+        max: Option<usize>,
+        each: &mut Each<'_>,
+    ) -> Result<(), CliError>;
+}
+
+/// A database directory opened by the CLI itself.
+pub(super) struct Local<'a> {
+    cli: &'a Cli,
+    command: &'static str,
+    db: Option<Db>,
+}
+
+impl<'a> Local<'a> {
+    pub(super) fn new(cli: &'a Cli, command: &'static str) -> Local<'a> {
+        Local {
+            cli,
+            command,
+            db: None,
+        }
+    }
+
+    fn writable(&mut self) -> Result<&Db, CliError> {
+        if self.db.is_none() {
+            let path = self.cli.require_db(self.command)?;
+            if DataDir::is_data_dir(path) {
+                return Err(CliError::FollowerDataDir(path.to_path_buf()));
+            }
+            let mode = OpenMode::ReadWrite {
+                create_if_missing: self.cli.create_if_missing,
+            };
+            self.db = Some(Db::open(path, mode)?);
+        }
+        Ok(self.db.as_ref().expect("opened"))
+    }
+
+    fn readable(&mut self) -> Result<&Db, CliError> {
+        if self.db.is_none() {
+            self.db = Some(open_for_reading(self.cli.require_db(self.command)?)?);
+        }
+        Ok(self.db.as_ref().expect("opened"))
+    }
+}
+
+impl Target for Local<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), CliError> {
+        Ok(self.writable()?.put(key, value)?)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), CliError> {
+        Ok(self.writable()?.delete(key)?)
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CliError> {
+        Ok(self.readable()?.get(key)?)
+    }
+
+    fn scan(
+        &mut self,
+        range: &ScanRange,
+        max: Option<usize>,
+        each: &mut Each<'_>,
+    ) -> Result<(), CliError> {
+        let db = self.readable()?;
+        for (count, entry) in db.iter(range).enumerate() {
+            if max.is_some_and(|max| count >= max) {
+                break;
+            }
+            let (key, value) = entry?;
+            each(&key, &value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a database directory read-only; for a follower's data directory,
+/// the generation its `current` names.
+pub(super) fn open_for_reading(path: &Path) -> Result<Db, CliError> {
+    if DataDir::is_data_dir(path) {
+        let Some((_, generation)) = DataDir::unlocked(path).current() else {
+            return Err(crate::Error::DbNotFound {
+                path: path.join("current"),
+            }
+            .into());
+        };
+        return Ok(Db::open(&generation, OpenMode::ReadOnly)?);
+    }
+    Ok(Db::open(path, OpenMode::ReadOnly)?)
+}
+
+/// A running daemon, over RESP.
+pub(super) struct Remote<'a> {
+    cli: &'a Cli,
+    addr: ListenAddr,
+    client: Option<Client>,
+}
+
+impl<'a> Remote<'a> {
+    pub(super) fn new(cli: &'a Cli, addr: ListenAddr) -> Remote<'a> {
+        Remote {
+            cli,
+            addr,
+            client: None,
+        }
+    }
+
+    /// The connection, made on first use.
+    pub(super) fn client(&mut self) -> Result<&mut Client, CliError> {
+        if self.client.is_none() {
+            let password = daemon_password(self.cli)?;
+            self.client = Some(Client::connect(&self.addr, password.as_deref())?);
+        }
+        Ok(self.client.as_mut().expect("connected"))
+    }
+
+    /// The error for a reply the command cannot make sense of.
+    pub(super) fn unexpected(&self, reply: &Reply) -> CliError {
+        CliError::Remote(ClientError::Protocol {
+            addr: self.addr.to_string(),
+            detail: format!("unexpected reply {reply:?}"),
+        })
+    }
+
+    /// The daemon's address.
+    pub(super) fn addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+}
+
+impl Target for Remote<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), CliError> {
+        self.client()?.call(&[b"SET", key, value])?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), CliError> {
+        self.client()?.call(&[b"DEL", key])?;
+        Ok(())
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CliError> {
+        match self.client()?.call(&[b"GET", key])? {
+            Reply::Bulk(value) => Ok(value),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn scan(
+        &mut self,
+        range: &ScanRange,
+        max: Option<usize>,
+        each: &mut Each<'_>,
+    ) -> Result<(), CliError> {
+        let mut from = range.from.clone().unwrap_or_default();
+        let to = range.to.clone().unwrap_or_default();
+        let mut left = max.unwrap_or(usize::MAX);
+        while left > 0 {
+            let count = left.min(SCAN_BATCH).to_string();
+            let reply = self
+                .client()?
+                .call(&[b"RKV.SCAN", &from, &to, count.as_bytes()])?;
+            let Reply::Array(Some(parts)) = reply else {
+                return Err(self.unexpected(&reply));
+            };
+            let [next, Reply::Array(Some(entries))] = parts.as_slice() else {
+                return Err(self.unexpected(&Reply::Array(Some(parts))));
+            };
+            for pair in entries.chunks(2) {
+                if let [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] = pair {
+                    each(k, v)?;
+                    left -= 1;
+                }
+            }
+            match next {
+                Reply::Bulk(Some(next)) => from = next.clone(),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+}
