@@ -37,14 +37,17 @@ show() { # prints and runs a command; `rkv` is the built binary
 }
 
 ensure_binaries
-M=127.0.0.1:$(free_port) F1=127.0.0.1:$(free_port) F2=127.0.0.1:$(free_port)
-say "Starting rkv-master on $M (backup every 1s) and two followers on $F1 and $F2 (poll every 250ms)"
+# Each daemon picks a free loopback port and names it in its directory.
 start_daemon master "$WORK/master.log" rkv-master --db "$WORK/master" --backup-dir "$WORK/backups" \
-    --listen "$M" --interval 1s
+    --listen 127.0.0.1:0 --interval 1s
 start_daemon f1 "$WORK/f1.log" rkv-follower --backup-dir "$WORK/backups" --data "$WORK/f1" \
-    --listen "$F1" --poll-interval 250ms
+    --listen 127.0.0.1:0 --poll-interval 250ms
 start_daemon f2 "$WORK/f2.log" rkv-follower --backup-dir "$WORK/backups" --data "$WORK/f2" \
-    --listen "$F2" --poll-interval 250ms
+    --listen 127.0.0.1:0 --poll-interval 250ms
+M=$(daemon_addr "$WORK/master" "$PID_master") || die "the master did not start; logs in $WORK"
+F1=$(daemon_addr "$WORK/f1" "$PID_f1") || die "follower 1 did not start; logs in $WORK"
+F2=$(daemon_addr "$WORK/f2" "$PID_f2") || die "follower 2 did not start; logs in $WORK"
+say "Started rkv-master on $M (backup every 1s) and two followers on $F1 and $F2 (poll every 250ms)"
 for addr in "$M" "$F1" "$F2"; do
     wait_for 30 rkv_cli --connect="$addr" info server || die "nothing answers on $addr; logs in $WORK"
 done

@@ -54,20 +54,28 @@ eventually_get() {
 }
 started() { wait_for 30 rkv_cli --connect="$1" info server || die "$STEP: nothing answers on $1 (log: $2)"; }
 
-M=127.0.0.1:$(free_port) F1=127.0.0.1:$(free_port) F2=127.0.0.1:$(free_port)
 BACKUPS=$WORK/backups
-follower() { # NAME ADDR
-    start_daemon "$1" "$WORK/$1.log" rkv-follower --backup-dir "$BACKUPS" --data "$WORK/$1" \
-        --listen "$2" --poll-interval 500ms
-    started "$2" "$WORK/$1.log"
+# start NAME DIR BINARY ARGS… — starts a daemon on a port of its choosing and
+# sets ADDR to the address it names in DIR.
+start() {
+    local name=$1 dir=$2 pid_var
+    shift 2
+    start_daemon "$name" "$WORK/$name.log" "$@" --listen 127.0.0.1:0
+    pid_var=PID_$name
+    ADDR=$(daemon_addr "$dir" "${!pid_var}") || die "$STEP: $name did not start (log: $WORK/$name.log)"
+    started "$ADDR" "$WORK/$name.log"
+}
+follower() { # NAME; sets ADDR
+    start "$1" "$WORK/$1" rkv-follower --backup-dir "$BACKUPS" --data "$WORK/$1" --poll-interval 500ms
 }
 
 STEP="start master and two followers"
-start_daemon master "$WORK/master.log" rkv-master --db "$WORK/master" --backup-dir "$BACKUPS" \
-    --listen "$M" --interval 1s
-started "$M" "$WORK/master.log"
-follower f1 "$F1"
-follower f2 "$F2"
+start master "$WORK/master" rkv-master --db "$WORK/master" --backup-dir "$BACKUPS" --interval 1s
+M=$ADDR
+follower f1
+F1=$ADDR
+follower f2
+F2=$ADDR
 log "master $M, followers $F1 $F2, in $WORK"
 
 STEP="write Alice and Bob on the master"
@@ -92,7 +100,8 @@ log "Charlie reached both followers in $((($(date +%s%N) - started_at) / 1000000
 STEP="restart follower1; it answers at once"
 kill -TERM "$PID_f1"
 wait "$PID_f1" 2>/dev/null || true
-follower f1 "$F1"
+follower f1
+F1=$ADDR
 expect_get "$F1" user:3 Charlie
 
 STEP="a write to a follower is refused"
@@ -107,10 +116,9 @@ wait "$PID_master" 2>/dev/null || true
 kill -TERM "$PID_f1"
 wait "$PID_f1" 2>/dev/null || true
 cp -r --dereference "$WORK/f1/current" "$WORK/promoted"
-NEW_M=127.0.0.1:$(free_port)
-start_daemon promoted "$WORK/promoted.log" rkv-master --db "$WORK/promoted" --backup-dir "$BACKUPS" \
-    --listen "$NEW_M" --interval 1s
-started "$NEW_M" "$WORK/promoted.log"
+start promoted "$WORK/promoted" rkv-master --db "$WORK/promoted" --backup-dir "$BACKUPS" \
+    --interval 1s --take-over
+NEW_M=$ADDR
 expect_get "$NEW_M" user:3 Charlie
 rkv_cli --connect="$NEW_M" put user:4 Dave >/dev/null
 eventually_get "$F2" user:4 Dave

@@ -1,5 +1,5 @@
 # Shared helpers for rkv's shell scripts; source it after `set -euo pipefail`.
-# Provides: ROOT, BIN, log, die, ensure_binaries, free_port, start_daemon,
+# Provides: ROOT, BIN, log, die, ensure_binaries, daemon_addr, start_daemon,
 # stop_daemons, wait_for, rkv_cli.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -25,9 +25,24 @@ ensure_binaries() {
     fi
 }
 
-# Prints a loopback TCP port nobody listens on now.
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# daemon_addr DIR PID — waits (up to 30 s) for the daemon PID to name its
+# address in DIR/rkv-daemon.json (it writes the file once it listens), and
+# prints it. Daemons started with --listen 127.0.0.1:0 pick a free port
+# themselves: no port is picked here and lost to a race.
+daemon_addr() {
+    local dir=$1 pid=$2 deadline=$((SECONDS + 30)) addr
+    while ((SECONDS < deadline)); do
+        addr=$(python3 -c 'import json, sys
+f = json.load(open(sys.argv[1]))
+print(f["listen"][0] if f["pid"] == int(sys.argv[2]) else "")' "$dir/rkv-daemon.json" "$pid" 2>/dev/null) || addr=""
+        if [[ -n $addr ]]; then
+            echo "$addr"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
 }
 
 # start_daemon NAME LOGFILE BINARY ARGS… — starts a daemon in the background,
