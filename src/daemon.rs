@@ -453,6 +453,18 @@ pub fn watch_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
+/// Whether process `pid` runs: it exists and has not exited (a child that
+/// exited stays a zombie until its parent reaps it).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// The file a running daemon leaves in its directory so that `rkv --db=DIR`
 /// can reach it instead of failing on the database lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,14 +505,15 @@ impl DaemonFile {
 
     /// Waits (up to `timeout`) for the file that process `pid` writes into
     /// `dir` once it listens, and returns it: how a script or a test that
-    /// started a daemon on port 0 learns the address it got.
+    /// started a daemon on port 0 learns the address it got. `None` at the
+    /// timeout, or as soon as the process is gone (a refused start).
     pub fn wait_for(dir: &Path, pid: u32, timeout: Duration) -> Option<DaemonFile> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(file) = Self::read(dir).filter(|f| f.pid == pid) {
                 return Some(file);
             }
-            if std::time::Instant::now() >= deadline {
+            if !running(pid) || std::time::Instant::now() >= deadline {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -83,21 +83,18 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            let file = DaemonFile::read(dir).filter(|f| f.pid == child.id());
-            if let Some(addr) = file.and_then(|f| f.tcp_addr()) {
-                break addr;
+        let file = DaemonFile::wait_for(dir, child.id(), Duration::from_secs(60));
+        let Some(addr) = file.and_then(|f| f.tcp_addr()) else {
+            if child.try_wait().unwrap().is_none() {
+                let _ = child.kill();
             }
-            if let Some(status) = child.try_wait().unwrap() {
-                let proc = Proc {
-                    child: None,
-                    addr: "127.0.0.1:1".parse().unwrap(),
-                    log,
-                };
-                return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
-            }
-            assert!(Instant::now() < deadline, "{name} did not start");
-            std::thread::sleep(Duration::from_millis(10));
+            let status = child.wait().unwrap();
+            let proc = Proc {
+                child: None,
+                addr: "127.0.0.1:1".parse().unwrap(),
+                log,
+            };
+            return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
         };
         let mut proc = Proc {
             child: Some(child),

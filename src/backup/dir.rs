@@ -94,6 +94,18 @@ impl BackupDir {
         })
     }
 
+    /// The error for backup `id`, whose meta file exists but which RocksDB
+    /// cannot load: the damaged file, when one can be named.
+    fn unloadable(&self, id: u32) -> Error {
+        Error::BackupCorrupt {
+            id,
+            detail: self.damage_in(id).unwrap_or_else(|| {
+                "RocksDB cannot load it (a file it lists is missing or has the wrong size)"
+                    .to_string()
+            }),
+        }
+    }
+
     /// Opens a BackupEngine on the directory. For reading, the directory must
     /// already be a backup directory: opening an engine creates the layout,
     /// and a reader must not write into a store it does not own.
@@ -203,14 +215,7 @@ impl BackupSource for BackupDir {
             // RocksDB leaves a backup whose files are missing or truncated out
             // of its list; tell that apart from an id that never existed.
             if self.meta_path(id).is_file() {
-                return Err(Error::BackupCorrupt {
-                    id,
-                    detail: self.damage_in(id).unwrap_or_else(|| {
-                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
-                         size)"
-                            .to_string()
-                    }),
-                });
+                return Err(self.unloadable(id));
             }
             return Err(Error::BackupNotFound {
                 id,
@@ -246,16 +251,7 @@ impl BackupSource for BackupDir {
                     path: self.path.clone(),
                 })?,
             Some(id) if backups.iter().any(|b| b.id == id) => id,
-            Some(id) if self.meta_path(id).is_file() => {
-                return Err(Error::BackupCorrupt {
-                    id,
-                    detail: self.damage_in(id).unwrap_or_else(|| {
-                        "RocksDB cannot load it (a file it lists is missing or has the wrong \
-                         size)"
-                            .to_string()
-                    }),
-                })
-            }
+            Some(id) if self.meta_path(id).is_file() => return Err(self.unloadable(id)),
             Some(id) => {
                 return Err(Error::BackupNotFound {
                     id,

@@ -294,6 +294,14 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    /// Who wrote it, for the operator: `<host>:<db path>, pid N`.
+    pub fn owner(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("{}, pid {pid}", self.master),
+            None => self.master.clone(),
+        }
+    }
+
     /// Which database the master serves (see [`AppMetadata::lineage`]).
     pub fn lineage(&self) -> &str {
         self.db_id.as_deref().unwrap_or(&self.master)

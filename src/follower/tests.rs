@@ -43,6 +43,18 @@ fn follower(s: &Setup) -> Follower {
     .unwrap()
 }
 
+/// A follower that refuses reads staler than `max`.
+fn bounded_follower(s: &Setup, max: Duration) -> Follower {
+    Follower::open(
+        BackupDir::new(s.store.path()),
+        DataDir::lock(&s.data).unwrap(),
+        Some(max),
+        StaleReads::Refuse,
+        None,
+    )
+    .unwrap()
+}
+
 fn get(f: &Follower, key: &[u8]) -> Option<Vec<u8>> {
     f.reader().ok().unwrap().get(key).unwrap()
 }
@@ -122,15 +134,7 @@ fn staleness_bound_refuses_reads_when_asked() {
     let s = setup();
     s.master.put(b"k", b"v").unwrap();
     s.store.create(&s.master, "t").unwrap();
-    let data = DataDir::lock(&s.data).unwrap();
-    let f = Follower::open(
-        BackupDir::new(s.store.path()),
-        data,
-        Some(Duration::from_millis(1)),
-        StaleReads::Refuse,
-        None,
-    )
-    .unwrap();
+    let f = bounded_follower(&s, Duration::from_millis(1));
     f.poll();
     std::thread::sleep(Duration::from_millis(5));
     assert!(!f.healthy());
@@ -310,14 +314,7 @@ fn a_replaced_backup_directory_is_re_bootstrapped() {
 #[test]
 fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
     let s = setup();
-    let f = Follower::open(
-        BackupDir::new(s.store.path()),
-        DataDir::lock(&s.data).unwrap(),
-        Some(Duration::from_secs(3)),
-        StaleReads::Refuse,
-        None,
-    )
-    .unwrap();
+    let f = bounded_follower(&s, Duration::from_secs(3));
     s.master.put(b"k", b"v").unwrap();
     // The master's clock is two hours ahead: its backup and heartbeats
     // say so.
@@ -351,14 +348,7 @@ fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
     // follower: one that saw the clock ahead distrusts a clock that
     // steps back for a window of heartbeats, erring on the stale side.)
     drop(f);
-    let f = Follower::open(
-        BackupDir::new(s.store.path()),
-        DataDir::lock(&s.data).unwrap(),
-        Some(Duration::from_secs(3)),
-        StaleReads::Refuse,
-        None,
-    )
-    .unwrap();
+    let f = bounded_follower(&s, Duration::from_secs(3));
     let behind = crate::backup::now_ms() - 2 * 3600 * 1000;
     for i in 0..2 {
         s.store

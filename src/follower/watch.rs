@@ -17,13 +17,20 @@ pub(super) struct MetaWatcher {
 /// Whether a filesystem event can mean a new backup or heartbeat: a file
 /// created or renamed. Opens and reads are not: the follower's own listing
 /// of `meta/` is one, and waking on it would make an idle follower poll
-/// itself in a loop.
+/// itself in a loop. Nor is a dot-file appearing: BackupEngine's
+/// `meta/.<id>.tmp` and the heartbeat's temporary file are written first and
+/// renamed into place, and only the rename is news.
 fn is_news(event: &notify::Event) -> bool {
     use notify::event::{EventKind, ModifyKind};
-    matches!(
+    let kind = matches!(
         event.kind,
         EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
-    )
+    );
+    let hidden = |p: &std::path::PathBuf| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    };
+    kind && (event.paths.is_empty() || !event.paths.iter().all(hidden))
 }
 
 impl MetaWatcher {
@@ -84,6 +91,23 @@ mod tests {
         assert!(is_news(&event(EventKind::Modify(ModifyKind::Name(
             RenameMode::To
         )))));
+        // A temporary file appearing is not news; its rename into place is.
+        let at = |kind, path: &str| notify::Event::new(kind).add_path(path.into());
+        assert!(!is_news(&at(
+            EventKind::Create(CreateKind::File),
+            "/b/.rkv-heartbeat.json.tmp"
+        )));
+        assert!(is_news(&at(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "/b/rkv-heartbeat.json"
+        )));
+        assert!(is_news(
+            &at(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                "/b/meta/.7.tmp"
+            )
+            .add_path("/b/meta/7".into())
+        ));
         // The follower's own listing of meta/ must not wake it.
         assert!(!is_news(&event(EventKind::Access(AccessKind::Open(
             notify::event::AccessMode::Any

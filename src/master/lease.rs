@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use crate::backup::{BackupInfo, BackupSink, Heartbeat};
+use crate::backup::{AppMetadata, BackupInfo, BackupSink, Heartbeat};
 use crate::error::{Error, Result};
 
 /// How long a claim watches another master's heartbeat for a change: three
@@ -40,6 +40,15 @@ impl Identity {
     /// The database this master serves, as backups record it.
     pub fn lineage(&self) -> &str {
         self.db_id.as_deref().unwrap_or(&self.label)
+    }
+
+    /// Whether a backup with `meta` is of this master's database: the same
+    /// RocksDB identity, or for backups that predate it, the same label.
+    pub fn made(&self, meta: &AppMetadata) -> bool {
+        match (&self.db_id, &meta.db_id) {
+            (Some(ours), Some(theirs)) => ours == theirs,
+            _ => meta.master == self.label,
+        }
     }
 
     /// Whether `heartbeat` was written by a run of this master.
@@ -76,17 +85,10 @@ pub fn claim(
     newest: Option<&BackupInfo>,
     take_over: bool,
 ) -> Result<Claim> {
-    let owner = |h: &Heartbeat| {
-        format!(
-            "{}{}",
-            h.master,
-            h.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
-        )
-    };
     let lock = store.lock_for_master().map_err(|e| match e {
         Error::BackupDirLocked { path, .. } => Error::BackupDirLocked {
             path,
-            owner: store.read_heartbeat().map(|h| owner(&h)),
+            owner: store.read_heartbeat().map(|h| h.owner()),
         },
         other => other,
     })?;
@@ -100,12 +102,12 @@ pub fn claim(
             if let Some(now) = store.read_heartbeat().filter(|h| *h != seen) {
                 return Err(Error::BackupDirLeased {
                     path: store.location().into(),
-                    owner: owner(&now),
+                    owner: now.owner(),
                 });
             }
         }
         tracing::warn!(
-            previous = %owner(&seen),
+            previous = %seen.owner(),
             "the backup directory's heartbeat names another master, which has not renewed it \
              for {LEASE_TIMEOUT:?}: it is not running"
         );
@@ -113,11 +115,7 @@ pub fn claim(
 
     let mut took_over = None;
     if let Some(meta) = newest.and_then(|b| b.metadata.as_ref()) {
-        let same = match (&me.db_id, &meta.db_id) {
-            (Some(ours), Some(theirs)) => ours == theirs,
-            _ => meta.master == me.label,
-        };
-        if !same {
+        if !me.made(meta) {
             let theirs = match &meta.db_id {
                 Some(id) => format!("database {id} at {}", meta.master),
                 None => meta.master.clone(),
@@ -161,7 +159,7 @@ fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::{AppMetadata, BackupDir};
+    use crate::backup::BackupDir;
 
     fn me(label: &str, id: &str) -> Identity {
         Identity {

@@ -124,10 +124,7 @@ impl Master {
         let own = newest
             .as_ref()
             .and_then(|b| b.metadata.as_ref())
-            .filter(|m| match (&m.db_id, &identity.db_id) {
-                (Some(theirs), Some(ours)) => theirs == ours,
-                _ => m.master == identity.label,
-            });
+            .filter(|m| identity.made(m));
         let state = BackupState {
             backed_up_seq: own.map_or(0, |m| m.seq),
             last_save_unix: newest
@@ -208,11 +205,7 @@ impl Master {
         };
         match self.store.read_heartbeat() {
             Some(h) if h.token.as_ref().is_some_and(|t| *t != token) => {
-                let by = format!(
-                    "{}{}",
-                    h.master,
-                    h.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
-                );
+                let by = h.owner();
                 tracing::error!(
                     other = %by,
                     "another master took over the backup directory {}: this master stops \

@@ -325,10 +325,7 @@ impl Client {
                         continue;
                     }
                     shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                    if self.conn.authenticated
-                        && !self.conn.refused_multi
-                        && SetBatch::accepts(&args)
-                    {
+                    if SetBatch::accepts(&args, &self.conn) {
                         sets.push(args);
                         continue;
                     }

@@ -234,3 +234,31 @@ fn what_the_daemons_create_is_private_whatever_the_umask() {
     assert_eq!(mode(&s.path("backups/meta/1")) & 0o077, 0);
     assert_eq!(mode(&s.path("db/CURRENT")) & 0o077, 0);
 }
+
+#[test]
+fn umask_027_lets_the_group_read_and_requirepass_on_the_command_line_warns() {
+    let s = Sandbox::new();
+    let m = master(
+        &s,
+        &["--interval", "0", "--umask", "027", "--requirepass", "pw"],
+    );
+    let mut c = rkv::client::Client::connect(&m.addr, Some(b"pw")).unwrap();
+    c.call(&[b"SET", b"k", b"v"]).unwrap();
+    c.call(&[b"SAVE"]).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.path("backups")), 0o750);
+    assert_eq!(mode(&s.path("backups/meta/1")) & 0o077, 0o040);
+    assert!(
+        m.log()
+            .contains("--requirepass on the command line is visible"),
+        "{}",
+        m.log()
+    );
+    // A bad umask is a usage error.
+    let out = run_bin(
+        env!("CARGO_BIN_EXE_rkv-master"),
+        &["--db", "d", "--backup-dir", "b", "--umask", "999"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("octal umask"));
+}

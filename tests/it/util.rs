@@ -242,21 +242,15 @@ impl Daemon {
             .unwrap();
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        // The daemon writes its addresses once it listens.
-        let addr = loop {
-            let file = rkv::daemon::DaemonFile::read(dir).filter(|f| f.pid == child.id());
-            if let Some(addr) = file.and_then(|f| f.tcp_addr()) {
-                break addr;
+        // The daemon writes its addresses once it listens. (An exited child
+        // is a zombie until reaped, so its exit is checked here too.)
+        let file =
+            rkv::daemon::DaemonFile::wait_for(dir, child.id(), std::time::Duration::from_secs(30));
+        let Some(addr) = file.and_then(|f| f.tcp_addr()) else {
+            match child.try_wait().unwrap() {
+                Some(status) => panic!("daemon exited early ({status}):\n{}", log_text()),
+                None => panic!("daemon did not start:\n{}", log_text()),
             }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("daemon exited early ({status}):\n{}", log_text());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "daemon did not start:\n{}",
-                log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
         };
         let mut daemon = Daemon {
             child: Some(child),

@@ -400,9 +400,14 @@ pub(crate) struct SetBatch {
 }
 
 impl SetBatch {
-    /// Whether `args` is a plain `SET key value` (no options).
-    pub(crate) fn accepts(args: &[Vec<u8>]) -> bool {
-        args.len() == 3 && args[0].eq_ignore_ascii_case(b"set")
+    /// Whether `args`, from `conn`, may join the batch: a plain `SET key
+    /// value` (no options) that [`execute`] would run as it is: the
+    /// connection is authenticated and not inside a refused `MULTI`.
+    pub(crate) fn accepts(args: &[Vec<u8>], conn: &Connection) -> bool {
+        conn.authenticated
+            && !conn.refused_multi
+            && args.len() == 3
+            && args[0].eq_ignore_ascii_case(b"set")
     }
 
     pub(crate) fn push(&mut self, args: Vec<Vec<u8>>) {
