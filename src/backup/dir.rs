@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use rocksdb::backup::{
@@ -44,6 +45,36 @@ pub struct BackupDir {
     path: PathBuf,
     /// Bytes per second a restore may copy; 0 is unlimited.
     restore_rate_limit: u64,
+    /// How many files a backup or restore copies at once.
+    copy_threads: u32,
+    /// The master's engine, opened once: opening one reads every retained
+    /// meta file and lists every shared file, which a backup every 100 ms
+    /// cannot pay twice a cycle. Only the writer keeps one (it alone changes
+    /// the directory, so its view stays true); it is dropped whenever rkv
+    /// changes the directory behind it (healing) or it fails.
+    writer: Arc<WriterEngine>,
+}
+
+/// The cached writer engine (BackupEngine is `Send` but not `Sync`), with
+/// what the directory looked like when it was last used.
+#[derive(Default)]
+struct WriterEngine(Mutex<Option<(BackupEngine, Fingerprint)>>);
+
+/// What tells that a backup directory is still the one an engine loaded:
+/// the inodes of the directory and of `meta/`, and the newest complete
+/// backup in it. A directory replaced or rewritten behind the engine
+/// changes one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    dir: (u64, u64),
+    meta: (u64, u64),
+    newest: Option<u32>,
+}
+
+impl std::fmt::Debug for WriterEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterEngine")
+    }
 }
 
 impl BackupDir {
@@ -52,6 +83,8 @@ impl BackupDir {
         BackupDir {
             path: path.into(),
             restore_rate_limit: 0,
+            copy_threads: DEFAULT_COPY_THREADS,
+            writer: Arc::default(),
         }
     }
 
@@ -59,6 +92,12 @@ impl BackupDir {
     /// follower catching up does not starve its readers of disk bandwidth.
     pub fn with_restore_rate_limit(mut self, bytes_per_second: u64) -> BackupDir {
         self.restore_rate_limit = bytes_per_second;
+        self
+    }
+
+    /// How many files a backup or restore copies at once (at least 1).
+    pub fn with_copy_threads(mut self, threads: u32) -> BackupDir {
+        self.copy_threads = threads.max(1);
         self
     }
 
@@ -122,12 +161,66 @@ impl BackupDir {
         options.set_share_table_files(true);
         options.set_share_files_with_checksum(true);
         options.set_share_files_with_checksum_naming(ShareFilesNaming::DEFAULT);
-        options.set_sync(true);
+        // A backup's new files are synced one by one before its meta file
+        // commits it. A restore's are not: the restore syncs what it copied
+        // once at the end (`sync_restored`), which lets the kernel write
+        // them back together instead of waiting on each.
+        options.set_sync(for_writing);
+        // Copy several files at once: a new follower's first restore is
+        // mostly many large files.
+        options.set_max_background_operations(self.copy_threads as i32);
         if self.restore_rate_limit > 0 {
             options.set_restore_rate_limit(self.restore_rate_limit);
         }
         let env = Env::new().map_err(|e| Error::rocksdb(context(), e))?;
-        BackupEngine::open(&options, &env).map_err(|e| Error::rocksdb(context(), e))
+        let mut attempts = 0;
+        loop {
+            match BackupEngine::open(&options, &env) {
+                Ok(engine) => return Ok(engine),
+                // The master purged a backup between the engine's listing of
+                // meta/ and its reading of that backup's meta file: a race
+                // with retention, not damage. A fresh look sees it gone.
+                Err(e) if attempts < 3 && purged_while_opening(e.as_ref()) => attempts += 1,
+                Err(e) => return Err(Error::rocksdb(context(), e)),
+            }
+        }
+    }
+
+    /// The master's long-lived engine, opened on first use and again
+    /// whenever the directory is not the one it loaded.
+    fn writer(&self) -> Result<WriterGuard<'_>> {
+        let mut slot = self.writer.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.fingerprint();
+        if slot.as_ref().is_none_or(|(_, seen)| Some(*seen) != now) {
+            if slot.take().is_some() {
+                tracing::warn!(
+                    "the backup directory {} changed behind the master; loading it again",
+                    self.path.display()
+                );
+            }
+            let engine = self.engine(true)?;
+            let seen = self.fingerprint().ok_or_else(|| Error::BackupDirMissing {
+                path: self.path.clone(),
+            })?;
+            *slot = Some((engine, seen));
+        }
+        Ok(WriterGuard(slot))
+    }
+
+    /// The directory as it is now; `None` when it or `meta/` is missing.
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        Some(Fingerprint {
+            dir: id(&self.path)?,
+            meta: id(&self.path.join(META_DIR))?,
+            newest: self.newest_id().ok()?,
+        })
+    }
+
+    /// Forgets the writer engine: the directory changed behind it, or it
+    /// failed and may hold a view that is no longer true.
+    fn forget_writer(&self) {
+        *self.writer.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// `Ok` when the directory exists and has the backup layout.
@@ -207,6 +300,23 @@ impl BackupSource for BackupDir {
         Ok(entries
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
             .max())
+    }
+
+    fn describe(&self, id: u32) -> Result<BackupInfo> {
+        let meta = self.read_meta(id)?;
+        let mut size = 0;
+        for file in &meta.files {
+            size += self
+                .present_size(file)
+                .map_err(|detail| Error::BackupCorrupt { id, detail })?;
+        }
+        Ok(BackupInfo {
+            id,
+            timestamp: meta.timestamp,
+            size,
+            files: meta.files.len() as u32,
+            metadata: AppMetadata::parse(&meta.app_metadata),
+        })
     }
 
     fn verify(&self, id: u32) -> Result<()> {
@@ -293,14 +403,17 @@ impl BackupSource for BackupDir {
             files_kept: 0,
             duration: Duration::ZERO,
         };
+        let mut copied = Vec::new();
         for (name, (inode, size)) in &after {
             if before.get(name).is_some_and(|(old, _)| old == inode) {
                 stats.files_kept += 1;
             } else {
                 stats.files_copied += 1;
                 stats.bytes_copied += size;
+                copied.push(name.clone());
             }
         }
+        sync_restored(dest, &copied)?;
         stats.duration = started.elapsed();
         Ok(stats)
     }
@@ -318,79 +431,29 @@ impl BackupSource for BackupDir {
 impl BackupSink for BackupDir {
     fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
         let started = Instant::now();
-        let mut engine = self.engine(true)?;
-        let shared_before = self.shared_files();
-        let metadata = AppMetadata {
-            v: AppMetadata::VERSION,
-            seq: db.latest_sequence_number(),
-            created_ms: unix_ms(SystemTime::now()),
-            master: master.to_string(),
-            db_id: db.identity(),
-        };
-        let json = serde_json::to_vec(&metadata).expect("metadata serializes");
-        let mut options = CreateBackupOptions::default();
-        options.set_flush_before_backup(true);
-        let id = engine
-            .create_new_backup_with_metadata(db.rocksdb(), &options, &json)
-            .map_err(|e| match (e.kind(), size_mismatch_file(e.as_ref())) {
-                // A shared file in the store no longer has the size its name
-                // records: every backup would fail on it until it is replaced.
-                (rocksdb::ErrorKind::Corruption, Some(path)) => Error::DamagedFile {
-                    path,
-                    detail: "its size differs from the size its name records".to_string(),
-                },
-                _ => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
-            })?;
-        let info = engine
-            .get_backup_info()
-            .into_iter()
-            .find(|info| info.backup_id == id)
-            .map(|info| BackupInfo {
-                id,
-                timestamp: info.timestamp.max(0) as u64,
-                size: info.size,
-                files: info.num_files,
-                metadata: Some(metadata),
-            })
-            .ok_or_else(|| Error::BackupNotFound {
-                id,
-                path: self.path.clone(),
-            })?;
-        let (mut bytes_copied, mut files_copied) = (0, 0);
-        for file in self.read_meta(id)?.files {
-            if !shared_before.contains(&file.path) {
-                files_copied += 1;
-                bytes_copied += fs::metadata(self.path.join(&file.path))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                // Read back what was just written: a copy damaged on its way
-                // to the store is found now, not by the follower that needs it.
-                if let Some(detail) = self.check_file(&file) {
-                    return Err(Error::DamagedFile {
-                        path: file.path,
-                        detail,
-                    });
-                }
-            }
+        let result = self.create_with_writer(db, master, started);
+        if result.is_err() {
+            self.forget_writer();
         }
-        Ok(CreateStats {
-            info,
-            bytes_copied,
-            files_copied,
-            duration: started.elapsed(),
-        })
+        result
     }
 
     fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>> {
-        let backups = self.list()?;
+        let mut engine = self.writer()?;
+        let backups = infos(&engine);
         let keep = retention.keep_count(&backups, now);
         if keep >= backups.len() {
             return Ok(Vec::new());
         }
-        let mut engine = self.engine(true)?;
-        engine.purge_old_backups(keep).map_err(|e| {
-            Error::rocksdb(format!("purge old backups in {}", self.path.display()), e)
-        })?;
+        if let Err(e) = engine.purge_old_backups(keep) {
+            drop(engine);
+            self.forget_writer();
+            return Err(Error::rocksdb(
+                format!("purge old backups in {}", self.path.display()),
+                e,
+            ));
+        }
+        engine.seen(self.fingerprint());
         Ok(backups[..backups.len() - keep]
             .iter()
             .map(|b| b.id)
@@ -415,12 +478,140 @@ impl BackupSink for BackupDir {
     }
 
     fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
+        self.forget_writer();
         self.remove_damaged_files(damage)
     }
 
     fn drop_incomplete(&self) -> Result<Vec<u32>> {
+        self.forget_writer();
         self.drop_incomplete_backups()
     }
+}
+
+impl BackupDir {
+    /// [`BackupSink::create`] through the writer engine.
+    fn create_with_writer(&self, db: &Db, master: &str, started: Instant) -> Result<CreateStats> {
+        let mut engine = self.writer()?;
+        let shared_before = self.shared_files();
+        let metadata = AppMetadata {
+            v: AppMetadata::VERSION,
+            seq: db.latest_sequence_number(),
+            created_ms: unix_ms(SystemTime::now()),
+            master: master.to_string(),
+            db_id: db.identity(),
+        };
+        let json = serde_json::to_vec(&metadata).expect("metadata serializes");
+        let mut options = CreateBackupOptions::default();
+        options.set_flush_before_backup(true);
+        let id = engine
+            .create_new_backup_with_metadata(db.rocksdb(), &options, &json)
+            .map_err(|e| match (e.kind(), size_mismatch_file(e.as_ref())) {
+                // A shared file in the store no longer has the size its name
+                // records: every backup would fail on it until it is replaced.
+                (rocksdb::ErrorKind::Corruption, Some(path)) => Error::DamagedFile {
+                    path,
+                    detail: "its size differs from the size its name records".to_string(),
+                },
+                _ => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
+            })?;
+        engine.seen(self.fingerprint());
+        let info = engine
+            .get_backup_info()
+            .into_iter()
+            .find(|info| info.backup_id == id)
+            .map(|info| BackupInfo {
+                id,
+                timestamp: info.timestamp.max(0) as u64,
+                size: info.size,
+                files: info.num_files,
+                metadata: Some(metadata),
+            })
+            .ok_or_else(|| Error::BackupNotFound {
+                id,
+                path: self.path.clone(),
+            })?;
+        let (mut bytes_copied, mut files_copied) = (0, 0);
+        for file in self.read_meta(id)?.files {
+            // A file the backup shares was not read now: check it is still
+            // whole (RocksDB checks sizes only when an engine opens, and
+            // this engine stays open).
+            if shared_before.contains(&file.path) {
+                if let Err(detail) = self.present_size(&file) {
+                    return Err(Error::DamagedFile {
+                        path: file.path,
+                        detail,
+                    });
+                }
+            } else {
+                files_copied += 1;
+                bytes_copied += fs::metadata(self.path.join(&file.path))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                // Read back what was just written: a copy damaged on its way
+                // to the store is found now, not by the follower that needs it.
+                if let Some(detail) = self.check_file(&file) {
+                    return Err(Error::DamagedFile {
+                        path: file.path,
+                        detail,
+                    });
+                }
+            }
+        }
+        Ok(CreateStats {
+            info,
+            bytes_copied,
+            files_copied,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+/// How many files a backup or restore copies at once unless told.
+const DEFAULT_COPY_THREADS: u32 = 4;
+
+/// The writer engine, locked.
+struct WriterGuard<'a>(MutexGuard<'a, Option<(BackupEngine, Fingerprint)>>);
+
+impl WriterGuard<'_> {
+    /// Records the directory as the engine left it (after a backup or a
+    /// purge), so the next use knows nothing else changed it.
+    fn seen(&mut self, now: Option<Fingerprint>) {
+        match now {
+            Some(now) => self.0.as_mut().expect("the writer engine is open").1 = now,
+            None => *self.0 = None,
+        }
+    }
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = BackupEngine;
+
+    fn deref(&self) -> &BackupEngine {
+        &self.0.as_ref().expect("the writer engine is open").0
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut BackupEngine {
+        &mut self.0.as_mut().expect("the writer engine is open").0
+    }
+}
+
+/// Whether an engine's open failed on a meta file that vanished after it
+/// listed `meta/`.
+fn purged_while_opening(message: &str) -> bool {
+    message.contains("No such file or directory") && message.contains(&format!("{META_DIR}/"))
+}
+
+/// Makes the files a restore copied into `dir` durable, and the directory's
+/// entries: the engine copied them without syncing each.
+fn sync_restored(dir: &Path, copied: &[String]) -> Result<()> {
+    let sync = |path: &Path| -> std::io::Result<()> { fs::File::open(path)?.sync_all() };
+    for name in copied {
+        let path = dir.join(name);
+        sync(&path).map_err(|e| Error::io(format!("sync {}", path.display()), e))?;
+    }
+    sync(dir).map_err(|e| Error::io(format!("sync {}", dir.display()), e))
 }
 
 /// The complete backups an engine sees, oldest first.

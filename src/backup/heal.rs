@@ -15,23 +15,10 @@ impl BackupDir {
     /// Why the store's copy of `file` is not what a backup recorded, if it
     /// is not: missing, another size, or another crc32c.
     pub(super) fn check_file(&self, file: &meta::MetaFile) -> Option<String> {
-        let path = self.path().join(&file.path);
-        let len = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Some(format!("{} is missing", file.path))
-            }
-            Err(e) => return Some(format!("cannot read {}: {e}", file.path)),
-        };
-        // Shared files name their size: `<number>_s<session>_<crc>_<size>.sst`
-        // in RocksDB's default naming; the meta file may also record it.
-        let expected_len = file.size.or_else(|| shared_file_size(&file.path));
-        if let Some(expected) = expected_len.filter(|&n| n != len) {
-            return Some(format!(
-                "{} has {len} bytes, the backup records {expected}",
-                file.path
-            ));
+        if let Err(detail) = self.present_size(file) {
+            return Some(detail);
         }
+        let path = self.path().join(&file.path);
         let expected = file.crc32c?;
         match Self::crc32c_of(&path) {
             Ok(actual) if actual == expected => None,
@@ -40,6 +27,29 @@ impl BackupDir {
                 file.path
             )),
             Err(e) => Some(format!("cannot read {}: {e}", file.path)),
+        }
+    }
+
+    /// The size of the store's copy of `file`, or why it is not the one a
+    /// backup recorded without reading it: missing, or another size. This
+    /// is RocksDB's own test when it loads a backup.
+    pub(super) fn present_size(&self, file: &meta::MetaFile) -> std::result::Result<u64, String> {
+        let len = match fs::metadata(self.path().join(&file.path)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("{} is missing", file.path))
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", file.path)),
+        };
+        // Shared files name their size: `<number>_s<session>_<crc>_<size>.sst`
+        // in RocksDB's default naming; the meta file may also record it.
+        let expected_len = file.size.or_else(|| shared_file_size(&file.path));
+        match expected_len.filter(|&n| n != len) {
+            Some(expected) => Err(format!(
+                "{} has {len} bytes, the backup records {expected}",
+                file.path
+            )),
+            None => Ok(len),
         }
     }
 
@@ -192,11 +202,7 @@ impl BackupDir {
         for &id in &ids {
             let complete = match self.read_meta(id) {
                 Ok(meta) => {
-                    let complete = meta.files.iter().all(|f| {
-                        let expected = f.size.or_else(|| shared_file_size(&f.path));
-                        fs::metadata(self.path().join(&f.path))
-                            .is_ok_and(|m| expected.is_none_or(|n| n == m.len()))
-                    });
+                    let complete = meta.files.iter().all(|f| self.present_size(f).is_ok());
                     if complete || id == newest {
                         referenced.extend(meta.files.into_iter().map(|f| f.path));
                     }

@@ -194,6 +194,22 @@ pub trait BackupSource: Send + Sync {
     /// missing from [`BackupSource::list`] if RocksDB cannot load it.
     fn newest_id(&self) -> Result<Option<u32>>;
 
+    /// Backup `id`'s facts, read from that backup alone (not from every
+    /// backup, as [`BackupSource::list`] does), once it is known to be
+    /// loadable: each file it lists is present with its recorded size.
+    /// [`Error::BackupNotFound`](crate::Error::BackupNotFound) when there is
+    /// no such complete backup, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt)
+    /// when it cannot be loaded.
+    fn describe(&self, id: u32) -> Result<BackupInfo> {
+        self.list()?
+            .into_iter()
+            .find(|b| b.id == id)
+            .ok_or_else(|| crate::Error::BackupCorrupt {
+                id,
+                detail: "RocksDB cannot load it".to_string(),
+            })
+    }
+
     /// Whether backup `id` is still in the store (complete or not): `false`
     /// once retention purged it.
     fn contains(&self, id: u32) -> bool;

@@ -68,6 +68,11 @@ pub struct FollowerArgs {
     #[arg(long = "restore-rate-limit", env = "RKV_RESTORE_RATE_LIMIT", default_value = "0", value_parser = daemon::parse_size, value_name = "BYTES")]
     pub restore_rate_limit: usize,
 
+    /// How many files a restore copies at once: a new follower's first
+    /// restore is mostly large files, copied faster side by side.
+    #[arg(long = "restore-threads", env = "RKV_RESTORE_THREADS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub restore_threads: u32,
+
     /// Where to listen: HOST:PORT or unix:/path; repeat for several
     /// (comma-separated in the environment variable).
     #[arg(
@@ -110,6 +115,8 @@ pub struct FollowerConfig {
     pub poll_interval: Duration,
     /// Restore bandwidth cap in bytes per second; 0 is none.
     pub restore_rate_limit: u64,
+    /// Files a restore copies at once.
+    pub restore_threads: u32,
     /// Staleness bound.
     pub max_staleness: Option<Duration>,
     /// Stale read policy.
@@ -146,6 +153,7 @@ impl FollowerArgs {
             data: self.data,
             poll_interval: self.poll_interval,
             restore_rate_limit: self.restore_rate_limit as u64,
+            restore_threads: self.restore_threads,
             max_staleness: self.max_staleness,
             stale_reads: self.stale_reads,
             cache_size: self.server.cache_size,

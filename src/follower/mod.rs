@@ -221,15 +221,22 @@ impl Follower {
         let serving_id = serving.as_ref().map(|g| g.backup.id);
         let heartbeat = self.store.read_heartbeat();
         let read_at = Instant::now();
-        // Listing meta/ says whether anything is new; only then is a
-        // BackupEngine opened (it reads every meta file and lists every
-        // shared file, which on NFS is not free every poll interval).
+        // Listing meta/ says whether anything is new; only then is the
+        // newest backup read, alone. Every backup is loaded (a BackupEngine
+        // open: every meta file read, every shared file listed) only when
+        // the newest cannot be, to find the newest that can.
         let other_master = match (&heartbeat, serving.as_ref().and_then(|g| g.lineage())) {
             (Some(h), Some(served)) => h.lineage() != served,
             _ => false,
         };
         let listed = self.store.newest_id().and_then(|newest| match newest {
-            Some(id) if serving_id != Some(id) || other_master => Ok((newest, self.store.list()?)),
+            Some(id) if serving_id != Some(id) || other_master => match self.store.describe(id) {
+                Ok(info) => Ok((newest, vec![info])),
+                Err(Error::BackupCorrupt { .. } | Error::BackupNotFound { .. }) => {
+                    Ok((newest, self.store.list()?))
+                }
+                Err(e) => Err(e),
+            },
             _ => Ok((newest, Vec::new())),
         });
         let mut state = self.state();

@@ -31,8 +31,9 @@ pub fn main() -> i32 {
 pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     let signals = daemon::watch_signals().context("install signal handlers")?;
     let data = DataDir::lock(&config.data)?;
-    let store =
-        BackupDir::new(&config.backup_dir).with_restore_rate_limit(config.restore_rate_limit);
+    let store = BackupDir::new(&config.backup_dir)
+        .with_restore_rate_limit(config.restore_rate_limit)
+        .with_copy_threads(config.restore_threads);
     let cache = BlockCache::new(config.cache_size);
     let follower = Follower::open(
         store,

@@ -523,12 +523,21 @@ impl Master {
                 next_scrub = Instant::now() + scrub_interval;
                 continue;
             }
+            let started = Instant::now();
             self.backup_step();
             let mut state = self.state();
             state.finished = state.started;
             self.changed.notify_all();
             drop(state);
-            next = Instant::now() + interval;
+            // A fixed schedule: the next backup is due one interval after
+            // this one was due, not after it finished (a slow backup would
+            // otherwise stretch every interval by its own time). One that
+            // overran its interval is followed at once, without a backlog.
+            if !interval.is_zero() {
+                while next <= started {
+                    next += interval;
+                }
+            }
         }
     }
 

@@ -178,3 +178,64 @@ fn restore_errors_name_the_problem() {
     // Reading did not create the layout in a directory it does not own.
     assert!(!tmp.path().join("meta").exists());
 }
+
+#[test]
+fn a_directory_replaced_behind_the_masters_engine_is_loaded_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = new_db(&tmp.path().join("db"));
+    let store = BackupDir::new(tmp.path().join("backups"));
+    fill(&db, "a", 50);
+    store.create(&db, "host:/db").unwrap();
+    fill(&db, "b", 50);
+    assert_eq!(store.create(&db, "host:/db").unwrap().info.id, 2);
+    // Emptied by an operator while the master runs: the engine's view of
+    // shared files is no longer true, and a backup built on it would list
+    // files the directory lacks.
+    std::fs::remove_dir_all(store.path()).unwrap();
+    std::fs::create_dir_all(store.path().join(META_DIR)).unwrap();
+    fill(&db, "c", 1);
+    let again = store.create(&db, "host:/db").unwrap();
+    assert_eq!(again.info.id, 1, "ids restart in the new directory");
+    store.verify(1).unwrap();
+    let described = store.describe(1).unwrap();
+    assert_eq!(described.files, again.info.files);
+    assert_eq!(described.metadata, again.info.metadata);
+    let restored = tmp.path().join("restored");
+    store.restore(None, &restored, RestoreMode::Full).unwrap();
+    let copy = Db::open(&restored, OpenMode::ReadOnly).unwrap();
+    assert!(copy.get(b"a00000049").unwrap().is_some());
+    assert!(copy.get(b"c00000000").unwrap().is_some());
+}
+
+#[test]
+fn describe_reads_one_backup_and_names_what_makes_it_unloadable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = new_db(&tmp.path().join("db"));
+    let store = BackupDir::new(tmp.path().join("backups"));
+    fill(&db, "a", 100);
+    let made = store.create(&db, "host:/db").unwrap();
+    let listed = store.list().unwrap().remove(0);
+    let described = store.describe(1).unwrap();
+    assert_eq!(described.timestamp, listed.timestamp);
+    assert_eq!(described.size, listed.size);
+    assert_eq!(described.files, listed.files);
+    assert_eq!(described.metadata, made.info.metadata);
+    assert!(matches!(
+        store.describe(7),
+        Err(Error::BackupNotFound { id: 7, .. })
+    ));
+    let sst = store
+        .read_meta(1)
+        .unwrap()
+        .files
+        .into_iter()
+        .find(|f| f.path.ends_with(".sst"))
+        .unwrap();
+    std::fs::remove_file(store.path().join(&sst.path)).unwrap();
+    match store.describe(1) {
+        Err(Error::BackupCorrupt { id: 1, detail }) => {
+            assert!(detail.contains(&sst.path), "{detail}")
+        }
+        other => panic!("expected BackupCorrupt, got {other:?}"),
+    }
+}
