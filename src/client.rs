@@ -92,6 +92,22 @@ impl Client {
         self.read_reply()
     }
 
+    /// Sends several commands in one write and reads their replies in
+    /// order, error replies included (a pipeline, as redis-benchmark -P).
+    pub fn pipeline(&mut self, commands: &[Vec<&[u8]>]) -> Result<Vec<Reply>, ClientError> {
+        let mut out = Vec::new();
+        for args in commands {
+            Reply::array(args.iter().map(|a| Reply::bulk(a.to_vec())).collect()).encode(&mut out);
+        }
+        self.writer
+            .write_all(&out)
+            .map_err(|source| ClientError::Io {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        commands.iter().map(|_| self.read_reply()).collect()
+    }
+
     /// One `field:value` of the daemon's `INFO` (of `section`, or all
     /// sections); `None` when it reports no such field.
     pub fn info_field(

@@ -56,12 +56,26 @@ impl Proc {
         Proc::start(bin(name), args, Some(dir))
     }
 
+    /// redis-server without persistence (the read baseline).
     pub fn redis_server() -> Proc {
+        Proc::redis_server_with("no")
+    }
+
+    /// redis-server with `appendonly` set to `appendonly` ("no", or
+    /// "everysec": the AOF fsynced once a second, Redis's durable default).
+    pub fn redis_server_with(appendonly: &str) -> Proc {
+        let dir = std::env::temp_dir().join(format!("rkv-bench-redis-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = path(&dir);
         let args = [
             "--save",
             "",
+            "--dir",
+            &dir,
             "--appendonly",
-            "no",
+            appendonly,
+            "--appendfsync",
+            "everysec",
             "--bind",
             "127.0.0.1",
             "--daemonize",
@@ -147,6 +161,16 @@ impl Proc {
             .map_or(f64::NAN, |kib| kib / 1024.0)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// CPU time used so far (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
     /// SIGTERM and wait.
     pub fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
@@ -175,6 +199,24 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// CPU time process `pid` used so far (user and system), in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the
+    // 3rd field, utime the 14th and stime the 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// Polls `check` every 5 ms until it holds; panics after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -187,12 +229,8 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
-/// How many times each redis-benchmark run is repeated (the median counts):
-/// 2 cores shared by the load generator and the server make single runs noisy.
-pub static REPEATS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-/// Runs redis-benchmark [`REPEATS`] times and returns the median requests
-/// per second.
+/// Runs redis-benchmark once over 100,000 random keys and returns the
+/// requests per second.
 pub fn redis_benchmark(
     port: u16,
     test: &str,
@@ -200,20 +238,17 @@ pub fn redis_benchmark(
     clients: usize,
     pipeline: usize,
 ) -> f64 {
-    let repeats = REPEATS.load(std::sync::atomic::Ordering::Relaxed).max(1);
-    let mut rates: Vec<f64> = (0..repeats)
-        .map(|_| redis_benchmark_once(port, test, requests, clients, pipeline))
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+    redis_benchmark_keys(port, test, requests, clients, pipeline, 100_000)
 }
 
-fn redis_benchmark_once(
+/// [`redis_benchmark`] over `keys` random keys.
+pub fn redis_benchmark_keys(
     port: u16,
     test: &str,
     requests: usize,
     clients: usize,
     pipeline: usize,
+    keys: usize,
 ) -> f64 {
     let out = Command::new("redis-benchmark")
         .args([
@@ -230,7 +265,7 @@ fn redis_benchmark_once(
             "-c",
             &clients.to_string(),
             "-r",
-            "100000",
+            &keys.to_string(),
             "-d",
             "100",
             "-P",

@@ -6,116 +6,329 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rkv::backup::{BackupDir, BackupSource, RestoreMode};
+use rkv::backup::{BackupDir, BackupSink, BackupSource, RestoreMode};
 use rkv::db::{Db, OpenMode};
 use rkv::resp::Reply;
 use rocksdb::WriteBatch;
 
-use crate::daemons::{redis_benchmark, wait_until, Proc};
+use crate::daemons::{redis_benchmark, redis_benchmark_keys, wait_until, Proc};
 
 const MIB: u64 = 1 << 20;
 const LONG: Duration = Duration::from_secs(600);
 
-/// Scenario 1: time from a write on the master until it is readable on each
-/// follower, for every write.
-pub struct LagResult {
-    pub interval: Duration,
-    pub poll: Duration,
-    /// Milliseconds, sorted.
-    pub lags_ms: Vec<f64>,
-    pub max_apply_ms: i64,
-    pub master_rss: f64,
-    pub follower_rss: f64,
+/// A background load: `rate` SETs a second over 100,000 keys with 100-byte
+/// random values, sent as a pipeline of `rate / 100` every 10 ms by one
+/// client, until dropped.
+pub struct Load {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
-pub fn lag(work: &Path, interval: Duration, duration: Duration, rate_per_s: u32) -> LagResult {
-    let poll = Duration::from_secs(1);
-    let (backups, interval_s, poll_s) = (work.join("backups"), fmt_dur(interval), fmt_dur(poll));
-    let master = Proc::master(&work.join("db"), &backups, &["--interval", &interval_s]);
-    let followers: Vec<Proc> = (0..2)
-        .map(|i| {
-            Proc::follower(
-                &backups,
-                &work.join(format!("f{i}")),
-                &["--poll-interval", &poll_s],
-            )
-        })
-        .collect();
+impl Load {
+    pub fn start(target: &rkv::server::ListenAddr, rate: u32) -> Load {
+        let done = Arc::new(AtomicBool::new(false));
+        let (addr, stop) = (target.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut client = rkv::client::Client::connect(&addr, None).unwrap();
+            let mut rng = Rng(0x51_7CC1_B727_220A);
+            let per_tick = (rate / 100).max(1) as usize;
+            let started = Instant::now();
+            let mut sent = 0u64;
+            for tick in 0u32.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let due = started + Duration::from_millis(10) * tick;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..per_tick)
+                    .map(|_| {
+                        let key = format!("key:{:012}", rng.next() % 100_000).into_bytes();
+                        (key, rng.bytes(100))
+                    })
+                    .collect();
+                let commands: Vec<Vec<&[u8]>> =
+                    keys.iter().map(|(k, v)| vec![&b"SET"[..], k, v]).collect();
+                if client.pipeline(&commands).is_err() {
+                    break;
+                }
+                sent += per_tick as u64;
+            }
+            sent
+        });
+        Load {
+            done,
+            thread: Some(thread),
+        }
+    }
 
+    /// Stops the load; returns how many SETs it sent.
+    pub fn stop(mut self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Scenario 1: time from a write on the master until it is readable on a
+/// follower, under a background load, for every probe write.
+pub struct LagResult {
+    pub label: String,
+    pub interval: Duration,
+    /// (seconds since the start when written, lag in ms), in write order.
+    pub samples: Vec<(f64, f64)>,
+    pub duration: Duration,
+    pub backups_taken: i64,
+    /// The backup directory's size over the master's live SST size, the
+    /// largest seen in the second half of the run.
+    pub dir_ratio: f64,
+    /// CPU use, in cores (1.0 = one core busy).
+    pub master_cpu: f64,
+    pub follower_cpu: f64,
+    pub followers: usize,
+}
+
+impl LagResult {
+    /// Lags in ms, sorted.
+    pub fn sorted(&self) -> Vec<f64> {
+        let mut lags: Vec<f64> = self.samples.iter().map(|s| s.1).collect();
+        lags.sort_by(f64::total_cmp);
+        lags
+    }
+
+    /// The p99 of the probes written in [from, to) seconds.
+    pub fn p99_between(&self, from: f64, to: f64) -> f64 {
+        let mut lags: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.0 >= from && s.0 < to)
+            .map(|s| s.1)
+            .collect();
+        lags.sort_by(f64::total_cmp);
+        crate::percentile(&lags, 99.0)
+    }
+}
+
+/// The size of every regular file under `dir`, recursively.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The size of the SST files directly in `db`: its live data.
+fn live_sst_bytes(db: &Path) -> u64 {
+    std::fs::read_dir(db).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    })
+}
+
+/// rkv's lag at `interval` with `followers` followers under `rate` SETs a
+/// second; the lag is the first follower's.
+pub fn lag(
+    work: &Path,
+    interval: Duration,
+    duration: Duration,
+    rate: u32,
+    followers: usize,
+) -> LagResult {
+    let _ = std::fs::remove_dir_all(work);
+    let (backups, db) = (work.join("backups"), work.join("db"));
+    let master = Proc::master(&db, &backups, &["--interval", &fmt_dur(interval)]);
+    let followers: Vec<Proc> = (0..followers)
+        .map(|i| Proc::follower(&backups, &work.join(format!("f{i}")), &[]))
+        .collect();
+    let load = Load::start(&master.addr, rate);
+    // Measure the steady state: every follower has applied a backup.
+    wait_until(LONG, "every follower's first apply", || {
+        followers
+            .iter()
+            .all(|f| f.info_num("rkv_applied_backup_id") >= 1)
+    });
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let written = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = followers
-        .iter()
-        .map(|f| {
-            let (addr, sent, written, done) =
-                (f.addr.clone(), sent.clone(), written.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut client = rkv::client::Client::connect(&addr, None).unwrap();
-                let mut lags = Vec::new();
-                let mut next = 0;
-                loop {
-                    let target = written.load(Ordering::SeqCst);
-                    // A backup is a snapshot: if key n is there, so is every
-                    // key before it. Walk forward while keys are visible.
-                    while next < target {
-                        let key = format!("lag:{next:08}");
-                        match client.call(&[b"GET", key.as_bytes()]) {
-                            Ok(Reply::Bulk(Some(_))) => {
-                                let at = sent.lock().unwrap()[next];
-                                lags.push(at.elapsed().as_secs_f64() * 1000.0);
-                                next += 1;
-                            }
-                            _ => break,
+    let reader = {
+        let (addr, sent, written, done) = (
+            followers[0].addr.clone(),
+            sent.clone(),
+            written.clone(),
+            done.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut client = rkv::client::Client::connect(&addr, None).unwrap();
+            let mut lags = Vec::new();
+            let mut next = 0;
+            loop {
+                let target = written.load(Ordering::SeqCst);
+                // A backup is a snapshot: if probe n is there, so is every
+                // probe before it. Walk forward while probes are visible.
+                while next < target {
+                    let key = format!("probe:{next:08}");
+                    match client.call(&[b"GET", key.as_bytes()]) {
+                        Ok(Reply::Bulk(Some(_))) => {
+                            let at = sent.lock().unwrap()[next];
+                            lags.push(at.elapsed().as_secs_f64() * 1000.0);
+                            next += 1;
                         }
+                        _ => break,
                     }
-                    if done.load(Ordering::SeqCst) && next >= written.load(Ordering::SeqCst) {
-                        return lags;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
                 }
-            })
+                if done.load(Ordering::SeqCst) && next >= written.load(Ordering::SeqCst) {
+                    return lags;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
         })
-        .collect();
+    };
 
     let mut client = master.client();
-    let period = Duration::from_secs(1) / rate_per_s;
+    let period = Duration::from_millis(50);
+    let (cpu_master, cpu_follower) = (master.cpu_seconds(), followers[0].cpu_seconds());
     let started = Instant::now();
-    let mut n = 0usize;
+    let (mut n, mut dir_ratio, mut next_sample) = (0usize, 0.0f64, Duration::ZERO);
+    let mut offsets = Vec::new();
     while started.elapsed() < duration {
         let due = started + period * n as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let key = format!("lag:{n:08}");
-        sent.lock().unwrap().push(Instant::now());
+        let key = format!("probe:{n:08}");
+        let now = Instant::now();
+        sent.lock().unwrap().push(now);
+        offsets.push((now - started).as_secs_f64());
         client.call(&[b"SET", key.as_bytes(), b"x"]).unwrap();
         n += 1;
         written.store(n, Ordering::SeqCst);
+        if started.elapsed() >= next_sample {
+            next_sample += Duration::from_secs(5);
+            if started.elapsed() >= duration / 2 {
+                let live = live_sst_bytes(&db).max(1);
+                dir_ratio = dir_ratio.max(dir_bytes(&backups) as f64 / live as f64);
+            }
+        }
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    let master_cpu = (master.cpu_seconds() - cpu_master) / elapsed;
+    let follower_cpu = (followers[0].cpu_seconds() - cpu_follower) / elapsed;
     done.store(true, Ordering::SeqCst);
-    let mut lags_ms: Vec<f64> = readers
-        .into_iter()
-        .flat_map(|r| r.join().unwrap())
-        .collect();
-    lags_ms.sort_by(f64::total_cmp);
-    let max_apply_ms = followers
-        .iter()
-        .map(|f| f.info_num("rkv_last_apply_duration_ms"))
-        .max()
-        .unwrap_or(0);
+    let lags = reader.join().unwrap();
+    load.stop();
     let result = LagResult {
+        label: format!("rkv, --interval {}", humantime::format_duration(interval)),
         interval,
-        poll,
-        lags_ms,
-        max_apply_ms,
-        master_rss: master.peak_rss_mib(),
-        follower_rss: followers.iter().map(Proc::peak_rss_mib).fold(0.0, f64::max),
+        samples: offsets.into_iter().zip(lags).collect(),
+        duration,
+        backups_taken: master.info_num("rkv_backups_done"),
+        dir_ratio,
+        master_cpu,
+        follower_cpu,
+        followers: followers.len(),
     };
     for f in followers {
         f.stop();
     }
     master.stop();
+    result
+}
+
+/// Litestream's lag, measured the same way by `scripts/lib/litestream-lag.py`
+/// at its fastest settings; `None` (said) when Litestream is not installed.
+pub fn litestream_lag(work: &Path, duration: Duration, rate: u32) -> Option<LagResult> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/litestream-lag.py");
+    let _ = std::fs::remove_dir_all(work);
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(work)
+        .arg(duration.as_secs_f64().to_string())
+        .arg(rate.to_string())
+        .output();
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            crate::log(&format!(
+                "litestream lag not measured: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return None;
+        }
+        Err(e) => {
+            crate::log(&format!("litestream lag not measured: {e}"));
+            return None;
+        }
+    };
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let samples = value["lags"]
+        .as_array()?
+        .iter()
+        .filter_map(|pair| Some((pair[0].as_f64()?, pair[1].as_f64()?)))
+        .collect();
+    Some(LagResult {
+        label: "Litestream 0.5, restore -f, 10 ms sync/monitor/follow".to_string(),
+        interval: Duration::from_millis(10),
+        samples,
+        duration,
+        backups_taken: 0,
+        dir_ratio: f64::NAN,
+        master_cpu: f64::NAN,
+        follower_cpu: f64::NAN,
+        followers: 1,
+    })
+}
+
+/// Target 1: CPU an idle master and follower use, and idle redis-server.
+pub struct IdleResult {
+    pub seconds: u64,
+    pub master: f64,
+    pub follower: f64,
+    pub redis: f64,
+}
+
+pub fn idle(work: &Path, seconds: u64) -> IdleResult {
+    let master = Proc::master(
+        &work.join("db"),
+        &work.join("backups"),
+        &["--interval", "1s"],
+    );
+    let follower = Proc::follower(&work.join("backups"), &work.join("f"), &[]);
+    let redis = Proc::redis_server();
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    wait_until(LONG, "the follower's first apply", || {
+        follower.info_num("rkv_applied_backup_id") >= 1
+    });
+    // Let start-up work (compactions, the first scrub) pass.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = [&master, &follower, &redis].map(|p| p.cpu_seconds());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let after = [&master, &follower, &redis].map(|p| p.cpu_seconds());
+    let share = |i: usize| (after[i] - before[i]) / seconds as f64;
+    let result = IdleResult {
+        seconds,
+        master: share(0),
+        follower: share(1),
+        redis: share(2),
+    };
+    follower.stop();
+    master.stop();
+    redis.stop();
     result
 }
 
@@ -129,34 +342,13 @@ pub struct CatchupResult {
     pub apply_bytes: i64,
     pub full_restore_ms: f64,
     pub full_restore_bytes: u64,
-    pub cp_ms: f64,
     pub master_rss: f64,
     pub follower_rss: f64,
 }
 
 pub fn catchup(work: &Path, db_mib: u64, change_mib: u64) -> CatchupResult {
     let (db_path, backups, data) = (work.join("db"), work.join("backups"), work.join("f"));
-    {
-        let db = Db::open(
-            &db_path,
-            OpenMode::ReadWrite {
-                create_if_missing: true,
-            },
-        )
-        .unwrap();
-        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-        let mut batch = WriteBatch::default();
-        for i in 0..db_mib * 1024 {
-            // Spread keys over the key space; 1 KiB incompressible values.
-            batch.put(format!("k{:016x}", rng.next()), rng.bytes(1024));
-            if i % 1000 == 999 {
-                db.write(std::mem::take(&mut batch)).unwrap();
-            }
-        }
-        db.write(batch).unwrap();
-        // A database in steady state: one change does not trigger compaction.
-        db.compact().unwrap();
-    }
+    fill_db(&db_path, db_mib);
     let master = Proc::master(&db_path, &backups, &["--interval", "0"]);
     master.client().call(&[b"SAVE"]).unwrap();
     let follower = Proc::follower(&backups, &data, &["--poll-interval", "50ms"]);
@@ -195,16 +387,6 @@ pub fn catchup(work: &Path, db_mib: u64, change_mib: u64) -> CatchupResult {
         .restore(Some(2), &full, RestoreMode::Full)
         .unwrap();
     let full_restore_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // Against copying the same backup files with cp -r.
-    let started = Instant::now();
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(&backups)
-        .arg(work.join("cp"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cp -r failed");
-    let cp_ms = started.elapsed().as_secs_f64() * 1000.0;
     CatchupResult {
         db_mib,
         backup_ms,
@@ -213,100 +395,326 @@ pub fn catchup(work: &Path, db_mib: u64, change_mib: u64) -> CatchupResult {
         apply_bytes,
         full_restore_ms,
         full_restore_bytes: stats.bytes_copied,
-        cp_ms,
         master_rss,
         follower_rss,
     }
 }
 
-/// Scenarios 3 and 4: requests per second measured by redis-benchmark.
+/// min, median and max of a figure measured over several rounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        Spread {
+            min: values.first().copied().unwrap_or(f64::NAN),
+            median: values.get(values.len() / 2).copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// Scenarios 3 and 4: requests per second (redis-benchmark), rkv and its
+/// peer measured in alternation, round after round.
 pub struct ThroughputResult {
     pub label: String,
     pub clients: usize,
     pub pipeline: usize,
-    pub rkv: f64,
-    pub baseline: f64,
-    pub baseline_name: &'static str,
-    pub rkv_rss: f64,
+    pub rkv: Spread,
+    pub baseline: Spread,
+    pub baseline_name: String,
+    /// The median of the per-round ratios.
+    pub ratio: Spread,
+    pub target: f64,
 }
 
-pub fn master_writes(work: &Path, requests: usize) -> Vec<ThroughputResult> {
+impl ThroughputResult {
+    fn new(
+        label: String,
+        (clients, pipeline): (usize, usize),
+        rounds: &[(f64, f64)],
+        baseline_name: &str,
+        target: f64,
+    ) -> ThroughputResult {
+        ThroughputResult {
+            label,
+            clients,
+            pipeline,
+            rkv: Spread::of(rounds.iter().map(|r| r.0).collect()),
+            baseline: Spread::of(rounds.iter().map(|r| r.1).collect()),
+            baseline_name: baseline_name.to_string(),
+            ratio: Spread::of(rounds.iter().map(|r| r.0 / r.1).collect()),
+            target,
+        }
+    }
+}
+
+/// Target 4: SET throughput of rkv-master (backups every second, and off)
+/// against redis-server with `appendonly everysec`.
+pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<ThroughputResult> {
     let mut rows = Vec::new();
     for pipeline in [1, 16] {
-        let rate = |tag: &str, interval: &str| {
-            let dir = work.join(format!("{tag}-{pipeline}"));
-            let master = Proc::master(
-                &dir.join("db"),
-                &dir.join("backups"),
-                &["--interval", interval, "--backup-on-exit", "no"],
-            );
-            let rps = redis_benchmark(master.port, "set", requests, 50, pipeline);
-            let rss = master.peak_rss_mib();
-            let backups = master.info_num("rkv_backups_done");
-            master.stop();
-            (rps, rss, backups)
-        };
-        let (off, _, _) = rate("off", "0");
-        let (on, rss, backups) = rate("on", "1s");
-        rows.push(ThroughputResult {
-            label: format!("SET, backups every 1s ({backups} taken) vs off"),
-            clients: 50,
-            pipeline,
-            rkv: on,
-            baseline: off,
-            baseline_name: "rkv-master, backups off",
-            rkv_rss: rss,
-        });
+        let mut on_vs_redis = Vec::new();
+        let mut off_vs_on = Vec::new();
+        for round in 0..rounds {
+            let rkv = |tag: &str, interval: &str| {
+                let dir = work.join(format!("{tag}-{pipeline}-{round}"));
+                let master = Proc::master(
+                    &dir.join("db"),
+                    &dir.join("backups"),
+                    &["--interval", interval, "--backup-on-exit", "no"],
+                );
+                let rps = redis_benchmark(master.port, "set", requests, 50, pipeline);
+                master.stop();
+                let _ = std::fs::remove_dir_all(&dir);
+                rps
+            };
+            let redis = Proc::redis_server_with("everysec");
+            let baseline = redis_benchmark(redis.port, "set", requests, 50, pipeline);
+            redis.stop();
+            let on = rkv("on", "1s");
+            let off = rkv("off", "0");
+            on_vs_redis.push((on, baseline));
+            off_vs_on.push((off, on));
+        }
+        rows.push(ThroughputResult::new(
+            "SET, rkv-master (backups every 1s) vs redis-server (appendonly everysec)".into(),
+            (50, pipeline),
+            &on_vs_redis,
+            "redis-server, appendonly everysec",
+            1.0,
+        ));
+        rows.push(ThroughputResult::new(
+            "SET, rkv-master backups off vs backups every 1s".into(),
+            (50, pipeline),
+            &off_vs_on,
+            "rkv-master, backups every 1s",
+            1.0,
+        ));
     }
     rows
 }
 
-pub fn follower_reads(work: &Path, requests: usize) -> Vec<ThroughputResult> {
+/// Loads `keys` keys (`key:%012d`, redis-benchmark's names, 100-byte
+/// values) into `target` in `parts` interleaved parts, calling `between`
+/// after each part (a backup, so the master's data lands in several
+/// overlapping SST files as a real follower's does).
+fn load_keys(target: &Proc, keys: usize, parts: usize, mut between: impl FnMut()) {
+    let mut client = target.client();
+    for part in 0..parts {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for i in (part..keys).step_by(parts) {
+            args.push(format!("key:{i:012}").into_bytes());
+            args.push(vec![b'x'; 100]);
+            if args.len() > 2000 {
+                let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                client.call(&refs).unwrap();
+                args.truncate(1);
+            }
+        }
+        if args.len() > 1 {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            client.call(&refs).unwrap();
+        }
+        between();
+    }
+}
+
+/// Target 5: GET throughput of a follower holding `keys` keys in several
+/// SST files, against redis-server holding the same keys; and right after a
+/// generation swap.
+pub fn follower_reads(
+    work: &Path,
+    keys: usize,
+    requests: usize,
+    rounds: usize,
+) -> (Vec<ThroughputResult>, Vec<ThroughputResult>) {
     let master = Proc::master(
         &work.join("db"),
         &work.join("backups"),
         &["--interval", "0"],
     );
     let redis = Proc::redis_server();
-    // The same 100,000 keys (redis-benchmark's key:__rand_int__) in both.
-    for target in [&master, &redis] {
-        let mut client = target.client();
-        for chunk in 0..100 {
-            let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
-            for i in chunk * 1000..(chunk + 1) * 1000 {
-                args.push(format!("key:{i:012}").into_bytes());
-                args.push(vec![b'x'; 100]);
-            }
-            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            client.call(&refs).unwrap();
-        }
-    }
-    master.client().call(&[b"SAVE"]).unwrap();
-    let follower = Proc::follower(&work.join("backups"), &work.join("f"), &[]);
-    wait_until(LONG, "the follower's first apply", || {
-        follower.info_num("rkv_applied_backup_id") == 1
+    load_keys(&master, keys, 4, || {
+        master.client().call(&[b"SAVE"]).unwrap();
     });
+    load_keys(&redis, keys, 1, || {});
+    let follower = Proc::follower(&work.join("backups"), &work.join("f"), &[]);
+    let newest = master.info_num("rkv_last_backup_id");
+    wait_until(LONG, "the follower's first apply", || {
+        follower.info_num("rkv_applied_backup_id") == newest
+    });
+    let bench = |port: u16, requests: usize, clients: usize, pipeline: usize| {
+        redis_benchmark_keys(port, "get", requests, clients, pipeline, keys)
+    };
     let mut rows = Vec::new();
-    // One client shows the per-request cost; fifty show how each server
-    // schedules many clients on few cores.
-    for (clients, pipeline) in [(50, 1), (50, 16), (1, 1)] {
-        let requests = if clients == 1 { requests / 4 } else { requests };
-        let rkv = redis_benchmark(follower.port, "get", requests, clients, pipeline);
-        let baseline = redis_benchmark(redis.port, "get", requests, clients, pipeline);
-        rows.push(ThroughputResult {
-            label: "GET, rkv-follower vs redis-server".into(),
-            clients,
-            pipeline,
-            rkv,
-            baseline,
-            baseline_name: "redis-server",
-            rkv_rss: follower.peak_rss_mib(),
-        });
+    for (clients, pipeline) in [(50, 1), (50, 16)] {
+        let measured: Vec<(f64, f64)> = (0..rounds)
+            .map(|_| {
+                (
+                    bench(follower.port, requests, clients, pipeline),
+                    bench(redis.port, requests, clients, pipeline),
+                )
+            })
+            .collect();
+        rows.push(ThroughputResult::new(
+            format!("GET, rkv-follower vs redis-server, {} keys", keys),
+            (clients, pipeline),
+            &measured,
+            "redis-server",
+            if pipeline > 1 { 1.2 } else { 1.0 },
+        ));
     }
+    // Right after a swap: a small change, its apply, then the same GETs.
+    let mut after_swap = Vec::new();
+    let swaps: Vec<(f64, f64)> = (0..rounds)
+        .map(|round| {
+            let key = format!("swap:{round}");
+            master
+                .client()
+                .call(&[b"SET", key.as_bytes(), b"1"])
+                .unwrap();
+            master.client().call(&[b"SAVE"]).unwrap();
+            let newest = master.info_num("rkv_last_backup_id");
+            wait_until(LONG, "the apply", || {
+                follower.info_num("rkv_applied_backup_id") == newest
+            });
+            (
+                bench(follower.port, requests / 4, 50, 16),
+                bench(redis.port, requests / 4, 50, 16),
+            )
+        })
+        .collect();
+    after_swap.push(ThroughputResult::new(
+        "GET right after a generation swap, rkv-follower vs redis-server".into(),
+        (50, 16),
+        &swaps,
+        "redis-server",
+        1.2,
+    ));
     follower.stop();
     redis.stop();
     master.stop();
-    rows
+    (rows, after_swap)
+}
+
+/// Target 6: a new follower's first restore of `mib` MiB against `cp -r`
+/// of the same backup directory, in alternation.
+pub struct BootstrapResult {
+    pub mib: u64,
+    pub restore_ms: Spread,
+    pub cp_ms: Spread,
+    pub ratio: Spread,
+}
+
+pub fn bootstrap(work: &Path, mib: u64, rounds: usize) -> BootstrapResult {
+    let (db_path, backups) = (work.join("db"), work.join("backups"));
+    fill_db(&db_path, mib);
+    {
+        let db = Db::open(
+            &db_path,
+            OpenMode::ReadWrite {
+                create_if_missing: false,
+            },
+        )
+        .unwrap();
+        BackupDir::new(&backups).create(&db, "bench").unwrap();
+    }
+    let mut measured = Vec::new();
+    for round in 0..rounds {
+        let dest = work.join(format!("restore-{round}"));
+        let started = Instant::now();
+        BackupDir::new(&backups)
+            .restore(Some(1), &dest, RestoreMode::Full)
+            .unwrap();
+        let restore_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let _ = std::fs::remove_dir_all(&dest);
+        let copy = work.join(format!("cp-{round}"));
+        let started = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&backups)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp -r failed");
+        let cp_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let _ = std::fs::remove_dir_all(&copy);
+        measured.push((restore_ms, cp_ms));
+    }
+    BootstrapResult {
+        mib,
+        restore_ms: Spread::of(measured.iter().map(|m| m.0).collect()),
+        cp_ms: Spread::of(measured.iter().map(|m| m.1).collect()),
+        ratio: Spread::of(measured.iter().map(|m| m.0 / m.1).collect()),
+    }
+}
+
+/// Target 8: a master's SET throughput with `followers` followers running
+/// against none, in alternation.
+pub fn writes_with_followers(
+    work: &Path,
+    followers: usize,
+    requests: usize,
+    rounds: usize,
+) -> ThroughputResult {
+    let mut measured = Vec::new();
+    for round in 0..rounds {
+        let rate = |n: usize| {
+            let dir = work.join(format!("w{n}-{round}"));
+            let master = Proc::master(
+                &dir.join("db"),
+                &dir.join("backups"),
+                &["--interval", "1s", "--backup-on-exit", "no"],
+            );
+            master.client().call(&[b"SAVE"]).unwrap();
+            let procs: Vec<Proc> = (0..n)
+                .map(|i| Proc::follower(&dir.join("backups"), &dir.join(format!("f{i}")), &[]))
+                .collect();
+            let rps = redis_benchmark(master.port, "set", requests, 50, 1);
+            for f in procs {
+                f.stop();
+            }
+            master.stop();
+            let _ = std::fs::remove_dir_all(&dir);
+            rps
+        };
+        measured.push((rate(followers), rate(0)));
+    }
+    ThroughputResult::new(
+        format!("SET, rkv-master with {followers} followers vs none (backups every 1s)"),
+        (50, 1),
+        &measured,
+        "rkv-master, no follower",
+        0.9,
+    )
+}
+
+/// A database of about `mib` MiB of 1 KiB incompressible values under keys
+/// spread over the key space, compacted (steady state).
+fn fill_db(path: &Path, mib: u64) {
+    let db = Db::open(
+        path,
+        OpenMode::ReadWrite {
+            create_if_missing: true,
+        },
+    )
+    .unwrap();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut batch = WriteBatch::default();
+    for i in 0..mib * 1024 {
+        batch.put(format!("k{:016x}", rng.next()), rng.bytes(1024));
+        if i % 1000 == 999 {
+            db.write(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    db.write(batch).unwrap();
+    db.compact().unwrap();
 }
 
 /// xorshift64: fast, reproducible, incompressible enough.

