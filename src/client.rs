@@ -81,15 +81,8 @@ impl Client {
 
     /// Sends one command and reads its reply, error replies included.
     pub fn call_raw(&mut self, args: &[&[u8]]) -> Result<Reply, ClientError> {
-        let mut out = Vec::new();
-        Reply::array(args.iter().map(|a| Reply::bulk(a.to_vec())).collect()).encode(&mut out);
-        self.writer
-            .write_all(&out)
-            .map_err(|source| ClientError::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
-        self.read_reply()
+        let mut replies = self.pipeline(&[args.to_vec()])?;
+        Ok(replies.pop().expect("one reply per command"))
     }
 
     /// Sends several commands in one write and reads their replies in

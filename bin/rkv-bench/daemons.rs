@@ -61,8 +61,8 @@ impl Proc {
         Proc::redis_server_with("no")
     }
 
-    /// redis-server with `appendonly` set to `appendonly` ("no", or
-    /// "everysec": the AOF fsynced once a second, Redis's durable default).
+    /// redis-server with `appendonly` set to `appendonly` ("no", or "yes":
+    /// the AOF, fsynced every second, Redis's durable setting).
     pub fn redis_server_with(appendonly: &str) -> Proc {
         let dir = std::env::temp_dir().join(format!("rkv-bench-redis-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();

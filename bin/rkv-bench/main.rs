@@ -80,14 +80,14 @@ fn main() {
         Plan {
             idle_s: 60,
             lag_intervals: vec![ms(100), ms(1000), ms(10_000)],
-            lag_run: Duration::from_secs(40),
+            lag_run: Duration::from_secs(30),
             flat_run: Duration::from_secs(600),
             load: 5000,
             rounds: 3,
             requests: 200_000,
             read_keys: 1_000_000,
             bootstrap_mib: 1024,
-            sizes_mib: vec![10, 100, 1024],
+            sizes_mib: vec![10, 1024],
             followers: 20,
         }
     };

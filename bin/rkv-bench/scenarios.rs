@@ -474,7 +474,7 @@ pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<Through
                 let _ = std::fs::remove_dir_all(&dir);
                 rps
             };
-            let redis = Proc::redis_server_with("everysec");
+            let redis = Proc::redis_server_with("yes");
             let baseline = redis_benchmark(redis.port, "set", requests, 50, pipeline);
             redis.stop();
             let on = rkv("on", "1s");
@@ -609,6 +609,8 @@ pub struct BootstrapResult {
     pub mib: u64,
     pub restore_ms: Spread,
     pub cp_ms: Spread,
+    /// `cp -r` then `sync`.
+    pub cp_sync_ms: Spread,
     pub ratio: Spread,
 }
 
@@ -644,13 +646,18 @@ pub fn bootstrap(work: &Path, mib: u64, rounds: usize) -> BootstrapResult {
             .unwrap();
         assert!(status.success(), "cp -r failed");
         let cp_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // And made durable, as the restore's files are.
+        let status = std::process::Command::new("sync").status().unwrap();
+        assert!(status.success(), "sync failed");
+        let cp_sync_ms = started.elapsed().as_secs_f64() * 1000.0;
         let _ = std::fs::remove_dir_all(&copy);
-        measured.push((restore_ms, cp_ms));
+        measured.push((restore_ms, cp_ms, cp_sync_ms));
     }
     BootstrapResult {
         mib,
         restore_ms: Spread::of(measured.iter().map(|m| m.0).collect()),
         cp_ms: Spread::of(measured.iter().map(|m| m.1).collect()),
+        cp_sync_ms: Spread::of(measured.iter().map(|m| m.2).collect()),
         ratio: Spread::of(measured.iter().map(|m| m.0 / m.1).collect()),
     }
 }
