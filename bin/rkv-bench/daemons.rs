@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rkv::client::Client;
+
+use crate::process;
 use rkv::server::ListenAddr;
 
 /// A daemon started by the benchmark; killed when dropped.
@@ -13,15 +15,6 @@ pub struct Proc {
     child: Option<Child>,
     pub addr: ListenAddr,
     pub port: u16,
-}
-
-/// Where rkv-master and rkv-follower are: beside this binary.
-fn bin(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join(name)
 }
 
 pub fn free_port() -> u16 {
@@ -53,7 +46,7 @@ impl Proc {
 
     fn rkv(name: &str, dirs: [&str; 4], extra: &[&str], dir: &Path) -> Proc {
         let args = dirs.iter().chain(extra).map(|s| s.to_string()).collect();
-        Proc::start(bin(name), args, Some(dir))
+        Proc::start(process::sibling(name), args, Some(dir))
     }
 
     /// redis-server without persistence (the read baseline).
@@ -152,13 +145,7 @@ impl Proc {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        let pid = self.child.as_ref().unwrap().id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kib| kib / 1024.0)
+        process::peak_rss_mib(self.pid())
     }
 
     /// The process id.
@@ -168,20 +155,13 @@ impl Proc {
 
     /// CPU time used so far (user and system), in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.pid())
+        process::cpu_time(self.pid()).as_secs_f64()
     }
 
     /// SIGTERM and wait.
     pub fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            process::terminate(child, Duration::from_secs(120));
         }
     }
 }
@@ -197,24 +177,6 @@ impl Drop for Proc {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
-}
-
-/// CPU time process `pid` used so far (user and system), in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is the
-    // 3rd field, utime the 14th and stime the 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 /// Polls `check` every 5 ms until it holds; panics after `timeout`.

@@ -5,6 +5,8 @@
 //! here asserts a speed. Run it through `scripts/bench.sh`.
 
 mod daemons;
+#[path = "../common/process.rs"]
+mod process;
 mod report;
 mod scenarios;
 

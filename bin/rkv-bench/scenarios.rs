@@ -276,13 +276,18 @@ pub fn litestream_lag(work: &Path, duration: Duration, rate: u32) -> Option<LagR
         }
     };
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let version = std::process::Command::new("litestream")
+        .arg("version")
+        .output()
+        .map(|v| String::from_utf8_lossy(&v.stdout).trim().to_string())
+        .unwrap_or_default();
     let samples = value["lags"]
         .as_array()?
         .iter()
         .filter_map(|pair| Some((pair[0].as_f64()?, pair[1].as_f64()?)))
         .collect();
     Some(LagResult {
-        label: "Litestream 0.5, restore -f, 10 ms sync/monitor/follow".to_string(),
+        label: format!("Litestream {version}, restore -f, 10 ms sync/monitor/follow"),
         interval: Duration::from_millis(10),
         samples,
         duration,

@@ -19,13 +19,7 @@ use crate::{Outcome, Rng};
 pub const RSS_BOUND_MIB: f64 = 512.0;
 
 fn peak_rss_mib(proc: &Proc) -> f64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", proc.pid())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+    crate::process::peak_rss_mib(proc.pid())
 }
 
 /// Whether the daemon answers PING on a new connection within 5 s.

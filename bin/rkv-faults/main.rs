@@ -9,8 +9,12 @@
 //! served wrong or got stuck. Run it through `scripts/faults.sh`.
 
 mod hostile;
+#[path = "../common/process.rs"]
+mod process;
 mod procs;
 mod scenarios;
+#[path = "../common/tmpfs.rs"]
+mod tmpfs;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rkv::client::Client;
+
+use crate::process;
 use rkv::daemon::DaemonFile;
 use rkv::resp::Reply;
 use rkv::server::ListenAddr;
@@ -16,15 +18,6 @@ pub struct Proc {
     child: Option<Child>,
     pub addr: ListenAddr,
     pub log: PathBuf,
-}
-
-/// Where the daemons are: beside this binary.
-fn bin(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join(name)
 }
 
 fn path(p: &Path) -> String {
@@ -73,7 +66,7 @@ impl Proc {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(bin(name))
+        let mut child = Command::new(process::sibling(name))
             .args(&args)
             .envs(env.iter().copied())
             .env("RKV_LOG", "info")
@@ -148,18 +141,7 @@ impl Proc {
 
     /// CPU time (user + system) used so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields.get(11).and_then(|t| t.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|t| t.parse().ok()).unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_millis(ticks * 1000 / hz)
+        process::cpu_time(self.pid())
     }
 
     /// kill -9, and reap.
@@ -172,19 +154,7 @@ impl Proc {
 
     /// SIGTERM; the exit code.
     pub fn stop(mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
+        process::terminate(self.child.take()?, Duration::from_secs(60))?.code()
     }
 }
 

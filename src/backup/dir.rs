@@ -453,7 +453,8 @@ impl BackupSink for BackupDir {
                 e,
             ));
         }
-        engine.seen(self.fingerprint());
+        // The newest backup stays (keep is at least 1): the engine's view of
+        // the directory still matches its fingerprint.
         Ok(backups[..backups.len() - keep]
             .iter()
             .map(|b| b.id)
@@ -514,7 +515,7 @@ impl BackupDir {
                 },
                 _ => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
             })?;
-        engine.seen(self.fingerprint());
+        engine.made(id);
         let info = engine
             .get_backup_info()
             .into_iter()
@@ -532,29 +533,25 @@ impl BackupDir {
             })?;
         let (mut bytes_copied, mut files_copied) = (0, 0);
         for file in self.read_meta(id)?.files {
-            // A file the backup shares was not read now: check it is still
-            // whole (RocksDB checks sizes only when an engine opens, and
-            // this engine stays open).
-            if shared_before.contains(&file.path) {
-                if let Err(detail) = self.present_size(&file) {
-                    return Err(Error::DamagedFile {
-                        path: file.path,
-                        detail,
-                    });
+            // Every file must be whole: RocksDB checks sizes only when an
+            // engine opens, and this engine stays open. A file this backup
+            // copied is also read back, so a copy damaged on its way to the
+            // store is found now, not by the follower that needs it.
+            let copied = !shared_before.contains(&file.path);
+            let damage = match self.present_size(&file) {
+                Ok(len) if copied => {
+                    files_copied += 1;
+                    bytes_copied += len;
+                    self.crc_mismatch(&file)
                 }
-            } else {
-                files_copied += 1;
-                bytes_copied += fs::metadata(self.path.join(&file.path))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                // Read back what was just written: a copy damaged on its way
-                // to the store is found now, not by the follower that needs it.
-                if let Some(detail) = self.check_file(&file) {
-                    return Err(Error::DamagedFile {
-                        path: file.path,
-                        detail,
-                    });
-                }
+                Ok(_) => None,
+                Err(detail) => Some(detail),
+            };
+            if let Some(detail) = damage {
+                return Err(Error::DamagedFile {
+                    path: file.path,
+                    detail,
+                });
             }
         }
         Ok(CreateStats {
@@ -573,13 +570,10 @@ const DEFAULT_COPY_THREADS: u32 = 4;
 struct WriterGuard<'a>(MutexGuard<'a, Option<(BackupEngine, Fingerprint)>>);
 
 impl WriterGuard<'_> {
-    /// Records the directory as the engine left it (after a backup or a
-    /// purge), so the next use knows nothing else changed it.
-    fn seen(&mut self, now: Option<Fingerprint>) {
-        match now {
-            Some(now) => self.0.as_mut().expect("the writer engine is open").1 = now,
-            None => *self.0 = None,
-        }
+    /// Records backup `id`, just made through the engine, as the newest, so
+    /// the next use knows nothing else changed the directory.
+    fn made(&mut self, id: u32) {
+        self.0.as_mut().expect("the writer engine is open").1.newest = Some(id);
     }
 }
 

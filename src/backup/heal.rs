@@ -15,12 +15,16 @@ impl BackupDir {
     /// Why the store's copy of `file` is not what a backup recorded, if it
     /// is not: missing, another size, or another crc32c.
     pub(super) fn check_file(&self, file: &meta::MetaFile) -> Option<String> {
-        if let Err(detail) = self.present_size(file) {
-            return Some(detail);
-        }
-        let path = self.path().join(&file.path);
+        self.present_size(file)
+            .err()
+            .or_else(|| self.crc_mismatch(file))
+    }
+
+    /// Why the store's copy of `file` does not have the crc32c its backup
+    /// records, if it does not (reads it whole; the size is not checked).
+    pub(super) fn crc_mismatch(&self, file: &meta::MetaFile) -> Option<String> {
         let expected = file.crc32c?;
-        match Self::crc32c_of(&path) {
+        match Self::crc32c_of(&self.path().join(&file.path)) {
             Ok(actual) if actual == expected => None,
             Ok(actual) => Some(format!(
                 "{} has crc32c {actual}, the backup records {expected}",

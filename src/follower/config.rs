@@ -202,4 +202,26 @@ mod tests {
             .contains("protected mode"));
         assert!(parse(&["--poll-interval", "0"]).is_err());
     }
+
+    #[test]
+    fn restore_threads_default_and_range() {
+        assert_eq!(parse(&[]).unwrap().restore_threads, 4);
+        assert_eq!(
+            parse(&["--restore-threads", "1"]).unwrap().restore_threads,
+            1
+        );
+        for bad in ["0", "65", "many"] {
+            let argv = [
+                "rkv-follower",
+                "--backup-dir",
+                "b",
+                "--data",
+                "d",
+                "--restore-threads",
+                bad,
+            ];
+            let error = FollowerArgs::try_parse_from(argv).unwrap_err().to_string();
+            assert!(error.contains("--restore-threads"), "{bad}: {error}");
+        }
+    }
 }

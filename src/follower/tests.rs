@@ -32,6 +32,14 @@ fn setup() -> Setup {
     }
 }
 
+impl Setup {
+    /// Writes `key` on the master and backs it up; returns the backup id.
+    fn back_up(&self, key: &[u8], value: &[u8]) -> u32 {
+        self.master.put(key, value).unwrap();
+        self.store.create(&self.master, "t").unwrap().info.id
+    }
+}
+
 fn follower(s: &Setup) -> Follower {
     Follower::open(
         BackupDir::new(s.store.path()),
@@ -68,16 +76,14 @@ fn applies_each_new_backup_and_jumps_to_the_newest() {
         "no backup dir yet"
     );
     assert!(f.reader().is_err());
-    s.master.put(b"k", b"1").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"1");
     assert!(matches!(f.poll(), PollOutcome::Applied(_)));
     assert_eq!(get(&f, b"k").as_deref(), Some(&b"1"[..]));
     assert!(matches!(f.poll(), PollOutcome::UpToDate));
 
     // Three backups behind: one apply, straight to the newest.
     for v in [b"2", b"3", b"4"] {
-        s.master.put(b"k", v).unwrap();
-        s.store.create(&s.master, "t").unwrap();
+        s.back_up(b"k", v);
     }
     let PollOutcome::Applied(stats) = f.poll() else {
         panic!()
@@ -97,12 +103,10 @@ fn applies_each_new_backup_and_jumps_to_the_newest() {
 fn a_reader_keeps_its_generation_across_a_swap() {
     let s = setup();
     let f = follower(&s);
-    s.master.put(b"k", b"old").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"old");
     f.poll();
     let held = f.reader().unwrap();
-    s.master.put(b"k", b"new").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"new");
     f.poll();
     f.release_retired();
     // The old handle still reads its own data; new readers see the new.
@@ -118,8 +122,7 @@ fn a_restarted_follower_serves_current_at_once() {
     let s = setup();
     {
         let f = follower(&s);
-        s.master.put(b"k", b"v").unwrap();
-        s.store.create(&s.master, "t").unwrap();
+        s.back_up(b"k", b"v");
         f.poll();
     }
     // A crash left a partial behind.
@@ -132,8 +135,7 @@ fn a_restarted_follower_serves_current_at_once() {
 #[test]
 fn staleness_bound_refuses_reads_when_asked() {
     let s = setup();
-    s.master.put(b"k", b"v").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"v");
     let f = bounded_follower(&s, Duration::from_millis(1));
     f.poll();
     std::thread::sleep(Duration::from_millis(5));
@@ -173,11 +175,9 @@ fn heartbeat(s: &Setup, ms: u64, seq: u64) -> Heartbeat {
 fn a_failed_apply_leaves_no_partial_behind() {
     let s = setup();
     let f = follower(&s);
-    s.master.put(b"k", b"1").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"1");
     f.poll();
-    s.master.put(b"k", b"2").unwrap();
-    let id = s.store.create(&s.master, "t").unwrap().info.id;
+    let id = s.back_up(b"k", b"2");
     let private = s.store.path().join(format!("private/{id}"));
     let manifest = std::fs::read_dir(&private)
         .unwrap()
@@ -203,11 +203,9 @@ fn a_failed_apply_leaves_no_partial_behind() {
 fn a_truncated_meta_file_is_reported_not_skipped_silently() {
     let s = setup();
     let f = follower(&s);
-    s.master.put(b"k", b"1").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"1");
     f.poll();
-    s.master.put(b"k", b"2").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", b"2");
     let meta = s.store.path().join("meta/2");
     let text = std::fs::read(&meta).unwrap();
     std::fs::write(&meta, &text[..text.len() / 2]).unwrap();
@@ -241,8 +239,7 @@ fn a_reader_holding_the_old_database_keeps_its_files_with_few_open_files() {
     assert!(matches!(f.poll(), PollOutcome::Applied(_)));
     let held = f.reader().unwrap();
     drop(f.serving());
-    s.master.put(b"new", b"1").unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"new", b"1");
     assert!(matches!(f.poll(), PollOutcome::Applied(_)));
     f.release_retired();
     // Every SST of the old generation is read again by path.
@@ -260,8 +257,7 @@ fn an_unopenable_current_generation_is_kept() {
     let s = setup();
     {
         let f = follower(&s);
-        s.master.put(b"k", b"v").unwrap();
-        s.store.create(&s.master, "t").unwrap();
+        s.back_up(b"k", b"v");
         f.poll();
     }
     let gen = s.data.join("gen-000001");
@@ -280,8 +276,7 @@ fn a_replaced_backup_directory_is_re_bootstrapped() {
     let s = setup();
     let f = follower(&s);
     for v in [b"1", b"2", b"3"] {
-        s.master.put(b"k", v).unwrap();
-        s.store.create(&s.master, "t").unwrap();
+        s.back_up(b"k", v);
     }
     f.poll();
     assert_eq!(f.serving().unwrap().backup.id, 3);
@@ -303,8 +298,7 @@ fn a_replaced_backup_directory_is_re_bootstrapped() {
     // Once more, and the new ids pass the served one: the identity tells.
     std::fs::remove_dir_all(s.store.path()).unwrap();
     for v in [b"a", b"b", b"c"] {
-        s.master.put(b"k", v).unwrap();
-        s.store.create(&s.master, "t").unwrap();
+        s.back_up(b"k", v);
     }
     assert!(matches!(f.poll(), PollOutcome::Applied(_)));
     assert_eq!(get(&f, b"k").as_deref(), Some(&b"c"[..]));
@@ -464,8 +458,7 @@ fn faulty_follower(s: &Setup) -> (Follower, Arc<FaultySource>) {
 }
 
 fn backup(s: &Setup, value: &[u8]) {
-    s.master.put(b"k", value).unwrap();
-    s.store.create(&s.master, "t").unwrap();
+    s.back_up(b"k", value);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rkv::resp::Reply;
 
-use crate::util::{bulk, fill, get, incompressible, run_bin, wait_until, Daemon, Sandbox};
+use crate::util::{bulk, fill, get, incompressible, refused, run_bin, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(60);
 
@@ -94,7 +94,7 @@ fn retention_shorter_than_a_restore_says_why_and_leaks_no_partial() {
     assert!(follower.log().contains("raise --keep-within"));
 
     // And the master refuses retention too short to protect any restore.
-    let out = run_bin(
+    let stderr = refused(
         env!("CARGO_BIN_EXE_rkv-master"),
         &[
             "--db",
@@ -104,9 +104,8 @@ fn retention_shorter_than_a_restore_says_why_and_leaks_no_partial() {
             "--keep-within",
             "2s",
         ],
+        2,
     );
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("at least 10s"), "{stderr}");
 }
 
@@ -389,30 +388,6 @@ fn staleness_holds_with_the_masters_clock_hours_off() {
     }
 }
 
-/// A small tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(path.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_database_disk_recovers_by_itself_when_space_returns() {
     // SAFETY: geteuid has no preconditions.
@@ -421,7 +396,7 @@ fn a_full_database_disk_recovers_by_itself_when_space_returns() {
         return;
     }
     let s = Sandbox::new();
-    let Some(_mount) = Tmpfs::mount(&s.path("disk"), "400m") else {
+    let Some(disk) = crate::tmpfs::Tmpfs::mount(&s.path("disk"), "400m") else {
         eprintln!("SKIPPED: cannot mount a tmpfs here");
         return;
     };
@@ -432,15 +407,7 @@ fn a_full_database_disk_recovers_by_itself_when_space_returns() {
     );
     set(&master, "before", "full");
     // Fill the disk but for a little, then write until RocksDB refuses.
-    let filler = s.path("disk/filler");
-    let free = {
-        // SAFETY: statvfs on a valid path into a zeroed struct.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        let path = std::ffi::CString::new(s.path("disk").display().to_string()).unwrap();
-        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
-        st.f_bavail * st.f_frsize
-    };
-    std::fs::write(&filler, vec![0u8; (free - (2 << 20)) as usize]).unwrap();
+    let filler = disk.fill(2 << 20);
     // Incompressible values: RocksDB preallocates its log, and a flush of
     // compressible data would still fit.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

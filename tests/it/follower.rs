@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rkv::resp::Reply;
 
 use crate::util::{
-    bulk, corrupt_private_manifest, db_flag, fill, get, rkv, run_bin, wait_until, Daemon, Sandbox,
+    bulk, corrupt_private_manifest, db_flag, fill, get, refused, rkv, wait_until, Daemon, Sandbox,
 };
 
 const GENEROUS: Duration = Duration::from_secs(60);
@@ -359,7 +359,7 @@ fn a_follower_waits_for_the_backup_dir_and_a_second_one_is_refused() {
         &s.path("f1"),
         &["--poll-interval", "100ms"],
     );
-    let out = run_bin(
+    let stderr = refused(
         env!("CARGO_BIN_EXE_rkv-follower"),
         &[
             "--backup-dir",
@@ -369,9 +369,8 @@ fn a_follower_waits_for_the_backup_dir_and_a_second_one_is_refused() {
             "--listen",
             "127.0.0.1:0",
         ],
+        1,
     );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("another rkv-follower is already using"),
         "{stderr}"

@@ -7,4 +7,7 @@ mod faults;
 mod follower;
 mod master;
 mod scripts;
+// The fault suite's small disk.
+#[path = "../../bin/common/tmpfs.rs"]
+mod tmpfs;
 mod util;

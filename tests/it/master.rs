@@ -7,7 +7,7 @@ use std::time::Duration;
 use rkv::backup::{BackupDir, BackupSource};
 use rkv::resp::Reply;
 
-use crate::util::{backup_flag, bulk, db_flag, rkv, run_bin, wait_until, Daemon, Sandbox};
+use crate::util::{backup_flag, bulk, db_flag, refused, rkv, run_bin, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(30);
 
@@ -339,19 +339,18 @@ fn protected_mode_and_bad_flags_are_refused_with_exit_2() {
         s.path("backups").display().to_string(),
     );
     let master = env!("CARGO_BIN_EXE_rkv-master");
-    let out = run_bin(
+    let stderr = refused(
         master,
         &["--db", &db, "--backup-dir", &b, "--listen", "0.0.0.0:0"],
+        2,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("protected mode"));
+    assert!(stderr.contains("protected mode"));
 
     let inside = s.path("db/backups").display().to_string();
-    let out = run_bin(master, &["--db", &db, "--backup-dir", &inside]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the database directory"));
+    let stderr = refused(master, &["--db", &db, "--backup-dir", &inside], 2);
+    assert!(stderr.contains("inside the database directory"));
 
-    let out = run_bin(
+    let stderr = refused(
         master,
         &[
             "--db",
@@ -361,9 +360,9 @@ fn protected_mode_and_bad_flags_are_refused_with_exit_2() {
             "--password-file",
             "/nonexistent",
         ],
+        2,
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the password file"));
+    assert!(stderr.contains("cannot read the password file"));
     assert!(
         !s.path("db").exists(),
         "a refused start must not create the database"
@@ -374,7 +373,7 @@ fn protected_mode_and_bad_flags_are_refused_with_exit_2() {
 fn a_second_master_on_the_same_db_is_refused() {
     let s = Sandbox::new();
     let _first = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
-    let out = run_bin(
+    let stderr = refused(
         env!("CARGO_BIN_EXE_rkv-master"),
         &[
             "--db",
@@ -384,9 +383,9 @@ fn a_second_master_on_the_same_db_is_refused() {
             "--listen",
             "127.0.0.1:0",
         ],
+        1,
     );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+    assert!(stderr.contains("in use by another process"));
 }
 
 #[test]

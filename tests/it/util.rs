@@ -373,6 +373,15 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
     Command::new(bin).args(args).output().unwrap()
 }
 
+/// Runs `bin` with `args`, which must fail with exit code `code` (2: bad
+/// configuration, 1: a failure); returns what it said on stderr.
+pub fn refused(bin: &str, args: &[&str], code: i32) -> String {
+    let out = run_bin(bin, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
 /// Flips the last byte of the MANIFEST only backup `id` holds: the size stays
 /// (RocksDB still lists the backup) and only the checksum tells.
 pub fn corrupt_private_manifest(backups: &Path, id: u32) {

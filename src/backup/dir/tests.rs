@@ -239,3 +239,21 @@ fn describe_reads_one_backup_and_names_what_makes_it_unloadable() {
         other => panic!("expected BackupCorrupt, got {other:?}"),
     }
 }
+
+#[test]
+fn an_engine_open_racing_a_purge_is_told_from_other_failures() {
+    // RocksDB's message when a meta file it listed is gone by the time it
+    // reads it: the purge won; a fresh open sees the directory as it is.
+    assert!(purged_while_opening(
+        "IO error: No such file or directory: While opening a file for sequentially \
+         reading: backups/meta/12: No such file or directory"
+    ));
+    // A missing shared file is damage, not a race: no retry hides it.
+    assert!(!purged_while_opening(
+        "IO error: No such file or directory: While opening a file for sequentially \
+         reading: backups/shared_checksum/000009_s1_16830620.sst: No such file or directory"
+    ));
+    assert!(!purged_while_opening(
+        "Corruption: Size mismatch for existing backup file: meta/3"
+    ));
+}
