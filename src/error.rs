@@ -138,6 +138,28 @@ pub enum Error {
         reason: String,
     },
 
+    /// The object store failed a request (unreachable, refused, or an
+    /// answer rkv cannot use).
+    #[error("object store {location}: {context}: {detail}")]
+    Store {
+        /// `s3://BUCKET/PREFIX`.
+        location: String,
+        /// What was being done, in lowercase ("read latest").
+        context: String,
+        /// What the store (or the client) said.
+        detail: String,
+    },
+
+    /// The object store does not honour conditional writes, which fence a
+    /// second master off.
+    #[error("object store {location} cannot fence a second master: {behaviour}")]
+    StoreNotConditional {
+        /// `s3://BUCKET/PREFIX`.
+        location: String,
+        /// What the store did.
+        behaviour: String,
+    },
+
     /// An error from RocksDB that has no more specific meaning here.
     #[error("{context}: {source}")]
     RocksDb {
@@ -226,6 +248,17 @@ impl Error {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("check the permissions of the path, and which user rkv runs as".to_string())
             }
+            Error::Store { .. } => Some(
+                "check the endpoint (--s3-endpoint, AWS_ENDPOINT_URL), the credentials \
+                 (AWS_ACCESS_KEY_ID, ~/.aws/credentials), the bucket and the network"
+                    .to_string(),
+            ),
+            Error::StoreNotConditional { .. } => Some(
+                "use a store that supports If-None-Match and If-Match on PUT (AWS S3, MinIO, \
+                 Ceph RGW 18+, Cloudflare R2), or pass --accept-unfenced-store and make sure \
+                 only one master ever writes to this prefix"
+                    .to_string(),
+            ),
             Error::RocksDb { .. } | Error::Io { .. } => None,
         }
     }

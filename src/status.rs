@@ -19,6 +19,23 @@ pub struct LastBackup {
     pub files_copied: u32,
 }
 
+/// What a daemon asked of an object store since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreTraffic {
+    /// GET and HEAD requests.
+    pub gets: u64,
+    /// PUT requests.
+    pub puts: u64,
+    /// LIST requests (pages).
+    pub lists: u64,
+    /// DELETE requests.
+    pub deletes: u64,
+    /// Bytes uploaded.
+    pub bytes_up: u64,
+    /// Bytes downloaded.
+    pub bytes_down: u64,
+}
+
 /// A master's backups, retention and health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterStatus {
@@ -60,6 +77,8 @@ pub struct MasterStatus {
     pub keep: usize,
     /// `--keep-within`.
     pub keep_within: Duration,
+    /// Requests to the object store, when backups go to one.
+    pub store: Option<StoreTraffic>,
 }
 
 /// The last apply a follower made.
@@ -120,6 +139,8 @@ pub struct FollowerStatus {
     pub healthy: bool,
     /// Unix seconds of the served backup.
     pub last_save_unix: i64,
+    /// Requests to the object store, when backups come from one.
+    pub store: Option<StoreTraffic>,
 }
 
 /// What a daemon reports about itself.

@@ -5,6 +5,8 @@
 //! here asserts a speed. Run it through `scripts/bench.sh`.
 
 mod daemons;
+#[path = "../common/moto.rs"]
+mod moto;
 #[path = "../common/process.rs"]
 mod process;
 mod report;
@@ -36,7 +38,7 @@ struct Args {
     work: Option<PathBuf>,
     /// Run only these scenarios (for investigating one figure; the report
     /// then lacks the others).
-    #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers", "store"])]
     only: Vec<String>,
 }
 
@@ -52,6 +54,8 @@ struct Plan {
     bootstrap_mib: u64,
     sizes_mib: Vec<u64>,
     followers: usize,
+    store_base_mib: u64,
+    store_idle: Duration,
 }
 
 pub fn log(message: &str) {
@@ -77,6 +81,8 @@ fn main() {
             bootstrap_mib: 64,
             sizes_mib: vec![4, 64],
             followers: 5,
+            store_base_mib: 16,
+            store_idle: Duration::from_secs(10),
         }
     } else {
         Plan {
@@ -91,6 +97,8 @@ fn main() {
             bootstrap_mib: 1024,
             sizes_mib: vec![10, 1024],
             followers: 20,
+            store_base_mib: 256,
+            store_idle: Duration::from_secs(120),
         }
     };
     std::fs::create_dir_all(&args.out).expect("create --out");
@@ -193,6 +201,9 @@ fn main() {
             plan.rounds,
         ));
     }
+    if wanted("store") {
+        object_store(&plan, &dir, &mut report);
+    }
     report.elapsed = started.elapsed();
     report.load_average = (load_before, load_average());
     report.check();
@@ -203,6 +214,60 @@ fn main() {
         "wrote {} in {}",
         args.out.join("BENCHMARKS.md").display(),
         humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+    ));
+}
+
+/// The object store case: lag at --interval 1s through moto's S3 server
+/// and through a local directory, interleaved; bytes moved per 1 MiB
+/// change; an idle follower's requests.
+fn object_store(plan: &Plan, dir: &dyn Fn(&str) -> PathBuf, report: &mut Report) {
+    if !moto::Moto::installed() {
+        log("moto is not installed: the object store case is not measured");
+        report.store_missing = true;
+        return;
+    }
+    let moto = moto::Moto::start(&dir("moto"));
+    moto.create_bucket("rkv-bench");
+    // moto checks no signature; the client wants credentials all the same.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "rkv-bench");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "rkv-bench");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let interval = Duration::from_secs(1);
+    for round in 0..plan.rounds {
+        log(&format!(
+            "9. object store, round {}: lag through a directory",
+            round + 1
+        ));
+        let local = scenarios::lag(&dir("store-dir"), interval, plan.lag_run, plan.load, 1);
+        report.store_lag.push(local);
+        log(&format!(
+            "9. object store, round {}: lag through S3",
+            round + 1
+        ));
+        let store = scenarios::Store {
+            endpoint: moto.endpoint(),
+            url: format!("s3://rkv-bench/lag{round}"),
+        };
+        let via = scenarios::lag_via(
+            &dir("store-s3"),
+            interval,
+            plan.lag_run,
+            plan.load,
+            1,
+            Some(&store),
+        );
+        report.store_lag.push(via);
+    }
+    log("9. object store: bytes per 1 MiB change, and an idle follower's requests");
+    let store = scenarios::Store {
+        endpoint: moto.endpoint(),
+        url: "s3://rkv-bench/cost".to_string(),
+    };
+    report.store_cost = Some(scenarios::store_cost(
+        &dir("store-cost"),
+        &store,
+        plan.store_base_mib,
+        plan.store_idle,
     ));
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::scenarios::{
-    mib, BootstrapResult, CatchupResult, IdleResult, LagResult, Spread, ThroughputResult,
+    mib, BootstrapResult, CatchupResult, IdleResult, LagResult, Spread, StoreCost, ThroughputResult,
 };
 
 /// Everything one run measured.
@@ -26,6 +26,10 @@ pub struct Report {
     /// Lag runs with one follower and with many.
     pub many: Vec<LagResult>,
     pub many_writes: Option<ThroughputResult>,
+    /// Lag at --interval 1s through a directory and through S3, interleaved.
+    pub store_lag: Vec<LagResult>,
+    pub store_cost: Option<StoreCost>,
+    pub store_missing: bool,
     pub elapsed: Duration,
     pub load_average: (f64, f64),
 }
@@ -81,7 +85,13 @@ fn met(ok: bool) -> &'static str {
 impl Report {
     /// The run produced numbers in every scenario it ran.
     pub fn check(&self) {
-        for l in self.lag.iter().chain(&self.many).chain(&self.flat) {
+        for l in self
+            .lag
+            .iter()
+            .chain(&self.many)
+            .chain(&self.flat)
+            .chain(&self.store_lag)
+        {
             assert!(!l.samples.is_empty(), "{}: no probe was seen", l.label);
         }
         for t in self
@@ -262,6 +272,7 @@ impl Report {
         self.lag_section(&mut md);
         self.throughput_sections(&mut md);
         self.catchup_section(&mut md);
+        self.store_section(&mut md);
         // What the figures mean where a target is not met: written by hand
         // against a full run, kept beside the code, and dated.
         let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/rkv-bench/ANALYSIS.md");
@@ -407,6 +418,58 @@ impl Report {
                 spread(b.cp_sync_ms, 0),
                 spread(b.ratio, 2)
             );
+        }
+    }
+
+    fn store_section(&self, md: &mut String) {
+        if self.store_missing {
+            let _ = writeln!(
+                md,
+                "## Object store
+
+Not measured: moto's S3 server is not installed (`scripts/bench.sh` installs it from PyPI).
+"
+            );
+            return;
+        }
+        if self.store_lag.is_empty() && self.store_cost.is_none() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "## Object store: followers through S3
+"
+        );
+        let _ = writeln!(md, "The same lag probe at `--interval 1s` under {} SET/s, through a local backup directory and through an S3-compatible store (moto's server on loopback, so the network adds little; a real store adds its request latency, typically 10–50 ms per request, to each publish and each download), alternating round by round.\n", self.load);
+        let _ = writeln!(md, "| backups through | lag p50 ms (min / median / max) | lag p99 ms (min / median / max) | backups |\n| --- | ---: | ---: | ---: |");
+        for (label, runs) in by_label(&self.store_lag) {
+            let p50 = Spread::of(runs.iter().map(|r| percentile(&r.sorted(), 50.0)).collect());
+            let backups = Spread::of(runs.iter().map(|r| r.backups_taken as f64).collect());
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {:.0} |",
+                spread(p50, 0),
+                spread(p99s(&runs), 0),
+                backups.median
+            );
+        }
+        if let Some(c) = &self.store_cost {
+            let idle = c.idle_gets_per_hour + c.idle_lists_per_hour + c.idle_other_per_hour;
+            // AWS S3 Standard list prices (us-east-1): GET $0.0004 and
+            // LIST $0.005 per 1,000 requests.
+            let month = 730.0 * 1000.0;
+            let rkv_cost = (c.idle_gets_per_hour * 0.0004
+                + c.idle_lists_per_hour * 0.005
+                + c.idle_other_per_hour * 0.005)
+                / 1000.0
+                * month;
+            let list_cost = 3600.0 * 0.005 / 1000.0 * month;
+            let _ = writeln!(md, "\n**Bytes per 1 MiB change** (1 MiB of new 1 KiB values on a {} MiB database, backed up and applied): the master uploaded {}, the follower downloaded {} (counted by the daemons, `rkv_store_bytes_uploaded` and `rkv_store_bytes_downloaded` in INFO).\n", c.base_mib, mib(c.change_up), mib(c.change_down));
+            let _ = writeln!(md, "**An idle follower** (`--poll-interval 1s`, the master alive and idle, its heartbeat renewing `latest` every second), measured over {} s: {:.0} GET, {:.0} LIST and {:.0} other requests per hour.\n", c.idle_window.as_secs(), c.idle_gets_per_hour, c.idle_lists_per_hour, c.idle_other_per_hour);
+            let _ = writeln!(md, "| 1,000 followers polling every second, for a month (730 h), at AWS S3 Standard list prices (GET $0.0004, LIST $0.005 per 1,000) | requests per follower-hour | cost per month |\n| --- | ---: | ---: |");
+            let _ = writeln!(md, "| rkv: a conditional GET of `latest` per poll (measured) | {idle:.0} | ${rkv_cost:.0} |");
+            let _ = writeln!(md, "| LIST polling: one LIST per poll, as a follower that discovers backups by listing would | 3600 | ${list_cost:.0} |\n");
+            let _ = writeln!(md, "At `--poll-interval 10s` both fall tenfold; the lag bound is the poll interval plus a download.\n");
         }
     }
 

@@ -150,11 +150,41 @@ pub fn lag(
     rate: u32,
     followers: usize,
 ) -> LagResult {
+    lag_via(work, interval, duration, rate, followers, None)
+}
+
+/// An object store to replicate through: its endpoint and the
+/// `s3://BUCKET/PREFIX` to use.
+pub struct Store {
+    pub endpoint: String,
+    pub url: String,
+}
+
+/// [`lag`], through an object store when `store` is given.
+pub fn lag_via(
+    work: &Path,
+    interval: Duration,
+    duration: Duration,
+    rate: u32,
+    followers: usize,
+    store: Option<&Store>,
+) -> LagResult {
     let _ = std::fs::remove_dir_all(work);
-    let (backups, db) = (work.join("backups"), work.join("db"));
-    let master = Proc::master(&db, &backups, &["--interval", &fmt_dur(interval)]);
+    let db = work.join("db");
+    let (backups, staged, extra) = match store {
+        Some(s) => (
+            std::path::PathBuf::from(&s.url),
+            work.join("db.s3-staging"),
+            vec!["--s3-endpoint", s.endpoint.as_str()],
+        ),
+        None => (work.join("backups"), work.join("backups"), Vec::new()),
+    };
+    let interval_flag = fmt_dur(interval);
+    let mut master_flags = vec!["--interval", interval_flag.as_str()];
+    master_flags.extend(&extra);
+    let master = Proc::master(&db, &backups, &master_flags);
     let followers: Vec<Proc> = (0..followers)
-        .map(|i| Proc::follower(&backups, &work.join(format!("f{i}")), &[]))
+        .map(|i| Proc::follower(&backups, &work.join(format!("f{i}")), &extra))
         .collect();
     let load = Load::start(&master.addr, rate);
     // Measure the steady state: every follower has applied a backup.
@@ -222,7 +252,7 @@ pub fn lag(
             next_sample += Duration::from_secs(5);
             if started.elapsed() >= duration / 2 {
                 let live = live_sst_bytes(&db).max(1);
-                dir_ratio = dir_ratio.max(dir_bytes(&backups) as f64 / live as f64);
+                dir_ratio = dir_ratio.max(dir_bytes(&staged) as f64 / live as f64);
             }
         }
     }
@@ -233,7 +263,11 @@ pub fn lag(
     let lags = reader.join().unwrap();
     load.stop();
     let result = LagResult {
-        label: format!("rkv, --interval {}", humantime::format_duration(interval)),
+        label: format!(
+            "rkv{}, --interval {}",
+            if store.is_some() { " via S3" } else { "" },
+            humantime::format_duration(interval)
+        ),
         interval,
         samples: offsets.into_iter().zip(lags).collect(),
         duration,
@@ -757,4 +791,85 @@ fn fmt_dur(d: Duration) -> String {
 /// Bytes as MiB with one decimal.
 pub fn mib(bytes: i64) -> String {
     format!("{:.1}", bytes as f64 / MIB as f64)
+}
+
+/// What replication through an object store costs besides lag.
+pub struct StoreCost {
+    /// Bytes the master uploaded and the follower downloaded for a 1 MiB
+    /// change to a database of `base_mib`.
+    pub base_mib: u64,
+    pub change_up: i64,
+    pub change_down: i64,
+    /// An idle follower's requests, measured over `idle_window`, per hour.
+    pub idle_window: Duration,
+    pub idle_gets_per_hour: f64,
+    pub idle_lists_per_hour: f64,
+    pub idle_other_per_hour: f64,
+}
+
+/// Bytes moved for a 1 MiB change, and an idle follower's requests.
+pub fn store_cost(work: &Path, store: &Store, base_mib: u64, idle_window: Duration) -> StoreCost {
+    let _ = std::fs::remove_dir_all(work);
+    let (db, data) = (work.join("db"), work.join("f"));
+    let endpoint = ["--s3-endpoint", store.endpoint.as_str()];
+    let backups = std::path::PathBuf::from(&store.url);
+    let mut master_flags = vec!["--interval", "0"];
+    master_flags.extend(endpoint);
+    let master = Proc::master(&db, &backups, &master_flags);
+    let mut client = master.client();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut write_mib = |mib: u64| {
+        for _ in 0..mib * 16 {
+            let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+            for _ in 0..64 {
+                args.push(format!("k{:016x}", rng.next()).into_bytes());
+                args.push(rng.bytes(1024));
+            }
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            client.call(&refs).unwrap();
+        }
+        client.call(&[b"SAVE"]).unwrap();
+    };
+    write_mib(base_mib);
+    let mut follower_flags = vec!["--poll-interval", "1s"];
+    follower_flags.extend(endpoint);
+    let follower = Proc::follower(&backups, &data, &follower_flags);
+    let applied = |id: i64| follower.info_num("rkv_applied_backup_id") >= id;
+    wait_until(LONG, "the first apply", || applied(1));
+    let (up, down) = (
+        master.info_num("rkv_store_bytes_uploaded"),
+        follower.info_num("rkv_store_bytes_downloaded"),
+    );
+    write_mib(1);
+    let newest = master.info_num("rkv_last_backup_id");
+    wait_until(LONG, "the incremental apply", || applied(newest));
+    let change_up = master.info_num("rkv_store_bytes_uploaded") - up;
+    let change_down = follower.info_num("rkv_store_bytes_downloaded") - down;
+
+    // Idle: nothing written; the master's heartbeat still renews `latest`.
+    std::thread::sleep(Duration::from_secs(2));
+    let count = |f: &str| follower.info_num(f);
+    let before = [
+        count("rkv_store_get_requests"),
+        count("rkv_store_list_requests"),
+        count("rkv_store_put_requests") + count("rkv_store_delete_requests"),
+    ];
+    std::thread::sleep(idle_window);
+    let after = [
+        count("rkv_store_get_requests"),
+        count("rkv_store_list_requests"),
+        count("rkv_store_put_requests") + count("rkv_store_delete_requests"),
+    ];
+    let per_hour = |i: usize| (after[i] - before[i]) as f64 * 3600.0 / idle_window.as_secs_f64();
+    follower.stop();
+    master.stop();
+    StoreCost {
+        base_mib,
+        change_up,
+        change_down,
+        idle_window,
+        idle_gets_per_hour: per_hour(0),
+        idle_lists_per_hour: per_hour(1),
+        idle_other_per_hour: per_hour(2),
+    }
 }

@@ -5,13 +5,17 @@
 //! only a master may do: write) are the interface to it, so that where
 //! backups live (today a directory, next an object store) stays behind a
 //! small contract; [`BackupDir`] implements both on a local or NFS directory
-//! with RocksDB's BackupEngine, and nothing outside this module knows its
-//! layout. The policy (when to back up, what to keep) lives
+//! with RocksDB's BackupEngine, [`S3Store`] on an S3-compatible object store
+//! (through a local directory of the same layout), and nothing outside this
+//! module knows either layout. [`BackupLocation`] is what `--backup-dir`
+//! names. The policy (when to back up, what to keep) lives
 //! with the callers; [`Retention`] only computes what a policy keeps.
 
 mod dir;
 mod heal;
+mod location;
 pub mod meta;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +26,8 @@ use crate::db::Db;
 use crate::error::Result;
 
 pub use dir::BackupDir;
+pub use location::{BackupLocation, StoreArgs};
+pub use s3::S3Store;
 
 /// The application metadata rkv stores with each backup, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +243,12 @@ pub trait BackupSource: Send + Sync {
     /// backup or heartbeat, for a filesystem watch; empty when the store
     /// cannot be watched (polling then finds news).
     fn watch_paths(&self) -> Vec<PathBuf>;
+
+    /// The requests made of a remote store since start; `None` for a
+    /// directory.
+    fn traffic(&self) -> Option<crate::status::StoreTraffic> {
+        None
+    }
 }
 
 /// What only a master may do with a backup store: write it. A sink is also

@@ -4,7 +4,12 @@
 use std::time::{Duration, SystemTime};
 
 use super::{emit, Cli, CliError, Command};
-use crate::backup::{master_label, BackupDir, BackupInfo, BackupSink, BackupSource, RestoreMode};
+use std::path::{Path, PathBuf};
+
+use crate::backup::{
+    master_label, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource, RestoreMode,
+    S3Store, StoreArgs,
+};
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
 
@@ -22,6 +27,13 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                     create_if_missing: false,
                 },
             )?;
+            if let Ok(BackupLocation::S3(_)) = StoreArgs::default().location(backup_dir) {
+                return Err(CliError::Usage(
+                    "`rkv backup` writes to a backup directory; rkv-master publishes to an \
+                     object store (or back up into a directory and restore from there)"
+                        .to_string(),
+                ));
+            }
             let store = BackupDir::new(backup_dir);
             let stats = store.create(&db, &master_label(db_path))?;
             let seq = stats.info.metadata.as_ref().map_or(0, |m| m.seq);
@@ -39,6 +51,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
         Command::Restore {
             backup_dir,
             backup_id,
+            store,
         } => {
             let db_path = cli.require_db("restore")?;
             if crate::follower::generations::DataDir::is_data_dir(db_path) {
@@ -47,8 +60,12 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                     db_path.display()
                 )));
             }
-            let store = BackupDir::new(backup_dir);
-            let stats = store.restore(*backup_id, db_path, RestoreMode::Full)?;
+            let mut cache = db_path.as_os_str().to_os_string();
+            cache.push(".s3-download");
+            let source = Source::open(backup_dir, store, PathBuf::from(cache))?;
+            let stats = source
+                .store
+                .restore(*backup_id, db_path, RestoreMode::Full)?;
             emit(
                 out,
                 &format!(
@@ -60,8 +77,9 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 ),
             )
         }
-        Command::Backups { backup_dir } => {
-            let backups = BackupDir::new(backup_dir).list()?;
+        Command::Backups { backup_dir, store } => {
+            let cache = std::env::temp_dir().join(format!("rkv-backups-{}", std::process::id()));
+            let backups = Source::open(backup_dir, store, cache)?.store.list()?;
             if backups.is_empty() {
                 return Err(Error::NoBackups {
                     path: backup_dir.clone(),
@@ -76,8 +94,11 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
         Command::Verify {
             backup_dir,
             backup_id,
+            store,
         } => {
-            let store = BackupDir::new(backup_dir);
+            let cache = std::env::temp_dir().join(format!("rkv-verify-{}", std::process::id()));
+            let source = Source::open(backup_dir, store, cache)?;
+            let store = &source.store;
             let backups = store.list()?;
             let id = match backup_id {
                 Some(id) => *id,
@@ -97,6 +118,36 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             emit(out, &format!("OK: backup {id} verified{detail}"))
         }
         _ => unreachable!("backup::run is only called for backup commands"),
+    }
+}
+
+/// A backup store to read, and for an object store the local directory it
+/// downloads into, removed when done.
+struct Source {
+    store: Box<dyn BackupSource>,
+    cache: Option<PathBuf>,
+}
+
+impl Source {
+    fn open(raw: &Path, args: &StoreArgs, cache: PathBuf) -> Result<Source, CliError> {
+        match args.location(raw).map_err(CliError::Usage)? {
+            BackupLocation::Dir(path) => Ok(Source {
+                store: Box::new(BackupDir::new(path)),
+                cache: None,
+            }),
+            BackupLocation::S3(s3) => Ok(Source {
+                store: Box::new(S3Store::reader(s3, BackupDir::new(&cache))?),
+                cache: Some(cache),
+            }),
+        }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.cache {
+            let _ = std::fs::remove_dir_all(cache);
+        }
     }
 }
 

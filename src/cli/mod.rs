@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::backup::StoreArgs;
 use crate::client::ClientError;
 use crate::daemon::DaemonFile;
 use crate::error::Error;
@@ -42,6 +43,7 @@ Examples:
   rkv --db=/tmp/db --hex put 0x00FF 0x0102
   rkv --db=/tmp/db backup --backup_dir=/tmp/backups
   rkv backups --backup_dir=/tmp/backups
+  rkv backups --backup_dir=s3://bucket/prefix --s3-endpoint=http://127.0.0.1:9000
   rkv --db=/tmp/restored restore --backup_dir=/tmp/backups
   rkv --connect=127.0.0.1:6380 put user:2 Bob      (through a running daemon)
   rkv --connect=127.0.0.1:6380 info replication
@@ -164,9 +166,12 @@ pub enum Command {
         after_help = "Example:\n  rkv --db=/tmp/restored restore --backup_dir=/tmp/backups --backup_id=3"
     )]
     Restore {
-        /// The backup directory.
+        /// The backup directory, or s3://BUCKET/PREFIX.
         #[arg(long = "backup_dir", visible_alias = "backup-dir", value_name = "DIR")]
         backup_dir: PathBuf,
+        /// How to reach an object store.
+        #[command(flatten)]
+        store: StoreArgs,
         /// The backup to restore; default: the newest.
         #[arg(long = "backup_id", visible_alias = "backup-id", value_name = "ID")]
         backup_id: Option<u32>,
@@ -175,9 +180,12 @@ pub enum Command {
     /// age, size, file count, and the sequence number each holds.
     #[command(after_help = "Example:\n  rkv backups --backup_dir=/tmp/backups")]
     Backups {
-        /// The backup directory.
+        /// The backup directory, or s3://BUCKET/PREFIX.
         #[arg(long = "backup_dir", visible_alias = "backup-dir", value_name = "DIR")]
         backup_dir: PathBuf,
+        /// How to reach an object store.
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Print a running daemon's INFO (all sections, or one: server,
     /// clients, stats, persistence, replication, keyspace).
@@ -190,9 +198,12 @@ pub enum Command {
     /// file records. Checks the newest backup unless --backup_id is given.
     #[command(after_help = "Example:\n  rkv verify --backup_dir=/tmp/backups --backup_id=3")]
     Verify {
-        /// The backup directory.
+        /// The backup directory, or s3://BUCKET/PREFIX.
         #[arg(long = "backup_dir", visible_alias = "backup-dir", value_name = "DIR")]
         backup_dir: PathBuf,
+        /// How to reach an object store.
+        #[command(flatten)]
+        store: StoreArgs,
         /// The backup to check; default: the newest.
         #[arg(long = "backup_id", visible_alias = "backup-id", value_name = "ID")]
         backup_id: Option<u32>,

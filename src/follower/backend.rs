@@ -88,6 +88,7 @@ impl Backend for Follower {
             stale_reads: self.stale_reads.as_str(),
             healthy: self.healthy(),
             last_save_unix: self.lastsave(),
+            store: self.store.traffic(),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::backup::{BackupLocation, StoreArgs};
 use crate::daemon::{self, ServerArgs};
 use crate::server::{ListenAddr, ServerConfig};
 
@@ -44,14 +45,21 @@ impl StaleReads {
 #[derive(Debug, Parser)]
 #[command(name = "rkv-follower", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct FollowerArgs {
-    /// The master's backup directory (read only; it may not exist yet).
+    /// The master's backup directory (read only; it may not exist yet), or
+    /// s3://BUCKET/PREFIX on an object store: the follower then polls the
+    /// store's `latest` object (one request per --poll-interval while
+    /// nothing changes) and downloads into DATA/s3-cache.
     #[arg(
         long = "backup-dir",
         visible_alias = "backup_dir",
         env = "RKV_BACKUP_DIR",
-        value_name = "DIR"
+        value_name = "DIR|s3://BUCKET/PREFIX"
     )]
     pub backup_dir: PathBuf,
+
+    /// How to reach an object store.
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// This follower's own data directory (created if missing).
     #[arg(long, env = "RKV_DATA", value_name = "DIR")]
@@ -108,7 +116,7 @@ pub struct FollowerArgs {
 #[derive(Debug)]
 pub struct FollowerConfig {
     /// The master's backup store.
-    pub backup_dir: PathBuf,
+    pub backup_dir: BackupLocation,
     /// This follower's data directory.
     pub data: PathBuf,
     /// Poll period.
@@ -130,11 +138,13 @@ pub struct FollowerConfig {
 impl FollowerArgs {
     /// Checks the flags together; the error is a sentence for the operator.
     pub fn validate(self) -> Result<FollowerConfig, String> {
-        let (data, backups) = (
-            daemon::resolve(&self.data),
-            daemon::resolve(&self.backup_dir),
-        );
-        if data.starts_with(&backups) || backups.starts_with(&data) {
+        let backup_dir = self.store.location(&self.backup_dir)?;
+        let data = daemon::resolve(&self.data);
+        let backups = match &backup_dir {
+            BackupLocation::Dir(path) => Some(daemon::resolve(path)),
+            BackupLocation::S3(_) => None,
+        };
+        if let Some(backups) = backups.filter(|b| data.starts_with(b) || b.starts_with(&data)) {
             return Err(format!(
                 "the data directory {} and the backup directory {} must not contain each other",
                 data.display(),
@@ -149,7 +159,7 @@ impl FollowerArgs {
         }
         let server = self.server.server_config(self.listen)?;
         Ok(FollowerConfig {
-            backup_dir: self.backup_dir,
+            backup_dir,
             data: self.data,
             poll_interval: self.poll_interval,
             restore_rate_limit: self.restore_rate_limit as u64,

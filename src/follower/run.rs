@@ -13,10 +13,14 @@ use super::config::{FollowerArgs, FollowerConfig};
 use super::generations::DataDir;
 use super::watch::MetaWatcher;
 use super::{Follower, PollOutcome};
-use crate::backup::BackupDir;
+use crate::backup::{BackupDir, BackupLocation, BackupSource, S3Store};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
 use crate::server::Server;
+
+/// Where a follower of an object store keeps the backup it downloads,
+/// inside its data directory.
+pub const S3_CACHE: &str = "s3-cache";
 
 /// `rkv-follower`'s entry point: returns the exit code (0 clean stop, 1
 /// failure, 2 bad configuration).
@@ -27,22 +31,39 @@ pub fn main() -> i32 {
     daemon::daemon_main("rkv-follower", log_format, umask, args.validate(), run)
 }
 
-/// Runs the follower until SIGTERM/SIGINT.
-pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
-    let signals = daemon::watch_signals().context("install signal handlers")?;
-    let data = DataDir::lock(&config.data)?;
-    let store = BackupDir::new(&config.backup_dir)
-        .with_restore_rate_limit(config.restore_rate_limit)
-        .with_copy_threads(config.restore_threads);
-    let cache = BlockCache::new(config.cache_size);
-    let follower = Follower::open(
+/// Opens the data directory with its backup store.
+fn open(
+    config: &FollowerConfig,
+    data: DataDir,
+    store: impl BackupSource + 'static,
+) -> anyhow::Result<Follower> {
+    Follower::open(
         store,
         data,
         config.max_staleness,
         config.stale_reads,
-        Some(cache),
+        Some(BlockCache::new(config.cache_size)),
     )
-    .with_context(|| format!("open the data directory {}", config.data.display()))?;
+    .with_context(|| format!("open the data directory {}", config.data.display()))
+}
+
+/// Runs the follower until SIGTERM/SIGINT.
+pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
+    let signals = daemon::watch_signals().context("install signal handlers")?;
+    let data = DataDir::lock(&config.data)?;
+    let local = |path: &std::path::Path| {
+        BackupDir::new(path)
+            .with_restore_rate_limit(config.restore_rate_limit)
+            .with_copy_threads(config.restore_threads)
+    };
+    let follower = match &config.backup_dir {
+        BackupLocation::Dir(path) => open(&config, data, local(path))?,
+        BackupLocation::S3(s3) => {
+            let store = S3Store::reader(s3.clone(), local(&config.data.join(S3_CACHE)))
+                .with_context(|| format!("open the object store {}", s3.url()))?;
+            open(&config, data, store)?
+        }
+    };
     let follower = Arc::new(follower);
     let server = Server::start(config.server.clone(), Arc::clone(&follower) as _)
         .context("start the server")?;
@@ -51,7 +72,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
         "rkv-follower serving {} on {}; following {}",
         config.data.display(),
         addrs.join(", "),
-        config.backup_dir.display()
+        config.backup_dir
     );
     // Ready before catching up: the current generation is served already.
     let notifier = Notifier::from_env();

@@ -101,6 +101,7 @@ impl Backend for Master {
             backups_dropped: state.backups_dropped,
             keep: self.retention.keep,
             keep_within: self.retention.keep_within,
+            store: self.store.traffic(),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::backup::Retention;
+use crate::backup::{BackupLocation, Retention, StoreArgs};
 use crate::daemon::{self, ServerArgs};
 use crate::server::{ListenAddr, ServerConfig};
 
@@ -17,6 +17,10 @@ Every flag can also be set with the environment variable named in brackets.
 Example:
   rkv-master --db /var/lib/rkv/master --backup-dir /srv/rkv-backups --interval 5s
   redis-cli -p 6380 SET user:1 Alice
+
+  # Followers on other hosts, through an object store:
+  AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… rkv-master --db /var/lib/rkv/master \
+    --backup-dir s3://rkv-backups/prod --s3-endpoint http://10.0.0.5:9000
 
 Signals: SIGTERM/SIGINT stop (a final backup is taken if anything changed; a
 second signal exits at once), SIGUSR1 backs up now.";
@@ -31,14 +35,33 @@ pub struct MasterArgs {
     #[arg(long, env = "RKV_DB", value_name = "DIR")]
     pub db: PathBuf,
 
-    /// The backup directory followers read from; must not be inside the database.
+    /// Where followers read backups from: a directory (not inside the
+    /// database), or s3://BUCKET/PREFIX on an S3-compatible object store
+    /// (backups are then staged in --staging-dir and published from there).
     #[arg(
         long = "backup-dir",
         visible_alias = "backup_dir",
         env = "RKV_BACKUP_DIR",
-        value_name = "DIR"
+        value_name = "DIR|s3://BUCKET/PREFIX"
     )]
     pub backup_dir: PathBuf,
+
+    /// With an s3:// --backup-dir: the local directory where backups are
+    /// taken before they are published (it holds about what the retained
+    /// backups hold). Default: DB.s3-staging beside the database directory.
+    #[arg(long = "staging-dir", env = "RKV_STAGING_DIR", value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
+
+    /// Run on an object store that ignores conditional writes (If-None-Match,
+    /// If-Match), which rkv otherwise refuses: the operator then promises
+    /// that only one master ever writes to the prefix, since a second one
+    /// would not be fenced off.
+    #[arg(long = "accept-unfenced-store", env = "RKV_ACCEPT_UNFENCED_STORE")]
+    pub accept_unfenced_store: bool,
+
+    /// How to reach an object store.
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// How often to back up when the database changed; 0 turns the timer
     /// off (backups then only on BGSAVE, SAVE, SIGUSR1 and exit).
@@ -104,7 +127,11 @@ pub struct MasterConfig {
     /// The database directory.
     pub db: PathBuf,
     /// The backup store.
-    pub backup_dir: PathBuf,
+    pub backup_dir: BackupLocation,
+    /// With an object store: where backups are staged.
+    pub staging_dir: PathBuf,
+    /// Run on an object store that cannot fence.
+    pub accept_unfenced_store: bool,
     /// Backup timer; zero is off.
     pub interval: Duration,
     /// What to keep.
@@ -131,22 +158,37 @@ pub fn default_keep_within(interval: Duration) -> Duration {
 impl MasterArgs {
     /// Checks the flags together; the error is a sentence for the operator.
     pub fn validate(self) -> Result<MasterConfig, String> {
-        let (db, backup_dir) = (daemon::resolve(&self.db), daemon::resolve(&self.backup_dir));
-        if backup_dir.starts_with(&db) {
+        let backup_dir = self.store.location(&self.backup_dir)?;
+        let db = daemon::resolve(&self.db);
+        let staging_dir = self.staging_dir.clone().unwrap_or_else(|| {
+            let mut name = db.file_name().unwrap_or_default().to_os_string();
+            name.push(".s3-staging");
+            db.with_file_name(name)
+        });
+        let (what, local) = match &backup_dir {
+            BackupLocation::Dir(path) => ("backup directory", daemon::resolve(path)),
+            BackupLocation::S3(_) => ("staging directory", daemon::resolve(&staging_dir)),
+        };
+        if local.starts_with(&db) {
             return Err(format!(
-                "the backup directory {} is inside the database directory {}: backups must live \
+                "the {what} {} is inside the database directory {}: backups must live \
                  apart from the database (RocksDB owns every file in its directory). Choose a \
-                 --backup-dir outside it",
-                backup_dir.display(),
-                db.display()
+                 --{} outside it",
+                local.display(),
+                db.display(),
+                if what == "backup directory" {
+                    "backup-dir"
+                } else {
+                    "staging-dir"
+                }
             ));
         }
-        if db.starts_with(&backup_dir) {
+        if db.starts_with(&local) {
             return Err(format!(
-                "the database directory {} is inside the backup directory {}: the backup \
-                 directory holds only backups. Choose a --db outside it",
+                "the database directory {} is inside the {what} {}: the {what} \
+                 holds only backups. Choose a --db outside it",
                 db.display(),
-                backup_dir.display()
+                local.display()
             ));
         }
         let keep_within = self
@@ -163,7 +205,9 @@ impl MasterArgs {
         let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
             db: self.db,
-            backup_dir: self.backup_dir,
+            backup_dir,
+            staging_dir,
+            accept_unfenced_store: self.accept_unfenced_store,
             interval: self.interval,
             scrub_interval: self.scrub_interval,
             take_over: self.take_over,

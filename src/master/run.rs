@@ -10,7 +10,7 @@ use clap::Parser;
 
 use super::config::{MasterArgs, MasterConfig};
 use super::{Master, StepOutcome};
-use crate::backup::BackupDir;
+use crate::backup::{BackupDir, BackupLocation, BackupSink, S3Store};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
 use crate::server::Server;
@@ -24,19 +24,35 @@ pub fn main() -> i32 {
     daemon::daemon_main("rkv-master", log_format, umask, args.validate(), run)
 }
 
-/// Runs the master until SIGTERM/SIGINT.
-pub fn run(config: MasterConfig) -> anyhow::Result<()> {
-    let signals = daemon::watch_signals().context("install signal handlers")?;
-    let store = BackupDir::new(&config.backup_dir);
-    let cache = BlockCache::new(config.cache_size);
-    let master = Master::open(
+/// Opens the database with its backup store.
+fn open(
+    config: &MasterConfig,
+    cache: &BlockCache,
+    store: impl BackupSink + 'static,
+) -> anyhow::Result<Master> {
+    Master::open(
         &config.db,
         store,
         config.retention,
         config.sync_writes,
-        Some(&cache),
+        Some(cache),
     )
-    .with_context(|| format!("open the database at {}", config.db.display()))?;
+    .with_context(|| format!("open the database at {}", config.db.display()))
+}
+
+/// Runs the master until SIGTERM/SIGINT.
+pub fn run(config: MasterConfig) -> anyhow::Result<()> {
+    let signals = daemon::watch_signals().context("install signal handlers")?;
+    let cache = BlockCache::new(config.cache_size);
+    let master = match &config.backup_dir {
+        BackupLocation::Dir(path) => open(&config, &cache, BackupDir::new(path))?,
+        BackupLocation::S3(s3) => {
+            let staging = BackupDir::new(&config.staging_dir);
+            let store = S3Store::master(s3.clone(), staging, config.accept_unfenced_store)
+                .with_context(|| format!("open the object store {}", s3.url()))?;
+            open(&config, &cache, store)?
+        }
+    };
     master.claim(config.take_over)?;
     let master = Arc::new(master);
     let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
@@ -50,7 +66,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
         "rkv-master serving {} on {}; backups to {} every {}",
         config.db.display(),
         addrs.join(", "),
-        config.backup_dir.display(),
+        config.backup_dir,
         if config.interval.is_zero() {
             "request only".to_string()
         } else {

@@ -6,6 +6,11 @@ mod clients;
 mod faults;
 mod follower;
 mod master;
+mod netns;
+mod s3;
+// The S3 server the object store tests run against.
+#[path = "../../bin/common/moto.rs"]
+mod moto;
 mod scripts;
 // The fault suite's small disk.
 #[path = "../../bin/common/tmpfs.rs"]

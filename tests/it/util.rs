@@ -171,6 +171,16 @@ impl Daemon {
     /// Starts `rkv-follower` of `backups` in `data` with `extra` flags, on a
     /// loopback port of its choosing, and waits until it answers PING.
     pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Daemon {
+        Daemon::follower_with_env(backups, data, extra, &[])
+    }
+
+    /// [`Daemon::follower`] with extra environment variables.
+    pub fn follower_with_env(
+        backups: &Path,
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut args: Vec<String> = vec![
             "--backup-dir".into(),
             backups.display().to_string(),
@@ -181,7 +191,7 @@ impl Daemon {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = data.with_extension(format!("{}.log", std::process::id()));
-        Daemon::start(env!("CARGO_BIN_EXE_rkv-follower"), &args, &[], data, log)
+        Daemon::start(env!("CARGO_BIN_EXE_rkv-follower"), &args, env, data, log)
     }
 
     /// A plain TCP connection, for tests that speak raw bytes; reads time
@@ -227,6 +237,13 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts `argv` (a daemon, perhaps behind a command such as `ip netns
+    /// exec` that execs it) with `dir` its data or database directory, and
+    /// waits until it answers PING.
+    pub fn start_argv(argv: &[String], env: &[(&str, &str)], dir: &Path) -> Daemon {
+        Daemon::start(&argv[0], &argv[1..], env, dir, dir.with_extension("log"))
     }
 
     fn start(bin: &str, args: &[String], env: &[(&str, &str)], dir: &Path, log: PathBuf) -> Daemon {

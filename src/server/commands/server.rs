@@ -223,6 +223,8 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                 kv("rkv_keep", m.keep.to_string()),
                 kv("rkv_keep_within_sec", m.keep_within.as_secs().to_string()),
             ];
+            let mut persistence = persistence;
+            persistence.extend(store_fields(m.store));
             let replication = vec![
                 kv("role", "master".into()),
                 kv("connected_slaves", "0".into()),
@@ -284,6 +286,8 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                 kv("rkv_stale_reads", f.stale_reads.into()),
                 kv("healthy", u8::from(f.healthy).to_string()),
             ];
+            let mut replication = replication;
+            replication.extend(store_fields(f.store));
             let persistence = vec![
                 kv("loading", "0".into()),
                 kv("rdb_last_save_time", f.last_save_unix.to_string()),
@@ -291,4 +295,22 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
             vec![("persistence", persistence), ("replication", replication)]
         }
     }
+}
+
+/// The object store's request counts, when the daemon uses one.
+fn store_fields(traffic: Option<crate::status::StoreTraffic>) -> Vec<(String, String)> {
+    let Some(t) = traffic else {
+        return Vec::new();
+    };
+    [
+        ("rkv_store_get_requests", t.gets),
+        ("rkv_store_put_requests", t.puts),
+        ("rkv_store_list_requests", t.lists),
+        ("rkv_store_delete_requests", t.deletes),
+        ("rkv_store_bytes_uploaded", t.bytes_up),
+        ("rkv_store_bytes_downloaded", t.bytes_down),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }

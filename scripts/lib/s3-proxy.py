@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""An HTTP proxy in front of an S3-compatible server, for the tests.
+
+It forwards every request as it is, so that a test can cut the store off
+(kill the proxy) and bring it back (start it again on the same port) while
+the objects stay on the server behind it; with --drop-conditions it also
+removes If-None-Match and If-Match from writes, to play a store gateway
+that ignores conditional writes.
+
+Usage: s3-proxy.py --port PORT --upstream HOST:PORT [--drop-conditions]
+Prints "listening on PORT" once it accepts connections.
+"""
+
+import argparse
+import http.client
+import http.server
+import sys
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--drop-conditions", action="store_true")
+    args = parser.parse_args()
+    host, port = args.upstream.rsplit(":", 1)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items()}
+            if args.drop_conditions and self.command == "PUT":
+                for name in list(headers):
+                    if name.lower() in ("if-none-match", "if-match"):
+                        del headers[name]
+            upstream = http.client.HTTPConnection(host, int(port), timeout=60)
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            reply = upstream.getresponse()
+            data = reply.read()
+            self.send_response(reply.status)
+            for name, value in reply.getheaders():
+                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    print(f"listening on {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

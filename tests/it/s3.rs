@@ -1,0 +1,431 @@
+//! The backup store on an S3-compatible object store, with a real S3 server
+//! (moto) started by each test: replication end to end, a new follower's
+//! bootstrap, an idle follower's request count, the fence against a second
+//! master, a store that ignores conditional writes, a file the store lost,
+//! and the store unreachable during an upload. `netns.rs` runs the same
+//! replication with each daemon in its own network namespace.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rkv::resp::Reply;
+
+use crate::moto::Moto;
+use crate::util::{bulk, fill, get, refused, rkv, wait_until, Daemon, Sandbox};
+
+const GENEROUS: Duration = Duration::from_secs(60);
+pub const BUCKET: &str = "rkv-test";
+
+/// The `--backup-dir` of the tests' prefix.
+pub fn url(prefix: &str) -> String {
+    format!("s3://{BUCKET}/{prefix}")
+}
+
+/// Credentials moto accepts (it checks none) and the endpoint, as flags.
+pub fn store_env() -> [(&'static str, &'static str); 3] {
+    [
+        ("AWS_ACCESS_KEY_ID", "rkv-test"),
+        ("AWS_SECRET_ACCESS_KEY", "rkv-test"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+}
+
+fn master(s: &Sandbox, name: &str, endpoint: &str, prefix: &str, extra: &[&str]) -> Daemon {
+    let mut flags = vec!["--s3-endpoint", endpoint];
+    flags.extend_from_slice(extra);
+    let url = url(prefix);
+    Daemon::master_with_env(
+        &s.path(name),
+        std::path::Path::new(&url),
+        &flags,
+        &store_env(),
+    )
+}
+
+fn follower(s: &Sandbox, name: &str, endpoint: &str, prefix: &str) -> Daemon {
+    let url = url(prefix);
+    Daemon::follower_with_env(
+        std::path::Path::new(&url),
+        &s.path(name),
+        &["--s3-endpoint", endpoint, "--poll-interval", "100ms"],
+        &store_env(),
+    )
+}
+
+fn set(d: &Daemon, key: &str, value: &str) {
+    let reply = d
+        .client()
+        .call(&[b"SET", key.as_bytes(), value.as_bytes()])
+        .unwrap();
+    assert_eq!(reply, Reply::Simple("OK".into()));
+}
+
+fn save(d: &Daemon) {
+    let reply = d.client().call(&[b"SAVE"]).unwrap();
+    assert_eq!(reply, Reply::Simple("OK".into()), "{}", d.log());
+}
+
+fn replicated(f: &Daemon, key: &str, value: &str) {
+    wait_until(GENEROUS, &format!("{key}={value} on the follower"), || {
+        get(f, key) == Some(bulk(value))
+    });
+}
+
+#[test]
+fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
+    let s = Sandbox::new();
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    let endpoint = moto.endpoint();
+    let m = master(&s, "db", &endpoint, "prod", &["--interval", "0"]);
+    let f1 = follower(&s, "f1", &endpoint, "prod");
+    set(&m, "user:1", "Alice");
+    save(&m);
+    replicated(&f1, "user:1", "Alice");
+
+    // A new follower bootstraps from the store alone.
+    let f2 = follower(&s, "f2", &endpoint, "prod");
+    replicated(&f2, "user:1", "Alice");
+
+    // Incremental: a second write reaches both.
+    set(&m, "user:2", "Bob");
+    save(&m);
+    replicated(&f1, "user:2", "Bob");
+    replicated(&f2, "user:2", "Bob");
+    assert_eq!(f1.info("rkv_apply_failures").as_deref(), Some("0"));
+
+    // The layout: BackupEngine's, plus `latest`.
+    let keys = moto.keys(BUCKET, "prod/");
+    assert!(keys.iter().any(|k| k == "prod/latest"), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("prod/meta/")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("prod/shared_checksum/")),
+        "{keys:?}"
+    );
+
+    // The CLI lists, verifies and restores from the store.
+    let env = store_env();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(crate::util::rkv_bin());
+        cmd.args(args).envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    let backup_dir = format!("--backup_dir={}", url("prod"));
+    let endpoint_flag = format!("--s3-endpoint={endpoint}");
+    let out = cli(&["backups", &backup_dir, &endpoint_flag]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and two backups:\n{table}"
+    );
+    let out = cli(&["verify", &backup_dir, &endpoint_flag]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
+    let restored = s.path("restored");
+    let db = format!("--db={}", restored.display());
+    let out = cli(&[&db, "restore", &backup_dir, &endpoint_flag]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rkv(&[&db, "get", "user:2"]).ok().trim(), "Bob");
+    assert!(
+        !s.path("restored.s3-download").exists(),
+        "the CLI's download is removed"
+    );
+}
+
+#[test]
+fn an_unknown_scheme_is_an_error_not_a_directory() {
+    let s = Sandbox::new();
+    let err = refused(
+        env!("CARGO_BIN_EXE_rkv-follower"),
+        &[
+            "--backup-dir",
+            "gs://bucket/x",
+            "--data",
+            &s.path("f").display().to_string(),
+        ],
+        2,
+    );
+    assert!(err.contains("unknown scheme gs://"), "{err}");
+    let err = rkv(&["backups", "--backup_dir=sftp://host/x"]).fails(2, &["unknown scheme"]);
+    assert!(!err.is_empty());
+    assert!(!std::path::Path::new("gs:").exists() && !std::path::Path::new("sftp:").exists());
+}
+
+#[test]
+fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
+    let s = Sandbox::new();
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    let endpoint = moto.endpoint();
+    let m = master(&s, "db", &endpoint, "idle", &["--interval", "0"]);
+    set(&m, "k", "v");
+    save(&m);
+    assert_eq!(m.stop(), Some(0));
+    let url = url("idle");
+    let f = Daemon::follower_with_env(
+        std::path::Path::new(&url),
+        &s.path("f"),
+        &["--s3-endpoint", &endpoint, "--poll-interval", "1s"],
+        &store_env(),
+    );
+    replicated(&f, "k", "v");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = moto.requests().len();
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let requests: Vec<_> = moto.requests().split_off(before);
+    let latest = format!("/{BUCKET}/idle/latest");
+    let polls = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == latest)
+        .count();
+    assert!(
+        (9..=11).contains(&polls),
+        "one GET of latest a second: {requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r.path == latest && r.status == 304),
+        "nothing but unchanged reads of latest (no LIST): {requests:?}"
+    );
+}
+
+#[test]
+fn a_second_master_on_the_prefix_is_refused_and_a_paused_one_is_fenced() {
+    let s = Sandbox::new();
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    let endpoint = moto.endpoint();
+    let a = master(&s, "a", &endpoint, "shared", &["--interval", "0"]);
+    set(&a, "owner", "a");
+    save(&a);
+    let f = follower(&s, "f", &endpoint, "shared");
+    replicated(&f, "owner", "a");
+
+    // A second master while the first renews its heartbeat: refused.
+    let url = url("shared");
+    let out = Command::new(env!("CARGO_BIN_EXE_rkv-master"))
+        .args([
+            "--db",
+            &s.path("b").display().to_string(),
+            "--backup-dir",
+            &url,
+        ])
+        .args([
+            "--s3-endpoint",
+            &endpoint,
+            "--listen",
+            "127.0.0.1:0",
+            "--take-over",
+        ])
+        .envs(store_env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds the backup directory"), "{err}");
+
+    // The first one paused past its lease: the second takes over, and the
+    // first, resumed, loses the race on `latest` and stops.
+    a.signal(libc::SIGSTOP);
+    let b = master(
+        &s,
+        "b",
+        &endpoint,
+        "shared",
+        &["--interval", "0", "--take-over"],
+    );
+    set(&b, "owner", "b");
+    save(&b);
+    replicated(&f, "owner", "b");
+    a.signal(libc::SIGCONT);
+    wait_until(GENEROUS, "the resumed master reports it is fenced", || {
+        a.info("rkv_owns_backup_dir").as_deref() == Some("0")
+    });
+    let refused_write = a.client().call(&[b"SET", b"owner", b"a-again"]);
+    assert!(
+        refused_write
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("READONLY")),
+        "{refused_write:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(get(&f, "owner"), Some(bulk("b")));
+}
+
+/// The proxy of `scripts/lib/s3-proxy.py` in front of `moto`.
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Proxy {
+    fn start(moto: &Moto, port: u16, extra: &[&str]) -> Proxy {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/s3-proxy.py");
+        let mut child = Command::new("python3")
+            .args([
+                script,
+                "--port",
+                &port.to_string(),
+                "--upstream",
+                &moto.addr,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        Proxy { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
+    let s = Sandbox::new();
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    let proxy = Proxy::start(&moto, 0, &["--drop-conditions"]);
+    let endpoint = proxy.endpoint();
+    let url = url("gateway");
+    let db = s.path("db").display().to_string();
+    let args = [
+        "--db",
+        &db,
+        "--backup-dir",
+        &url,
+        "--s3-endpoint",
+        &endpoint,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_rkv-master"))
+        .args(args)
+        .envs(store_env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot fence a second master"), "{err}");
+    assert!(err.contains("ignores If-None-Match"), "{err}");
+    assert!(err.contains("--accept-unfenced-store"), "{err}");
+
+    let m = master(
+        &s,
+        "db",
+        &endpoint,
+        "gateway",
+        &["--interval", "0", "--accept-unfenced-store"],
+    );
+    assert!(m.log().contains("not fenced off"), "{}", m.log());
+    set(&m, "k", "v");
+    save(&m);
+    let f = follower(&s, "f", &endpoint, "gateway");
+    replicated(&f, "k", "v");
+}
+
+#[test]
+fn a_file_the_store_lost_is_never_applied_and_the_master_uploads_it_again() {
+    let s = Sandbox::new();
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    let endpoint = moto.endpoint();
+    let m = master(
+        &s,
+        "db",
+        &endpoint,
+        "lost",
+        &["--interval", "0", "--keep-within", "10s"],
+    );
+    fill(&m, "big", 4);
+    save(&m);
+    // Delete a shared file of the newest backup, as a careless operator or
+    // a lifecycle rule would.
+    let shared: Vec<String> = moto
+        .keys(BUCKET, "lost/shared_checksum/")
+        .into_iter()
+        .filter(|k| k.ends_with(".sst"))
+        .collect();
+    assert!(!shared.is_empty());
+    for key in &shared {
+        moto.delete(&format!("{BUCKET}/{key}"));
+    }
+    let f = follower(&s, "f", &endpoint, "lost");
+    wait_until(GENEROUS, "the follower reports the missing file", || {
+        f.log().contains("missing from the store")
+    });
+    assert!(
+        matches!(get(&f, "big:000000:00"), Some(Reply::Error(e)) if e.starts_with("MASTERDOWN")),
+        "nothing partial is served"
+    );
+    // The master's next purge lists the store and uploads what it lost.
+    set(&m, "after", "1");
+    std::thread::sleep(Duration::from_secs(10));
+    save(&m);
+    replicated(&f, "after", "1");
+    assert!(get(&f, "big:000000:00").is_some_and(|r| matches!(r, Reply::Bulk(_))));
+}
+
+#[test]
+fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
+    let s = Sandbox::new();
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    let proxy = Proxy::start(&moto, 0, &[]);
+    let port = proxy.port;
+    let m = master(&s, "db", &proxy.endpoint(), "cut", &["--interval", "1s"]);
+    let f = follower(&s, "f", &moto.endpoint(), "cut");
+    set(&m, "before", "1");
+    replicated(&f, "before", "1");
+
+    // Cut the store off while a large backup uploads.
+    fill(&m, "big", 16);
+    m.client().call(&[b"BGSAVE"]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(proxy);
+    set(&m, "during", "1");
+    wait_until(GENEROUS, "the master reports the failed publish", || {
+        m.info_num("rkv_backups_failed") > 0
+    });
+    // Followers keep serving what they had; nothing half-uploaded is seen.
+    assert_eq!(get(&f, "before"), Some(bulk("1")));
+    let started = Instant::now();
+    let _back = Proxy::start(&moto, port, &[]);
+    replicated(&f, "during", "1");
+    assert!(started.elapsed() < GENEROUS);
+    assert!(get(&f, "big:000000:00").is_some_and(|r| matches!(r, Reply::Bulk(_))));
+    assert_eq!(
+        f.info("rkv_apply_failures").as_deref(),
+        Some("0"),
+        "{}",
+        f.log()
+    );
+}
