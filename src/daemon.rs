@@ -178,10 +178,15 @@ pub enum LogFormat {
 }
 
 /// Starts logging to stderr. `RKV_LOG` (a tracing filter, e.g. `debug` or
-/// `rkv=debug`) overrides the default level, `info`.
+/// `rkv=debug`) overrides the default level, `info`. The object store
+/// client's own lines (each retry) are shown from `warn` unless `RKV_LOG`
+/// names `object_store`: rkv reports a failed request itself, once.
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RKV_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("RKV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !std::env::var("RKV_LOG").is_ok_and(|v| v.contains("object_store")) {
+        filter = filter.add_directive("object_store=warn".parse().expect("a valid directive"));
+    }
     // journald adds its own timestamps and shows escape codes verbatim.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()

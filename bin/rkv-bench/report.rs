@@ -440,7 +440,7 @@ Not measured: moto's S3 server is not installed (`scripts/bench.sh` installs it 
             "## Object store: followers through S3
 "
         );
-        let _ = writeln!(md, "The same lag probe at `--interval 1s` under {} SET/s, through a local backup directory and through an S3-compatible store (moto's server on loopback, so the network adds little; a real store adds its request latency, typically 10–50 ms per request, to each publish and each download), alternating round by round.\n", self.load);
+        let _ = writeln!(md, "The same lag probe at `--interval 1s` under {} SET/s, through a local backup directory (the follower woken by inotify) and through an S3-compatible store (the follower polling `latest` at its default `--poll-interval 1s`, which adds up to a second; moto's server on loopback, so the network adds little, where a real store adds its request latency, typically 10–50 ms a request, to each publish and each download), alternating round by round.\n", self.load);
         let _ = writeln!(md, "| backups through | lag p50 ms (min / median / max) | lag p99 ms (min / median / max) | backups |\n| --- | ---: | ---: | ---: |");
         for (label, runs) in by_label(&self.store_lag) {
             let p50 = Spread::of(runs.iter().map(|r| percentile(&r.sorted(), 50.0)).collect());
@@ -464,7 +464,7 @@ Not measured: moto's S3 server is not installed (`scripts/bench.sh` installs it 
                 / 1000.0
                 * month;
             let list_cost = 3600.0 * 0.005 / 1000.0 * month;
-            let _ = writeln!(md, "\n**Bytes per 1 MiB change** (1 MiB of new 1 KiB values on a {} MiB database, backed up and applied): the master uploaded {}, the follower downloaded {} (counted by the daemons, `rkv_store_bytes_uploaded` and `rkv_store_bytes_downloaded` in INFO).\n", c.base_mib, mib(c.change_up), mib(c.change_down));
+            let _ = writeln!(md, "\n**Bytes per 1 MiB change** (1 MiB of new 1 KiB values on a {} MiB database, backed up and applied): the master uploaded {} MiB, the follower downloaded {} MiB (counted by the daemons, `rkv_store_bytes_uploaded` and `rkv_store_bytes_downloaded` in INFO).\n", c.base_mib, mib(c.change_up), mib(c.change_down));
             let _ = writeln!(md, "**An idle follower** (`--poll-interval 1s`, the master alive and idle, its heartbeat renewing `latest` every second), measured over {} s: {:.0} GET, {:.0} LIST and {:.0} other requests per hour.\n", c.idle_window.as_secs(), c.idle_gets_per_hour, c.idle_lists_per_hour, c.idle_other_per_hour);
             let _ = writeln!(md, "| 1,000 followers polling every second, for a month (730 h), at AWS S3 Standard list prices (GET $0.0004, LIST $0.005 per 1,000) | requests per follower-hour | cost per month |\n| --- | ---: | ---: |");
             let _ = writeln!(md, "| rkv: a conditional GET of `latest` per poll (measured) | {idle:.0} | ${rkv_cost:.0} |");

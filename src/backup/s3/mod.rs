@@ -105,6 +105,9 @@ struct State {
     latest: Option<(Latest, String)>,
     /// When `latest` was last read or written.
     fetched_at: Option<Instant>,
+    /// Master: the last heartbeat this master wrote, which each publish
+    /// carries (never another master's, read from the store).
+    heartbeat: Option<Heartbeat>,
     /// Master: set once this master lost the race on `latest`.
     fenced_by: Option<String>,
     /// Master: the shared files the store holds.
@@ -481,11 +484,7 @@ impl S3Store {
             Mode::Overwrite,
         )?;
         let app = AppMetadata::parse(&parsed.app_metadata);
-        let heartbeat = self
-            .state()
-            .latest
-            .as_ref()
-            .and_then(|(l, _)| l.heartbeat.clone());
+        let heartbeat = self.state().heartbeat.clone();
         self.commit(Latest {
             v: 1,
             backup: Some(LatestBackup {
@@ -495,7 +494,7 @@ impl S3Store {
                     .as_ref()
                     .map_or(parsed.timestamp * 1000, |m| m.created_ms),
             }),
-            heartbeat: heartbeat.filter(|h| h.token.is_some()),
+            heartbeat,
         })?;
         Ok(uploaded)
     }
@@ -740,13 +739,8 @@ impl BackupSink for S3Store {
     }
 
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {
+        self.state().heartbeat = Some(heartbeat.clone());
         // A backup whose publish failed is published with the heartbeat.
-        {
-            let mut state = self.state();
-            if let Some((latest, _)) = state.latest.as_mut() {
-                latest.heartbeat = Some(heartbeat.clone());
-            }
-        }
         let pending = self
             .local
             .newest_id()
