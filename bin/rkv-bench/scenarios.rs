@@ -398,16 +398,7 @@ pub fn catchup(work: &Path, db_mib: u64, change_mib: u64) -> CatchupResult {
     // The change: 1 KiB values under new keys spread over the key space.
     let mut client = master.client();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for _ in 0..change_mib * 16 {
-        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
-        for _ in 0..64 {
-            args.push(format!("k{:016x}", rng.next()).into_bytes());
-            args.push(rng.bytes(1024));
-        }
-        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        client.call(&refs).unwrap();
-    }
-    client.call(&[b"SAVE"]).unwrap();
+    write_new_keys(&mut client, &mut rng, change_mib);
     let backup_ms = master.info_num("rkv_last_backup_duration_ms");
     let backup_bytes = master.info_num("rkv_last_backup_bytes_copied");
     wait_until(LONG, "the incremental apply", || {
@@ -793,6 +784,21 @@ pub fn mib(bytes: i64) -> String {
     format!("{:.1}", bytes as f64 / MIB as f64)
 }
 
+/// Writes `mib` MiB of 1 KiB values under new random keys (spread over the
+/// key space), 64 to an MSET, and backs up (SAVE).
+fn write_new_keys(client: &mut rkv::client::Client, rng: &mut Rng, mib: u64) {
+    for _ in 0..mib * 16 {
+        let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
+        for _ in 0..64 {
+            args.push(format!("k{:016x}", rng.next()).into_bytes());
+            args.push(rng.bytes(1024));
+        }
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        client.call(&refs).unwrap();
+    }
+    client.call(&[b"SAVE"]).unwrap();
+}
+
 /// What replication through an object store costs besides lag.
 pub struct StoreCost {
     /// Bytes the master uploaded and the follower downloaded for a 1 MiB
@@ -813,24 +819,15 @@ pub fn store_cost(work: &Path, store: &Store, base_mib: u64, idle_window: Durati
     let (db, data) = (work.join("db"), work.join("f"));
     let endpoint = ["--s3-endpoint", store.endpoint.as_str()];
     let backups = std::path::PathBuf::from(&store.url);
+    // A compacted database, as in the catch-up case: the change then costs
+    // what it adds, not a compaction it happens to trigger.
+    fill_db(&db, base_mib);
     let mut master_flags = vec!["--interval", "0"];
     master_flags.extend(endpoint);
     let master = Proc::master(&db, &backups, &master_flags);
     let mut client = master.client();
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    let mut write_mib = |mib: u64| {
-        for _ in 0..mib * 16 {
-            let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
-            for _ in 0..64 {
-                args.push(format!("k{:016x}", rng.next()).into_bytes());
-                args.push(rng.bytes(1024));
-            }
-            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            client.call(&refs).unwrap();
-        }
-        client.call(&[b"SAVE"]).unwrap();
-    };
-    write_mib(base_mib);
+    client.call(&[b"SAVE"]).unwrap();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut follower_flags = vec!["--poll-interval", "1s"];
     follower_flags.extend(endpoint);
     let follower = Proc::follower(&backups, &data, &follower_flags);
@@ -840,7 +837,7 @@ pub fn store_cost(work: &Path, store: &Store, base_mib: u64, idle_window: Durati
         master.info_num("rkv_store_bytes_uploaded"),
         follower.info_num("rkv_store_bytes_downloaded"),
     );
-    write_mib(1);
+    write_new_keys(&mut client, &mut rng, 1);
     let newest = master.info_num("rkv_last_backup_id");
     wait_until(LONG, "the incremental apply", || applied(newest));
     let change_up = master.info_num("rkv_store_bytes_uploaded") - up;

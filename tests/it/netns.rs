@@ -1,7 +1,7 @@
-//! The object store across real network links: the S3 server, the master
-//! and two followers each in their own network namespace, joined to the
-//! store's by veth pairs with addresses this test assigns, so that the
-//! followers reach the store only over a link that can be cut. Needs root;
+//! The object store across real network links: the S3 server, the master,
+//! two followers and a second master each in their own network namespace,
+//! joined to the store's by veth pairs with addresses this test assigns, so
+//! that each reaches the store only over a link that can be cut. Needs root;
 //! without it the test says it skipped (the loopback variants in `s3.rs`
 //! still run).
 
@@ -32,6 +32,13 @@ struct Net {
     links: u32,
 }
 
+/// One veth pair: `b`'s end, and both addresses.
+struct Link {
+    b_dev: String,
+    a_addr: String,
+    b_addr: String,
+}
+
 /// Tells the links of concurrent tests apart (within this process).
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -56,8 +63,8 @@ impl Net {
     }
 
     /// A veth pair between namespaces `a` and `b` (`None`: the test's own),
-    /// on its own /24; returns (a's interface, a's address, b's address).
-    fn link(&mut self, a: Option<&str>, b: &str) -> (String, String, String) {
+    /// on its own /24.
+    fn link(&mut self, a: Option<&str>, b: &str) -> Link {
         self.links += 1;
         let block = NEXT.fetch_add(1, Ordering::Relaxed) % 250 + 1;
         let (ea, eb) = (
@@ -79,7 +86,11 @@ impl Net {
         };
         place(&ea, a, &addr_a);
         place(&eb, Some(b), &addr_b);
-        (ea, addr_a, addr_b)
+        Link {
+            b_dev: eb,
+            a_addr: addr_a,
+            b_addr: addr_b,
+        }
     }
 }
 
@@ -92,7 +103,7 @@ impl Drop for Net {
 }
 
 #[test]
-fn followers_on_other_hosts_replicate_and_catch_up_after_a_cut_link() {
+fn separate_hosts_replicate_catch_up_after_a_cut_link_and_fence_a_second_master() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || Command::new("ip").arg("-V").output().is_err() {
         eprintln!(
@@ -105,7 +116,7 @@ fn followers_on_other_hosts_replicate_and_catch_up_after_a_cut_link() {
     let mut net = Net::new();
     let store_ns = net.namespace("store");
     // The test reaches the store (to create the bucket) over its own link.
-    let (_, _, store_addr) = net.link(None, &store_ns);
+    let store_addr = net.link(None, &store_ns).b_addr;
     let mut moto = Moto::start_with(
         &["ip", "netns", "exec", &store_ns],
         "0.0.0.0",
@@ -120,16 +131,15 @@ fn followers_on_other_hosts_replicate_and_catch_up_after_a_cut_link() {
     // and a link to the test, on which it serves.
     let mut host = |name: &str| {
         let ns = net.namespace(name);
-        let (_, store_side, _) = net.link(Some(&store_ns), &ns);
-        let (_, _, serve) = net.link(None, &ns);
-        // The daemon's end of its store link is the other interface of
-        // the pair just made before the test link.
-        let store_dev = format!("rk{}{}b", net.tag, net.links - 1);
-        (ns, format!("http://{store_side}:{port}"), serve, store_dev)
+        let store_link = net.link(Some(&store_ns), &ns);
+        let serve = net.link(None, &ns).b_addr;
+        let endpoint = format!("http://{}:{port}", store_link.a_addr);
+        (ns, endpoint, serve, store_link.b_dev)
     };
     let (m_ns, m_endpoint, m_addr, _) = host("master");
     let (f1_ns, f1_endpoint, f1_addr, f1_dev) = host("f1");
     let (f2_ns, f2_endpoint, f2_addr, _) = host("f2");
+    let (m2_ns, m2_endpoint, m2_addr, _) = host("master2");
     let url = url("hosts");
     let start = |bin: &str, ns: &str, args: Vec<String>, dir: &std::path::Path| {
         let mut argv = vec![
@@ -226,4 +236,39 @@ fn followers_on_other_hosts_replicate_and_catch_up_after_a_cut_link() {
         downloaded < shared,
         "caught up with {downloaded} of {shared} shared files downloaded"
     );
+    // A second master on another host, on the same prefix, while the first
+    // renews its heartbeat: refused.
+    let mut argv = vec![
+        "ip",
+        "netns",
+        "exec",
+        &m2_ns,
+        env!("CARGO_BIN_EXE_rkv-master"),
+    ];
+    let db2 = s.path("db2").display().to_string();
+    let listen2 = format!("{m2_addr}:0");
+    argv.extend([
+        "--db",
+        &db2,
+        "--backup-dir",
+        &url,
+        "--s3-endpoint",
+        &m2_endpoint,
+    ]);
+    argv.extend([
+        "--listen",
+        &listen2,
+        "--protected-mode",
+        "no",
+        "--take-over",
+    ]);
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .envs(store_env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds the backup directory"), "{err}");
+    assert_eq!(get(&f2, "k"), Some(bulk("6")));
 }

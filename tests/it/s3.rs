@@ -30,6 +30,13 @@ pub fn store_env() -> [(&'static str, &'static str); 3] {
     ]
 }
 
+/// moto, started in the sandbox, with the tests' bucket.
+fn store(s: &Sandbox) -> Moto {
+    let moto = Moto::start(s.root());
+    moto.create_bucket(BUCKET);
+    moto
+}
+
 fn master(s: &Sandbox, name: &str, endpoint: &str, prefix: &str, extra: &[&str]) -> Daemon {
     let mut flags = vec!["--s3-endpoint", endpoint];
     flags.extend_from_slice(extra);
@@ -74,8 +81,7 @@ fn replicated(f: &Daemon, key: &str, value: &str) {
 #[test]
 fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
     let s = Sandbox::new();
-    let moto = Moto::start(s.root());
-    moto.create_bucket(BUCKET);
+    let moto = store(&s);
     let endpoint = moto.endpoint();
     let m = master(&s, "db", &endpoint, "prod", &["--interval", "0"]);
     let f1 = follower(&s, "f1", &endpoint, "prod");
@@ -168,8 +174,7 @@ fn an_unknown_scheme_is_an_error_not_a_directory() {
 #[test]
 fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
     let s = Sandbox::new();
-    let moto = Moto::start(s.root());
-    moto.create_bucket(BUCKET);
+    let moto = store(&s);
     let endpoint = moto.endpoint();
     let m = master(&s, "db", &endpoint, "idle", &["--interval", "0"]);
     set(&m, "k", "v");
@@ -206,8 +211,7 @@ fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
 #[test]
 fn a_second_master_on_the_prefix_is_refused_and_a_paused_one_is_fenced() {
     let s = Sandbox::new();
-    let moto = Moto::start(s.root());
-    moto.create_bucket(BUCKET);
+    let moto = store(&s);
     let endpoint = moto.endpoint();
     let a = master(&s, "a", &endpoint, "shared", &["--interval", "0"]);
     set(&a, "owner", "a");
@@ -311,8 +315,7 @@ impl Drop for Proxy {
 #[test]
 fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
     let s = Sandbox::new();
-    let moto = Moto::start(s.root());
-    moto.create_bucket(BUCKET);
+    let moto = store(&s);
     let proxy = Proxy::start(&moto, 0, &["--drop-conditions"]);
     let endpoint = proxy.endpoint();
     let url = url("gateway");
@@ -355,8 +358,7 @@ fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
 #[test]
 fn a_file_the_store_lost_is_never_applied_and_the_master_uploads_it_again() {
     let s = Sandbox::new();
-    let moto = Moto::start(s.root());
-    moto.create_bucket(BUCKET);
+    let moto = store(&s);
     let endpoint = moto.endpoint();
     let m = master(
         &s,
@@ -397,8 +399,7 @@ fn a_file_the_store_lost_is_never_applied_and_the_master_uploads_it_again() {
 #[test]
 fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
     let s = Sandbox::new();
-    let moto = Moto::start(s.root());
-    moto.create_bucket(BUCKET);
+    let moto = store(&s);
     let proxy = Proxy::start(&moto, 0, &[]);
     let port = proxy.port;
     let m = master(&s, "db", &proxy.endpoint(), "cut", &["--interval", "1s"]);

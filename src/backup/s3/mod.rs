@@ -273,6 +273,17 @@ impl S3Store {
                 id,
                 detail: format!("its meta file in the store: {e}"),
             })?;
+        // The meta file comes from the network: every path it names must
+        // stay inside the cache.
+        if let Some(bad) = parsed.files.iter().find(|f| !inside_backup(&f.path)) {
+            return Err(Error::BackupCorrupt {
+                id,
+                detail: format!(
+                    "its meta file in the store names {:?}, which is not a backup file",
+                    bad.path
+                ),
+            });
+        }
         let root = self.local.path();
         let wanted: Vec<&meta::MetaFile> = parsed
             .files
@@ -558,9 +569,17 @@ impl S3Store {
                 }
             }
         }
+        // Backups older than the oldest kept, by their meta files, and the
+        // private files of publishes that failed before their meta file.
         let stale_ids: BTreeSet<u32> = listed
             .iter()
-            .filter_map(|o| o.name.strip_prefix("meta/")?.parse().ok())
+            .filter_map(|o| {
+                let rest = o
+                    .name
+                    .strip_prefix("meta/")
+                    .or_else(|| o.name.strip_prefix("private/"))?;
+                rest.split('/').next()?.parse().ok()
+            })
             .filter(|id| !kept_ids.contains(id) && *id < oldest_kept.max(1))
             .collect();
         for id in &stale_ids {
@@ -601,6 +620,19 @@ impl S3Store {
         state.store_purged_at = Some(Instant::now());
         Ok(())
     }
+}
+
+/// Whether `path`, from a meta file, names a file of a backup directory:
+/// relative, under `shared_checksum/`, `shared/` or `private/`, with no
+/// `..`, `.` or empty part.
+fn inside_backup(path: &str) -> bool {
+    let mut parts = path.split('/');
+    let top = parts.next().unwrap_or_default();
+    matches!(top, SHARED_DIR | "shared" | PRIVATE_DIR)
+        && path
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+        && path.split('/').count() >= 2
 }
 
 /// Whether `path` is there with size `size` (when known).
@@ -786,5 +818,41 @@ impl BackupSink for S3Store {
 
     fn drop_incomplete(&self) -> Result<Vec<u32>> {
         self.local.drop_incomplete()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meta_file_cannot_name_a_path_outside_the_backup() {
+        assert!(inside_backup("shared_checksum/000009_sABC_123.sst"));
+        assert!(inside_backup("private/3/MANIFEST-000005"));
+        assert!(!inside_backup("../../etc/passwd"));
+        assert!(!inside_backup("/etc/passwd"));
+        assert!(!inside_backup("shared_checksum/../../x"));
+        assert!(!inside_backup("private/3//x"));
+        assert!(!inside_backup("meta/3"));
+        assert!(!inside_backup("shared_checksum"));
+    }
+
+    #[test]
+    fn latest_round_trips_and_a_tool_may_omit_the_heartbeat() {
+        let latest = Latest {
+            v: 1,
+            backup: Some(LatestBackup {
+                id: 7,
+                seq: 42,
+                created_ms: 1_700_000_000_000,
+            }),
+            heartbeat: None,
+        };
+        let json = serde_json::to_string(&latest).unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":1,"backup":{"id":7,"seq":42,"created_ms":1700000000000}}"#
+        );
+        assert_eq!(serde_json::from_str::<Latest>(&json).unwrap(), latest);
     }
 }
