@@ -592,9 +592,11 @@ impl std::ops::DerefMut for WriterGuard<'_> {
 }
 
 /// Whether an engine's open failed on a meta file that vanished after it
-/// listed `meta/`.
+/// listed `meta/`: an I/O error naming it, or (when the file went between
+/// RocksDB's existence check and its read) a bare `NotFound`.
 fn purged_while_opening(message: &str) -> bool {
-    message.contains("No such file or directory") && message.contains(&format!("{META_DIR}/"))
+    (message.contains("No such file or directory") && message.contains(&format!("{META_DIR}/")))
+        || message.trim() == "NotFound:"
 }
 
 /// Makes the files a restore copied into `dir` durable, and the directory's

@@ -257,3 +257,16 @@ fn an_engine_open_racing_a_purge_is_told_from_other_failures() {
         "Corruption: Size mismatch for existing backup file: meta/3"
     ));
 }
+
+#[test]
+fn a_meta_file_gone_while_an_engine_opens_is_a_purge_race() {
+    assert!(super::purged_while_opening(
+        "IO error: No such file or directory: While opening a file for sequentially reading: \
+         /b/meta/7: No such file or directory"
+    ));
+    assert!(super::purged_while_opening("NotFound: "));
+    assert!(!super::purged_while_opening("Corruption: bad meta file"));
+    assert!(!super::purged_while_opening(
+        "IO error: No such file or directory: /b/shared/x"
+    ));
+}
