@@ -254,8 +254,8 @@ impl Error {
                     .to_string(),
             ),
             Error::StoreNotConditional { .. } => Some(
-                "use a store that supports If-None-Match and If-Match on PUT (AWS S3, MinIO, \
-                 Ceph RGW 18+, Cloudflare R2), or pass --accept-unfenced-store and make sure \
+                "use a store that supports If-None-Match and If-Match on PUT (AWS S3, MinIO \
+                 and Cloudflare R2 do), or pass --accept-unfenced-store and make sure \
                  only one master ever writes to this prefix"
                     .to_string(),
             ),
