@@ -33,7 +33,7 @@ trap summary EXIT
 # systemd-analyze for the unit checks, python3 for the scripts' port picking,
 # redis-server and gnuplot for the quick benchmark, faketime for the tests
 # and fault scenarios of a master whose clock is hours off, python3's venv
-# for moto (below).
+# for moto (below), and prometheus for promtool, which lints the metrics.
 missing=()
 compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
 command -v clang >/dev/null || missing+=(clang)
@@ -44,6 +44,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]}) and rerun"

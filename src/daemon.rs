@@ -71,6 +71,17 @@ pub struct ServerArgs {
     #[arg(long, env = "RKV_UMASK", default_value = "077", value_parser = parse_umask, value_name = "OCTAL")]
     pub umask: u32,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics and health on
+    /// /healthz (200, or 503 with the reason). Off by default; a
+    /// non-loopback address needs --protected-mode=no (the endpoint has no
+    /// password).
+    #[arg(
+        long = "metrics-listen",
+        env = "RKV_METRICS_LISTEN",
+        value_name = "HOST:PORT"
+    )]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Log format.
     #[arg(
         long = "log-format",
@@ -94,11 +105,21 @@ impl ServerArgs {
             );
         }
         check_protected_mode(&listen, password.is_some(), self.protected_mode)?;
+        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            if self.protected_mode {
+                return Err(format!(
+                    "refusing to serve metrics on {addr} (protected mode): the metrics endpoint \
+                     has no password. Listen on a loopback address, or pass \
+                     --protected-mode=no if the network is trusted"
+                ));
+            }
+        }
         if self.max_clients == 0 {
             return Err("--max-clients must be at least 1".to_string());
         }
         Ok(ServerConfig {
             listen,
+            metrics_listen: self.metrics_listen,
             password,
             max_clients: self.max_clients,
             limits: Limits {
@@ -371,6 +392,7 @@ pub fn announce(dir: &Path, role: &str, server: &crate::server::Server) -> Vec<S
         pid: std::process::id(),
         role: role.to_string(),
         listen: listen.clone(),
+        metrics: server.metrics_addr().map(|a| a.to_string()),
     };
     if let Err(e) = file.write(dir) {
         tracing::warn!(
@@ -480,6 +502,9 @@ pub struct DaemonFile {
     pub role: String,
     /// Where it listens (`ListenAddr` spellings).
     pub listen: Vec<String>,
+    /// Where it serves metrics (`--metrics-listen`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl DaemonFile {
@@ -605,6 +630,7 @@ mod tests {
             pid: std::process::id(),
             role: "master".into(),
             listen: vec!["127.0.0.1:6380".into()],
+            metrics: Some("127.0.0.1:9380".into()),
         };
         file.write(dir.path()).unwrap();
         assert_eq!(DaemonFile::find_running(dir.path()), Some(file));

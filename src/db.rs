@@ -240,6 +240,26 @@ impl Db {
             .map_err(|e| Error::rocksdb("read the key count estimate", e))
     }
 
+    /// The figures that explain a database's load, for metrics: estimated
+    /// keys, live SST bytes, memtable bytes, pending compaction bytes and
+    /// block cache use (0 where RocksDB has none).
+    pub fn load_figures(&self) -> LoadFigures {
+        let int = |name: &str| {
+            self.inner
+                .property_int_value(name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        LoadFigures {
+            keys: int("rocksdb.estimate-num-keys"),
+            live_sst_bytes: int("rocksdb.live-sst-files-size"),
+            memtable_bytes: int("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes"),
+            block_cache_bytes: int("rocksdb.block-cache-usage"),
+        }
+    }
+
     /// Writes the memtable to SST files.
     pub fn flush(&self) -> Result<()> {
         self.inner
@@ -405,4 +425,19 @@ mod tests {
         // A read-write open still works while a read-only one is open.
         drop(Db::open(dir.path(), rw(false)).unwrap());
     }
+}
+
+/// What [`Db::load_figures`] reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadFigures {
+    /// RocksDB's estimate of the number of keys.
+    pub keys: u64,
+    /// Bytes of the live SST files.
+    pub live_sst_bytes: u64,
+    /// Bytes of every memtable.
+    pub memtable_bytes: u64,
+    /// Bytes compaction has still to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// Bytes of the block cache in use.
+    pub block_cache_bytes: u64,
 }

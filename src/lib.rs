@@ -26,6 +26,7 @@ pub mod follower;
 pub mod glob;
 pub mod keys;
 pub mod master;
+pub mod metrics;
 pub mod resp;
 pub mod server;
 pub mod status;

@@ -117,6 +117,8 @@ pub trait Backend: Send + Sync + 'static {
 pub struct ServerConfig {
     /// Where to listen.
     pub listen: Vec<ListenAddr>,
+    /// Where to serve metrics and health, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The password clients must `AUTH` with; `None` for no authentication.
     pub password: Option<Vec<u8>>,
     /// The most clients connected at once; more are answered with an error.
@@ -149,10 +151,25 @@ pub(crate) struct Shared {
     next_client_id: AtomicU64,
 }
 
+impl Shared {
+    /// What a metrics scrape reports.
+    fn snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            status: self.backend.status(),
+            clients: self.stats.connected_clients.load(Ordering::Relaxed) as u64,
+            connections: self.stats.total_connections.load(Ordering::Relaxed),
+            rejected: self.stats.rejected_connections.load(Ordering::Relaxed),
+            commands: self.stats.total_commands.load(Ordering::Relaxed),
+            db: self.backend.reader().ok().map(|db| db.load_figures()),
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
     local_addrs: Vec<ListenAddr>,
+    metrics: Option<crate::metrics::MetricsServer>,
     acceptors: Vec<JoinHandle<()>>,
     workers: Vec<worker::Handle>,
 }
@@ -196,9 +213,18 @@ impl Server {
                     .expect("spawn accept thread")
             })
             .collect();
+        let metrics = match shared.config.metrics_listen {
+            Some(addr) => {
+                let shared = Arc::clone(&shared);
+                let snapshot = Arc::new(move || shared.snapshot());
+                Some(crate::metrics::MetricsServer::start(addr, snapshot)?)
+            }
+            None => None,
+        };
         Ok(Server {
             shared,
             local_addrs,
+            metrics,
             acceptors,
             workers,
         })
@@ -207,6 +233,11 @@ impl Server {
     /// The addresses actually bound (with the real port when 0 was asked).
     pub fn local_addrs(&self) -> &[ListenAddr] {
         &self.local_addrs
+    }
+
+    /// Where metrics are served (with the real port when 0 was asked).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
     }
 
     /// Stops accepting, lets each client finish the requests it has sent

@@ -6,6 +6,7 @@ mod clients;
 mod faults;
 mod follower;
 mod master;
+mod metrics;
 mod netns;
 mod s3;
 // The S3 server the object store tests run against.

@@ -1,0 +1,493 @@
+//! `--metrics-listen`: each daemon's facts as Prometheus metrics on
+//! `/metrics`, and its health on `/healthz` for load balancers and probes.
+//!
+//! The metrics are read at scrape time from what the daemon already
+//! reports (its [`DaemonStatus`](crate::status::DaemonStatus), the server's
+//! counters and RocksDB's properties), so nothing on the hot path changes
+//! and INFO and the metrics cannot disagree. The exposition is written by
+//! the `prometheus` crate in Prometheus's text format (which `promtool
+//! check metrics` lints); the HTTP server is `tiny_http`, on its own thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+
+use crate::db::LoadFigures;
+use crate::status::{DaemonStatus, FollowerStatus, MasterStatus, StoreTraffic};
+
+/// Everything one scrape reports.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The daemon's own facts.
+    pub status: DaemonStatus,
+    /// Clients connected now.
+    pub clients: u64,
+    /// Connections accepted since start.
+    pub connections: u64,
+    /// Connections refused (`--max-clients`) since start.
+    pub rejected: u64,
+    /// Commands executed since start.
+    pub commands: u64,
+    /// The served database's figures; `None` while there is none.
+    pub db: Option<LoadFigures>,
+}
+
+/// What `/healthz` answers: healthy, or the reason it is not.
+pub fn health(status: &DaemonStatus) -> Result<(), String> {
+    match status {
+        DaemonStatus::Master(m) => match (&m.fenced_by, &m.db_error) {
+            (Some(by), _) => Err(format!("fenced: {by} took the backup directory over")),
+            (None, Some(e)) => Err(format!("the database refuses writes: {e}")),
+            (None, None) => Ok(()),
+        },
+        DaemonStatus::Follower(f) if f.applied_backup_id == 0 => {
+            Err("no data yet: no backup applied".to_string())
+        }
+        DaemonStatus::Follower(f) if !f.healthy => Err(match (f.staleness, f.max_staleness) {
+            (Some(s), Some(max)) => format!(
+                "stale: data {:.1} s old, past --max-staleness {:.1} s",
+                s.as_secs_f64(),
+                max.as_secs_f64()
+            ),
+            (None, _) => {
+                "stale: the data's age is unknown (no evidence from the master yet)".to_string()
+            }
+            _ => f
+                .lineage_change
+                .clone()
+                .unwrap_or_else(|| "unhealthy".to_string()),
+        }),
+        DaemonStatus::Follower(_) => Ok(()),
+    }
+}
+
+/// The base unit a metric's name ends in, as Prometheus names it.
+#[derive(Clone, Copy)]
+enum Unit {
+    Seconds,
+    Bytes,
+}
+
+impl Unit {
+    fn suffix(self) -> &'static str {
+        match self {
+            Unit::Seconds => "_seconds",
+            Unit::Bytes => "_bytes",
+        }
+    }
+}
+
+/// A registry that takes values rather than metric objects, and names
+/// them as Prometheus wants: `rkv_` first, the base unit, `_total` on
+/// counters. Help texts are sentences without the final period.
+struct Exposition(Registry);
+
+impl Exposition {
+    fn register(&mut self, collector: impl prometheus::core::Collector + 'static) {
+        self.0
+            .register(Box::new(collector))
+            .expect("each metric is registered once, with a valid name");
+    }
+
+    fn opts(name: &str, help: &str) -> Opts {
+        Opts::new(name, help.trim_end_matches('.')).namespace("rkv")
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        let gauge = Gauge::with_opts(Self::opts(name, help)).expect("a valid gauge");
+        gauge.set(value);
+        self.register(gauge);
+    }
+
+    fn gauge_in(&mut self, name: &str, help: &str, unit: Unit, value: f64) {
+        self.gauge(&format!("{name}{}", unit.suffix()), help, value);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        let opts = Self::opts(&format!("{name}_total"), help);
+        let counter = IntCounter::with_opts(opts).expect("a valid counter");
+        counter.inc_by(value);
+        self.register(counter);
+    }
+
+    fn counter_in(&mut self, name: &str, help: &str, unit: Unit, value: u64) {
+        self.counter(&format!("{name}{}", unit.suffix()), help, value);
+    }
+
+    fn counters_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        let opts = Self::opts(&format!("{name}_total"), help);
+        let family = IntCounterVec::new(opts, &[label]).expect("a valid counter family");
+        for (value, n) in values {
+            family.with_label_values(&[value]).inc_by(*n);
+        }
+        self.register(family);
+    }
+}
+
+/// The Prometheus text exposition of `snapshot`.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut x = Exposition(Registry::new());
+    x.gauge(
+        "connected_clients",
+        "Clients connected now.",
+        snapshot.clients as f64,
+    );
+    x.counter("connections", "Connections accepted.", snapshot.connections);
+    x.counter(
+        "rejected_connections",
+        "Connections refused because --max-clients were connected.",
+        snapshot.rejected,
+    );
+    x.counter("commands", "Commands executed.", snapshot.commands);
+    if let Some(db) = &snapshot.db {
+        x.gauge(
+            "db_estimated_keys",
+            "RocksDB's estimate of the number of keys in the served database.",
+            db.keys as f64,
+        );
+        x.gauge_in(
+            "db_live_sst",
+            "Size of the served database's live SST files.",
+            Unit::Bytes,
+            db.live_sst_bytes as f64,
+        );
+        x.gauge_in(
+            "db_memtable",
+            "Size of the served database's memtables.",
+            Unit::Bytes,
+            db.memtable_bytes as f64,
+        );
+        x.gauge_in(
+            "db_pending_compaction",
+            "Bytes RocksDB estimates compaction has still to rewrite.",
+            Unit::Bytes,
+            db.pending_compaction_bytes as f64,
+        );
+        x.gauge_in(
+            "db_block_cache_usage",
+            "Bytes of the block cache in use.",
+            Unit::Bytes,
+            db.block_cache_bytes as f64,
+        );
+    }
+    match &snapshot.status {
+        DaemonStatus::Master(m) => master(&mut x, m),
+        DaemonStatus::Follower(f) => follower(&mut x, f),
+    }
+    TextEncoder::new()
+        .encode_to_string(&x.0.gather())
+        .expect("the text encoding of valid metrics cannot fail")
+}
+
+/// Seconds from unix milliseconds `ms` to now (0 for a time in the future).
+fn age_seconds(ms: u64) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(ms) as f64 / 1000.0
+}
+
+fn master(x: &mut Exposition, m: &MasterStatus) {
+    let last = m.last.as_ref();
+    x.gauge(
+        "master_last_backup_id",
+        "The id of the newest backup this master took (0: none since start).",
+        last.map_or(0.0, |l| f64::from(l.id)),
+    );
+    x.gauge(
+        "master_last_backup_sequence",
+        "The database sequence number the newest backup holds.",
+        m.backed_up_seq as f64,
+    );
+    if m.last_save_unix > 0 {
+        x.gauge_in(
+            "master_last_backup_age",
+            "Time since the newest backup was created.",
+            Unit::Seconds,
+            age_seconds(m.last_save_unix as u64 * 1000),
+        );
+    }
+    x.gauge(
+        "master_unbacked_writes",
+        "Writes not in any backup yet (sequence numbers since the newest backup).",
+        m.seq.saturating_sub(m.backed_up_seq) as f64,
+    );
+    x.gauge_in(
+        "master_last_backup_duration",
+        "How long the newest backup took, publishing included.",
+        Unit::Seconds,
+        last.map_or(0.0, |l| l.duration.as_secs_f64()),
+    );
+    x.gauge_in(
+        "master_last_backup_added",
+        "Bytes the newest backup wrote into the store (files no earlier backup had).",
+        Unit::Bytes,
+        last.map_or(0.0, |l| l.bytes_copied as f64),
+    );
+    x.counter("master_backups", "Backups taken since start.", m.done);
+    x.counter(
+        "master_backup_failures",
+        "Backups that failed since start.",
+        m.failed,
+    );
+    x.gauge(
+        "master_owns_backup_dir",
+        "1 while this master holds the backup directory, 0 once another took it over.",
+        if m.fenced_by.is_none() { 1.0 } else { 0.0 },
+    );
+    x.gauge(
+        "master_db_writable",
+        "1 while the database accepts writes, 0 while it refuses them (a full disk).",
+        if m.db_error.is_none() { 1.0 } else { 0.0 },
+    );
+    x.counter(
+        "master_damaged_files",
+        "Damaged backup files found (and healed) since start.",
+        m.damaged_found,
+    );
+    if let Some(t) = &m.store {
+        store(x, t);
+    }
+}
+
+fn follower(x: &mut Exposition, f: &FollowerStatus) {
+    if let Some(staleness) = f.staleness {
+        x.gauge_in(
+            "follower_staleness",
+            "How old the served data is, on this host's clock (rkv_staleness_ms in INFO).",
+            Unit::Seconds,
+            staleness.as_secs_f64(),
+        );
+    }
+    x.gauge(
+        "follower_healthy",
+        "1 while the follower serves the master's data within --max-staleness, else 0.",
+        if f.healthy { 1.0 } else { 0.0 },
+    );
+    x.gauge(
+        "follower_applied_backup_id",
+        "The id of the backup being served (0: none).",
+        f64::from(f.applied_backup_id),
+    );
+    x.gauge(
+        "follower_newest_backup_id",
+        "The id of the newest backup seen in the store.",
+        f64::from(f.newest_backup_id),
+    );
+    if let Some(ago) = f.last_poll_ago {
+        x.gauge_in(
+            "follower_last_poll_age",
+            "Time since the follower last looked at the store.",
+            Unit::Seconds,
+            ago.as_secs_f64(),
+        );
+    }
+    if let Some(max) = f.max_staleness {
+        x.gauge_in(
+            "follower_max_staleness",
+            "The --max-staleness bound.",
+            Unit::Seconds,
+            max.as_secs_f64(),
+        );
+    }
+    x.counter(
+        "follower_applies",
+        "Backups applied since start.",
+        f.applies_done,
+    );
+    x.counter(
+        "follower_apply_failures",
+        "Failed applies and skipped backups since start.",
+        f.failures,
+    );
+    if let Some(apply) = &f.last_apply {
+        x.gauge_in(
+            "follower_last_apply_duration",
+            "How long the last apply took.",
+            Unit::Seconds,
+            apply.duration.as_secs_f64(),
+        );
+        x.gauge_in(
+            "follower_last_apply_copied",
+            "Bytes the last apply copied into the new generation.",
+            Unit::Bytes,
+            apply.bytes_copied as f64,
+        );
+    }
+    if let Some(t) = &f.store {
+        store(x, t);
+    }
+}
+
+fn store(x: &mut Exposition, t: &StoreTraffic) {
+    x.counters_by(
+        "store_requests",
+        "Requests made of the object store, by kind.",
+        "kind",
+        &[
+            ("get", t.gets),
+            ("put", t.puts),
+            ("list", t.lists),
+            ("delete", t.deletes),
+        ],
+    );
+    x.counter_in(
+        "store_uploaded",
+        "Bytes uploaded to the object store.",
+        Unit::Bytes,
+        t.bytes_up,
+    );
+    x.counter_in(
+        "store_downloaded",
+        "Bytes downloaded from the object store.",
+        Unit::Bytes,
+        t.bytes_down,
+    );
+}
+
+/// The metrics endpoint, serving until the process exits.
+pub struct MetricsServer {
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` and answers `/metrics` and `/healthz` from
+    /// `snapshot`, on a thread of its own.
+    pub fn start(
+        addr: SocketAddr,
+        snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
+    ) -> std::io::Result<MetricsServer> {
+        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("the metrics listener has no IP address"))?;
+        std::thread::Builder::new()
+            .name("rkv-metrics".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let _ = answer(request, snapshot.as_ref());
+                }
+            })?;
+        Ok(MetricsServer { addr })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn answer(request: tiny_http::Request, snapshot: &dyn Fn() -> Snapshot) -> std::io::Result<()> {
+    let header =
+        |value: &str| tiny_http::Header::from_bytes("Content-Type", value).expect("a valid header");
+    let path = request.url().split('?').next().unwrap_or_default();
+    let (status, body, kind) = match (request.method(), path) {
+        (tiny_http::Method::Get, "/metrics") => (200, render(&snapshot()), prometheus::TEXT_FORMAT),
+        (tiny_http::Method::Get, "/healthz") => match health(&snapshot().status) {
+            Ok(()) => (200, "ok\n".to_string(), "text/plain; charset=utf-8"),
+            Err(why) => (503, format!("{why}\n"), "text/plain; charset=utf-8"),
+        },
+        (tiny_http::Method::Get, _) => (
+            404,
+            "not found: try /metrics or /healthz\n".to_string(),
+            "text/plain; charset=utf-8",
+        ),
+        _ => (405, "only GET\n".to_string(), "text/plain; charset=utf-8"),
+    };
+    let response = tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header(kind));
+    request.respond(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::LastApply;
+    use std::time::Duration;
+
+    fn follower_status() -> FollowerStatus {
+        FollowerStatus {
+            master: "h:/db".into(),
+            link_up: true,
+            last_poll_ago: Some(Duration::from_millis(300)),
+            applying: false,
+            backup_dir: "/b".into(),
+            applied_backup_id: 7,
+            applied_created_ms: 0,
+            applied_seq: 42,
+            staleness: Some(Duration::from_millis(1500)),
+            clock_skew_ms: None,
+            newest_backup_id: 8,
+            heartbeat_ago: None,
+            lineage_change: None,
+            last_apply: Some(LastApply {
+                duration: Duration::from_millis(20),
+                bytes_copied: 4096,
+                files_copied: 2,
+                files_kept: 3,
+            }),
+            applies_done: 5,
+            failures: 1,
+            last_error: None,
+            max_staleness: Some(Duration::from_secs(1)),
+            stale_reads: "serve",
+            healthy: false,
+            last_save_unix: 0,
+            store: Some(StoreTraffic {
+                gets: 10,
+                ..StoreTraffic::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_follower_exposition_names_its_figures_in_base_units() {
+        let text = render(&Snapshot {
+            status: DaemonStatus::Follower(follower_status()),
+            clients: 3,
+            connections: 9,
+            rejected: 0,
+            commands: 100,
+            db: None,
+        });
+        for line in [
+            "rkv_follower_staleness_seconds 1.5",
+            "rkv_follower_healthy 0",
+            "rkv_follower_applied_backup_id 7",
+            "rkv_follower_newest_backup_id 8",
+            "rkv_follower_applies_total 5",
+            "rkv_follower_apply_failures_total 1",
+            "rkv_follower_last_apply_copied_bytes 4096",
+            "rkv_store_requests_total{kind=\"get\"} 10",
+            "rkv_commands_total 100",
+            "# HELP rkv_connected_clients Clients connected now",
+            "# TYPE rkv_commands_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn health_says_why_not() {
+        let stale = DaemonStatus::Follower(follower_status());
+        let why = health(&stale).unwrap_err();
+        assert!(
+            why.contains("stale: data 1.5 s old, past --max-staleness 1.0 s"),
+            "{why}"
+        );
+        let mut empty = follower_status();
+        empty.applied_backup_id = 0;
+        let why = health(&DaemonStatus::Follower(empty)).unwrap_err();
+        assert!(why.contains("no data yet"), "{why}");
+        let mut fine = follower_status();
+        fine.healthy = true;
+        assert_eq!(health(&DaemonStatus::Follower(fine)), Ok(()));
+    }
+}
