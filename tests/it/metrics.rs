@@ -1,5 +1,7 @@
 //! `--metrics-listen` as a scraper sees it: the figures move with backups
-//! and applies, and `/healthz` turns 503 when the follower goes stale.
+//! and applies, `/healthz` turns 503 when the follower goes stale, promtool
+//! lints the exposition and the alert rules, and a real Prometheus server
+//! scrapes both daemons and answers PromQL.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -146,4 +148,140 @@ fn metrics_beyond_loopback_need_protected_mode_off() {
         err.contains("refusing to serve metrics on 0.0.0.0:0"),
         "{err}"
     );
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus");
+    for args in [
+        ["check", "rules", "rkv-alerts.yml"],
+        ["test", "rules", "rkv-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("promtool (scripts/test.sh installs the Debian package prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A Prometheus server scraping `targets` every second, on a loopback port;
+/// killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, targets: &[&str]) -> Prometheus {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+                 - job_name: rkv\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (scripts/test.sh installs the Debian package prometheus)");
+        Prometheus { child, addr }
+    }
+
+    /// The instant vector of `query`: each series' labels and value.
+    fn query(&self, query: &str) -> Vec<(serde_json::Value, f64)> {
+        let path = format!("/api/v1/query?query={}", query.replace(' ', "%20"));
+        let Ok(mut stream) = TcpStream::connect(&self.addr) else {
+            return Vec::new();
+        };
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+            return Vec::new();
+        };
+        json["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let value = r["value"][1].as_str()?.parse().ok()?;
+                Some((r["metric"].clone(), value))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_both_daemons_and_answers_for_the_staleness() {
+    let s = Sandbox::new();
+    let metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let mut master_flags = vec!["--interval", "1s"];
+    master_flags.extend(metrics);
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &master_flags);
+    let mut follower_flags = vec!["--poll-interval", "100ms", "--max-staleness", "10s"];
+    follower_flags.extend(metrics);
+    let _follower = Daemon::follower(&s.path("backups"), &s.path("f"), &follower_flags);
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    let (m, f) = (metrics_addr(&s.path("db")), metrics_addr(&s.path("f")));
+    let prometheus = Prometheus::start(s.root(), &[&m, &f]);
+
+    wait_until(GENEROUS, "Prometheus has the follower's staleness", || {
+        !prometheus
+            .query("rkv_follower_staleness_seconds")
+            .is_empty()
+    });
+    let staleness = prometheus.query("rkv_follower_staleness_seconds");
+    assert_eq!(staleness.len(), 1, "{staleness:?}");
+    assert_eq!(staleness[0].0["instance"], f.as_str());
+    assert!(staleness[0].1 < 10.0, "{staleness:?}");
+    wait_until(GENEROUS, "both targets up", || {
+        prometheus
+            .query("sum(up{job=\"rkv\"})")
+            .first()
+            .map(|r| r.1)
+            == Some(2.0)
+    });
+    wait_until(GENEROUS, "Prometheus has the master's backup", || {
+        let backups = prometheus.query("rkv_master_backups_total");
+        backups.first().is_some_and(|r| r.1 >= 1.0)
+    });
 }
