@@ -490,4 +490,91 @@ mod tests {
         fine.healthy = true;
         assert_eq!(health(&DaemonStatus::Follower(fine)), Ok(()));
     }
+
+    fn master_status() -> MasterStatus {
+        MasterStatus {
+            seq: 10,
+            backed_up_seq: 8,
+            backup_in_progress: false,
+            last_save_unix: 1,
+            last_ok: true,
+            last: None,
+            done: 1,
+            failed: 0,
+            last_error: None,
+            backup_dir: "/b".into(),
+            db_error: None,
+            fenced_by: None,
+            scrub_files_checked: 0,
+            scrub_bytes_checked: 0,
+            damaged_found: 0,
+            last_damage: None,
+            backups_dropped: 0,
+            keep: 20,
+            keep_within: Duration::from_secs(10),
+            store: Some(StoreTraffic::default()),
+        }
+    }
+
+    /// Every `rkv_…` name in `text` (PromQL in a dashboard or rule file).
+    fn names_in(text: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("rkv_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alert_rules_use_only_metrics_rkv_exports() {
+        let exported: String = [
+            DaemonStatus::Master(master_status()),
+            DaemonStatus::Follower(follower_status()),
+        ]
+        .into_iter()
+        .map(|status| {
+            render(&Snapshot {
+                status,
+                clients: 0,
+                connections: 0,
+                rejected: 0,
+                commands: 0,
+                db: Some(LoadFigures::default()),
+            })
+        })
+        .collect();
+        let exported: Vec<&str> = exported
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../contrib/grafana/rkv-dashboard.json")).unwrap();
+        let exprs: Vec<&str> = dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().unwrap())
+            .map(|t| t["expr"].as_str().unwrap())
+            .collect();
+        assert!(exprs.len() >= 10);
+        let rules = include_str!("../contrib/prometheus/rkv-alerts.yml");
+        let used = exprs.iter().flat_map(|e| names_in(e)).chain(
+            names_in(rules)
+                .into_iter()
+                .filter(|n| n != "rkv_last_error" && n != "rkv_last_backup_error"),
+        );
+        for name in used {
+            assert!(
+                exported.contains(&name.as_str()),
+                "{name} is not exported: {exported:?}"
+            );
+        }
+    }
 }
