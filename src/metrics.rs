@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Commands executed since start.
     pub commands: u64,
+    /// Calls by command name (`unknown` for commands rkv does not have).
+    pub calls: Vec<(&'static str, u64)>,
+    /// Commands answered with an error.
+    pub command_errors: u64,
     /// The served database's figures; `None` while there is none.
     pub db: Option<LoadFigures>,
 }
@@ -141,6 +145,17 @@ pub fn render(snapshot: &Snapshot) -> String {
         snapshot.rejected,
     );
     x.counter("commands", "Commands executed.", snapshot.commands);
+    x.counters_by(
+        "command_calls",
+        "Calls by command name (unknown: commands rkv does not have).",
+        "command",
+        &snapshot.calls,
+    );
+    x.counter(
+        "command_errors",
+        "Commands answered with an error.",
+        snapshot.command_errors,
+    );
     if let Some(db) = &snapshot.db {
         x.gauge(
             "db_estimated_keys",
@@ -452,6 +467,8 @@ mod tests {
             connections: 9,
             rejected: 0,
             commands: 100,
+            calls: vec![("get", 60), ("unknown", 2)],
+            command_errors: 2,
             db: None,
         });
         for line in [
@@ -464,6 +481,9 @@ mod tests {
             "rkv_follower_last_apply_copied_bytes 4096",
             "rkv_store_requests_total{kind=\"get\"} 10",
             "rkv_commands_total 100",
+            "rkv_command_calls_total{command=\"get\"} 60",
+            "rkv_command_calls_total{command=\"unknown\"} 2",
+            "rkv_command_errors_total 2",
             "# HELP rkv_connected_clients Clients connected now",
             "# TYPE rkv_commands_total counter",
         ] {
@@ -545,6 +565,8 @@ mod tests {
                 connections: 0,
                 rejected: 0,
                 commands: 0,
+                calls: vec![("get", 1)],
+                command_errors: 0,
                 db: Some(LoadFigures::default()),
             })
         })

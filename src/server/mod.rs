@@ -127,8 +127,8 @@ pub struct ServerConfig {
     pub limits: Limits,
 }
 
-/// Counters for `INFO clients` and `INFO stats`.
-#[derive(Debug, Default)]
+/// Counters for `INFO clients`, `INFO stats` and the metrics.
+#[derive(Debug)]
 pub struct Stats {
     /// Clients connected now.
     pub connected_clients: AtomicUsize,
@@ -138,6 +138,39 @@ pub struct Stats {
     pub rejected_connections: AtomicU64,
     /// Commands executed since start.
     pub total_commands: AtomicU64,
+    /// Calls per command, in the command table's order, and last the calls
+    /// of unknown commands: a label set bounded by the table.
+    pub calls: Box<[AtomicU64]>,
+    /// Commands answered with an error since start.
+    pub command_errors: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            connected_clients: AtomicUsize::new(0),
+            total_connections: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            total_commands: AtomicU64::new(0),
+            calls: (0..=commands::names().count())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            command_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    /// Calls per command name since start (`unknown` for commands rkv does
+    /// not have), leaving out those never called.
+    pub fn calls_by_command(&self) -> Vec<(&'static str, u64)> {
+        commands::names()
+            .chain(std::iter::once("unknown"))
+            .zip(self.calls.iter())
+            .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 /// State every connection shares.
@@ -160,6 +193,8 @@ impl Shared {
             connections: self.stats.total_connections.load(Ordering::Relaxed),
             rejected: self.stats.rejected_connections.load(Ordering::Relaxed),
             commands: self.stats.total_commands.load(Ordering::Relaxed),
+            calls: self.stats.calls_by_command(),
+            command_errors: self.stats.command_errors.load(Ordering::Relaxed),
             db: self.backend.reader().ok().map(|db| db.load_figures()),
         }
     }

@@ -102,6 +102,21 @@ fn metrics_move_with_backups_and_applies_and_healthz_reports_staleness() {
     let id = scrape(&m, "rkv_master_last_backup_id").unwrap();
     assert!(id >= 1.0);
     assert!(scrape(&m, "rkv_commands_total").unwrap() >= 2.0);
+    assert_eq!(
+        scrape(&m, "rkv_command_calls_total{command=\"set\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape(&m, "rkv_command_calls_total{command=\"save\"}"),
+        Some(1.0)
+    );
+    let errors = scrape(&m, "rkv_command_errors_total").unwrap();
+    let _ = master.client().call(&[b"LPUSH", b"l", b"x"]);
+    assert_eq!(
+        scrape(&m, "rkv_command_calls_total{command=\"unknown\"}"),
+        Some(1.0)
+    );
+    assert_eq!(scrape(&m, "rkv_command_errors_total"), Some(errors + 1.0));
     assert!(scrape(&m, "rkv_db_estimated_keys").is_some());
 
     wait_until(GENEROUS, "the follower applied the backup", || {

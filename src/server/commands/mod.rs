@@ -267,14 +267,42 @@ pub(super) const COMMANDS: &[Spec] = &[
 ];
 
 fn lookup(name: &str) -> Option<&'static Spec> {
-    COMMANDS
-        .binary_search_by(|spec| spec.name.cmp(name))
-        .ok()
-        .map(|i| &COMMANDS[i])
+    position(name).map(|i| &COMMANDS[i])
 }
 
-/// Executes one request.
+/// The command names, in the table's order: the slots of
+/// [`Stats::calls`](super::Stats::calls) (the last slot, one more, counts
+/// unknown commands).
+pub(crate) fn names() -> impl Iterator<Item = &'static str> {
+    COMMANDS.iter().map(|spec| spec.name)
+}
+
+/// Where `name` is in [`COMMANDS`] (its slot in [`Stats::calls`](super::Stats::calls)).
+fn position(name: &str) -> Option<usize> {
+    COMMANDS.binary_search_by(|spec| spec.name.cmp(name)).ok()
+}
+
+/// Counts one call of the command at `slot` ([`COMMANDS`]'s length for an
+/// unknown one), and an error reply.
+fn count(shared: &Shared, slot: usize, reply: &Reply) {
+    shared.stats.calls[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if matches!(reply, Reply::Error(_)) {
+        shared
+            .stats
+            .command_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Executes one request, and counts it by command name.
 pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action) {
+    let (reply, action, slot) = run(args, conn, shared);
+    count(shared, slot, &reply);
+    (reply, action)
+}
+
+/// Executes one request; also returns the command's slot in the counts.
+fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action, usize) {
     // Lower-cased on the stack: this runs for every request.
     let mut buf = [0u8; 16];
     let name = match args[0].len() {
@@ -285,11 +313,13 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
         }
         _ => "",
     };
+    let unknown = COMMANDS.len();
+    let slot = position(name).unwrap_or(unknown);
     if conn.refused_multi {
-        return (refused_transaction(name, conn), Action::Continue);
+        return (refused_transaction(name, conn), Action::Continue, slot);
     }
     let Some(spec) = lookup(name) else {
-        return (unknown_command(args), Action::Continue);
+        return (unknown_command(args), Action::Continue, unknown);
     };
     let argc = args.len() as i64;
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
@@ -298,12 +328,14 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
                 "ERR wrong number of arguments for '{name}' command"
             )),
             Action::Continue,
+            slot,
         );
     }
     if !conn.authenticated && !spec.flags.contains(&"noauth") {
         return (
             Reply::error("NOAUTH Authentication required."),
             Action::Continue,
+            slot,
         );
     }
     let mut ctx = Ctx {
@@ -318,7 +350,7 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
     } else {
         Action::Continue
     };
-    (reply, action)
+    (reply, action, slot)
 }
 
 /// The reply to a command sent after a refused `MULTI`: nothing runs until
@@ -428,7 +460,9 @@ impl SetBatch {
             }
             Err(refusal) => refusal_reply(refusal),
         };
+        let set = position("set").expect("SET is in the command table");
         for _ in 0..std::mem::take(&mut self.count) {
+            count(shared, set, &reply);
             reply.encode(out);
         }
     }
