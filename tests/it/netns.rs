@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::moto::Moto;
 use crate::s3::{store_env, url, BUCKET};
-use crate::util::{bulk, fill, get, wait_until, Daemon, Sandbox};
+use crate::util::{bulk, fill, get, refused_with_env, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(90);
 
@@ -262,13 +262,7 @@ fn separate_hosts_replicate_catch_up_after_a_cut_link_and_fence_a_second_master(
         "no",
         "--take-over",
     ]);
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .envs(store_env())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused_with_env(argv[0], &argv[1..], &store_env(), 1);
     assert!(err.contains("holds the backup directory"), "{err}");
     assert_eq!(get(&f2, "k"), Some(bulk("6")));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rkv::resp::Reply;
 
 use crate::moto::Moto;
-use crate::util::{bulk, fill, get, refused, rkv, wait_until, Daemon, Sandbox};
+use crate::util::{bulk, fill, get, refused, refused_with_env, rkv, wait_until, Daemon, Sandbox};
 
 const GENEROUS: Duration = Duration::from_secs(60);
 pub const BUCKET: &str = "rkv-test";
@@ -153,6 +153,65 @@ fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
 }
 
 #[test]
+fn credentials_from_a_profile_file_an_explicit_staging_dir_and_path_style() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let endpoint = moto.endpoint();
+    // No key in the environment: the client must read the profile, or it
+    // would go looking for an instance role and fail.
+    let credentials = s.path("credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = wrong\n\n[rkv]\naws_access_key_id = rkv-test\n\
+         aws_secret_access_key = rkv-test\n",
+    )
+    .unwrap();
+    let file = credentials.display().to_string();
+    let env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
+        ("AWS_PROFILE", "rkv"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let staging = s.path("staging").display().to_string();
+    let url = url("profile");
+    let m = Daemon::master_with_env(
+        &s.path("db"),
+        std::path::Path::new(&url),
+        &[
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "true",
+            "--staging-dir",
+            &staging,
+            "--interval",
+            "0",
+        ],
+        &env,
+    );
+    set(&m, "k", "v");
+    save(&m);
+    assert!(
+        s.path("staging/meta").is_dir(),
+        "backups are staged where asked"
+    );
+    assert!(!s.path("db.s3-staging").exists());
+    let f = Daemon::follower_with_env(
+        std::path::Path::new(&url),
+        &s.path("f"),
+        &["--s3-endpoint", &endpoint, "--poll-interval", "100ms"],
+        &env,
+    );
+    replicated(&f, "k", "v");
+
+    // `rkv backup` writes a directory; publishing is the master's.
+    let db = format!("--db={}", s.path("db2").display());
+    rkv(&[&db, "--create_if_missing", "put", "a", "b"]).ok();
+    let backup_dir = format!("--backup_dir={url}");
+    rkv(&[&db, "backup", &backup_dir]).fails(2, &["rkv-master publishes to an object store"]);
+}
+
+#[test]
 fn an_unknown_scheme_is_an_error_not_a_directory() {
     let s = Sandbox::new();
     let err = refused(
@@ -221,25 +280,23 @@ fn a_second_master_on_the_prefix_is_refused_and_a_paused_one_is_fenced() {
 
     // A second master while the first renews its heartbeat: refused.
     let url = url("shared");
-    let out = Command::new(env!("CARGO_BIN_EXE_rkv-master"))
-        .args([
+    let b_db = s.path("b").display().to_string();
+    let err = refused_with_env(
+        env!("CARGO_BIN_EXE_rkv-master"),
+        &[
             "--db",
-            &s.path("b").display().to_string(),
+            &b_db,
             "--backup-dir",
             &url,
-        ])
-        .args([
             "--s3-endpoint",
             &endpoint,
             "--listen",
             "127.0.0.1:0",
             "--take-over",
-        ])
-        .envs(store_env())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+        ],
+        &store_env(),
+        1,
+    );
     assert!(err.contains("holds the backup directory"), "{err}");
 
     // The first one paused past its lease: the second takes over, and the
@@ -330,13 +387,7 @@ fn a_store_that_ignores_conditional_writes_is_refused_unless_accepted() {
         "--listen",
         "127.0.0.1:0",
     ];
-    let out = Command::new(env!("CARGO_BIN_EXE_rkv-master"))
-        .args(args)
-        .envs(store_env())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused_with_env(env!("CARGO_BIN_EXE_rkv-master"), &args, &store_env(), 1);
     assert!(err.contains("cannot fence a second master"), "{err}");
     assert!(err.contains("ignores If-None-Match"), "{err}");
     assert!(err.contains("--accept-unfenced-store"), "{err}");

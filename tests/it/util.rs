@@ -393,7 +393,17 @@ pub fn run_bin(bin: &str, args: &[&str]) -> Output {
 /// Runs `bin` with `args`, which must fail with exit code `code` (2: bad
 /// configuration, 1: a failure); returns what it said on stderr.
 pub fn refused(bin: &str, args: &[&str], code: i32) -> String {
-    let out = run_bin(bin, args);
+    refused_with_env(bin, args, &[], code)
+}
+
+/// [`refused`] with extra environment variables (`bin` may be a wrapper
+/// such as `ip` that runs the daemon).
+pub fn refused_with_env(bin: &str, args: &[&str], env: &[(&str, &str)], code: i32) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(code), "{stderr}");
     stderr

@@ -457,17 +457,26 @@ impl S3Store {
     }
 
     /// Publishes the staging directory's newest backup if `latest` does not
-    /// name it yet; returns the bytes uploaded.
-    fn publish(&self) -> Result<u64> {
+    /// name it yet; returns the bytes uploaded, or `None` when there was
+    /// nothing to publish.
+    fn publish(&self) -> Result<Option<u64>> {
         let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         self.check_fenced()?;
         let Some(id) = self.local.newest_id().ok().flatten() else {
-            return Ok(0);
+            return Ok(None);
         };
         if self.published() == Some(id) {
-            return Ok(0);
+            return Ok(None);
         }
-        let parsed = self.local.read_meta(id)?;
+        let meta_path = self.local.meta_path(id);
+        let meta_bytes = fs::read(&meta_path)
+            .map_err(|e| Error::io(format!("read {}", meta_path.display()), e))?;
+        let parsed = meta::parse(&String::from_utf8_lossy(&meta_bytes)).map_err(|e| {
+            Error::BackupCorrupt {
+                id,
+                detail: format!("meta file {}: {e}", meta_path.display()),
+            }
+        })?;
         let root = self.local.path();
         let known = self.state().known_shared.clone();
         let files: Vec<(String, PathBuf, bool)> = parsed
@@ -486,8 +495,6 @@ impl S3Store {
         self.state()
             .known_shared
             .extend(files.iter().filter(|f| f.2).map(|f| f.0.clone()));
-        let meta_bytes = fs::read(self.local.meta_path(id))
-            .map_err(|e| Error::io(format!("read {}", self.local.meta_path(id).display()), e))?;
         uploaded += meta_bytes.len() as u64;
         self.bucket.put(
             &format!("{META_DIR}/{id}"),
@@ -507,7 +514,7 @@ impl S3Store {
             }),
             heartbeat,
         })?;
-        Ok(uploaded)
+        Ok(Some(uploaded))
     }
 
     /// The backups in the store, read from their meta files: one LIST, and
@@ -517,7 +524,7 @@ impl S3Store {
         let sizes: HashMap<&str, u64> = listed.iter().map(|o| (o.name.as_str(), o.size)).collect();
         let ids: BTreeSet<u32> = listed
             .iter()
-            .filter_map(|o| o.name.strip_prefix("meta/")?.parse().ok())
+            .filter_map(|o| backup_of(&o.name, META_DIR))
             .collect();
         let mut out = Vec::new();
         for id in ids {
@@ -574,11 +581,7 @@ impl S3Store {
         let stale_ids: BTreeSet<u32> = listed
             .iter()
             .filter_map(|o| {
-                let rest = o
-                    .name
-                    .strip_prefix("meta/")
-                    .or_else(|| o.name.strip_prefix("private/"))?;
-                rest.split('/').next()?.parse().ok()
+                backup_of(&o.name, META_DIR).or_else(|| backup_of(&o.name, PRIVATE_DIR))
             })
             .filter(|id| !kept_ids.contains(id) && *id < oldest_kept.max(1))
             .collect();
@@ -587,10 +590,7 @@ impl S3Store {
         }
         let in_store: HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
         for object in &listed {
-            let private_of = object
-                .name
-                .strip_prefix("private/")
-                .and_then(|rest| rest.split('/').next()?.parse::<u32>().ok());
+            let private_of = backup_of(&object.name, PRIVATE_DIR);
             let unused_shared = object.name.starts_with(SHARED_DIR)
                 && !needed.contains(&object.name)
                 && now.duration_since(object.modified).unwrap_or_default() > grace;
@@ -620,6 +620,13 @@ impl S3Store {
         state.store_purged_at = Some(Instant::now());
         Ok(())
     }
+}
+
+/// The backup an object belongs to under `dir` (`meta/3` or `private/3/…`
+/// → 3 for `meta` or `private`).
+fn backup_of(name: &str, dir: &str) -> Option<u32> {
+    let rest = name.strip_prefix(dir)?.strip_prefix('/')?;
+    rest.split('/').next()?.parse().ok()
 }
 
 /// Whether `path`, from a meta file, names a file of a backup directory:
@@ -750,7 +757,7 @@ impl BackupSink for S3Store {
         self.check_fenced()?;
         let mut stats = self.local.create(db, master)?;
         let started = Instant::now();
-        stats.bytes_copied = self.publish()?;
+        stats.bytes_copied = self.publish()?.unwrap_or(0);
         stats.duration += started.elapsed();
         Ok(stats)
     }
@@ -772,15 +779,9 @@ impl BackupSink for S3Store {
 
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {
         self.state().heartbeat = Some(heartbeat.clone());
-        // A backup whose publish failed is published with the heartbeat.
-        let pending = self
-            .local
-            .newest_id()
-            .ok()
-            .flatten()
-            .is_some_and(|id| self.published() != Some(id));
-        if pending {
-            self.publish()?;
+        // A backup whose publish failed is published with the heartbeat,
+        // which its `latest` carries.
+        if self.publish()?.is_some() {
             return Ok(());
         }
         let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
@@ -835,6 +836,18 @@ mod tests {
         assert!(!inside_backup("private/3//x"));
         assert!(!inside_backup("meta/3"));
         assert!(!inside_backup("shared_checksum"));
+    }
+
+    #[test]
+    fn objects_name_their_backup() {
+        assert_eq!(backup_of("meta/12", META_DIR), Some(12));
+        assert_eq!(
+            backup_of("private/12/MANIFEST-000005", PRIVATE_DIR),
+            Some(12)
+        );
+        assert_eq!(backup_of("private/12/x", META_DIR), None);
+        assert_eq!(backup_of("metadata/1", META_DIR), None);
+        assert_eq!(backup_of("meta/.1.tmp", META_DIR), None);
     }
 
     #[test]

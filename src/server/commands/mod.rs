@@ -313,13 +313,13 @@ fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Acti
         }
         _ => "",
     };
-    let unknown = COMMANDS.len();
-    let slot = position(name).unwrap_or(unknown);
+    let found = position(name);
+    let slot = found.unwrap_or(COMMANDS.len());
     if conn.refused_multi {
         return (refused_transaction(name, conn), Action::Continue, slot);
     }
-    let Some(spec) = lookup(name) else {
-        return (unknown_command(args), Action::Continue, unknown);
+    let Some(spec) = found.map(|i| &COMMANDS[i]) else {
+        return (unknown_command(args), Action::Continue, slot);
     };
     let argc = args.len() as i64;
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
