@@ -182,6 +182,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of failure this is, as metrics count failures: one of
+    /// [`FAILURE_KINDS`](crate::status::FAILURE_KINDS).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BackupCorrupt { .. } | Error::DamagedFile { .. } => "corrupt",
+            Error::BackupPurged { .. } => "purged",
+            Error::DbNotFound { .. }
+            | Error::BackupDirMissing { .. }
+            | Error::NoBackups { .. }
+            | Error::BackupNotFound { .. } => "missing",
+            Error::Store { .. } | Error::StoreNotConditional { .. } => "store",
+            Error::Io { .. } => "io",
+            Error::RocksDb { .. } => "rocksdb",
+            Error::Fenced { .. }
+            | Error::BackupDirLocked { .. }
+            | Error::BackupDirLeased { .. }
+            | Error::ForeignBackups { .. } => "fenced",
+            Error::DbLocked { .. }
+            | Error::RestoreTargetInUse { .. }
+            | Error::InvalidHex { .. } => "other",
+        }
+    }
+
     /// The obvious next step for the user, if there is one, as a sentence.
     pub fn hint(&self) -> Option<String> {
         match self {

@@ -12,10 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::core::{Collector, Desc, Describer};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::db::LoadFigures;
-use crate::status::{DaemonStatus, FollowerStatus, MasterStatus, StoreTraffic};
+use crate::status::{
+    DaemonStatus, Durations, Failures, FollowerStatus, MasterStatus, StoreTraffic, DURATION_BOUNDS,
+};
 
 /// Everything one scrape reports.
 #[derive(Debug, Clone)]
@@ -120,13 +124,77 @@ impl Exposition {
         self.counter(&format!("{name}{}", unit.suffix()), help, value);
     }
 
-    fn counters_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    fn counters_by<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
         let opts = Self::opts(&format!("{name}_total"), help);
         let family = IntCounterVec::new(opts, &[label]).expect("a valid counter family");
         for (value, n) in values {
-            family.with_label_values(&[value]).inc_by(*n);
+            family.with_label_values(&[value]).inc_by(n);
         }
         self.register(family);
+    }
+
+    fn failures(&mut self, name: &str, help: &str, failures: &Failures) {
+        self.counters_by(name, help, "kind", failures.by_kind());
+    }
+
+    /// A histogram of durations the daemon recorded as they happened.
+    fn histogram(&mut self, name: &str, help: &str, durations: &Durations) {
+        let opts = Self::opts(&format!("{name}_seconds"), help);
+        self.register(Recorded::histogram(opts, durations));
+    }
+}
+
+/// A histogram whose buckets were counted by the daemon (a [`Durations`]),
+/// given to the registry as it stands: the crate's own `Histogram` counts
+/// observations, and the daemon's are already counted.
+struct Recorded {
+    desc: Desc,
+    family: MetricFamily,
+}
+
+impl Recorded {
+    fn histogram(opts: Opts, durations: &Durations) -> Recorded {
+        let desc = opts.describe().expect("a valid histogram name");
+        let mut cumulative = 0;
+        let buckets = DURATION_BOUNDS
+            .iter()
+            .zip(&durations.counts)
+            .map(|(&bound, &count)| {
+                cumulative += count;
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(bound);
+                bucket.set_cumulative_count(cumulative);
+                bucket
+            })
+            .collect();
+        let mut histogram = proto::Histogram::default();
+        histogram.set_sample_count(durations.count());
+        histogram.set_sample_sum(durations.sum.as_secs_f64());
+        histogram.set_bucket(buckets);
+        let mut metric = proto::Metric::default();
+        metric.set_histogram(histogram);
+        let mut family = MetricFamily::default();
+        family.set_name(desc.fq_name.clone());
+        family.set_help(desc.help.clone());
+        family.set_field_type(MetricType::HISTOGRAM);
+        family.set_metric(vec![metric]);
+        Recorded { desc, family }
+    }
+}
+
+impl Collector for Recorded {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        vec![self.family.clone()]
     }
 }
 
@@ -149,7 +217,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         "command_calls",
         "Calls by command name (unknown: commands rkv does not have).",
         "command",
-        &snapshot.calls,
+        snapshot.calls.iter().copied(),
     );
     x.counter(
         "command_errors",
@@ -229,24 +297,46 @@ fn master(x: &mut Exposition, m: &MasterStatus) {
         "Writes not in any backup yet (sequence numbers since the newest backup).",
         m.seq.saturating_sub(m.backed_up_seq) as f64,
     );
-    x.gauge_in(
-        "master_last_backup_duration",
-        "How long the newest backup took, publishing included.",
-        Unit::Seconds,
-        last.map_or(0.0, |l| l.duration.as_secs_f64()),
+    x.histogram(
+        "master_backup_duration",
+        "How long backups took, publishing included.",
+        &m.durations,
     );
-    x.gauge_in(
-        "master_last_backup_added",
-        "Bytes the newest backup wrote into the store (files no earlier backup had).",
+    x.counter_in(
+        "master_backup_added",
+        "Bytes backups wrote into the store (files no earlier backup had).",
         Unit::Bytes,
-        last.map_or(0.0, |l| l.bytes_copied as f64),
+        m.added.bytes,
+    );
+    x.counter(
+        "master_backup_added_files",
+        "Files backups wrote into the store.",
+        m.added.files,
     );
     x.counter("master_backups", "Backups taken since start.", m.done);
-    x.counter(
+    x.failures(
         "master_backup_failures",
-        "Backups that failed since start.",
-        m.failed,
+        "Backups that failed since start, by kind.",
+        &m.failed,
     );
+    x.counter(
+        "master_purged_backups",
+        "Backups retention removed since start.",
+        m.purged,
+    );
+    x.counter(
+        "master_purge_failures",
+        "Retention passes that failed since start.",
+        m.purge_failures,
+    );
+    if let Some(ago) = m.heartbeat_ago {
+        x.gauge_in(
+            "master_heartbeat_age",
+            "Time since the master last wrote its heartbeat (and renewed its lease).",
+            Unit::Seconds,
+            ago.as_secs_f64(),
+        );
+    }
     x.gauge(
         "master_owns_backup_dir",
         "1 while this master holds the backup directory, 0 once another took it over.",
@@ -312,23 +402,43 @@ fn follower(x: &mut Exposition, f: &FollowerStatus) {
         "Backups applied since start.",
         f.applies_done,
     );
-    x.counter(
+    x.failures(
         "follower_apply_failures",
-        "Failed applies and skipped backups since start.",
-        f.failures,
+        "Failed applies and skipped backups since start, by kind.",
+        &f.failures,
     );
-    if let Some(apply) = &f.last_apply {
+    x.histogram(
+        "follower_apply_duration",
+        "How long applies took, from the store's news to serving the new data.",
+        &f.durations,
+    );
+    x.counter_in(
+        "follower_apply_copied",
+        "Bytes applies copied into new generations.",
+        Unit::Bytes,
+        f.copied.bytes,
+    );
+    x.counter(
+        "follower_apply_copied_files",
+        "Files applies copied into new generations.",
+        f.copied.files,
+    );
+    x.counter(
+        "follower_apply_kept_files",
+        "Files applies kept from the previous generation instead of copying.",
+        f.copied.files_kept,
+    );
+    x.counter(
+        "follower_reads_refused_stale",
+        "Reads refused because the data was stale past --max-staleness (--stale-reads refuse).",
+        f.reads_refused_stale,
+    );
+    if let Some(ago) = f.heartbeat_ago {
         x.gauge_in(
-            "follower_last_apply_duration",
-            "How long the last apply took.",
+            "follower_master_heartbeat_age",
+            "Time since the master's heartbeat was last seen to change.",
             Unit::Seconds,
-            apply.duration.as_secs_f64(),
-        );
-        x.gauge_in(
-            "follower_last_apply_copied",
-            "Bytes the last apply copied into the new generation.",
-            Unit::Bytes,
-            apply.bytes_copied as f64,
+            ago.as_secs_f64(),
         );
     }
     if let Some(t) = &f.store {
@@ -341,7 +451,7 @@ fn store(x: &mut Exposition, t: &StoreTraffic) {
         "store_requests",
         "Requests made of the object store, by kind.",
         "kind",
-        &[
+        [
             ("get", t.gets),
             ("put", t.puts),
             ("list", t.lists),
@@ -421,8 +531,24 @@ fn answer(request: tiny_http::Request, snapshot: &dyn Fn() -> Snapshot) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::LastApply;
+    use crate::status::{Copied, LastApply};
     use std::time::Duration;
+
+    fn durations(seconds: &[f64]) -> Durations {
+        let mut durations = Durations::default();
+        for s in seconds {
+            durations.record(Duration::from_secs_f64(*s));
+        }
+        durations
+    }
+
+    fn failures(kinds: &[&str]) -> Failures {
+        let mut failures = Failures::default();
+        for kind in kinds {
+            failures.record(kind);
+        }
+        failures
+    }
 
     fn follower_status() -> FollowerStatus {
         FollowerStatus {
@@ -437,7 +563,7 @@ mod tests {
             staleness: Some(Duration::from_millis(1500)),
             clock_skew_ms: None,
             newest_backup_id: 8,
-            heartbeat_ago: None,
+            heartbeat_ago: Some(Duration::from_millis(800)),
             lineage_change: None,
             last_apply: Some(LastApply {
                 duration: Duration::from_millis(20),
@@ -446,7 +572,14 @@ mod tests {
                 files_kept: 3,
             }),
             applies_done: 5,
-            failures: 1,
+            failures: failures(&["corrupt"]),
+            durations: durations(&[0.02, 0.3, 0.3, 400.0]),
+            copied: Copied {
+                bytes: 4096,
+                files: 2,
+                files_kept: 3,
+            },
+            reads_refused_stale: 4,
             last_error: None,
             max_staleness: Some(Duration::from_secs(1)),
             stale_reads: "serve",
@@ -477,8 +610,20 @@ mod tests {
             "rkv_follower_applied_backup_id 7",
             "rkv_follower_newest_backup_id 8",
             "rkv_follower_applies_total 5",
-            "rkv_follower_apply_failures_total 1",
-            "rkv_follower_last_apply_copied_bytes 4096",
+            "rkv_follower_apply_failures_total{kind=\"corrupt\"} 1",
+            "rkv_follower_apply_failures_total{kind=\"purged\"} 0",
+            "rkv_follower_apply_copied_bytes_total 4096",
+            "rkv_follower_apply_copied_files_total 2",
+            "rkv_follower_apply_kept_files_total 3",
+            "rkv_follower_reads_refused_stale_total 4",
+            "# TYPE rkv_follower_apply_duration_seconds histogram",
+            "rkv_follower_apply_duration_seconds_bucket{le=\"0.01\"} 0",
+            "rkv_follower_apply_duration_seconds_bucket{le=\"0.025\"} 1",
+            "rkv_follower_apply_duration_seconds_bucket{le=\"0.5\"} 3",
+            "rkv_follower_apply_duration_seconds_bucket{le=\"300\"} 3",
+            "rkv_follower_apply_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "rkv_follower_apply_duration_seconds_sum 400.62",
+            "rkv_follower_apply_duration_seconds_count 4",
             "rkv_store_requests_total{kind=\"get\"} 10",
             "rkv_commands_total 100",
             "rkv_command_calls_total{command=\"get\"} 60",
@@ -486,6 +631,34 @@ mod tests {
             "rkv_command_errors_total 2",
             "# HELP rkv_connected_clients Clients connected now",
             "# TYPE rkv_commands_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_master_exposition_counts_failures_by_kind_and_its_heartbeat() {
+        let text = render(&Snapshot {
+            status: DaemonStatus::Master(master_status()),
+            clients: 0,
+            connections: 0,
+            rejected: 0,
+            commands: 0,
+            calls: Vec::new(),
+            command_errors: 0,
+            db: None,
+        });
+        for line in [
+            "rkv_master_backup_failures_total{kind=\"store\"} 2",
+            "rkv_master_backup_failures_total{kind=\"fenced\"} 1",
+            "rkv_master_backup_failures_total{kind=\"io\"} 0",
+            "rkv_master_purged_backups_total 3",
+            "rkv_master_heartbeat_age_seconds 0.25",
+            "rkv_master_backup_duration_seconds_count 1",
+            "rkv_master_unbacked_writes 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -520,7 +693,12 @@ mod tests {
             last_ok: true,
             last: None,
             done: 1,
-            failed: 0,
+            failed: failures(&["store", "store", "fenced"]),
+            durations: durations(&[0.1]),
+            added: Copied::default(),
+            purged: 3,
+            purge_failures: 0,
+            heartbeat_ago: Some(Duration::from_millis(250)),
             last_error: None,
             backup_dir: "/b".into(),
             db_error: None,
@@ -571,10 +749,17 @@ mod tests {
             })
         })
         .collect();
-        let exported: Vec<&str> = exported
+        // A histogram's series are its name with a suffix.
+        let exported: Vec<String> = exported
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.split(' ').next())
+            .flat_map(|l| match l.split_once(' ') {
+                Some((name, "histogram")) => ["_bucket", "_sum", "_count"]
+                    .map(|suffix| format!("{name}{suffix}"))
+                    .to_vec(),
+                Some((name, _)) => vec![name.to_string()],
+                None => Vec::new(),
+            })
             .collect();
         let dashboard: serde_json::Value =
             serde_json::from_str(include_str!("../contrib/grafana/rkv-dashboard.json")).unwrap();
@@ -594,7 +779,7 @@ mod tests {
         );
         for name in used {
             assert!(
-                exported.contains(&name.as_str()),
+                exported.contains(&name),
                 "{name} is not exported: {exported:?}"
             );
         }

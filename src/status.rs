@@ -4,6 +4,87 @@
 
 use std::time::Duration;
 
+/// The upper bounds, in seconds, of the buckets that [`Durations`] counts
+/// events in: from a small backup of an idle database to a first restore
+/// of a large one.
+pub const DURATION_BOUNDS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// How long events took (backups, applies), counted in the buckets of
+/// [`DURATION_BOUNDS`]: what a Prometheus histogram reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Durations {
+    /// Events per bucket (not cumulative); the last counts those past
+    /// every bound.
+    pub counts: [u64; DURATION_BOUNDS.len() + 1],
+    /// The events' total duration.
+    pub sum: Duration,
+}
+
+impl Durations {
+    /// Counts one event that took `took`.
+    pub fn record(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = DURATION_BOUNDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(DURATION_BOUNDS.len());
+        self.counts[bucket] += 1;
+        self.sum += took;
+    }
+
+    /// Events counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The kinds of failure counted apart, a label set small and fixed so
+/// that every kind is reported, at 0 until it happens. What each covers is
+/// [`Error::kind`](crate::Error::kind)'s to say, and `skipped`'s: a newest
+/// backup a follower cannot load.
+pub const FAILURE_KINDS: [&str; 9] = [
+    "corrupt", "purged", "skipped", "missing", "store", "io", "rocksdb", "fenced", "other",
+];
+
+/// Failures since start, by kind (see [`FAILURE_KINDS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Failures([u64; FAILURE_KINDS.len()]);
+
+impl Failures {
+    /// Counts one failure of `kind`, one of [`FAILURE_KINDS`] (else `other`).
+    pub fn record(&mut self, kind: &str) {
+        let slot = FAILURE_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(FAILURE_KINDS.len() - 1);
+        self.0[slot] += 1;
+    }
+
+    /// Failures of every kind.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Each kind with its count, zeros included.
+    pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FAILURE_KINDS.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+/// Bytes and files an event (a backup, an apply) wrote, summed since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Files written.
+    pub files: u64,
+    /// Files a follower's apply kept from the previous generation rather
+    /// than copying (0 on a master).
+    pub files_kept: u64,
+}
+
 /// The last backup a master took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastBackup {
@@ -51,10 +132,20 @@ pub struct MasterStatus {
     pub last_ok: bool,
     /// The last backup taken by this run.
     pub last: Option<LastBackup>,
-    /// Backups taken and failed since start.
+    /// Backups taken since start.
     pub done: u64,
-    /// Backups that failed since start.
-    pub failed: u64,
+    /// Backups that failed since start, by kind.
+    pub failed: Failures,
+    /// How long each backup took, publishing included.
+    pub durations: Durations,
+    /// What the backups since start added to the store.
+    pub added: Copied,
+    /// Backups retention removed since start.
+    pub purged: u64,
+    /// Retention passes that failed since start.
+    pub purge_failures: u64,
+    /// How long ago the heartbeat was last written; `None` before the first.
+    pub heartbeat_ago: Option<Duration>,
     /// Why the last backup failed, until one succeeds.
     pub last_error: Option<String>,
     /// The backup store's location.
@@ -127,8 +218,15 @@ pub struct FollowerStatus {
     pub last_apply: Option<LastApply>,
     /// Applies since start.
     pub applies_done: u64,
-    /// Failed applies and skipped backups since start.
-    pub failures: u64,
+    /// Failed applies and skipped backups since start, by kind.
+    pub failures: Failures,
+    /// How long each apply took.
+    pub durations: Durations,
+    /// What the applies since start copied and kept.
+    pub copied: Copied,
+    /// Reads refused because the data was stale past `--max-staleness`
+    /// (with `--stale-reads refuse`).
+    pub reads_refused_stale: u64,
     /// The last error, until a success clears it.
     pub last_error: Option<String>,
     /// `--max-staleness`.

@@ -1,6 +1,7 @@
 //! The follower as the server's backend: reads from the serving
 //! generation (or a refusal), writes refused, and its status.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Follower, StaleReads};
@@ -20,11 +21,16 @@ impl Backend for Follower {
             });
         };
         if self.stale_reads == StaleReads::Refuse && !self.healthy() {
+            self.reads_refused_stale.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Stale {
                 reason: self.unhealthy_reason(),
             });
         }
         Ok(Arc::clone(&generation.db))
+    }
+
+    fn served(&self) -> Option<Arc<Db>> {
+        self.serving.load().as_ref().map(|g| Arc::clone(&g.db))
     }
 
     fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
@@ -82,7 +88,10 @@ impl Backend for Follower {
                 files_kept: a.files_kept,
             }),
             applies_done: state.applies_done,
-            failures: state.failures,
+            failures: state.failures.clone(),
+            durations: state.durations.clone(),
+            copied: state.copied,
+            reads_refused_stale: self.reads_refused_stale.load(Ordering::Relaxed),
             last_error: state.last_error.clone(),
             max_staleness: self.max_staleness,
             stale_reads: self.stale_reads.as_str(),

@@ -16,6 +16,7 @@ mod run;
 mod watch;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use arc_swap::ArcSwapOption;
 use crate::backup::{BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
+use crate::status::{Copied, Durations, Failures};
 
 use clock::MasterClock;
 pub use config::{FollowerArgs, FollowerConfig, StaleReads};
@@ -65,6 +67,9 @@ pub struct Follower {
     max_open_files: Option<i32>,
     /// The origin of this follower's monotonic clock (see [`MasterClock`]).
     epoch: Instant,
+    /// Reads refused as stale since start (counted apart from the state:
+    /// readers should not wait on the apply's lock).
+    reads_refused_stale: AtomicU64,
 }
 
 /// What the follower has seen and done, for `INFO replication`.
@@ -76,7 +81,9 @@ struct ApplyState {
     applying: bool,
     last_apply: Option<RestoreStats>,
     applies_done: u64,
-    failures: u64,
+    failures: Failures,
+    durations: Durations,
+    copied: Copied,
     last_error: Option<String>,
     /// A backup that failed to apply, and when to try it again.
     backoff: Option<(u32, Instant, Duration)>,
@@ -141,6 +148,7 @@ impl Follower {
             cache,
             max_open_files,
             epoch: Instant::now(),
+            reads_refused_stale: AtomicU64::new(0),
         };
         let current = follower.data.current();
         if let Some((id, path)) = &current {
@@ -295,7 +303,7 @@ impl Follower {
                 .unwrap_or_else(|| "RocksDB cannot load it".to_string());
             let message = format!("backup {newest_id} skipped: {detail}");
             tracing::error!(backup_id = newest_id, detail = %detail, "skipping a backup that cannot be loaded");
-            state.failures += 1;
+            state.failures.record("skipped");
             state.skipped = Some(newest_id);
             state.last_error = Some(message);
         }
@@ -346,6 +354,10 @@ impl Follower {
         match result {
             Ok(stats) => {
                 state.applies_done += 1;
+                state.durations.record(stats.duration);
+                state.copied.bytes += stats.bytes_copied;
+                state.copied.files += u64::from(stats.files_copied);
+                state.copied.files_kept += u64::from(stats.files_kept);
                 state.last_apply = Some(stats.clone());
                 state.backoff = None;
                 state.last_error = None;
@@ -380,7 +392,7 @@ impl Follower {
                     e => e,
                 };
                 let mut message = format!("apply backup {}: {e}", newest.id);
-                state.failures += 1;
+                state.failures.record(e.kind());
                 match e {
                     Error::BackupCorrupt { .. } => {
                         // Retry with backoff: a copy may still be arriving

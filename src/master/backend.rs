@@ -18,6 +18,10 @@ impl Backend for Master {
         Ok(Arc::clone(&self.db))
     }
 
+    fn served(&self) -> Option<Arc<Db>> {
+        Some(Arc::clone(&self.db))
+    }
+
     fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
         if self.fenced.load(Ordering::Relaxed) {
             let by = self.state().fenced_by.clone().unwrap_or_default();
@@ -89,7 +93,12 @@ impl Backend for Master {
                 files_copied: l.files_copied,
             }),
             done: state.done,
-            failed: state.failed,
+            failed: state.failed.clone(),
+            durations: state.durations.clone(),
+            added: state.added,
+            purged: state.purged,
+            purge_failures: state.purge_failures,
+            heartbeat_ago: state.last_heartbeat.map(|t| t.elapsed()),
             last_error: state.last_error.clone(),
             backup_dir: self.store.location(),
             db_error: state.db_error.clone(),

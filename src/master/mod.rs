@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, ScrubCursor};
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
+use crate::status::{Copied, Durations, Failures};
 
 pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
 use lease::{Claim, Identity};
@@ -68,8 +69,14 @@ struct BackupState {
     last_ok: bool,
     last_error: Option<String>,
     done: u64,
-    failed: u64,
+    failed: Failures,
+    durations: Durations,
+    added: Copied,
+    purged: u64,
+    purge_failures: u64,
     heartbeat_failing: bool,
+    /// When the heartbeat was last written.
+    last_heartbeat: Option<Instant>,
     /// The database refuses writes (a full disk): RocksDB's error, and
     /// whether it was said in the log.
     db_error: Option<String>,
@@ -164,13 +171,10 @@ impl Master {
         )?;
         let token = claim.token.clone();
         *self.claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
-        self.store
-            .write_heartbeat(&self.new_heartbeat(Some(token)))
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot write the first heartbeat");
-                e
-            })
-            .ok();
+        match self.store.write_heartbeat(&self.new_heartbeat(Some(token))) {
+            Ok(()) => self.state().last_heartbeat = Some(Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot write the first heartbeat"),
+        }
         Ok(())
     }
 
@@ -237,7 +241,7 @@ impl Master {
             let error = Error::Fenced { by };
             let mut state = self.state();
             state.last_ok = false;
-            state.failed += 1;
+            state.failed.record(error.kind());
             state.last_error = Some(error.to_string());
             return StepOutcome::Failed(error);
         }
@@ -275,6 +279,9 @@ impl Master {
                 state.last_ok = true;
                 state.last_error = None;
                 state.done += 1;
+                state.durations.record(stats.duration);
+                state.added.bytes += stats.bytes_copied;
+                state.added.files += u64::from(stats.files_copied);
                 state.last = Some(stats.clone());
                 StepOutcome::Created(stats)
             }
@@ -285,7 +292,7 @@ impl Master {
                 };
                 tracing::error!(error = %message, "backup failed, will retry");
                 state.last_ok = false;
-                state.failed += 1;
+                state.failed.record(e.kind());
                 state.last_error = Some(message);
                 StepOutcome::Failed(e)
             }
@@ -294,9 +301,16 @@ impl Master {
         if matches!(outcome, StepOutcome::Created(_)) {
             self.drop_incomplete();
             match self.store.purge(&self.retention, SystemTime::now()) {
-                Ok(purged) if !purged.is_empty() => tracing::info!(?purged, "purged backups"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "purging old backups failed"),
+                Ok(purged) => {
+                    if !purged.is_empty() {
+                        tracing::info!(?purged, "purged backups");
+                    }
+                    self.state().purged += purged.len() as u64;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging old backups failed");
+                    self.state().purge_failures += 1;
+                }
             }
         }
         outcome
@@ -393,7 +407,10 @@ impl Master {
         let result = self.store.write_heartbeat(&heartbeat);
         let mut state = self.state();
         match result {
-            Ok(()) => state.heartbeat_failing = false,
+            Ok(()) => {
+                state.heartbeat_failing = false;
+                state.last_heartbeat = Some(Instant::now());
+            }
             Err(e) if !state.heartbeat_failing => {
                 tracing::warn!(error = %e, "cannot write the heartbeat");
                 state.heartbeat_failing = true;
@@ -563,9 +580,9 @@ impl Master {
                 last.info.id,
                 humantime::format_rfc3339_seconds(last.info.created()),
                 state.done,
-                state.failed
+                state.failed.total()
             ),
-            None if state.failed > 0 => format!(
+            None if state.failed.total() > 0 => format!(
                 "backups failing: {}",
                 state.last_error.as_deref().unwrap_or("")
             ),

@@ -78,7 +78,7 @@ fn a_failed_backup_is_counted_and_retried() {
     m.db().put(b"k", b"v").unwrap();
     assert!(matches!(m.backup_step(), StepOutcome::Failed(_)));
     assert!(matches!(m.backup_step(), StepOutcome::Failed(_)));
-    assert_eq!(m.state().failed, 2);
+    assert_eq!(m.state().failed.total(), 2);
     assert!(m.has_unbacked_changes());
     std::fs::remove_file(tmp.path().join("backups")).unwrap();
     assert!(matches!(m.backup_step(), StepOutcome::Created(_)));

@@ -91,6 +91,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The database to read from, or why reads are refused.
     fn reader(&self) -> Result<Arc<Db>, Refusal>;
 
+    /// The database being served, even while reads of it are refused: for
+    /// figures about it (INFO's keyspace, metrics), not for answers.
+    fn served(&self) -> Option<Arc<Db>>;
+
     /// The database to write to, or why writes are refused.
     fn writer(&self) -> Result<Arc<Db>, Refusal>;
 
@@ -195,7 +199,7 @@ impl Shared {
             commands: self.stats.total_commands.load(Ordering::Relaxed),
             calls: self.stats.calls_by_command(),
             command_errors: self.stats.command_errors.load(Ordering::Relaxed),
-            db: self.backend.reader().ok().map(|db| db.load_figures()),
+            db: self.backend.served().map(|db| db.load_figures()),
         }
     }
 }

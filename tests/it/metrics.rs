@@ -82,7 +82,14 @@ fn metrics_move_with_backups_and_applies_and_healthz_reports_staleness() {
     let mut master_flags = vec!["--interval", "0"];
     master_flags.extend(metrics);
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &master_flags);
-    let mut follower_flags = vec!["--poll-interval", "100ms", "--max-staleness", "1s"];
+    let mut follower_flags = vec![
+        "--poll-interval",
+        "100ms",
+        "--max-staleness",
+        "1s",
+        "--stale-reads",
+        "refuse",
+    ];
     follower_flags.extend(metrics);
     let follower = Daemon::follower(&s.path("backups"), &s.path("f"), &follower_flags);
     let (m, f) = (metrics_addr(&s.path("db")), metrics_addr(&s.path("f")));
@@ -94,10 +101,22 @@ fn metrics_move_with_backups_and_applies_and_healthz_reports_staleness() {
     assert_eq!(scrape(&f, "rkv_follower_healthy"), Some(0.0));
 
     let before = scrape(&m, "rkv_master_backups_total").unwrap();
+    let timed = scrape(&m, "rkv_master_backup_duration_seconds_count").unwrap();
+    let added = scrape(&m, "rkv_master_backup_added_bytes_total").unwrap();
     master.client().call(&[b"SET", b"k", b"v"]).unwrap();
     assert_eq!(scrape(&m, "rkv_master_unbacked_writes"), Some(1.0));
     master.client().call(&[b"SAVE"]).unwrap();
     assert_eq!(scrape(&m, "rkv_master_backups_total"), Some(before + 1.0));
+    assert_eq!(
+        scrape(&m, "rkv_master_backup_duration_seconds_count"),
+        Some(timed + 1.0)
+    );
+    assert!(scrape(&m, "rkv_master_backup_added_bytes_total").unwrap() > added);
+    assert_eq!(
+        scrape(&m, "rkv_master_backup_failures_total{kind=\"io\"}"),
+        Some(0.0)
+    );
+    assert!(scrape(&m, "rkv_master_heartbeat_age_seconds").unwrap() < 10.0);
     assert_eq!(scrape(&m, "rkv_master_unbacked_writes"), Some(0.0));
     let id = scrape(&m, "rkv_master_last_backup_id").unwrap();
     assert!(id >= 1.0);
@@ -122,14 +141,25 @@ fn metrics_move_with_backups_and_applies_and_healthz_reports_staleness() {
     wait_until(GENEROUS, "the follower applied the backup", || {
         scrape(&f, "rkv_follower_applied_backup_id") == Some(id)
     });
-    assert_eq!(get(&follower, "k"), Some(bulk("v")));
     wait_until(GENEROUS, "the follower healthy", || {
         http_get(&f, "/healthz").0 == 200
     });
+    assert_eq!(get(&follower, "k"), Some(bulk("v")));
     let staleness = scrape(&f, "rkv_follower_staleness_seconds").unwrap();
     assert!(staleness < 1.0, "staleness {staleness}");
     assert_eq!(scrape(&f, "rkv_follower_healthy"), Some(1.0));
-    assert!(scrape(&f, "rkv_follower_applies_total").unwrap() >= 1.0);
+    let applies = scrape(&f, "rkv_follower_applies_total").unwrap();
+    assert!(applies >= 1.0);
+    assert_eq!(
+        scrape(&f, "rkv_follower_apply_duration_seconds_count"),
+        Some(applies)
+    );
+    assert!(scrape(&f, "rkv_follower_apply_copied_bytes_total").unwrap() > 0.0);
+    assert!(scrape(&f, "rkv_follower_master_heartbeat_age_seconds").unwrap() < 10.0);
+    assert_eq!(
+        scrape(&f, "rkv_follower_reads_refused_stale_total"),
+        Some(0.0)
+    );
     promtool_lint(&http_get(&m, "/metrics").1);
     promtool_lint(&http_get(&f, "/metrics").1);
 
@@ -141,6 +171,14 @@ fn metrics_move_with_backups_and_applies_and_healthz_reports_staleness() {
     let (_, why) = http_get(&f, "/healthz");
     assert!(why.contains("stale"), "{why}");
     assert_eq!(scrape(&f, "rkv_follower_healthy"), Some(0.0));
+    assert!(scrape(&f, "rkv_follower_master_heartbeat_age_seconds").unwrap() >= 1.0);
+    // --stale-reads refuse: a read now is refused, and counted.
+    let refused = follower.client().call(&[b"GET", b"k"]);
+    assert!(format!("{refused:?}").contains("MASTERDOWN"), "{refused:?}");
+    assert_eq!(
+        scrape(&f, "rkv_follower_reads_refused_stale_total"),
+        Some(1.0)
+    );
     assert_eq!(http_get(&f, "/nothing").0, 404);
 }
 

@@ -66,7 +66,7 @@ pub(super) fn info(ctx: &mut Ctx<'_>) -> Reply {
             .any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
     let mut sections = common_info(shared);
     sections.extend(status_sections(shared.backend.status()));
-    if let Ok(db) = shared.backend.reader() {
+    if let Some(db) = shared.backend.served() {
         let keys = db.estimate_num_keys().unwrap_or(0);
         sections.push((
             "keyspace",
@@ -203,7 +203,7 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                     last.map_or(0, |l| l.files_copied).to_string(),
                 ),
                 kv("rkv_backups_done", m.done.to_string()),
-                kv("rkv_backups_failed", m.failed.to_string()),
+                kv("rkv_backups_failed", m.failed.total().to_string()),
                 kv("rkv_last_backup_error", text(m.last_error)),
                 kv(
                     "rkv_db_writable",
@@ -280,7 +280,7 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                     apply.map_or(0, |a| a.files_kept).to_string(),
                 ),
                 kv("rkv_applies_done", f.applies_done.to_string()),
-                kv("rkv_apply_failures", f.failures.to_string()),
+                kv("rkv_apply_failures", f.failures.total().to_string()),
                 kv("rkv_last_error", text(f.last_error)),
                 kv("rkv_max_staleness_ms", ms(f.max_staleness)),
                 kv("rkv_stale_reads", f.stale_reads.into()),
