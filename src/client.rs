@@ -174,6 +174,26 @@ fn read_reply(reader: &mut impl BufRead) -> Result<Reply, ReadError> {
                     .collect::<Result<_, _>>()?,
             )),
         },
+        // RESP3, after HELLO 3.
+        b'_' => Reply::Bulk(None),
+        b'~' => Reply::Set(
+            (0..number()?)
+                .map(|_| read_reply(reader))
+                .collect::<Result<_, _>>()?,
+        ),
+        b'%' => Reply::Map(
+            (0..number()?)
+                .map(|_| Ok((read_reply(reader)?, read_reply(reader)?)))
+                .collect::<Result<_, _>>()?,
+        ),
+        b'=' => {
+            let n = number()?.max(4) as usize;
+            let mut data = vec![0u8; n + 2];
+            reader.read_exact(&mut data).map_err(ReadError::Io)?;
+            data.truncate(n);
+            // "txt:" or "mkd:" first.
+            Reply::Verbatim(data.split_off(4))
+        }
         other => {
             return Err(ReadError::Protocol(format!(
                 "unknown reply type {:?}",

@@ -1,11 +1,36 @@
 //! A RocksDB database opened by rkv: how it is opened (read-write or
 //! read-only), how RocksDB's open errors are turned into errors a user can act
 //! on, and the key/value operations the CLI and the daemons share.
+//!
+//! # Keys that expire
+//!
+//! A key without a deadline is stored as it always was: its value, as is, in
+//! the default column family. So a database written by any earlier rkv (or
+//! by RocksDB's own tools) reads unchanged, and stays readable by them.
+//!
+//! A key with a deadline lives instead in the column family [`EXPIRING`],
+//! its value prefixed by the deadline: 8 bytes, big-endian, in unix
+//! milliseconds. A key is in at most one of the two; every write that moves
+//! it (`EXPIRE`, `PERSIST`, `SET` without `KEEPTTL`) deletes it from the
+//! other in the same atomic batch.
+//!
+//! A key whose deadline has passed is invisible at once to every read
+//! ([`Db::entry`], [`Db::entries`]), judged on the reader's wall clock: on
+//! a follower, its own. Its space is reclaimed by RocksDB's compaction: the
+//! column family's compaction filter drops entries past their deadline.
+//! A follower's copy loses them with the first backup after the master's
+//! compaction did.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use std::iter::Peekable;
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
 
 use crate::error::{Error, Result};
 
@@ -100,15 +125,29 @@ impl Db {
         options.set_block_based_table_factory(&table);
         // A database made elsewhere may have more column families than the
         // default one; RocksDB refuses to open it unless all are named.
-        let column_families = if holds_db(path) {
+        let mut column_families = if holds_db(path) {
             DB::list_cf(&options, path).map_err(|e| classify_open_error(path, e))?
         } else {
             vec![rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_string()]
         };
+        let writable = matches!(mode, OpenMode::ReadWrite { .. });
+        if writable && !column_families.iter().any(|cf| cf == EXPIRING) {
+            // A database of an earlier release gains it on its first
+            // read-write open; a read-only open does without.
+            options.create_missing_column_families(true);
+            column_families.push(EXPIRING.to_string());
+        }
+        let descriptors = column_families.iter().map(|name| {
+            let mut cf_options = options.clone();
+            if name == EXPIRING {
+                cf_options.set_compaction_filter("rkv.expired", drop_expired);
+            }
+            ColumnFamilyDescriptor::new(name, cf_options)
+        });
         let opened = match mode {
-            OpenMode::ReadWrite { .. } => DB::open_cf(&options, path, &column_families),
+            OpenMode::ReadWrite { .. } => DB::open_cf_descriptors(&options, path, descriptors),
             OpenMode::ReadOnly => {
-                DB::open_cf_for_read_only(&options, path, &column_families, false)
+                DB::open_cf_descriptors_read_only(&options, path, descriptors, false)
             }
         };
         let inner = opened.map_err(|e| classify_open_error(path, e))?;
@@ -137,28 +176,104 @@ impl Db {
         &self.inner
     }
 
-    /// The value stored under `key`, if any.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner
-            .get(key)
-            .map_err(|e| Error::rocksdb("read a key", e))
+    /// The column family of keys with a deadline; `None` in a database an
+    /// earlier release wrote, opened read-only.
+    fn expiring(&self) -> Option<&ColumnFamily> {
+        self.inner.cf_handle(EXPIRING)
     }
 
-    /// Stores `value` under `key`.
+    /// The value of `key`, unless it is absent or expired.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.entry(key, now_ms())?.map(|e| e.value))
+    }
+
+    /// The entry of `key` as of `now` (unix ms): `None` when it is absent
+    /// or its deadline is at or before `now`.
+    pub fn entry(&self, key: &[u8], now: u64) -> Result<Option<Entry>> {
+        let read = |e| Error::rocksdb("read a key", e);
+        if let Some(value) = self.inner.get(key).map_err(read)? {
+            return Ok(Some(Entry {
+                value,
+                expires_at: None,
+            }));
+        }
+        let Some(cf) = self.expiring() else {
+            return Ok(None);
+        };
+        let stored = self.inner.get_cf(cf, key).map_err(read)?;
+        Ok(stored.and_then(|stored| Entry::decode_expiring(stored, now)))
+    }
+
+    /// The entry stored for `key` with a deadline, expired or not.
+    pub fn expiring_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let Some(cf) = self.expiring() else {
+            return Ok(None);
+        };
+        let stored = self
+            .inner
+            .get_cf(cf, key)
+            .map_err(|e| Error::rocksdb("read a key", e))?;
+        Ok(stored.and_then(|stored| Entry::decode_expiring(stored, 0)))
+    }
+
+    /// Stores `value` under `key`, without a deadline (the CLI's `put`).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let result = self.inner.put_opt(key, value, &self.write_options);
-        self.track(result, "write a key")
+        let old = self.entry(key, now_ms())?;
+        let mut batch = self.batch();
+        batch.put(key, value, None, old.as_ref());
+        self.write(batch)
     }
 
     /// Removes `key`; removing an absent key is not an error.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        let result = self.inner.delete_opt(key, &self.write_options);
-        self.track(result, "delete a key")
+        let mut batch = self.batch();
+        if let Some(old) = self.entry(key, now_ms())? {
+            batch.delete(key, &old);
+        }
+        self.write(batch)
+    }
+
+    /// Adds to `batch` the removal of every key, in both column families
+    /// (`FLUSHDB`): a range deletion up to just past the last key, so the
+    /// cost does not grow with the number of keys. Hold the write lock
+    /// from here to the write, so that no key lands past the range.
+    pub fn delete_all(&self, batch: &mut Batch<'_>) -> Result<()> {
+        let past_last = |cf: Option<&ColumnFamily>| -> Result<Option<Vec<u8>>> {
+            let mut iter = match cf {
+                None => self.inner.iterator(IteratorMode::End),
+                Some(cf) => self.inner.iterator_cf(cf, IteratorMode::End),
+            };
+            let last = iter
+                .next()
+                .transpose()
+                .map_err(|e| Error::rocksdb("find the last key", e))?;
+            Ok(last.map(|(key, _)| [&key[..], &[0]].concat()))
+        };
+        if let Some(end) = past_last(None)? {
+            batch.inner.delete_range(&[][..], &end[..]);
+        }
+        if let Some(cf) = self.expiring() {
+            if let Some(end) = past_last(Some(cf))? {
+                batch.inner.delete_range_cf(cf, &[][..], &end[..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch of writes to apply atomically with [`Db::write`].
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            inner: WriteBatch::default(),
+            expiring: self.expiring(),
+        }
     }
 
     /// Applies the puts and deletes of `batch` atomically.
-    pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        let result = self.inner.write_opt(&batch, &self.write_options);
+    pub fn write(&self, batch: Batch<'_>) -> Result<()> {
+        if batch.inner.is_empty() {
+            return Ok(());
+        }
+        let result = self.inner.write_opt(&batch.inner, &self.write_options);
         self.track(result, "write a batch")
     }
 
@@ -213,11 +328,38 @@ impl Db {
         self.inner.latest_sequence_number()
     }
 
-    /// An iterator over the entries with `from <= key < to`, in key order.
+    /// The live entries with `from <= key < to`, in key order, each with
+    /// its value.
     pub fn iter<'a>(
         &'a self,
         range: &ScanRange,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a {
+        self.entries(range, now_ms())
+            .map(|item| item.map(|(key, entry)| (key, entry.value)))
+    }
+
+    /// The entries with `from <= key < to` live at `now` (unix ms), in key
+    /// order: the two column families merged, expired keys left out.
+    pub fn entries<'a>(
+        &'a self,
+        range: &ScanRange,
+        now: u64,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a {
+        let plain = self.raw_iter(None, range);
+        let expiring = self.expiring().map(|cf| self.raw_iter(Some(cf), range));
+        Merged {
+            plain: plain.peekable(),
+            expiring: expiring.into_iter().flatten().peekable(),
+            now,
+        }
+    }
+
+    /// One column family's stored pairs in `range`.
+    fn raw_iter<'a>(
+        &'a self,
+        cf: Option<&ColumnFamily>,
+        range: &ScanRange,
+    ) -> Box<dyn Iterator<Item = Stored> + 'a> {
         let mut read_options = ReadOptions::default();
         if let Some(to) = &range.to {
             read_options.set_iterate_upper_bound(to.clone());
@@ -226,53 +368,234 @@ impl Db {
             Some(from) => IteratorMode::From(from, Direction::Forward),
             None => IteratorMode::Start,
         };
-        self.inner.iterator_opt(mode, read_options).map(|item| {
+        let iter = match cf {
+            None => self.inner.iterator_opt(mode, read_options),
+            Some(cf) => self.inner.iterator_cf_opt(cf, read_options, mode),
+        };
+        Box::new(iter.map(|item| {
             item.map(|(k, v)| (k.into_vec(), v.into_vec()))
                 .map_err(|e| Error::rocksdb("iterate over the database", e))
-        })
+        }))
+    }
+
+    /// RocksDB's estimate of the number of keys with a deadline, expired
+    /// ones not yet compacted away included.
+    pub fn estimate_expiring_keys(&self) -> u64 {
+        self.expiring()
+            .and_then(|cf| {
+                self.inner
+                    .property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0)
     }
 
     /// RocksDB's estimate of the number of keys (exact after compaction).
     pub fn estimate_num_keys(&self) -> Result<u64> {
-        self.inner
+        let plain = self
+            .inner
             .property_int_value("rocksdb.estimate-num-keys")
             .map(|n| n.unwrap_or(0))
-            .map_err(|e| Error::rocksdb("read the key count estimate", e))
+            .map_err(|e| Error::rocksdb("read the key count estimate", e))?;
+        Ok(plain + self.estimate_expiring_keys())
     }
 
     /// The figures that explain a database's load, for metrics: estimated
     /// keys, live SST bytes, memtable bytes, pending compaction bytes and
     /// block cache use (0 where RocksDB has none).
     pub fn load_figures(&self) -> LoadFigures {
+        // Per column family in RocksDB, summed here; the cache is shared.
         let int = |name: &str| {
-            self.inner
-                .property_int_value(name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
+            let plain = self.inner.property_int_value(name).ok().flatten();
+            let expiring = self
+                .expiring()
+                .and_then(|cf| self.inner.property_int_value_cf(cf, name).ok().flatten());
+            plain.unwrap_or(0) + expiring.unwrap_or(0)
         };
+        let cache = |name: &str| self.inner.property_int_value(name).ok().flatten();
         LoadFigures {
             keys: int("rocksdb.estimate-num-keys"),
             live_sst_bytes: int("rocksdb.live-sst-files-size"),
             memtable_bytes: int("rocksdb.cur-size-all-mem-tables"),
             pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes"),
-            block_cache_bytes: int("rocksdb.block-cache-usage"),
+            block_cache_bytes: cache("rocksdb.block-cache-usage").unwrap_or(0),
         }
     }
 
-    /// Writes the memtable to SST files.
+    /// Writes the memtables (of both column families) to SST files.
     pub fn flush(&self) -> Result<()> {
-        self.inner
-            .flush()
-            .map_err(|e| Error::rocksdb("flush the database", e))
+        let flush = |e| Error::rocksdb("flush the database", e);
+        self.inner.flush().map_err(flush)?;
+        if let Some(cf) = self.expiring() {
+            self.inner.flush_cf(cf).map_err(flush)?;
+        }
+        Ok(())
     }
 
     /// Flushes, then compacts the whole key range into as few levels as
-    /// possible (what `ldb compact` does): a database in steady state.
+    /// possible (what `ldb compact` does): a database in steady state, and
+    /// expired keys' space reclaimed.
     pub fn compact(&self) -> Result<()> {
         self.flush()?;
         self.inner.compact_range::<&[u8], &[u8]>(None, None);
+        if let Some(cf) = self.expiring() {
+            self.inner.compact_range_cf::<&[u8], &[u8]>(cf, None, None);
+        }
         Ok(())
+    }
+}
+
+/// The column family of the keys with a deadline (see the module docs).
+pub const EXPIRING: &str = "rkv.expiring";
+
+/// Unix milliseconds now, on this host's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The compaction filter of [`EXPIRING`]: drops entries past their
+/// deadline (RocksDB turns the drop into a tombstone where an older
+/// version of the key may lie below, so nothing older resurfaces).
+fn drop_expired(_level: u32, _key: &[u8], stored: &[u8]) -> Decision {
+    match deadline_of(stored) {
+        Some(deadline) if deadline <= now_ms() => Decision::Remove,
+        _ => Decision::Keep,
+    }
+}
+
+/// The deadline an [`EXPIRING`] value starts with.
+fn deadline_of(stored: &[u8]) -> Option<u64> {
+    let prefix: [u8; 8] = stored.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(prefix))
+}
+
+/// A key's value and its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Vec<u8>,
+    /// When the key expires, in unix milliseconds; `None` never.
+    pub expires_at: Option<u64>,
+}
+
+impl Entry {
+    /// The entry an [`EXPIRING`] value holds, unless it expired by `now`
+    /// (or is too short to hold a deadline, which rkv never writes).
+    fn decode_expiring(mut stored: Vec<u8>, now: u64) -> Option<Entry> {
+        let deadline = deadline_of(&stored)?;
+        if deadline <= now {
+            return None;
+        }
+        stored.drain(..8);
+        Some(Entry {
+            value: stored,
+            expires_at: Some(deadline),
+        })
+    }
+}
+
+/// Writes applied atomically by [`Db::write`]. Each write names the key's
+/// entry before it (`old`), so that a key moving between the column
+/// families leaves the other one in the same batch.
+pub struct Batch<'a> {
+    inner: WriteBatch,
+    expiring: Option<&'a ColumnFamily>,
+}
+
+impl<'a> Batch<'a> {
+    /// Sets `key` to `value`, expiring at `expires_at` (unix ms) or never.
+    ///
+    /// # Panics
+    /// With a deadline, on a database opened read-only (which takes no
+    /// writes anyway).
+    pub fn put(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>, old: Option<&Entry>) {
+        let was_expiring = old.is_some_and(|e| e.expires_at.is_some());
+        match expires_at {
+            None => {
+                self.inner.put(key, value);
+                if was_expiring {
+                    self.inner.delete_cf(self.cf(), key);
+                }
+            }
+            Some(deadline) => {
+                let mut stored = Vec::with_capacity(8 + value.len());
+                stored.extend_from_slice(&deadline.to_be_bytes());
+                stored.extend_from_slice(value);
+                self.inner.put_cf(self.cf(), key, stored);
+                if old.is_some() && !was_expiring {
+                    self.inner.delete(key);
+                }
+            }
+        }
+    }
+
+    /// Removes `key`, whose entry is `old`.
+    pub fn delete(&mut self, key: &[u8], old: &Entry) {
+        match old.expires_at {
+            None => self.inner.delete(key),
+            Some(_) => self.inner.delete_cf(self.cf(), key),
+        }
+    }
+
+    fn cf(&self) -> &'a ColumnFamily {
+        self.expiring
+            .expect("a writable database has the expiring column family")
+    }
+
+    /// Whether the batch holds no write.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+/// The two column families' stored pairs merged into live entries.
+struct Merged<A: Iterator, B: Iterator> {
+    plain: Peekable<A>,
+    expiring: Peekable<B>,
+    now: u64,
+}
+
+type Stored = Result<(Vec<u8>, Vec<u8>)>;
+
+impl<A: Iterator<Item = Stored>, B: Iterator<Item = Stored>> Iterator for Merged<A, B> {
+    type Item = Result<(Vec<u8>, Entry)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.plain.peek(), self.expiring.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(_), None) => std::cmp::Ordering::Less,
+                (_, Some(Err(_))) | (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Ok((p, _))), Some(Ok((e, _)))) => p.cmp(e),
+            };
+            if order == std::cmp::Ordering::Equal {
+                // Never written so (a key is in one family at a time), but
+                // were it, the plain entry would win, as in `Db::entry`.
+                self.expiring.next();
+            }
+            let take_plain = order != std::cmp::Ordering::Greater;
+            if take_plain {
+                let item = self.plain.next()?;
+                return Some(item.map(|(key, value)| {
+                    let entry = Entry {
+                        value,
+                        expires_at: None,
+                    };
+                    (key, entry)
+                }));
+            }
+            match self.expiring.next()? {
+                Err(e) => return Some(Err(e)),
+                Ok((key, stored)) => {
+                    if let Some(entry) = Entry::decode_expiring(stored, self.now) {
+                        return Some(Ok((key, entry)));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -411,6 +734,105 @@ mod tests {
         let keys: Vec<_> = db.iter(&range).map(|e| e.unwrap().0).collect();
         assert_eq!(keys, [b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(db.iter(&ScanRange::default()).count(), 4);
+    }
+
+    /// Writes `key` with a deadline `ms_from_now` away.
+    fn put_expiring(db: &Db, key: &[u8], value: &[u8], ms_from_now: u64) {
+        let old = db.entry(key, now_ms()).unwrap();
+        let mut batch = db.batch();
+        batch.put(key, value, Some(now_ms() + ms_from_now), old.as_ref());
+        db.write(batch).unwrap();
+    }
+
+    #[test]
+    fn a_database_of_an_earlier_release_reads_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As rkv wrote databases before keys could expire: the default
+            // column family only.
+            let raw = DB::open_default(dir.path()).unwrap();
+            raw.put(b"a", b"1").unwrap();
+            raw.put(b"b", [0u8, 0, 0, 0, 0, 0, 0, 0, 9]).unwrap();
+        }
+        let ro = Db::open(dir.path(), OpenMode::ReadOnly).unwrap();
+        assert_eq!(
+            ro.get(b"b").unwrap(),
+            Some(vec![0u8, 0, 0, 0, 0, 0, 0, 0, 9])
+        );
+        assert_eq!(ro.iter(&ScanRange::default()).count(), 2);
+        drop(ro);
+        let rw = Db::open(dir.path(), rw(false)).unwrap();
+        assert_eq!(rw.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        put_expiring(&rw, b"c", b"3", 60_000);
+        let keys: Vec<_> = rw
+            .iter(&ScanRange::default())
+            .map(|e| e.unwrap().0)
+            .collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn a_key_moves_between_the_families_and_reads_merge_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), rw(true)).unwrap();
+        db.put(b"a", b"1").unwrap();
+        put_expiring(&db, b"b", b"2", 60_000);
+        db.put(b"c", b"3").unwrap();
+        // b gets a plain value: its deadline goes with the old value.
+        db.put(b"b", b"plain").unwrap();
+        assert_eq!(db.expiring_entry(b"b").unwrap(), None);
+        // a gets a deadline: it leaves the default family.
+        put_expiring(&db, b"a", b"x", 60_000);
+        assert_eq!(db.inner.get(b"a").unwrap(), None);
+        let entries: Vec<_> = db
+            .entries(&ScanRange::default(), now_ms())
+            .map(|e| e.unwrap())
+            .collect();
+        let keys: Vec<_> = entries.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(entries[0].1.expires_at.is_some());
+        assert_eq!(entries[1].1.expires_at, None);
+        db.delete(b"a").unwrap();
+        assert_eq!(db.get(b"a").unwrap(), None);
+        assert_eq!(db.expiring_entry(b"a").unwrap(), None);
+    }
+
+    #[test]
+    fn an_expired_key_is_invisible_at_once_and_compaction_reclaims_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), rw(true)).unwrap();
+        put_expiring(&db, b"soon", b"v", 150);
+        put_expiring(&db, b"later", b"w", 600_000);
+        db.put(b"plain", b"p").unwrap();
+        assert_eq!(db.get(b"soon").unwrap().as_deref(), Some(&b"v"[..]));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(db.get(b"soon").unwrap(), None);
+        let live: Vec<_> = db
+            .iter(&ScanRange::default())
+            .map(|e| e.unwrap().0)
+            .collect();
+        assert_eq!(live, [b"later".to_vec(), b"plain".to_vec()]);
+        // Still stored until compaction drops it.
+        assert!(db.expiring_entry(b"soon").unwrap().is_some());
+        db.compact().unwrap();
+        assert_eq!(db.expiring_entry(b"soon").unwrap(), None);
+        assert!(db.expiring_entry(b"later").unwrap().is_some());
+    }
+
+    #[test]
+    fn delete_all_removes_every_key_of_both_families() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), rw(true)).unwrap();
+        for k in [&b""[..], b"a", b"\xff\xff\xff"] {
+            db.put(k, b"v").unwrap();
+        }
+        put_expiring(&db, b"\xff\xff\xff\xff", b"v", 60_000);
+        let mut batch = db.batch();
+        db.delete_all(&mut batch).unwrap();
+        db.write(batch).unwrap();
+        assert_eq!(db.iter(&ScanRange::default()).count(), 0);
+        db.put(b"after", b"v").unwrap();
+        assert_eq!(db.iter(&ScanRange::default()).count(), 1);
     }
 
     #[test]

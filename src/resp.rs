@@ -19,6 +19,23 @@ pub enum Reply {
     Bulk(Option<Vec<u8>>),
     /// `*2\r\n…`, or the null array `*-1` for `None`.
     Array(Option<Vec<Reply>>),
+    /// RESP3's map `%2\r\n…`; a flat array of keys and values in RESP2.
+    Map(Vec<(Reply, Reply)>),
+    /// RESP3's set `~2\r\n…`; an array in RESP2.
+    Set(Vec<Reply>),
+    /// RESP3's verbatim string `=…\r\ntxt:…` (INFO's text); a bulk
+    /// string in RESP2.
+    Verbatim(Vec<u8>),
+}
+
+/// The protocol a connection speaks: RESP2 until it says `HELLO 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// RESP2, every client's default.
+    #[default]
+    Resp2,
+    /// RESP3: maps, sets, a null of its own.
+    Resp3,
 }
 
 impl Reply {
@@ -42,26 +59,52 @@ impl Reply {
         Reply::Array(Some(items))
     }
 
-    /// Appends the wire form to `out`.
+    /// Appends the reply's RESP2 encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_as(out, Protocol::Resp2);
+    }
+
+    /// Appends the reply's encoding in `protocol` to `out`.
+    pub fn encode_as(&self, out: &mut Vec<u8>, protocol: Protocol) {
+        let resp3 = protocol == Protocol::Resp3;
         match self {
             Reply::Simple(s) => line(out, b'+', one_line(s).as_bytes()),
             Reply::Error(s) => line(out, b'-', one_line(s).as_bytes()),
             Reply::Integer(n) => line(out, b':', n.to_string().as_bytes()),
+            Reply::Bulk(None) | Reply::Array(None) if resp3 => out.extend_from_slice(b"_\r\n"),
             Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
-            Reply::Bulk(Some(bytes)) => {
-                line(out, b'$', bytes.len().to_string().as_bytes());
-                out.extend_from_slice(bytes);
-                out.extend_from_slice(b"\r\n");
-            }
+            Reply::Bulk(Some(bytes)) => bulk(out, b'$', bytes),
             Reply::Array(None) => out.extend_from_slice(b"*-1\r\n"),
-            Reply::Array(Some(items)) => {
-                line(out, b'*', items.len().to_string().as_bytes());
-                for item in items {
-                    item.encode(out);
+            Reply::Array(Some(items)) => aggregate(out, b'*', items, protocol),
+            Reply::Set(items) => aggregate(out, if resp3 { b'~' } else { b'*' }, items, protocol),
+            Reply::Map(pairs) => {
+                let (marker, len) = if resp3 {
+                    (b'%', pairs.len())
+                } else {
+                    (b'*', 2 * pairs.len())
+                };
+                line(out, marker, len.to_string().as_bytes());
+                for (key, value) in pairs {
+                    key.encode_as(out, protocol);
+                    value.encode_as(out, protocol);
                 }
             }
+            Reply::Verbatim(text) if resp3 => bulk(out, b'=', &[b"txt:", &text[..]].concat()),
+            Reply::Verbatim(text) => bulk(out, b'$', text),
         }
+    }
+}
+
+fn bulk(out: &mut Vec<u8>, marker: u8, bytes: &[u8]) {
+    line(out, marker, bytes.len().to_string().as_bytes());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn aggregate(out: &mut Vec<u8>, marker: u8, items: &[Reply], protocol: Protocol) {
+    line(out, marker, items.len().to_string().as_bytes());
+    for item in items {
+        item.encode_as(out, protocol);
     }
 }
 

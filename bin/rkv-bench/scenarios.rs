@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use rkv::backup::{BackupDir, BackupSink, BackupSource, RestoreMode};
 use rkv::db::{Db, OpenMode};
 use rkv::resp::Reply;
-use rocksdb::WriteBatch;
 
 use crate::daemons::{redis_benchmark, redis_benchmark_keys, wait_until, Proc};
 
@@ -743,11 +742,12 @@ fn fill_db(path: &Path, mib: u64) {
     )
     .unwrap();
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    let mut batch = WriteBatch::default();
+    let mut batch = db.batch();
     for i in 0..mib * 1024 {
-        batch.put(format!("k{:016x}", rng.next()), rng.bytes(1024));
+        let key = format!("k{:016x}", rng.next());
+        batch.put(key.as_bytes(), &rng.bytes(1024), None, None);
         if i % 1000 == 999 {
-            db.write(std::mem::take(&mut batch)).unwrap();
+            db.write(std::mem::replace(&mut batch, db.batch())).unwrap();
         }
     }
     db.write(batch).unwrap();

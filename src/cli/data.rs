@@ -3,7 +3,19 @@
 
 use super::target::Target;
 use super::{emit, Cli, CliError, Command};
-use crate::db::ScanRange;
+use crate::db::{Entry, ScanRange};
+
+/// An entry's deadline as `--show_deadline` prints it: RFC 3339 in UTC to
+/// the millisecond, or `never`.
+fn deadline(entry: &Entry) -> String {
+    match entry.expires_at {
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            humantime::format_rfc3339_millis(at).to_string()
+        }
+        None => "never".to_string(),
+    }
+}
 
 /// Runs one of the key/value commands against `target`.
 pub(super) fn run(
@@ -25,23 +37,33 @@ pub(super) fn run(
             target.delete(&key)?;
             emit(out, "OK")
         }
-        Command::Get { key } => {
+        Command::Get { key, show_deadline } => {
             let raw = keys.decode(key)?;
-            match target.get(&raw)? {
-                Some(value) => emit(out, &values.encode(&value)),
+            match target.get(&raw, *show_deadline)? {
+                Some(entry) if *show_deadline => emit(
+                    out,
+                    &format!("{} : {}", values.encode(&entry.value), deadline(&entry)),
+                ),
+                Some(entry) => emit(out, &values.encode(&entry.value)),
                 None => Err(CliError::KeyNotFound(key.clone())),
             }
         }
-        Command::Scan { from, to, max_keys } => {
+        Command::Scan {
+            from,
+            to,
+            max_keys,
+            show_deadline,
+        } => {
             let range = ScanRange {
                 from: from.as_deref().map(|k| keys.decode(k)).transpose()?,
                 to: to.as_deref().map(|k| keys.decode(k)).transpose()?,
             };
-            target.scan(&range, *max_keys, &mut |key, value| {
-                emit(
-                    out,
-                    &format!("{} : {}", keys.encode(key), values.encode(value)),
-                )
+            target.scan(&range, *max_keys, *show_deadline, &mut |key, entry| {
+                let (key, value) = (keys.encode(key), values.encode(&entry.value));
+                match show_deadline {
+                    true => emit(out, &format!("{key} : {value} : {}", deadline(entry))),
+                    false => emit(out, &format!("{key} : {value}")),
+                }
             })
         }
         _ => Err(CliError::Usage(

@@ -124,11 +124,16 @@ pub enum Command {
         /// The value.
         value: String,
     },
-    /// Print the value stored under KEY; exit code 1 when there is none.
-    #[command(after_help = "Example:\n  rkv --db=/tmp/db get user:1")]
+    /// Print the value stored under KEY; exit code 1 when there is none (or
+    /// it expired).
+    #[command(after_help = "Example:\n  rkv --db=/tmp/db get user:1 --show_deadline")]
     Get {
         /// The key.
         key: String,
+        /// Also print when the key expires (`value : 2026-11-24T10:14:00.000Z`,
+        /// or `never`).
+        #[arg(long = "show_deadline", visible_alias = "show-deadline")]
+        show_deadline: bool,
     },
     /// Remove KEY; prints OK (also when the key was absent).
     #[command(after_help = "Example:\n  rkv --db=/tmp/db delete user:1")]
@@ -136,7 +141,7 @@ pub enum Command {
         /// The key.
         key: String,
     },
-    /// Print `key : value` lines in key order.
+    /// Print `key : value` lines in key order; expired keys are left out.
     #[command(
         after_help = "Example:\n  rkv --db=/tmp/db scan --from=user: --to='user;' --max_keys=100"
     )]
@@ -150,6 +155,10 @@ pub enum Command {
         /// Print at most N entries.
         #[arg(long = "max_keys", visible_alias = "max-keys", value_name = "N")]
         max_keys: Option<usize>,
+        /// Also print when each key expires (`key : value : deadline`, the
+        /// deadline in RFC 3339 UTC or `never`).
+        #[arg(long = "show_deadline", visible_alias = "show-deadline")]
+        show_deadline: bool,
     },
     /// Back the database up into a backup directory, incrementally: files an
     /// earlier backup holds are shared, not copied.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{daemon_password, Cli, CliError};
 use crate::client::{Client, ClientError};
-use crate::db::{Db, OpenMode, ScanRange};
+use crate::db::{now_ms, Db, Entry, OpenMode, ScanRange};
 use crate::follower::generations::DataDir;
 use crate::resp::Reply;
 use crate::server::ListenAddr;
@@ -14,8 +14,8 @@ use crate::server::ListenAddr;
 /// How many entries one `RKV.SCAN` round trip fetches.
 const SCAN_BATCH: usize = 1000;
 
-/// Called for each entry a scan yields: its key and value.
-pub(super) type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), CliError> + 'a;
+/// Called for each entry a scan yields: its key, and its value and deadline.
+pub(super) type Each<'a> = dyn FnMut(&[u8], &Entry) -> Result<(), CliError> + 'a;
 
 /// What the key/value commands need of where they act. Nothing is opened
 /// or connected before the first call, so a bad argument costs nothing.
@@ -24,13 +24,16 @@ pub(super) trait Target {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), CliError>;
     /// Removes `key`.
     fn delete(&mut self, key: &[u8]) -> Result<(), CliError>;
-    /// The value under `key`, if any.
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CliError>;
-    /// Calls `each` for the entries of `range` in key order, at most `max`.
+    /// The live entry under `key`, if any; its deadline only when
+    /// `deadline` is asked for.
+    fn get(&mut self, key: &[u8], deadline: bool) -> Result<Option<Entry>, CliError>;
+    /// Calls `each` for the live entries of `range` in key order, at most
+    /// `max`; their deadlines only when `deadlines` are asked for.
     fn scan(
         &mut self,
         range: &ScanRange,
         max: Option<usize>,
+        deadlines: bool,
         each: &mut Each<'_>,
     ) -> Result<(), CliError>;
 }
@@ -82,23 +85,24 @@ impl Target for Local<'_> {
         Ok(self.writable()?.delete(key)?)
     }
 
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CliError> {
-        Ok(self.readable()?.get(key)?)
+    fn get(&mut self, key: &[u8], _deadline: bool) -> Result<Option<Entry>, CliError> {
+        Ok(self.readable()?.entry(key, now_ms())?)
     }
 
     fn scan(
         &mut self,
         range: &ScanRange,
         max: Option<usize>,
+        _deadlines: bool,
         each: &mut Each<'_>,
     ) -> Result<(), CliError> {
         let db = self.readable()?;
-        for (count, entry) in db.iter(range).enumerate() {
+        for (count, entry) in db.entries(range, now_ms()).enumerate() {
             if max.is_some_and(|max| count >= max) {
                 break;
             }
-            let (key, value) = entry?;
-            each(&key, &value)?;
+            let (key, entry) = entry?;
+            each(&key, &entry)?;
         }
         Ok(())
     }
@@ -158,6 +162,22 @@ impl<'a> Remote<'a> {
     }
 }
 
+impl Remote<'_> {
+    /// The deadlines of `keys` (unix ms), asked in one pipeline of
+    /// PEXPIRETIME; `None` for a key without one (or gone since).
+    fn deadlines(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<u64>>, CliError> {
+        let commands: Vec<Vec<&[u8]>> = keys.iter().map(|k| vec![&b"PEXPIRETIME"[..], k]).collect();
+        let replies = self.client()?.pipeline(&commands)?;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                Reply::Integer(at) => Ok(u64::try_from(at).ok()),
+                other => Err(self.unexpected(&other)),
+            })
+            .collect()
+    }
+}
+
 impl Target for Remote<'_> {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), CliError> {
         self.client()?.call(&[b"SET", key, value])?;
@@ -169,17 +189,26 @@ impl Target for Remote<'_> {
         Ok(())
     }
 
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, CliError> {
-        match self.client()?.call(&[b"GET", key])? {
-            Reply::Bulk(value) => Ok(value),
-            other => Err(self.unexpected(&other)),
-        }
+    fn get(&mut self, key: &[u8], deadline: bool) -> Result<Option<Entry>, CliError> {
+        let value = match self.client()?.call(&[b"GET", key])? {
+            Reply::Bulk(value) => value,
+            other => return Err(self.unexpected(&other)),
+        };
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let expires_at = match deadline {
+            true => self.deadlines(&[key])?.pop().flatten(),
+            false => None,
+        };
+        Ok(Some(Entry { value, expires_at }))
     }
 
     fn scan(
         &mut self,
         range: &ScanRange,
         max: Option<usize>,
+        deadlines: bool,
         each: &mut Each<'_>,
     ) -> Result<(), CliError> {
         let mut from = range.from.clone().unwrap_or_default();
@@ -196,9 +225,25 @@ impl Target for Remote<'_> {
             let [next, Reply::Array(Some(entries))] = parts.as_slice() else {
                 return Err(self.unexpected(&Reply::Array(Some(parts))));
             };
+            let keys: Vec<&[u8]> = entries
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [Reply::Bulk(Some(k)), _] => Some(k.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            let mut found = match deadlines {
+                true => self.deadlines(&keys)?.into_iter(),
+                false => Vec::new().into_iter(),
+            };
             for pair in entries.chunks(2) {
                 if let [Reply::Bulk(Some(k)), Reply::Bulk(Some(v))] = pair {
-                    each(k, v)?;
+                    let expires_at = found.next().flatten();
+                    let entry = Entry {
+                        value: v.clone(),
+                        expires_at,
+                    };
+                    each(k, &entry)?;
                     left -= 1;
                 }
             }

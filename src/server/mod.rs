@@ -346,6 +346,8 @@ pub(crate) struct Connection {
     pub(crate) id: u64,
     pub(crate) authenticated: bool,
     pub(crate) name: Option<Vec<u8>>,
+    /// RESP2, or RESP3 after `HELLO 3`.
+    pub(crate) protocol: crate::resp::Protocol,
     /// The client sent `MULTI`, which rkv refuses: its commands up to
     /// `EXEC` or `DISCARD` are refused too, never run one by one.
     pub(crate) refused_multi: bool,

@@ -199,6 +199,7 @@ impl Worker {
                 id,
                 authenticated: self.shared.config.password.is_none(),
                 name: None,
+                protocol: crate::resp::Protocol::default(),
                 refused_multi: false,
             },
             buf: Vec::new(),
@@ -331,7 +332,7 @@ impl Client {
                     }
                     sets.flush(shared, &mut self.out);
                     let (reply, action) = commands::execute(&args, &mut self.conn, shared);
-                    reply.encode(&mut self.out);
+                    reply.encode_as(&mut self.out, self.conn.protocol);
                     if action == Action::Close {
                         self.state = State::Closing;
                     }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod clients;
+mod compat;
 mod faults;
 mod follower;
 mod master;

@@ -1,31 +1,132 @@
-//! Connection and protocol commands: AUTH, PING, ECHO, SELECT, CLIENT,
-//! COMMAND, QUIT, and MULTI/EXEC/DISCARD (refused until transactions exist).
+//! Connection and protocol commands: HELLO, AUTH, PING, ECHO, SELECT,
+//! CLIENT, COMMAND, QUIT, and MULTI/EXEC/DISCARD (refused until
+//! transactions exist).
 
+use super::args;
 use super::{lookup, Ctx, Spec, COMMANDS};
-use crate::resp::Reply;
+use crate::resp::{Protocol, Reply};
+use crate::server::Role;
 
-pub(super) fn auth(ctx: &mut Ctx<'_>) -> Reply {
-    let (args, conn, shared) = (ctx.args, &mut *ctx.conn, ctx.shared);
-    let Some(password) = &shared.config.password else {
+/// The Redis version rkv reports (INFO's `redis_version`, HELLO's
+/// `version`): clients pick features by it, and rkv answers the commands
+/// it has as Redis 7.0 does.
+pub(super) const REDIS_VERSION: &str = "7.0.0";
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`:
+/// switches the connection to RESP2 or RESP3, authenticates, names it,
+/// and describes the server, as Redis 7's `helloCommand`.
+pub(super) fn hello(ctx: &mut Ctx<'_, '_>) -> Reply {
+    let args = ctx.args;
+    let mut protocol = None;
+    if let Some(version) = args.get(1) {
+        match args::int(version) {
+            Some(2) => protocol = Some(Protocol::Resp2),
+            Some(3) => protocol = Some(Protocol::Resp3),
+            Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
+            None => return Reply::error("ERR Protocol version is not an integer or out of range"),
+        }
+    }
+    let (mut credentials, mut name) = (None, None);
+    let mut i = 2;
+    while i < args.len() {
+        let more = args.len() - 1 - i;
+        match args::upper(&args[i]).as_str() {
+            "AUTH" if more >= 2 => {
+                credentials = Some((&args[i + 1], &args[i + 2]));
+                i += 2;
+            }
+            "SETNAME" if more >= 1 => {
+                if let Err(e) = valid_name(&args[i + 1]) {
+                    return e;
+                }
+                name = Some(args[i + 1].clone());
+                i += 1;
+            }
+            _ => {
+                return Reply::error(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                ))
+            }
+        }
+        i += 1;
+    }
+    if let Some((user, password)) = credentials {
+        if let Err(e) = log_in(ctx, user, password) {
+            return e;
+        }
+    }
+    if !ctx.conn.authenticated {
         return Reply::error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+             HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+             select the RESP protocol version at the same time",
+        );
+    }
+    if name.is_some() {
+        ctx.conn.name = name;
+    }
+    if let Some(protocol) = protocol {
+        ctx.conn.protocol = protocol;
+    }
+    let role = match ctx.shared.backend.role() {
+        Role::Master => "master",
+        Role::Replica { .. } => "replica",
+    };
+    let version = match ctx.conn.protocol {
+        Protocol::Resp2 => 2,
+        Protocol::Resp3 => 3,
+    };
+    Reply::Map(vec![
+        (Reply::bulk("server"), Reply::bulk("redis")),
+        (Reply::bulk("version"), Reply::bulk(REDIS_VERSION)),
+        (Reply::bulk("proto"), Reply::Integer(version)),
+        (Reply::bulk("id"), Reply::Integer(ctx.conn.id as i64)),
+        (Reply::bulk("mode"), Reply::bulk("standalone")),
+        (Reply::bulk("role"), Reply::bulk(role)),
+        (Reply::bulk("modules"), Reply::array(Vec::new())),
+    ])
+}
+
+/// Redis's rule for client names: no spaces, newlines or special bytes.
+fn valid_name(name: &[u8]) -> Result<(), Reply> {
+    if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        return Err(Reply::error(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `user`'s `password` as Redis's default user (the only user rkv
+/// has): with no password configured any password logs in, as with
+/// Redis's `nopass`; a wrong password does not log out a connection that
+/// is logged in.
+fn log_in(ctx: &mut Ctx<'_, '_>, user: &[u8], password: &[u8]) -> Result<(), Reply> {
+    let wrong = || Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
+    if user != b"default" {
+        return Err(wrong());
+    }
+    match &ctx.shared.config.password {
+        Some(expected) if !constant_time_eq(password, expected) => Err(wrong()),
+        _ => {
+            ctx.conn.authenticated = true;
+            Ok(())
+        }
+    }
+}
+
+/// `AUTH password` or `AUTH default password` (Redis 6's ACL form).
+pub(super) fn auth(ctx: &mut Ctx<'_, '_>) -> Reply {
+    let args = ctx.args;
+    match args.len() {
+        2 if ctx.shared.config.password.is_none() => Reply::error(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
-        );
-    };
-    // AUTH password, or AUTH default password (Redis 6 ACL form).
-    let given = match args.len() {
-        2 => &args[1],
-        3 if args[1].eq_ignore_ascii_case(b"default") => &args[2],
-        3 => &Vec::new(),
-        _ => return Reply::error("ERR syntax error"),
-    };
-    // A wrong password does not log out a connection that is logged in,
-    // as in Redis.
-    if constant_time_eq(given, password) {
-        conn.authenticated = true;
-        Reply::ok()
-    } else {
-        Reply::error("WRONGPASS invalid username-password pair or user is disabled.")
+        ),
+        2 => log_in(ctx, b"default", &args[1]).map_or_else(|e| e, |()| Reply::ok()),
+        3 => log_in(ctx, &args[1], &args[2]).map_or_else(|e| e, |()| Reply::ok()),
+        _ => Reply::error("ERR syntax error"),
     }
 }
 
@@ -37,7 +138,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(super) fn ping(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn ping(ctx: &mut Ctx<'_, '_>) -> Reply {
     match ctx.args.len() {
         1 => Reply::Simple("PONG".into()),
         2 => Reply::bulk(ctx.args[1].clone()),
@@ -45,23 +146,23 @@ pub(super) fn ping(ctx: &mut Ctx<'_>) -> Reply {
     }
 }
 
-pub(super) fn echo(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn echo(ctx: &mut Ctx<'_, '_>) -> Reply {
     Reply::bulk(ctx.args[1].clone())
 }
 
-pub(super) fn select(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn select(ctx: &mut Ctx<'_, '_>) -> Reply {
     match ctx.args[1].as_slice() {
         b"0" => Reply::ok(),
         _ => Reply::error("ERR DB index is out of range"),
     }
 }
 
-pub(super) fn quit(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn quit(ctx: &mut Ctx<'_, '_>) -> Reply {
     ctx.close = true;
     Reply::ok()
 }
 
-pub(super) fn multi(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn multi(ctx: &mut Ctx<'_, '_>) -> Reply {
     ctx.conn.refused_multi = true;
     Reply::error(
         "ERR MULTI is not supported by rkv yet: the commands up to EXEC or DISCARD will be \
@@ -69,15 +170,15 @@ pub(super) fn multi(ctx: &mut Ctx<'_>) -> Reply {
     )
 }
 
-pub(super) fn exec(_: &mut Ctx<'_>) -> Reply {
+pub(super) fn exec(_: &mut Ctx<'_, '_>) -> Reply {
     Reply::error("ERR EXEC without MULTI")
 }
 
-pub(super) fn discard(_: &mut Ctx<'_>) -> Reply {
+pub(super) fn discard(_: &mut Ctx<'_, '_>) -> Reply {
     Reply::error("ERR DISCARD without MULTI")
 }
 
-pub(super) fn client(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn client(ctx: &mut Ctx<'_, '_>) -> Reply {
     let (args, conn) = (ctx.args, &mut *ctx.conn);
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
@@ -94,7 +195,7 @@ pub(super) fn client(ctx: &mut Ctx<'_>) -> Reply {
     }
 }
 
-pub(super) fn command(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn command(ctx: &mut Ctx<'_, '_>) -> Reply {
     let args = ctx.args;
     let describe = |spec: &Spec| {
         Reply::array(vec![

@@ -2,21 +2,25 @@
 //! arity, flags), authenticated, and handed to its handler. A command is one
 //! table entry and one function, in the file of its family:
 //! [`connection`] (AUTH, PING, CLIENT, COMMAND, MULTI…), [`server`] (INFO,
-//! ROLE, SAVE…), [`strings`] (GET, SET, MSET, DEL…) and [`keyspace`] (SCAN,
-//! DBSIZE, RKV.SCAN). Replies and errors are worded as Redis words them.
+//! ROLE, SAVE…), [`strings`] (GET, SET, INCR, APPEND, LCS, DEL…),
+//! [`expire`] (EXPIRE, TTL, PERSIST…) and [`keyspace`] (SCAN, KEYS, RENAME,
+//! COPY, FLUSHDB, RKV.SCAN…). Each data command runs on a [`txn::Txn`]:
+//! replies and errors are worded as Redis 7 words them.
 
+mod args;
 mod connection;
+mod expire;
 mod keyspace;
 mod server;
 mod strings;
-
-use rocksdb::WriteBatch;
+mod txn;
 
 use super::{Connection, Refusal, Shared};
-use crate::db::Db;
+use crate::db::now_ms;
 use crate::resp::Reply;
 
 pub(crate) use keyspace::Cursors;
+use txn::Txn;
 
 /// What the connection does after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +33,7 @@ pub enum Action {
 
 /// What a command's handler gets: the request, its connection, and the
 /// server's shared state.
-pub(super) struct Ctx<'a> {
+pub(super) struct Ctx<'a, 't> {
     /// The request's arguments, the command name first.
     pub args: &'a [Vec<u8>],
     /// The connection it came on.
@@ -38,28 +42,49 @@ pub(super) struct Ctx<'a> {
     pub shared: &'a Shared,
     /// Set by `QUIT`: close once the reply is out.
     pub close: bool,
+    /// Inside `EXEC`: the transaction every queued command runs on.
+    txn: Option<&'a mut Txn<'t>>,
 }
 
-impl Ctx<'_> {
-    /// Runs `read` on the daemon's readable database, or words its refusal.
-    fn read(&self, read: impl FnOnce(&Db) -> crate::Result<Reply>) -> Reply {
+impl Ctx<'_, '_> {
+    /// Runs `read` on the keyspace as this command sees it, or words the
+    /// daemon's refusal.
+    fn read(&mut self, read: impl FnOnce(&Txn<'_>) -> crate::Result<Reply>) -> Reply {
+        if let Some(txn) = self.txn.as_deref() {
+            return read(txn).unwrap_or_else(storage_error);
+        }
         match self.shared.backend.reader() {
-            Ok(db) => read(&db).unwrap_or_else(storage_error),
+            Ok(db) => read(&Txn::new(&db, now_ms())).unwrap_or_else(storage_error),
             Err(refusal) => refusal_reply(refusal),
         }
     }
 
-    /// Runs `write` on the daemon's writable database, or words its refusal.
-    fn write(&self, write: impl FnOnce(&Db) -> crate::Result<Reply>) -> Reply {
-        match self.shared.backend.writer() {
-            Ok(db) => write(&db).unwrap_or_else(storage_error),
-            Err(refusal) => refusal_reply(refusal),
+    /// Runs `write` on the writable keyspace and commits what it wrote as
+    /// one batch, under the database's write lock; or words the refusal.
+    /// A handler that answers an error must not have written.
+    fn write(&mut self, write: impl FnOnce(&mut Txn<'_>) -> crate::Result<Reply>) -> Reply {
+        if let Some(txn) = self.txn.as_deref_mut() {
+            return write(txn).unwrap_or_else(storage_error);
+        }
+        let db = match self.shared.backend.writer() {
+            Ok(db) => db,
+            Err(refusal) => return refusal_reply(refusal),
+        };
+        let _ordered = db.write_lock();
+        let mut txn = Txn::new(&db, now_ms());
+        let reply = match write(&mut txn) {
+            Ok(reply) => reply,
+            Err(e) => return storage_error(e),
+        };
+        match txn.commit() {
+            Ok(_) => reply,
+            Err(e) => storage_error(e),
         }
     }
 }
 
 /// A command's handler.
-type Handler = fn(&mut Ctx<'_>) -> Reply;
+type Handler = fn(&mut Ctx<'_, '_>) -> Reply;
 
 /// One entry of the command table.
 pub(super) struct Spec {
@@ -74,196 +99,106 @@ pub(super) struct Spec {
 }
 
 const WRITE: &[&str] = &["write"];
+const WRITE_FAST: &[&str] = &["write", "fast"];
 const READ: &[&str] = &["readonly", "fast"];
+const READ_SLOW: &[&str] = &["readonly"];
 const ADMIN: &[&str] = &["admin"];
 const FAST: &[&str] = &["fast"];
 const AUTH_FREE: &[&str] = &["noauth", "fast"];
 
+/// No keys.
+const NONE: (i64, i64, i64) = (0, 0, 0);
+/// The first argument is the key.
+const KEY: (i64, i64, i64) = (1, 1, 1);
+/// Every argument is a key.
+const ALL: (i64, i64, i64) = (1, -1, 1);
+/// The first two arguments are keys.
+const TWO: (i64, i64, i64) = (1, 2, 1);
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    handler: Handler,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        keys,
+        handler,
+    }
+}
+
 /// The command table, sorted by name: each command's arity, flags and key
 /// positions (what `COMMAND` reports) and the function that runs it.
+#[rustfmt::skip]
 pub(super) const COMMANDS: &[Spec] = &[
-    Spec {
-        name: "auth",
-        arity: -2,
-        flags: AUTH_FREE,
-        keys: (0, 0, 0),
-        handler: connection::auth,
-    },
-    Spec {
-        name: "bgsave",
-        arity: -1,
-        flags: ADMIN,
-        keys: (0, 0, 0),
-        handler: server::bgsave,
-    },
-    Spec {
-        name: "client",
-        arity: -2,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::client,
-    },
-    Spec {
-        name: "command",
-        arity: -1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::command,
-    },
-    Spec {
-        name: "dbsize",
-        arity: 1,
-        flags: &["readonly"],
-        keys: (0, 0, 0),
-        handler: keyspace::dbsize,
-    },
-    Spec {
-        name: "del",
-        arity: -2,
-        flags: WRITE,
-        keys: (1, -1, 1),
-        handler: strings::del,
-    },
-    Spec {
-        name: "discard",
-        arity: 1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::discard,
-    },
-    Spec {
-        name: "echo",
-        arity: 2,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::echo,
-    },
-    Spec {
-        name: "exec",
-        arity: 1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::exec,
-    },
-    Spec {
-        name: "exists",
-        arity: -2,
-        flags: READ,
-        keys: (1, -1, 1),
-        handler: strings::exists,
-    },
-    Spec {
-        name: "get",
-        arity: 2,
-        flags: READ,
-        keys: (1, 1, 1),
-        handler: strings::get,
-    },
-    Spec {
-        name: "info",
-        arity: -1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: server::info,
-    },
-    Spec {
-        name: "lastsave",
-        arity: 1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: server::lastsave,
-    },
-    Spec {
-        name: "mget",
-        arity: -2,
-        flags: READ,
-        keys: (1, -1, 1),
-        handler: strings::mget,
-    },
-    Spec {
-        name: "mset",
-        arity: -3,
-        flags: WRITE,
-        keys: (1, -1, 2),
-        handler: strings::mset,
-    },
-    Spec {
-        name: "multi",
-        arity: 1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::multi,
-    },
-    Spec {
-        name: "ping",
-        arity: -1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::ping,
-    },
-    Spec {
-        name: "quit",
-        arity: -1,
-        flags: AUTH_FREE,
-        keys: (0, 0, 0),
-        handler: connection::quit,
-    },
-    Spec {
-        name: "rkv.scan",
-        arity: 4,
-        flags: &["readonly"],
-        keys: (0, 0, 0),
-        handler: keyspace::range_scan,
-    },
-    Spec {
-        name: "role",
-        arity: 1,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: server::role,
-    },
-    Spec {
-        name: "save",
-        arity: 1,
-        flags: ADMIN,
-        keys: (0, 0, 0),
-        handler: server::save,
-    },
-    Spec {
-        name: "scan",
-        arity: -2,
-        flags: &["readonly"],
-        keys: (0, 0, 0),
-        handler: keyspace::scan,
-    },
-    Spec {
-        name: "select",
-        arity: 2,
-        flags: FAST,
-        keys: (0, 0, 0),
-        handler: connection::select,
-    },
-    Spec {
-        name: "set",
-        arity: -3,
-        flags: WRITE,
-        keys: (1, 1, 1),
-        handler: strings::set,
-    },
-    Spec {
-        name: "ttl",
-        arity: 2,
-        flags: READ,
-        keys: (1, 1, 1),
-        handler: strings::ttl,
-    },
-    Spec {
-        name: "type",
-        arity: 2,
-        flags: READ,
-        keys: (1, 1, 1),
-        handler: strings::type_of,
-    },
+    spec("append", 3, WRITE, KEY, strings::append),
+    spec("auth", -2, AUTH_FREE, NONE, connection::auth),
+    spec("bgsave", -1, ADMIN, NONE, server::bgsave),
+    spec("client", -2, FAST, NONE, connection::client),
+    spec("command", -1, FAST, NONE, connection::command),
+    spec("copy", -3, WRITE, TWO, keyspace::copy),
+    spec("dbsize", 1, READ_SLOW, NONE, keyspace::dbsize),
+    spec("decr", 2, WRITE_FAST, KEY, strings::decr),
+    spec("decrby", 3, WRITE_FAST, KEY, strings::decrby),
+    spec("del", -2, WRITE, ALL, strings::del),
+    spec("discard", 1, FAST, NONE, connection::discard),
+    spec("echo", 2, FAST, NONE, connection::echo),
+    spec("exec", 1, FAST, NONE, connection::exec),
+    spec("exists", -2, READ, ALL, keyspace::exists),
+    spec("expire", -3, WRITE_FAST, KEY, expire::expire),
+    spec("expireat", -3, WRITE_FAST, KEY, expire::expireat),
+    spec("expiretime", 2, READ, KEY, expire::expiretime),
+    spec("flushall", -1, WRITE, NONE, keyspace::flushdb),
+    spec("flushdb", -1, WRITE, NONE, keyspace::flushdb),
+    spec("get", 2, READ, KEY, strings::get),
+    spec("getdel", 2, WRITE_FAST, KEY, strings::getdel),
+    spec("getex", -2, WRITE_FAST, KEY, strings::getex),
+    spec("getrange", 4, READ_SLOW, KEY, strings::getrange),
+    spec("getset", 3, WRITE_FAST, KEY, strings::getset),
+    spec("hello", -1, AUTH_FREE, NONE, connection::hello),
+    spec("incr", 2, WRITE_FAST, KEY, strings::incr),
+    spec("incrby", 3, WRITE_FAST, KEY, strings::incrby),
+    spec("incrbyfloat", 3, WRITE_FAST, KEY, strings::incrbyfloat),
+    spec("info", -1, FAST, NONE, server::info),
+    spec("keys", 2, READ_SLOW, NONE, keyspace::keys),
+    spec("lastsave", 1, FAST, NONE, server::lastsave),
+    spec("lcs", -3, READ_SLOW, TWO, strings::lcs),
+    spec("memory", -2, READ_SLOW, NONE, keyspace::memory),
+    spec("mget", -2, READ, ALL, strings::mget),
+    spec("mset", -3, WRITE, (1, -1, 2), strings::mset),
+    spec("msetnx", -3, WRITE, (1, -1, 2), strings::msetnx),
+    spec("multi", 1, FAST, NONE, connection::multi),
+    spec("object", -2, READ_SLOW, NONE, keyspace::object),
+    spec("persist", 2, WRITE_FAST, KEY, expire::persist),
+    spec("pexpire", -3, WRITE_FAST, KEY, expire::pexpire),
+    spec("pexpireat", -3, WRITE_FAST, KEY, expire::pexpireat),
+    spec("pexpiretime", 2, READ, KEY, expire::pexpiretime),
+    spec("ping", -1, FAST, NONE, connection::ping),
+    spec("psetex", 4, WRITE, KEY, strings::psetex),
+    spec("pttl", 2, READ, KEY, expire::pttl),
+    spec("quit", -1, AUTH_FREE, NONE, connection::quit),
+    spec("randomkey", 1, READ_SLOW, NONE, keyspace::randomkey),
+    spec("rename", 3, WRITE, TWO, keyspace::rename),
+    spec("renamenx", 3, WRITE_FAST, TWO, keyspace::renamenx),
+    spec("rkv.scan", 4, READ_SLOW, NONE, keyspace::range_scan),
+    spec("role", 1, FAST, NONE, server::role),
+    spec("save", 1, ADMIN, NONE, server::save),
+    spec("scan", -2, READ_SLOW, NONE, keyspace::scan),
+    spec("select", 2, FAST, NONE, connection::select),
+    spec("set", -3, WRITE, KEY, strings::set),
+    spec("setex", 4, WRITE, KEY, strings::setex),
+    spec("setnx", 3, WRITE_FAST, KEY, strings::setnx),
+    spec("setrange", 4, WRITE, KEY, strings::setrange),
+    spec("strlen", 2, READ, KEY, strings::strlen),
+    spec("substr", 4, READ_SLOW, KEY, strings::getrange),
+    spec("touch", -2, READ, ALL, keyspace::exists),
+    spec("ttl", 2, READ, KEY, expire::ttl),
+    spec("type", 2, READ, KEY, keyspace::type_of),
+    spec("unlink", -2, WRITE_FAST, ALL, strings::del),
 ];
 
 fn lookup(name: &str) -> Option<&'static Spec> {
@@ -284,7 +219,7 @@ fn position(name: &str) -> Option<usize> {
 
 /// Counts one call of the command at `slot` ([`COMMANDS`]'s length for an
 /// unknown one), and an error reply.
-fn count(shared: &Shared, slot: usize, reply: &Reply) {
+fn count_call(shared: &Shared, slot: usize, reply: &Reply) {
     shared.stats.calls[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if matches!(reply, Reply::Error(_)) {
         shared
@@ -297,7 +232,7 @@ fn count(shared: &Shared, slot: usize, reply: &Reply) {
 /// Executes one request, and counts it by command name.
 pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action) {
     let (reply, action, slot) = run(args, conn, shared);
-    count(shared, slot, &reply);
+    count_call(shared, slot, &reply);
     (reply, action)
 }
 
@@ -343,6 +278,7 @@ fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Acti
         conn,
         shared,
         close: false,
+        txn: None,
     };
     let reply = (spec.handler)(&mut ctx);
     let action = if ctx.close {
@@ -427,8 +363,7 @@ fn storage_error(e: crate::Error) -> Reply {
 /// Plain `SET key value` requests of one pipeline, written as one batch.
 #[derive(Default)]
 pub(crate) struct SetBatch {
-    batch: WriteBatch,
-    count: usize,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl SetBatch {
@@ -442,27 +377,33 @@ impl SetBatch {
             && args[0].eq_ignore_ascii_case(b"set")
     }
 
-    pub(crate) fn push(&mut self, args: Vec<Vec<u8>>) {
-        self.batch.put(&args[1], &args[2]);
-        self.count += 1;
+    pub(crate) fn push(&mut self, mut args: Vec<Vec<u8>>) {
+        let value = args.pop().expect("SET key value");
+        let key = args.pop().expect("SET key value");
+        self.pairs.push((key, value));
     }
 
     /// Writes the batch and appends one reply per SET to `out`.
     pub(crate) fn flush(&mut self, shared: &Shared, out: &mut Vec<u8>) {
-        if self.count == 0 {
+        if self.pairs.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let pairs = std::mem::take(&mut self.pairs);
+        let count = pairs.len();
         let reply = match shared.backend.writer() {
             Ok(db) => {
                 let _ordered = db.write_lock();
-                db.write(batch).map_or_else(storage_error, |()| Reply::ok())
+                let mut txn = Txn::new(&db, now_ms());
+                for (key, value) in pairs {
+                    txn.set_plain(&key, value);
+                }
+                txn.commit().map_or_else(storage_error, |_| Reply::ok())
             }
             Err(refusal) => refusal_reply(refusal),
         };
         let set = position("set").expect("SET is in the command table");
-        for _ in 0..std::mem::take(&mut self.count) {
-            count(shared, set, &reply);
+        for _ in 0..count {
+            count_call(shared, set, &reply);
             reply.encode(out);
         }
     }

@@ -9,15 +9,15 @@ use crate::resp::Reply;
 use crate::server::{BackupRequest, Role, Shared};
 use crate::status::DaemonStatus;
 
-pub(super) fn role(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn role(ctx: &mut Ctx<'_, '_>) -> Reply {
     role_reply(ctx.shared.backend.role())
 }
 
-pub(super) fn lastsave(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn lastsave(ctx: &mut Ctx<'_, '_>) -> Reply {
     Reply::Integer(ctx.shared.backend.lastsave())
 }
 
-pub(super) fn bgsave(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn bgsave(ctx: &mut Ctx<'_, '_>) -> Reply {
     match ctx.shared.backend.request_backup() {
         Ok(BackupRequest::Started) => Reply::Simple("Background saving started".into()),
         Ok(BackupRequest::Scheduled) => Reply::Simple("Background saving scheduled".into()),
@@ -25,7 +25,7 @@ pub(super) fn bgsave(ctx: &mut Ctx<'_>) -> Reply {
     }
 }
 
-pub(super) fn save(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn save(ctx: &mut Ctx<'_, '_>) -> Reply {
     match ctx.shared.backend.backup_now() {
         Ok(()) => Reply::ok(),
         Err(refusal) => refusal_reply(refusal),
@@ -54,7 +54,7 @@ fn role_reply(role: Role) -> Reply {
     }
 }
 
-pub(super) fn info(ctx: &mut Ctx<'_>) -> Reply {
+pub(super) fn info(ctx: &mut Ctx<'_, '_>) -> Reply {
     let (args, shared) = (ctx.args, ctx.shared);
     let wanted: Vec<String> = args[1..]
         .iter()
@@ -88,7 +88,7 @@ pub(super) fn info(ctx: &mut Ctx<'_>) -> Reply {
             text.push_str(&format!("{field}:{value}\r\n"));
         }
     }
-    Reply::bulk(text)
+    Reply::Verbatim(text.into_bytes())
 }
 
 fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
@@ -108,9 +108,7 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
         (
             "server",
             vec![
-                // Clients read redis_version to pick features; rkv speaks the
-                // RESP2 subset of Redis 7 it implements.
-                kv("redis_version", "7.0.0".into()),
+                kv("redis_version", super::connection::REDIS_VERSION.into()),
                 kv("rkv_version", env!("CARGO_PKG_VERSION").into()),
                 kv("redis_mode", "standalone".into()),
                 kv("role", shared.backend.role_name().into()),

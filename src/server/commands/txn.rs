@@ -1,0 +1,181 @@
+//! The keyspace as one command, or one `MULTI … EXEC` transaction, sees
+//! it: reads see the writes made so far, writes are buffered and reach the
+//! database together as one atomic batch, and the clock is read once, so
+//! no key expires halfway through. A write command runs under the
+//! database's write lock from its first read to its commit, which makes
+//! every read-modify-write (`INCR`, `SET … NX`, `RENAME`) atomic against
+//! every other write.
+
+use std::cmp::Ordering;
+use std::collections::btree_map::{self, BTreeMap};
+use std::iter::Peekable;
+
+use crate::db::{Db, Entry, ScanRange};
+use crate::error::Result;
+
+/// Pending reads and writes against one database.
+pub(crate) struct Txn<'a> {
+    db: &'a Db,
+    now: u64,
+    /// Keys written: their entry now (`None`: deleted), and their live
+    /// entry in the database before (`None` inside: absent; outer `None`:
+    /// not looked up, for a plain `SET` that need not read).
+    pending: BTreeMap<Vec<u8>, Pending>,
+    /// `FLUSHDB` ran: nothing of the database below shows.
+    flushed: bool,
+}
+
+struct Pending {
+    now: Option<Entry>,
+    before: Option<Option<Entry>>,
+}
+
+impl<'a> Txn<'a> {
+    /// A view of `db` as of `now` (unix ms).
+    pub fn new(db: &'a Db, now: u64) -> Txn<'a> {
+        Txn {
+            db,
+            now,
+            pending: BTreeMap::new(),
+            flushed: false,
+        }
+    }
+
+    /// The clock reading every expiry is judged against, in unix ms.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The live entry of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        match self.pending.get(key) {
+            Some(p) => Ok(p.now.clone()),
+            None if self.flushed => Ok(None),
+            None => self.db.entry(key, self.now),
+        }
+    }
+
+    /// The live value of `key`.
+    pub fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(key)?.map(|e| e.value))
+    }
+
+    /// Whether `key` is live.
+    pub fn exists(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Sets `key` to `entry` (`None`: deletes it).
+    pub fn set(&mut self, key: &[u8], entry: Option<Entry>) -> Result<()> {
+        let before = match self.pending.get(key) {
+            Some(p) => p.before.clone(),
+            None if self.flushed => Some(None),
+            None => Some(self.db.entry(key, self.now)?),
+        };
+        self.pending
+            .insert(key.to_vec(), Pending { now: entry, before });
+        Ok(())
+    }
+
+    /// Sets `key` to `value` with no deadline, without reading it first:
+    /// the plain `SET`, the most frequent write.
+    pub fn set_plain(&mut self, key: &[u8], value: Vec<u8>) {
+        let before = match self.pending.get(key) {
+            Some(p) => p.before.clone(),
+            None if self.flushed => Some(None),
+            None => None,
+        };
+        let now = Some(Entry {
+            value,
+            expires_at: None,
+        });
+        self.pending.insert(key.to_vec(), Pending { now, before });
+    }
+
+    /// Deletes every key (`FLUSHDB`).
+    pub fn flush(&mut self) {
+        self.pending.clear();
+        self.flushed = true;
+    }
+
+    /// The live entries with `from <= key < to`, in key order.
+    pub fn entries<'s>(
+        &'s self,
+        range: &ScanRange,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Entry)>> + 's {
+        let stored: Box<dyn Iterator<Item = Result<(Vec<u8>, Entry)>> + 's> = if self.flushed {
+            Box::new(std::iter::empty())
+        } else {
+            Box::new(self.db.entries(range, self.now))
+        };
+        let from = range.from.clone().unwrap_or_default();
+        let pending = match &range.to {
+            Some(to) if *to <= from => self.pending.range(from.clone()..from),
+            Some(to) => self.pending.range(from..to.clone()),
+            None => self.pending.range(from..),
+        };
+        Overlaid {
+            stored: stored.peekable(),
+            pending: pending.peekable(),
+        }
+    }
+
+    /// Writes what the transaction changed as one batch. Hold the
+    /// database's write lock from the first read.
+    pub fn commit(self) -> Result<()> {
+        if self.pending.is_empty() && !self.flushed {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        if self.flushed {
+            self.db.delete_all(&mut batch)?;
+        }
+        for (key, pending) in self.pending {
+            let before = match pending.before {
+                Some(before) => before,
+                // A plain SET: only a deadline elsewhere matters.
+                None => self.db.expiring_entry(&key)?,
+            };
+            match pending.now {
+                Some(entry) => batch.put(&key, &entry.value, entry.expires_at, before.as_ref()),
+                None => {
+                    if let Some(before) = &before {
+                        batch.delete(&key, before);
+                    }
+                }
+            }
+        }
+        self.db.write(batch)
+    }
+}
+
+/// The database's entries with the pending writes laid over them.
+struct Overlaid<'s, S: Iterator> {
+    stored: Peekable<S>,
+    pending: Peekable<btree_map::Range<'s, Vec<u8>, Pending>>,
+}
+
+impl<S: Iterator<Item = Result<(Vec<u8>, Entry)>>> Iterator for Overlaid<'_, S> {
+    type Item = Result<(Vec<u8>, Entry)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.stored.peek(), self.pending.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(Ok((stored, _))), Some((pending, _))) => stored.cmp(pending),
+            };
+            match order {
+                Ordering::Less => return self.stored.next(),
+                // Written since: the pending entry stands for it.
+                Ordering::Equal => drop(self.stored.next()),
+                Ordering::Greater => {}
+            }
+            let (key, pending) = self.pending.next()?;
+            if let Some(entry) = &pending.now {
+                return Some(Ok((key.clone(), entry.clone())));
+            }
+        }
+    }
+}
