@@ -14,6 +14,7 @@
 
 pub mod commands;
 mod listen;
+mod watch;
 mod worker;
 
 use std::io::Write;
@@ -184,6 +185,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
     pub(crate) cursors: commands::Cursors,
+    /// Who watches which keys (`WATCH`).
+    pub(crate) watches: watch::Watches,
     shutting_down: AtomicBool,
     next_client_id: AtomicU64,
 }
@@ -230,6 +233,7 @@ impl Server {
             stats: Stats::default(),
             started: Instant::now(),
             cursors: commands::Cursors::default(),
+            watches: watch::Watches::default(),
             shutting_down: AtomicBool::new(false),
             next_client_id: AtomicU64::new(1),
         });
@@ -348,7 +352,8 @@ pub(crate) struct Connection {
     pub(crate) name: Option<Vec<u8>>,
     /// RESP2, or RESP3 after `HELLO 3`.
     pub(crate) protocol: crate::resp::Protocol,
-    /// The client sent `MULTI`, which rkv refuses: its commands up to
-    /// `EXEC` or `DISCARD` are refused too, never run one by one.
-    pub(crate) refused_multi: bool,
+    /// Between `MULTI` and `EXEC`: the queued commands.
+    pub(crate) multi: Option<commands::Multi>,
+    /// The keys `WATCH`ed since the last `EXEC`, `DISCARD` or `UNWATCH`.
+    pub(crate) watching: Option<commands::Watching>,
 }

@@ -200,7 +200,8 @@ impl Worker {
                 authenticated: self.shared.config.password.is_none(),
                 name: None,
                 protocol: crate::resp::Protocol::default(),
-                refused_multi: false,
+                multi: None,
+                watching: None,
             },
             buf: Vec::new(),
             start: 0,
@@ -227,6 +228,7 @@ impl Worker {
         if let Some(mut client) = self.clients.remove(&token) {
             let _ = client.stream.deregister(self.poll.registry());
             self.shared.cursors.release(client.conn.id);
+            commands::unwatch(&mut client.conn, &self.shared);
             self.shared
                 .stats
                 .connected_clients

@@ -1,5 +1,5 @@
 //! Hostile and careless clients against the real daemons: atomic writes
-//! under races, transactions refused whole, what an unauthenticated client
+//! under races, transactions applied whole or not at all, what an unauthenticated client
 //! may send, bounded replies, cursors no client can evict, Redis's edge
 //! cases, and files private to the daemon's user.
 
@@ -83,26 +83,189 @@ fn del_counts_a_key_named_twice_once() {
 }
 
 #[test]
-fn a_refused_multi_applies_nothing_of_its_transaction() {
+fn a_transaction_applies_whole_and_answers_each_command() {
     let s = Sandbox::new();
     let m = master(&s, &["--interval", "0"]);
     // A client library's transaction: MULTI, the commands, EXEC, pipelined.
     let wire = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n\
-                 *2\r\n$3\r\nDEL\r\n$1\r\nx\r\n*1\r\n$4\r\nEXEC\r\n";
-    let got = String::from_utf8(exchange(&m, wire, b"EXECABORT")).unwrap();
-    let lines: Vec<&str> = got.split("\r\n").filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 4, "{got}");
-    assert!(lines[0].starts_with("-ERR MULTI is not supported"), "{got}");
-    assert!(lines[1].starts_with("-ERR not run") && lines[2].starts_with("-ERR not run"));
+                 *2\r\n$4\r\nINCR\r\n$1\r\nn\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n\
+                 *1\r\n$4\r\nEXEC\r\n";
+    let got = exchange(&m, wire, b"$1\r\nv\r\n");
     assert_eq!(
-        lines[3],
-        "-EXECABORT Transaction discarded because of previous errors."
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n:1\r\n$1\r\nv\r\n"
     );
     let mut c = m.client();
-    assert_eq!(c.call_raw(&[b"GET", b"k"]).unwrap(), Reply::Bulk(None));
+    assert_eq!(c.call(&[b"GET", b"n"]).unwrap(), bulk("1"));
     assert_eq!(
         c.call_raw(&[b"EXEC"]).unwrap(),
         Reply::error("ERR EXEC without MULTI")
+    );
+}
+
+#[test]
+fn a_transaction_with_a_refused_command_applies_nothing() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    let mut c = m.client();
+    c.call(&[b"MULTI"]).unwrap();
+    assert_eq!(
+        c.call(&[b"SET", b"k", b"v"]).unwrap(),
+        Reply::Simple("QUEUED".into())
+    );
+    assert!(
+        matches!(c.call_raw(&[b"LPUSH", b"l", b"x"]).unwrap(), Reply::Error(e) if e.starts_with("ERR unknown command"))
+    );
+    assert!(
+        matches!(c.call_raw(&[b"GET"]).unwrap(), Reply::Error(e) if e.starts_with("ERR wrong number"))
+    );
+    assert_eq!(
+        c.call_raw(&[b"EXEC"]).unwrap(),
+        Reply::error("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(c.call(&[b"GET", b"k"]).unwrap(), Reply::Bulk(None));
+    // A runtime error is one reply of the array; the rest applies.
+    c.call(&[b"SET", b"s", b"text"]).unwrap();
+    c.call(&[b"MULTI"]).unwrap();
+    c.call(&[b"INCR", b"s"]).unwrap();
+    c.call(&[b"SET", b"k", b"v"]).unwrap();
+    assert_eq!(
+        c.call(&[b"EXEC"]).unwrap(),
+        Reply::array(vec![
+            Reply::error("ERR value is not an integer or out of range"),
+            Reply::ok()
+        ])
+    );
+    assert_eq!(c.call(&[b"GET", b"k"]).unwrap(), bulk("v"));
+    c.call(&[b"MULTI"]).unwrap();
+    c.call(&[b"SET", b"k", b"w"]).unwrap();
+    assert_eq!(c.call(&[b"DISCARD"]).unwrap(), Reply::ok());
+    assert_eq!(c.call(&[b"GET", b"k"]).unwrap(), bulk("v"));
+}
+
+#[test]
+fn watch_aborts_a_transaction_when_another_client_wrote_the_key() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    let (mut a, mut b) = (m.client(), m.client());
+    a.call(&[b"SET", b"balance", b"10"]).unwrap();
+    a.call(&[b"WATCH", b"balance"]).unwrap();
+    b.call(&[b"INCRBY", b"balance", b"5"]).unwrap();
+    a.call(&[b"MULTI"]).unwrap();
+    a.call(&[b"SET", b"balance", b"0"]).unwrap();
+    assert_eq!(a.call(&[b"EXEC"]).unwrap(), Reply::Array(None));
+    assert_eq!(a.call(&[b"GET", b"balance"]).unwrap(), bulk("15"));
+    // Untouched since WATCH: applies.
+    a.call(&[b"WATCH", b"balance"]).unwrap();
+    a.call(&[b"MULTI"]).unwrap();
+    a.call(&[b"SET", b"balance", b"0"]).unwrap();
+    assert_eq!(a.call(&[b"EXEC"]).unwrap(), Reply::array(vec![Reply::ok()]));
+    // A watched key that expires before EXEC aborts it too.
+    a.call(&[b"SET", b"lease", b"me", b"PX", b"300"]).unwrap();
+    a.call(&[b"WATCH", b"lease"]).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    a.call(&[b"MULTI"]).unwrap();
+    a.call(&[b"SET", b"lease", b"me"]).unwrap();
+    assert_eq!(a.call(&[b"EXEC"]).unwrap(), Reply::Array(None));
+    // In RESP3 the aborted EXEC is the null.
+    let got = exchange(
+        &m,
+        b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$5\r\nWATCH\r\n$1\r\nw\r\n\
+          *3\r\n$3\r\nSET\r\n$1\r\nw\r\n$1\r\n1\r\n*1\r\n$5\r\nMULTI\r\n\
+          *1\r\n$4\r\nEXEC\r\n",
+        b"_\r\n",
+    );
+    assert!(
+        got.ends_with(b"+OK\r\n+OK\r\n+OK\r\n_\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn concurrent_increments_and_transactions_lose_nothing_and_reach_followers_whole() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "50ms"]);
+    let f = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f"),
+        &["--poll-interval", "50ms"],
+    );
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut c = m.client();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    c.call(&[b"INCR", b"counter"]).unwrap();
+                    // Ten keys set to one value in one transaction.
+                    let value = format!("{w}-{i}");
+                    c.call(&[b"MULTI"]).unwrap();
+                    for k in 0..10 {
+                        c.call(&[b"SET", format!("t{k}").as_bytes(), value.as_bytes()])
+                            .unwrap();
+                    }
+                    let done = c.call(&[b"EXEC"]).unwrap();
+                    assert!(matches!(done, Reply::Array(Some(r)) if r.len() == 10));
+                }
+            })
+        })
+        .collect();
+    // Meanwhile every state a follower serves holds all of a transaction.
+    let mut reader = f.client();
+    let keys: Vec<Vec<u8>> = (0..10).map(|k| format!("t{k}").into_bytes()).collect();
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(keys.iter().map(Vec::as_slice));
+    let mut seen = std::collections::HashSet::new();
+    while writers.iter().any(|w| !w.is_finished()) {
+        if let Ok(Reply::Array(Some(values))) = reader.call(&mget) {
+            assert!(
+                values.windows(2).all(|w| w[0] == w[1]),
+                "a torn transaction: {values:?}"
+            );
+            seen.insert(format!("{:?}", values[0]));
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        m.client().call(&[b"GET", b"counter"]).unwrap(),
+        bulk("1200")
+    );
+    assert!(seen.len() > 2, "the follower saw too few states: {seen:?}");
+}
+
+#[test]
+fn a_follower_runs_read_transactions_and_refuses_writes_when_queued() {
+    let s = Sandbox::new();
+    let m = master(&s, &["--interval", "0"]);
+    m.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    m.client().call(&[b"SAVE"]).unwrap();
+    let f = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f"),
+        &["--poll-interval", "100ms"],
+    );
+    let mut c = f.client();
+    crate::util::wait_until(Duration::from_secs(60), "the follower applied", || {
+        c.call(&[b"GET", b"k"]).ok() == Some(bulk("v"))
+    });
+    c.call(&[b"MULTI"]).unwrap();
+    c.call(&[b"GET", b"k"]).unwrap();
+    c.call(&[b"STRLEN", b"k"]).unwrap();
+    assert_eq!(
+        c.call(&[b"EXEC"]).unwrap(),
+        Reply::array(vec![bulk("v"), Reply::Integer(1)])
+    );
+    c.call(&[b"MULTI"]).unwrap();
+    c.call(&[b"GET", b"k"]).unwrap();
+    assert_eq!(
+        c.call_raw(&[b"SET", b"k", b"w"]).unwrap(),
+        Reply::error("READONLY You can't write against a read only replica.")
+    );
+    assert_eq!(
+        c.call_raw(&[b"EXEC"]).unwrap(),
+        Reply::error("EXECABORT Transaction discarded because of previous errors.")
     );
 }
 

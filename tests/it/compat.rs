@@ -367,6 +367,10 @@ fn command(rng: &mut Rng, far: u64) -> Vec<String> {
             .into()],
         _ => vec!["STRLEN".into()],
     };
+    if c[0] == "MULTI" && rng.below(3) == 0 {
+        // Most transactions end; a third run on until a later EXEC.
+        c = vec!["EXEC".into()];
+    }
     if c[0] == "ECHO" {
         c.push(value(rng));
     }
@@ -430,6 +434,18 @@ fn sorted_elements(reply: &[u8]) -> Vec<Vec<u8>> {
     items
 }
 
+/// Commands whose replies are compared with an allowance.
+const UNORDERED: &[&str] = &[
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "KEYS",
+    "SCAN",
+    "RANDOMKEY",
+    "DBSIZE",
+];
+
 /// An integer reply's value.
 fn integer(reply: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(reply.strip_prefix(b":")?).ok()?;
@@ -454,12 +470,21 @@ fn compare(rkv: &Daemon, redis: &RedisServer, protocol: u8, seed: u64, count: us
     let far = rkv::db::now_ms() / 1000 + 10_000_000;
     let mut rng = Rng(seed);
     let mut compared = 0;
+    let mut in_multi = false;
     for i in 0..count {
-        let args: Vec<Vec<u8>> = command(&mut rng, far)
-            .into_iter()
-            .map(String::into_bytes)
-            .collect();
+        let mut words = command(&mut rng, far);
+        // Inside MULTI only commands whose replies are compared byte for
+        // byte: the allowances below cannot look into EXEC's array.
+        while in_multi && UNORDERED.contains(&words[0].to_ascii_uppercase().as_str()) {
+            words = command(&mut rng, far);
+        }
+        let args: Vec<Vec<u8>> = words.into_iter().map(String::into_bytes).collect();
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        match name.as_str() {
+            "MULTI" => in_multi = true,
+            "EXEC" | "DISCARD" => in_multi = false,
+            _ => {}
+        }
         let (got, want) = (a.call(&args), b.call(&args));
         let shown = || {
             format!(

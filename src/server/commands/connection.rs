@@ -1,6 +1,5 @@
 //! Connection and protocol commands: HELLO, AUTH, PING, ECHO, SELECT,
-//! CLIENT, COMMAND, QUIT, and MULTI/EXEC/DISCARD (refused until
-//! transactions exist).
+//! CLIENT, COMMAND and QUIT.
 
 use super::args;
 use super::{lookup, Ctx, Spec, COMMANDS};
@@ -160,22 +159,6 @@ pub(super) fn select(ctx: &mut Ctx<'_, '_>) -> Reply {
 pub(super) fn quit(ctx: &mut Ctx<'_, '_>) -> Reply {
     ctx.close = true;
     Reply::ok()
-}
-
-pub(super) fn multi(ctx: &mut Ctx<'_, '_>) -> Reply {
-    ctx.conn.refused_multi = true;
-    Reply::error(
-        "ERR MULTI is not supported by rkv yet: the commands up to EXEC or DISCARD will be \
-         refused, not run",
-    )
-}
-
-pub(super) fn exec(_: &mut Ctx<'_, '_>) -> Reply {
-    Reply::error("ERR EXEC without MULTI")
-}
-
-pub(super) fn discard(_: &mut Ctx<'_, '_>) -> Reply {
-    Reply::error("ERR DISCARD without MULTI")
 }
 
 pub(super) fn client(ctx: &mut Ctx<'_, '_>) -> Reply {

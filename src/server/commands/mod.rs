@@ -13,6 +13,7 @@ mod expire;
 mod keyspace;
 mod server;
 mod strings;
+mod transaction;
 mod txn;
 
 use super::{Connection, Refusal, Shared};
@@ -20,6 +21,7 @@ use crate::db::now_ms;
 use crate::resp::Reply;
 
 pub(crate) use keyspace::Cursors;
+pub(crate) use transaction::{unwatch, Multi, Watching};
 use txn::Txn;
 
 /// What the connection does after a reply.
@@ -47,16 +49,22 @@ pub(super) struct Ctx<'a, 't> {
 }
 
 impl Ctx<'_, '_> {
+    /// Runs `read` on the keyspace as this command sees it; an error reply
+    /// for a storage error or the daemon's refusal.
+    fn view<T>(&mut self, read: impl FnOnce(&Txn<'_>) -> crate::Result<T>) -> Result<T, Reply> {
+        if let Some(txn) = self.txn.as_deref() {
+            return read(txn).map_err(storage_error);
+        }
+        match self.shared.backend.reader() {
+            Ok(db) => read(&Txn::new(&db, now_ms())).map_err(storage_error),
+            Err(refusal) => Err(refusal_reply(refusal)),
+        }
+    }
+
     /// Runs `read` on the keyspace as this command sees it, or words the
     /// daemon's refusal.
     fn read(&mut self, read: impl FnOnce(&Txn<'_>) -> crate::Result<Reply>) -> Reply {
-        if let Some(txn) = self.txn.as_deref() {
-            return read(txn).unwrap_or_else(storage_error);
-        }
-        match self.shared.backend.reader() {
-            Ok(db) => read(&Txn::new(&db, now_ms())).unwrap_or_else(storage_error),
-            Err(refusal) => refusal_reply(refusal),
-        }
+        self.view(read).unwrap_or_else(|reply| reply)
     }
 
     /// Runs `write` on the writable keyspace and commits what it wrote as
@@ -76,11 +84,25 @@ impl Ctx<'_, '_> {
             Ok(reply) => reply,
             Err(e) => return storage_error(e),
         };
-        match txn.commit() {
-            Ok(_) => reply,
+        match commit(txn, self.shared) {
+            Ok(()) => reply,
             Err(e) => storage_error(e),
         }
     }
+}
+
+/// Commits `txn` and spoils the transactions watching what it wrote. The
+/// caller holds the database's write lock.
+fn commit(txn: Txn<'_>, shared: &Shared) -> crate::Result<()> {
+    if txn.flushed() {
+        let db = txn.db();
+        let now = txn.now();
+        shared
+            .watches
+            .flushed(|key| db.entry(key, now).is_ok_and(|e| e.is_some()));
+    }
+    shared.watches.touched(txn.written());
+    txn.commit()
 }
 
 /// A command's handler.
@@ -145,9 +167,9 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("decr", 2, WRITE_FAST, KEY, strings::decr),
     spec("decrby", 3, WRITE_FAST, KEY, strings::decrby),
     spec("del", -2, WRITE, ALL, strings::del),
-    spec("discard", 1, FAST, NONE, connection::discard),
+    spec("discard", 1, FAST, NONE, transaction::discard),
     spec("echo", 2, FAST, NONE, connection::echo),
-    spec("exec", 1, FAST, NONE, connection::exec),
+    spec("exec", 1, FAST, NONE, transaction::exec),
     spec("exists", -2, READ, ALL, keyspace::exists),
     spec("expire", -3, WRITE_FAST, KEY, expire::expire),
     spec("expireat", -3, WRITE_FAST, KEY, expire::expireat),
@@ -171,7 +193,7 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("mget", -2, READ, ALL, strings::mget),
     spec("mset", -3, WRITE, (1, -1, 2), strings::mset),
     spec("msetnx", -3, WRITE, (1, -1, 2), strings::msetnx),
-    spec("multi", 1, FAST, NONE, connection::multi),
+    spec("multi", 1, FAST, NONE, transaction::multi),
     spec("object", -2, READ_SLOW, NONE, keyspace::object),
     spec("persist", 2, WRITE_FAST, KEY, expire::persist),
     spec("pexpire", -3, WRITE_FAST, KEY, expire::pexpire),
@@ -199,6 +221,8 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("ttl", 2, READ, KEY, expire::ttl),
     spec("type", 2, READ, KEY, keyspace::type_of),
     spec("unlink", -2, WRITE_FAST, ALL, strings::del),
+    spec("unwatch", 1, FAST, NONE, transaction::unwatch_command),
+    spec("watch", -2, FAST, ALL, transaction::watch),
 ];
 
 fn lookup(name: &str) -> Option<&'static Spec> {
@@ -250,29 +274,17 @@ fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Acti
     };
     let found = position(name);
     let slot = found.unwrap_or(COMMANDS.len());
-    if conn.refused_multi {
-        return (refused_transaction(name, conn), Action::Continue, slot);
+    let spec = check(args, found, conn);
+    let queue =
+        conn.multi.is_some() && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit");
+    if queue {
+        let reply = transaction::queue(args, spec, conn, shared);
+        return (reply, Action::Continue, slot);
     }
-    let Some(spec) = found.map(|i| &COMMANDS[i]) else {
-        return (unknown_command(args), Action::Continue, slot);
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(reply) => return (reply, Action::Continue, slot),
     };
-    let argc = args.len() as i64;
-    if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
-        return (
-            Reply::error(format!(
-                "ERR wrong number of arguments for '{name}' command"
-            )),
-            Action::Continue,
-            slot,
-        );
-    }
-    if !conn.authenticated && !spec.flags.contains(&"noauth") {
-        return (
-            Reply::error("NOAUTH Authentication required."),
-            Action::Continue,
-            slot,
-        );
-    }
     let mut ctx = Ctx {
         args,
         conn,
@@ -289,26 +301,55 @@ fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Acti
     (reply, action, slot)
 }
 
-/// The reply to a command sent after a refused `MULTI`: nothing runs until
-/// `EXEC` (which reports the transaction discarded, as Redis does for a
-/// transaction with an error) or `DISCARD`. A client that believes it sent
-/// a transaction must never see half of it applied.
-fn refused_transaction(name: &str, conn: &mut Connection) -> Reply {
-    match name {
-        "exec" => {
-            conn.refused_multi = false;
-            Reply::error("EXECABORT Transaction discarded because of previous errors.")
-        }
-        "discard" => {
-            conn.refused_multi = false;
-            Reply::ok()
-        }
-        "multi" => Reply::error("ERR MULTI calls can not be nested"),
-        _ => Reply::error(
-            "ERR not run: inside a MULTI that rkv refused (transactions are not supported \
-             yet); EXEC or DISCARD ends it",
-        ),
+/// The command of a request, or the reply refusing it: unknown, the wrong
+/// number of arguments, or not authenticated.
+fn check(
+    args: &[Vec<u8>],
+    found: Option<usize>,
+    conn: &Connection,
+) -> Result<&'static Spec, Reply> {
+    let Some(spec) = found.map(|i| &COMMANDS[i]) else {
+        return Err(unknown_command(args));
+    };
+    let argc = args.len() as i64;
+    if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
+        return Err(Reply::error(format!(
+            "ERR wrong number of arguments for '{}' command",
+            spec.name
+        )));
     }
+    if !conn.authenticated && !spec.flags.contains(&"noauth") {
+        return Err(Reply::error("NOAUTH Authentication required."));
+    }
+    Ok(spec)
+}
+
+/// Runs a command queued by MULTI on the transaction's `txn`, and counts
+/// it.
+fn run_queued(
+    args: &[Vec<u8>],
+    conn: &mut Connection,
+    shared: &Shared,
+    txn: &mut Txn<'_>,
+) -> Reply {
+    let slot = lookup_slot(&args[0]);
+    let spec = &COMMANDS[slot];
+    let mut ctx = Ctx {
+        args,
+        conn,
+        shared,
+        close: false,
+        txn: Some(txn),
+    };
+    let reply = (spec.handler)(&mut ctx);
+    count_call(shared, slot, &reply);
+    reply
+}
+
+/// The table slot of a command checked when it was queued.
+fn lookup_slot(name: &[u8]) -> usize {
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    position(&name).expect("a queued command is in the table")
 }
 
 /// How much of an unknown command Redis echoes back: the name and the
@@ -369,10 +410,10 @@ pub(crate) struct SetBatch {
 impl SetBatch {
     /// Whether `args`, from `conn`, may join the batch: a plain `SET key
     /// value` (no options) that [`execute`] would run as it is: the
-    /// connection is authenticated and not inside a refused `MULTI`.
+    /// connection is authenticated and not inside `MULTI`.
     pub(crate) fn accepts(args: &[Vec<u8>], conn: &Connection) -> bool {
         conn.authenticated
-            && !conn.refused_multi
+            && conn.multi.is_none()
             && args.len() == 3
             && args[0].eq_ignore_ascii_case(b"set")
     }
@@ -397,7 +438,7 @@ impl SetBatch {
                 for (key, value) in pairs {
                     txn.set_plain(&key, value);
                 }
-                txn.commit().map_or_else(storage_error, |_| Reply::ok())
+                commit(txn, shared).map_or_else(storage_error, |()| Reply::ok())
             }
             Err(refusal) => refusal_reply(refusal),
         };

@@ -23,6 +23,8 @@ pub(crate) struct Txn<'a> {
     pending: BTreeMap<Vec<u8>, Pending>,
     /// `FLUSHDB` ran: nothing of the database below shows.
     flushed: bool,
+    /// Keys written before a `FLUSHDB` of the transaction, for `WATCH`.
+    written_before_flush: Vec<Vec<u8>>,
 }
 
 struct Pending {
@@ -38,7 +40,13 @@ impl<'a> Txn<'a> {
             now,
             pending: BTreeMap::new(),
             flushed: false,
+            written_before_flush: Vec::new(),
         }
+    }
+
+    /// The database below.
+    pub fn db(&self) -> &'a Db {
+        self.db
     }
 
     /// The clock reading every expiry is judged against, in unix ms.
@@ -94,8 +102,20 @@ impl<'a> Txn<'a> {
 
     /// Deletes every key (`FLUSHDB`).
     pub fn flush(&mut self) {
-        self.pending.clear();
+        let written = std::mem::take(&mut self.pending).into_keys();
+        self.written_before_flush.extend(written);
         self.flushed = true;
+    }
+
+    /// Whether the transaction removes every key (`FLUSHDB`).
+    pub fn flushed(&self) -> bool {
+        self.flushed
+    }
+
+    /// Every key the transaction writes.
+    pub fn written(&self) -> impl Iterator<Item = &[u8]> {
+        let before = self.written_before_flush.iter();
+        before.chain(self.pending.keys()).map(Vec::as_slice)
     }
 
     /// The live entries with `from <= key < to`, in key order.
