@@ -31,9 +31,10 @@ trap summary EXIT
 # System packages: libclang for RocksDB's bindings, clang to build it,
 # redis-cli for the tests that drive the daemons with a real Redis client,
 # systemd-analyze for the unit checks, python3 for the scripts' port picking,
-# redis-server and gnuplot for the quick benchmark, faketime for the tests
+# redis-server for the quick benchmark and the differential test, gnuplot for
+# the benchmark, faketime for the tests
 # and fault scenarios of a master whose clock is hours off, python3's venv
-# for moto (below), and prometheus for promtool, which lints the metrics.
+# for moto and redis-py (below), and prometheus for promtool, which lints the metrics.
 missing=()
 compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
 command -v clang >/dev/null || missing+=(clang)
@@ -64,6 +65,15 @@ if [[ ! -x $MOTO_VENV/bin/moto_server ]]; then
     "$MOTO_VENV/bin/pip" install -q 'moto[server]==5.2.5'
 fi
 export RKV_MOTO_SERVER=$MOTO_VENV/bin/moto_server
+
+# The newest redis-py from PyPI, for the test that uses it as a user would
+# (at its default settings): upgraded on every run, so a new release that
+# breaks against rkv shows up here first.
+REDIS_PY_VENV=${RKV_REDIS_PY_VENV:-$HOME/.cache/rkv/redis-py-venv}
+[[ -x $REDIS_PY_VENV/bin/python ]] || python3 -m venv "$REDIS_PY_VENV"
+"$REDIS_PY_VENV/bin/pip" install -q --upgrade redis
+log "redis-py $("$REDIS_PY_VENV/bin/python" -c 'import redis; print(redis.__version__)')"
+export RKV_REDIS_PY=$REDIS_PY_VENV/bin/python
 
 log "cargo fmt --check"
 cargo fmt --check

@@ -461,9 +461,21 @@ pub fn now_ms() -> u64 {
 /// version of the key may lie below, so nothing older resurfaces).
 fn drop_expired(_level: u32, _key: &[u8], stored: &[u8]) -> Decision {
     match deadline_of(stored) {
-        Some(deadline) if deadline <= now_ms() => Decision::Remove,
+        Some(deadline) if deadline <= now_ms() => {
+            EXPIRED_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Decision::Remove
+        }
         _ => Decision::Keep,
     }
+}
+
+/// Expired entries compaction dropped in this process (INFO's
+/// `expired_keys`).
+static EXPIRED_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many expired entries compaction dropped since the process started.
+pub fn expired_dropped() -> u64 {
+    EXPIRED_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The deadline an [`EXPIRING`] value starts with.

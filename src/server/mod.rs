@@ -148,6 +148,14 @@ pub struct Stats {
     pub calls: Box<[AtomicU64]>,
     /// Commands answered with an error since start.
     pub command_errors: AtomicU64,
+    /// Keys found, and not found, by reading commands (INFO's
+    /// `keyspace_hits` and `keyspace_misses`).
+    pub keyspace_hits: AtomicU64,
+    /// Keys not found by reading commands.
+    pub keyspace_misses: AtomicU64,
+    /// Recent (time, commands processed) readings, for INFO's
+    /// `instantaneous_ops_per_sec`.
+    pub ops_samples: std::sync::Mutex<std::collections::VecDeque<(Instant, u64)>>,
 }
 
 impl Default for Stats {
@@ -161,11 +169,42 @@ impl Default for Stats {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             command_errors: AtomicU64::new(0),
+            keyspace_hits: AtomicU64::new(0),
+            keyspace_misses: AtomicU64::new(0),
+            ops_samples: Default::default(),
         }
     }
 }
 
 impl Stats {
+    /// Commands per second over about the last 1.6 s (Redis samples 16
+    /// times 100 ms), read from the readings INFO leaves: when INFO is
+    /// asked less often, over the time since the last reading.
+    pub fn ops_per_sec(&self) -> f64 {
+        const WINDOW: Duration = Duration::from_millis(1600);
+        let (now, total) = (Instant::now(), self.total_commands.load(Ordering::Relaxed));
+        let mut samples = self.ops_samples.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep the newest reading older than the window, and those within.
+        while samples.len() > 1 && now.duration_since(samples[1].0) >= WINDOW {
+            samples.pop_front();
+        }
+        let rate = samples.front().map_or(0.0, |&(then, before)| {
+            let seconds = now.duration_since(then).as_secs_f64();
+            if seconds > 0.0 {
+                total.saturating_sub(before) as f64 / seconds
+            } else {
+                0.0
+            }
+        });
+        if samples
+            .back()
+            .is_none_or(|&(last, _)| now.duration_since(last) >= WINDOW / 16)
+        {
+            samples.push_back((now, total));
+        }
+        rate
+    }
+
     /// Calls per command name since start (`unknown` for commands rkv does
     /// not have), leaving out those never called.
     pub fn calls_by_command(&self) -> Vec<(&'static str, u64)> {

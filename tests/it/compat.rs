@@ -625,3 +625,168 @@ fn an_expired_key_is_gone_at_once_on_the_master_every_follower_and_the_cli() {
     assert_eq!(scanned, "plain : p\nstays : w\n");
     rkv(&[&connect, "get", "gone"]).fails(1, &["gone"]);
 }
+
+/// The Python with the newest redis-py from PyPI that the test command
+/// installs (`RKV_REDIS_PY`, else its virtualenv).
+fn redis_py() -> std::path::PathBuf {
+    match std::env::var_os("RKV_REDIS_PY") {
+        Some(python) => python.into(),
+        None => {
+            let home = std::env::var_os("HOME").expect("HOME");
+            std::path::Path::new(&home).join(".cache/rkv/redis-py-venv/bin/python")
+        }
+    }
+}
+
+/// What a redis-py user does, at the library's default settings and with
+/// RESP2 and RESP3 asked for explicitly: prints the version and `ok`.
+const REDIS_PY_SCRIPT: &str = r#"
+import sys, redis
+master, follower = int(sys.argv[1]), int(sys.argv[2])
+for kw in ({}, {"protocol": 2}, {"protocol": 3}):
+    r = redis.Redis(port=master, **kw)
+    assert r.ping()
+    assert r.set("greeting", "hello", ex=600)
+    assert r.get("greeting") == b"hello"
+    assert 590 <= r.ttl("greeting") <= 600
+    assert r.incr("visits") >= 1
+    assert r.incrbyfloat("price", "0.1") > 0
+    assert r.getex("greeting", persist=True) == b"hello" and r.ttl("greeting") == -1
+    assert r.info()["redis_version"]
+    p = r.pipeline(transaction=True)
+    p.set("x", 1).incr("x").get("x")
+    assert p.execute() == [True, 2, b"2"], "MULTI/EXEC"
+    # A check-and-set loop with WATCH, as redis-py's docs show it.
+    with r.pipeline() as p:
+        while True:
+            try:
+                p.watch("x")
+                value = int(p.get("x"))
+                p.multi()
+                p.set("x", value + 1)
+                p.execute()
+                break
+            except redis.WatchError:
+                continue
+    assert r.get("x") == b"3"
+    assert b"greeting" in r.keys("*") and b"greeting" in list(r.scan_iter("gr*"))
+    assert r.delete("x") == 1 and r.exists("x") == 0
+r = redis.Redis(port=master)
+r.set("replicated", "yes")
+r.save()
+f = redis.Redis(port=follower, protocol=3)
+hello = f.execute_command("HELLO", 3)
+role = hello.get(b"role", hello.get("role"))
+assert role in (b"replica", "replica"), hello
+import time
+for _ in range(600):
+    try:
+        if f.get("replicated") == b"yes":
+            break
+    except redis.exceptions.MasterDownError:
+        pass  # no backup applied yet
+    time.sleep(0.1)
+assert f.get("replicated") == b"yes"
+try:
+    f.set("k", "v")
+    raise SystemExit("a follower took a write")
+except redis.exceptions.ReadOnlyError:
+    pass
+print(redis.__version__, "ok")
+"#;
+
+fn port_of(d: &Daemon) -> String {
+    d.addr.to_string().rsplit(':').next().unwrap().to_string()
+}
+
+#[test]
+fn real_clients_at_their_default_settings_work() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f"),
+        &["--poll-interval", "100ms"],
+    );
+    let (m, f) = (port_of(&master), port_of(&follower));
+
+    // The newest redis-py, with its defaults, RESP2 and RESP3.
+    let out = Command::new(redis_py())
+        .args(["-c", REDIS_PY_SCRIPT, &m, &f])
+        .output()
+        .expect("redis-py's Python (scripts/test.sh installs it)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("ok"),
+        "redis-py: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("redis-py {}", said.trim());
+
+    // redis-benchmark's own tests, pipelined: none fails, no INCR is lost.
+    let bench = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &m,
+            "-t",
+            "set,get,incr,mset",
+            "-n",
+            "20000",
+            "-P",
+            "16",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&bench.stdout);
+    for test in ["SET:", "GET:", "INCR:", "MSET (10 keys):"] {
+        assert!(report.contains(test), "{test} missing: {report}");
+    }
+    assert!(!report.contains("Error"), "{report}");
+    let mut c = master.client();
+    assert_eq!(
+        c.call(&[b"GET", b"counter:__rand_int__"]).unwrap(),
+        Reply::bulk("20000")
+    );
+
+    // redis-cli's tools.
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &m])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let big = cli(&["--bigkeys"]);
+    assert!(
+        big.contains("Biggest string found") && big.contains("strings with"),
+        "{big}"
+    );
+    let mem = cli(&["--memkeys"]);
+    assert!(
+        mem.contains("strings with") && mem.contains("bytes"),
+        "{mem}"
+    );
+    let scanned = cli(&["--scan", "--pattern", "greet*"]);
+    assert_eq!(scanned.trim(), "greeting");
+    // --stat repeats until stopped: its first two readings.
+    let mut stat = Command::new("stdbuf")
+        .args(["-oL", "redis-cli", "-p", &m, "--stat", "-i", "0.2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(stat.stdout.take().unwrap()).lines();
+    let header: Vec<String> = (0..4).map(|_| lines.next().unwrap().unwrap()).collect();
+    let _ = stat.kill();
+    let _ = stat.wait();
+    assert!(header[1].starts_with("keys"), "{header:?}");
+    let keys: u64 = header[2]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(keys > 0, "{header:?}");
+}

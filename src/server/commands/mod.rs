@@ -16,6 +16,8 @@ mod strings;
 mod transaction;
 mod txn;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::{Connection, Refusal, Shared};
 use crate::db::now_ms;
 use crate::resp::Reply;
@@ -52,11 +54,19 @@ impl Ctx<'_, '_> {
     /// Runs `read` on the keyspace as this command sees it; an error reply
     /// for a storage error or the daemon's refusal.
     fn view<T>(&mut self, read: impl FnOnce(&Txn<'_>) -> crate::Result<T>) -> Result<T, Reply> {
+        let counted = |txn: &Txn<'_>, stats: &super::Stats| {
+            let before = txn.lookups();
+            let result = read(txn).map_err(storage_error);
+            let after = txn.lookups();
+            stats.keyspace_hits.fetch_add(after.0 - before.0, Relaxed);
+            stats.keyspace_misses.fetch_add(after.1 - before.1, Relaxed);
+            result
+        };
         if let Some(txn) = self.txn.as_deref() {
-            return read(txn).map_err(storage_error);
+            return counted(txn, &self.shared.stats);
         }
         match self.shared.backend.reader() {
-            Ok(db) => read(&Txn::new(&db, now_ms())).map_err(storage_error),
+            Ok(db) => counted(&Txn::new(&db, now_ms()), &self.shared.stats),
             Err(refusal) => Err(refusal_reply(refusal)),
         }
     }
@@ -162,6 +172,7 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("bgsave", -1, ADMIN, NONE, server::bgsave),
     spec("client", -2, FAST, NONE, connection::client),
     spec("command", -1, FAST, NONE, connection::command),
+    spec("config", -2, ADMIN, NONE, server::config),
     spec("copy", -3, WRITE, TWO, keyspace::copy),
     spec("dbsize", 1, READ_SLOW, NONE, keyspace::dbsize),
     spec("decr", 2, WRITE_FAST, KEY, strings::decr),

@@ -13,6 +13,49 @@ pub(super) fn role(ctx: &mut Ctx<'_, '_>) -> Reply {
     role_reply(ctx.shared.backend.role())
 }
 
+/// `CONFIG GET pattern [pattern ...]`: the few parameters tools ask for,
+/// as rkv has them. rkv is configured by flags and the environment, so
+/// `CONFIG SET` is an error.
+pub(super) fn config(ctx: &mut Ctx<'_, '_>) -> Reply {
+    let (args, shared) = (ctx.args, ctx.shared);
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_uppercase();
+    match sub.as_str() {
+        "GET" if args.len() >= 3 => {
+            let port = tcp_port(shared).to_string();
+            let limits = shared.config.limits;
+            let parameters = [
+                ("appendonly", "no".to_string()),
+                ("databases", "1".into()),
+                ("maxclients", shared.config.max_clients.to_string()),
+                ("maxmemory", "0".into()),
+                ("maxmemory-policy", "noeviction".into()),
+                ("port", port),
+                ("proto-max-bulk-len", limits.max_request_bytes.to_string()),
+                ("save", String::new()),
+                ("timeout", "0".into()),
+            ];
+            let pairs = parameters
+                .into_iter()
+                .filter(|(name, _)| {
+                    args[2..]
+                        .iter()
+                        .any(|p| crate::glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
+                })
+                .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
+                .collect();
+            Reply::Map(pairs)
+        }
+        "SET" => Reply::error(
+            "ERR CONFIG SET is not supported: rkv is configured by its command-line flags and \
+             environment (see rkv-master --help)",
+        ),
+        _ => Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
 pub(super) fn lastsave(ctx: &mut Ctx<'_, '_>) -> Reply {
     Reply::Integer(ctx.shared.backend.lastsave())
 }
@@ -66,13 +109,19 @@ pub(super) fn info(ctx: &mut Ctx<'_, '_>) -> Reply {
             .any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
     let mut sections = common_info(shared);
     sections.extend(status_sections(shared.backend.status()));
-    if let Some(db) = shared.backend.served() {
+    // As in Redis, a database with no keys has no line (RocksDB's counts
+    // are estimates, exact after compaction).
+    let keyspace = shared.backend.served().and_then(|db| {
         let keys = db.estimate_num_keys().unwrap_or(0);
-        sections.push((
-            "keyspace",
-            vec![("db0".into(), format!("keys={keys},expires=0,avg_ttl=0"))],
-        ));
-    }
+        let expires = db.estimate_expiring_keys();
+        (keys > 0).then(|| {
+            (
+                "db0".into(),
+                format!("keys={keys},expires={expires},avg_ttl=0"),
+            )
+        })
+    });
+    sections.push(("keyspace", keyspace.into_iter().collect()));
     let mut text = String::new();
     for (name, fields) in sections {
         if !all && !wanted.iter().any(|w| w == name) {
@@ -91,10 +140,9 @@ pub(super) fn info(ctx: &mut Ctx<'_, '_>) -> Reply {
     Reply::Verbatim(text.into_bytes())
 }
 
-fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
-    let uptime = shared.started.elapsed().as_secs();
-    let stats = &shared.stats;
-    let port = shared
+/// The first TCP port the server listens on (0: only Unix sockets).
+fn tcp_port(shared: &Shared) -> u16 {
+    shared
         .config
         .listen
         .iter()
@@ -102,7 +150,13 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
             crate::server::ListenAddr::Tcp(s) => Some(s.port()),
             crate::server::ListenAddr::Unix(_) => None,
         })
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
+    let uptime = shared.started.elapsed().as_secs();
+    let stats = &shared.stats;
+    let port = tcp_port(shared);
     let kv = |k: &str, v: String| (k.to_string(), v);
     vec![
         (
@@ -143,14 +197,98 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
                     stats.total_commands.load(Ordering::Relaxed).to_string(),
                 ),
                 kv(
+                    "instantaneous_ops_per_sec",
+                    format!("{:.0}", stats.ops_per_sec()),
+                ),
+                kv(
                     "rejected_connections",
                     stats
                         .rejected_connections
                         .load(Ordering::Relaxed)
                         .to_string(),
                 ),
+                kv("expired_keys", crate::db::expired_dropped().to_string()),
+                kv("evicted_keys", "0".into()),
+                kv(
+                    "keyspace_hits",
+                    stats.keyspace_hits.load(Ordering::Relaxed).to_string(),
+                ),
+                kv(
+                    "keyspace_misses",
+                    stats.keyspace_misses.load(Ordering::Relaxed).to_string(),
+                ),
+                kv(
+                    "total_error_replies",
+                    stats.command_errors.load(Ordering::Relaxed).to_string(),
+                ),
             ],
         ),
+        ("memory", memory_fields()),
+        ("cpu", cpu_fields()),
+    ]
+}
+
+/// INFO memory: the process's resident memory (Redis reports its
+/// allocator's count; rkv's memory is mostly RocksDB's, whose memtables
+/// and block cache `rkv_…` fields and the metrics break down).
+fn memory_fields() -> Vec<(String, String)> {
+    let rss = resident_bytes();
+    vec![
+        ("used_memory".into(), rss.to_string()),
+        ("used_memory_human".into(), bytes_to_human(rss)),
+        ("used_memory_rss".into(), rss.to_string()),
+        ("used_memory_rss_human".into(), bytes_to_human(rss)),
+        ("maxmemory".into(), "0".into()),
+        ("maxmemory_human".into(), "0B".into()),
+        ("maxmemory_policy".into(), "noeviction".into()),
+    ]
+}
+
+/// The process's resident set, from `/proc/self/statm` (0 where there is
+/// none).
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// Redis's `bytesToHuman`: `512B`, `1.50K`, `3.25M`, `2.00G`.
+fn bytes_to_human(n: u64) -> String {
+    const UNITS: [(&str, f64); 5] = [
+        ("P", 1125899906842624.0),
+        ("T", 1099511627776.0),
+        ("G", 1073741824.0),
+        ("M", 1048576.0),
+        ("K", 1024.0),
+    ];
+    let bytes = n as f64;
+    match UNITS.iter().find(|(_, size)| bytes >= *size) {
+        Some((unit, size)) => format!("{:.2}{unit}", bytes / size),
+        None => format!("{n}B"),
+    }
+}
+
+/// INFO cpu: `getrusage` of the process and of its children.
+fn cpu_fields() -> Vec<(String, String)> {
+    let usage = |who| {
+        // SAFETY: rusage is plain data; getrusage fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a rusage.
+        unsafe { libc::getrusage(who, &mut usage) };
+        let seconds = |t: libc::timeval| format!("{}.{:06}", t.tv_sec, t.tv_usec);
+        (seconds(usage.ru_stime), seconds(usage.ru_utime))
+    };
+    let (sys, user) = usage(libc::RUSAGE_SELF);
+    let (sys_children, user_children) = usage(libc::RUSAGE_CHILDREN);
+    vec![
+        ("used_cpu_sys".into(), sys),
+        ("used_cpu_user".into(), user),
+        ("used_cpu_sys_children".into(), sys_children),
+        ("used_cpu_user_children".into(), user_children),
     ]
 }
 
@@ -311,4 +449,24 @@ fn store_fields(traffic: Option<crate::status::StoreTraffic>) -> Vec<(String, St
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_shown_as_redis_shows_them() {
+        assert_eq!(bytes_to_human(512), "512B");
+        assert_eq!(bytes_to_human(1536), "1.50K");
+        assert_eq!(bytes_to_human(3 << 20), "3.00M");
+        assert_eq!(bytes_to_human(5 << 30), "5.00G");
+    }
+
+    #[test]
+    fn the_process_reports_its_memory_and_cpu() {
+        assert!(resident_bytes() > 0);
+        let cpu = cpu_fields();
+        assert!(cpu.iter().all(|(_, v)| v.contains('.')), "{cpu:?}");
+    }
 }

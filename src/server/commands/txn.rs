@@ -6,6 +6,7 @@
 //! every read-modify-write (`INCR`, `SET … NX`, `RENAME`) atomic against
 //! every other write.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::btree_map::{self, BTreeMap};
 use std::iter::Peekable;
@@ -25,6 +26,10 @@ pub(crate) struct Txn<'a> {
     flushed: bool,
     /// Keys written before a `FLUSHDB` of the transaction, for `WATCH`.
     written_before_flush: Vec<Vec<u8>>,
+    /// Lookups that found a key, and that did not (INFO's keyspace hits
+    /// and misses).
+    hits: Cell<u64>,
+    misses: Cell<u64>,
 }
 
 struct Pending {
@@ -41,6 +46,8 @@ impl<'a> Txn<'a> {
             pending: BTreeMap::new(),
             flushed: false,
             written_before_flush: Vec::new(),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
         }
     }
 
@@ -56,11 +63,23 @@ impl<'a> Txn<'a> {
 
     /// The live entry of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        match self.pending.get(key) {
-            Some(p) => Ok(p.now.clone()),
-            None if self.flushed => Ok(None),
-            None => self.db.entry(key, self.now),
-        }
+        let entry = match self.pending.get(key) {
+            Some(p) => p.now.clone(),
+            None if self.flushed => None,
+            None => self.db.entry(key, self.now)?,
+        };
+        let counter = if entry.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.set(counter.get() + 1);
+        Ok(entry)
+    }
+
+    /// Lookups so far that found a key, and that did not.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
     }
 
     /// The live value of `key`.
