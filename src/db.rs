@@ -58,6 +58,10 @@ pub struct Db {
     /// Held by every write of the server's commands, so a read-modify-write
     /// (`SET … NX`, `DEL` counting) is never interleaved with another write.
     write_lock: std::sync::Mutex<()>,
+    /// Whether [`EXPIRING`] may hold an entry: false while no key ever had a
+    /// deadline, which spares every read of a missing key, and every plain
+    /// write, a lookup there.
+    may_expire: std::sync::atomic::AtomicBool,
 }
 
 impl Db {
@@ -151,7 +155,12 @@ impl Db {
             }
         };
         let inner = opened.map_err(|e| classify_open_error(path, e))?;
+        let may_expire = inner.cf_handle(EXPIRING).is_some_and(|cf| {
+            let mut first = inner.iterator_cf(cf, IteratorMode::Start);
+            first.next().is_some()
+        });
         Ok(Db {
+            may_expire: std::sync::atomic::AtomicBool::new(may_expire),
             inner,
             path: path.to_path_buf(),
             write_options: WriteOptions::default(),
@@ -182,6 +191,15 @@ impl Db {
         self.inner.cf_handle(EXPIRING)
     }
 
+    /// [`EXPIRING`], when it may hold an entry.
+    fn expiring_if_used(&self) -> Option<&ColumnFamily> {
+        if self.may_expire.load(std::sync::atomic::Ordering::SeqCst) {
+            self.expiring()
+        } else {
+            None
+        }
+    }
+
     /// The value of `key`, unless it is absent or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.entry(key, now_ms())?.map(|e| e.value))
@@ -197,7 +215,7 @@ impl Db {
                 expires_at: None,
             }));
         }
-        let Some(cf) = self.expiring() else {
+        let Some(cf) = self.expiring_if_used() else {
             return Ok(None);
         };
         let stored = self.inner.get_cf(cf, key).map_err(read)?;
@@ -206,7 +224,7 @@ impl Db {
 
     /// The entry stored for `key` with a deadline, expired or not.
     pub fn expiring_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let Some(cf) = self.expiring() else {
+        let Some(cf) = self.expiring_if_used() else {
             return Ok(None);
         };
         let stored = self
@@ -265,6 +283,7 @@ impl Db {
         Batch {
             inner: WriteBatch::default(),
             expiring: self.expiring(),
+            expires: false,
         }
     }
 
@@ -272,6 +291,11 @@ impl Db {
     pub fn write(&self, batch: Batch<'_>) -> Result<()> {
         if batch.inner.is_empty() {
             return Ok(());
+        }
+        if batch.expires {
+            // Before the write: a reader that sees the entry checks there.
+            self.may_expire
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let result = self.inner.write_opt(&batch.inner, &self.write_options);
         self.track(result, "write a batch")
@@ -346,7 +370,9 @@ impl Db {
         now: u64,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Entry)>> + 'a {
         let plain = self.raw_iter(None, range);
-        let expiring = self.expiring().map(|cf| self.raw_iter(Some(cf), range));
+        let expiring = self
+            .expiring_if_used()
+            .map(|cf| self.raw_iter(Some(cf), range));
         Merged {
             plain: plain.peekable(),
             expiring: expiring.into_iter().flatten().peekable(),
@@ -515,6 +541,8 @@ impl Entry {
 pub struct Batch<'a> {
     inner: WriteBatch,
     expiring: Option<&'a ColumnFamily>,
+    /// The batch writes a key with a deadline.
+    expires: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -537,6 +565,7 @@ impl<'a> Batch<'a> {
                 stored.extend_from_slice(&deadline.to_be_bytes());
                 stored.extend_from_slice(value);
                 self.inner.put_cf(self.cf(), key, stored);
+                self.expires = true;
                 if old.is_some() && !was_expiring {
                     self.inner.delete(key);
                 }

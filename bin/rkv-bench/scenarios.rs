@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rkv::backup::{BackupDir, BackupSink, BackupSource, RestoreMode};
+use rkv::client::Client;
 use rkv::db::{Db, OpenMode};
 use rkv::resp::Reply;
 
@@ -459,6 +460,7 @@ pub struct ThroughputResult {
     pub baseline_name: String,
     /// The median of the per-round ratios.
     pub ratio: Spread,
+    /// The ratio aimed at; 0 for none.
     pub target: f64,
 }
 
@@ -484,32 +486,46 @@ impl ThroughputResult {
 }
 
 /// Target 4: SET throughput of rkv-master (backups every second, and off)
-/// against redis-server with `appendonly everysec`.
+/// against redis-server with `appendonly everysec`; and INCR and a
+/// MULTI/EXEC of 10 SETs against the same redis-server, in the same
+/// rounds.
 pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<ThroughputResult> {
     let mut rows = Vec::new();
     for pipeline in [1, 16] {
         let mut on_vs_redis = Vec::new();
         let mut off_vs_on = Vec::new();
+        let mut incr = Vec::new();
+        let mut multi = Vec::new();
         for round in 0..rounds {
-            let rkv = |tag: &str, interval: &str| {
+            // INCR and the transactions run on the master of backups every
+            // second, after its SETs; the transactions unpipelined only.
+            let measure = |port: u16, more: bool| {
+                let set = redis_benchmark(port, "set", requests, 50, pipeline);
+                let incr = more.then(|| redis_benchmark(port, "incr", requests, 50, pipeline));
+                let multi = (more && pipeline == 1).then(|| transactions(port, 50, requests / 10));
+                (set, incr, multi)
+            };
+            let rkv = |tag: &str, interval: &str, more: bool| {
                 let dir = work.join(format!("{tag}-{pipeline}-{round}"));
                 let master = Proc::master(
                     &dir.join("db"),
                     &dir.join("backups"),
                     &["--interval", interval, "--backup-on-exit", "no"],
                 );
-                let rps = redis_benchmark(master.port, "set", requests, 50, pipeline);
+                let rates = measure(master.port, more);
                 master.stop();
                 let _ = std::fs::remove_dir_all(&dir);
-                rps
+                rates
             };
             let redis = Proc::redis_server_with("yes");
-            let baseline = redis_benchmark(redis.port, "set", requests, 50, pipeline);
+            let baseline = measure(redis.port, true);
             redis.stop();
-            let on = rkv("on", "1s");
-            let off = rkv("off", "0");
-            on_vs_redis.push((on, baseline));
-            off_vs_on.push((off, on));
+            let on = rkv("on", "1s", true);
+            let off = rkv("off", "0", false);
+            on_vs_redis.push((on.0, baseline.0));
+            off_vs_on.push((off.0, on.0));
+            incr.extend(on.1.zip(baseline.1));
+            multi.extend(on.2.zip(baseline.2));
         }
         rows.push(ThroughputResult::new(
             "SET, rkv-master (backups every 1s) vs redis-server (appendonly everysec)".into(),
@@ -525,8 +541,63 @@ pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<Through
             "rkv-master, backups every 1s",
             1.0,
         ));
+        rows.push(ThroughputResult::new(
+            "INCR, rkv-master (backups every 1s) vs redis-server (appendonly everysec)".into(),
+            (50, pipeline),
+            &incr,
+            "redis-server, appendonly everysec",
+            0.0,
+        ));
+        if !multi.is_empty() {
+            rows.push(ThroughputResult::new(
+                "MULTI, 10 SETs, EXEC (transactions/s), rkv-master (backups every 1s) vs \
+                 redis-server (appendonly everysec)"
+                    .into(),
+                (50, 1),
+                &multi,
+                "redis-server, appendonly everysec",
+                0.0,
+            ));
+        }
     }
     rows
+}
+
+/// Transactions per second: `clients` connections each sending `MULTI`,
+/// 10 `SET`s of 100-byte values over 100,000 keys and `EXEC` as one
+/// pipeline, `total` transactions in all.
+fn transactions(port: u16, clients: usize, total: usize) -> f64 {
+    let per_client = (total / clients).max(1);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let addr: rkv::server::ListenAddr = format!("127.0.0.1:{port}").parse().unwrap();
+                let mut client = Client::connect(&addr, None).unwrap();
+                let mut rng = Rng(0x9E37_79B9 ^ ((c as u64 + 1) * 0x2545_F491));
+                let value = vec![b'x'; 100];
+                for _ in 0..per_client {
+                    let keys: Vec<String> = (0..10)
+                        .map(|_| format!("tx:{:06}", rng.next() % 100_000))
+                        .collect();
+                    let mut commands: Vec<Vec<&[u8]>> = vec![vec![b"MULTI"]];
+                    for key in &keys {
+                        commands.push(vec![b"SET", key.as_bytes(), &value]);
+                    }
+                    commands.push(vec![b"EXEC"]);
+                    let replies = client.pipeline(&commands).unwrap();
+                    assert!(
+                        matches!(replies.last(), Some(Reply::Array(Some(r))) if r.len() == 10),
+                        "EXEC: {replies:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    (per_client * clients) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Loads `keys` keys (`key:%012d`, redis-benchmark's names, 100-byte

@@ -443,13 +443,22 @@ impl SetBatch {
         let pairs = std::mem::take(&mut self.pairs);
         let count = pairs.len();
         let reply = match shared.backend.writer() {
+            // Straight into one RocksDB batch, without a Txn: a plain SET
+            // reads nothing but a deadline the key may have had.
             Ok(db) => {
                 let _ordered = db.write_lock();
-                let mut txn = Txn::new(&db, now_ms());
-                for (key, value) in pairs {
-                    txn.set_plain(&key, value);
-                }
-                commit(txn, shared).map_or_else(storage_error, |()| Reply::ok())
+                let written = (|| {
+                    let mut batch = db.batch();
+                    for (key, value) in &pairs {
+                        let old = db.expiring_entry(key)?;
+                        batch.put(key, value, None, old.as_ref());
+                    }
+                    db.write(batch)
+                })();
+                shared
+                    .watches
+                    .touched(pairs.iter().map(|(k, _)| k.as_slice()));
+                written.map_or_else(storage_error, |()| Reply::ok())
             }
             Err(refusal) => refusal_reply(refusal),
         };
