@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mio::event::Source;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use super::commands::{self, Action, SetBatch};
+use super::commands::{self, Action, WriteGroup};
 use super::{Connection, Shared, Stream};
 use crate::resp;
 
@@ -312,10 +312,10 @@ impl Client {
     /// Answers every complete request in the buffer.
     fn answer(&mut self, shared: &Shared) {
         let limits = shared.config.limits;
-        // Consecutive plain SETs of a pipeline go to RocksDB as one write
-        // batch (one WAL append); any other command flushes them first, so
-        // order holds.
-        let mut sets = SetBatch::default();
+        // Consecutive write commands of a pipeline go to RocksDB as one
+        // write batch (one WAL append); any other command flushes them
+        // first, so order holds.
+        let mut group = WriteGroup::default();
         while matches!(self.state, State::Open) {
             let authenticated = self.conn.authenticated;
             match self
@@ -328,11 +328,14 @@ impl Client {
                         continue;
                     }
                     shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                    if SetBatch::accepts(&args, &self.conn) {
-                        sets.push(args);
+                    if WriteGroup::accepts(&args, &self.conn) {
+                        group.push(args);
+                        if group.is_full() {
+                            group.flush(&mut self.conn, shared, &mut self.out);
+                        }
                         continue;
                     }
-                    sets.flush(shared, &mut self.out);
+                    group.flush(&mut self.conn, shared, &mut self.out);
                     let (reply, action) = commands::execute(&args, &mut self.conn, shared);
                     reply.encode_as(&mut self.out, self.conn.protocol);
                     if action == Action::Close {
@@ -342,7 +345,7 @@ impl Client {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!("client {}: protocol error: {}", self.conn.id, e.0);
-                    sets.flush(shared, &mut self.out);
+                    group.flush(&mut self.conn, shared, &mut self.out);
                     e.reply().encode(&mut self.out);
                     self.state = State::Lingering(Instant::now() + LINGER);
                 }
@@ -352,7 +355,7 @@ impl Client {
                 break;
             }
         }
-        sets.flush(shared, &mut self.out);
+        group.flush(&mut self.conn, shared, &mut self.out);
         // Keep the unparsed tail only.
         if self.start == self.buf.len() {
             self.buf.clear();

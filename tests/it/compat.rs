@@ -790,3 +790,50 @@ fn real_clients_at_their_default_settings_work() {
         .unwrap();
     assert!(keys > 0, "{header:?}");
 }
+
+#[test]
+fn pipelined_writes_are_grouped_but_answer_in_order_as_redis_does() {
+    let s = Sandbox::new();
+    let rkv = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let redis = RedisServer::start(s.root());
+    // Writes that rkv runs as groups, broken by reads and errors.
+    let script: &[&[&str]] = &[
+        &["SET", "a", "1"],
+        &["INCR", "a"],
+        &["INCRBY", "a", "x"],
+        &["INCR", "a"],
+        &["GET", "a"],
+        &["APPEND", "a", "z"],
+        &["INCR", "a"],
+        &["SET", "b", "v", "EX", "100"],
+        &["SET", "b", "w", "KEEPTTL", "GET"],
+        &["TTL", "b"],
+        &["SET", "c", "1"],
+        &["SET", "c", "2"],
+        &["GETDEL", "c"],
+        &["MSETNX", "c", "3", "d", "4"],
+        &["RENAME", "d", "e"],
+        &["MGET", "a", "b", "c", "d", "e"],
+    ];
+    let mut wire = Vec::new();
+    for args in script {
+        wire.extend(format!("*{}\r\n", args.len()).into_bytes());
+        for arg in *args {
+            wire.extend(format!("${}\r\n{arg}\r\n", arg.len()).into_bytes());
+        }
+    }
+    let answers = |stream: TcpStream| {
+        let mut conn = Raw::connect(stream);
+        conn.writer.write_all(&wire).unwrap();
+        let mut replies = Vec::new();
+        for _ in script {
+            let mut reply = Vec::new();
+            read_raw(&mut conn.reader, &mut reply);
+            replies.push(String::from_utf8_lossy(&reply).into_owned());
+        }
+        replies
+    };
+    let got = answers(rkv.raw());
+    let want = answers(TcpStream::connect(("127.0.0.1", redis.port)).unwrap());
+    assert_eq!(got, want);
+}

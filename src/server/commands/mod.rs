@@ -273,17 +273,8 @@ pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) 
 
 /// Executes one request; also returns the command's slot in the counts.
 fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action, usize) {
-    // Lower-cased on the stack: this runs for every request.
-    let mut buf = [0u8; 16];
-    let name = match args[0].len() {
-        n if n <= buf.len() => {
-            buf[..n].copy_from_slice(&args[0]);
-            buf[..n].make_ascii_lowercase();
-            std::str::from_utf8(&buf[..n]).unwrap_or("")
-        }
-        _ => "",
-    };
-    let found = position(name);
+    let found = slot_of(&args[0]);
+    let name = found.map_or("", |i| COMMANDS[i].name);
     let slot = found.unwrap_or(COMMANDS.len());
     let spec = check(args, found, conn);
     let queue =
@@ -359,8 +350,17 @@ fn run_queued(
 
 /// The table slot of a command checked when it was queued.
 fn lookup_slot(name: &[u8]) -> usize {
-    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-    position(&name).expect("a queued command is in the table")
+    slot_of(name).expect("a queued command is in the table")
+}
+
+/// Where the command `name` (any case) is in [`COMMANDS`]; lower-cased on
+/// the stack, as this runs for every request.
+fn slot_of(name: &[u8]) -> Option<usize> {
+    let mut buf = [0u8; 16];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    position(std::str::from_utf8(lower).ok()?)
 }
 
 /// How much of an unknown command Redis echoes back: the name and the
@@ -412,60 +412,103 @@ fn storage_error(e: crate::Error) -> Reply {
     Reply::error(format!("ERR {e}"))
 }
 
-/// Plain `SET key value` requests of one pipeline, written as one batch.
+/// Consecutive write commands of one pipeline, run as one group and
+/// written as one RocksDB batch: one WAL append and one lock for the lot,
+/// where each command alone would take its own. A group is what those
+/// commands would do one after the other (no client can see between them
+/// anyway, as each holds the write lock), and its replies go out after
+/// the commit, so none is acknowledged before it is written.
 #[derive(Default)]
-pub(crate) struct SetBatch {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+pub(crate) struct WriteGroup {
+    commands: Vec<Vec<Vec<u8>>>,
+    /// Every command is a plain `SET key value`: they need no [`Txn`].
+    plain_sets: bool,
 }
 
-impl SetBatch {
-    /// Whether `args`, from `conn`, may join the batch: a plain `SET key
-    /// value` (no options) that [`execute`] would run as it is: the
-    /// connection is authenticated and not inside `MULTI`.
+impl WriteGroup {
+    /// Whether `args`, from `conn`, may join the group: a write command
+    /// that [`execute`] would run as it is (known, of the right arity, the
+    /// connection authenticated and not inside `MULTI`).
     pub(crate) fn accepts(args: &[Vec<u8>], conn: &Connection) -> bool {
-        conn.authenticated
-            && conn.multi.is_none()
-            && args.len() == 3
-            && args[0].eq_ignore_ascii_case(b"set")
+        if !conn.authenticated || conn.multi.is_some() {
+            return false;
+        }
+        let Some(spec) = slot_of(&args[0]).map(|i| &COMMANDS[i]) else {
+            return false;
+        };
+        let argc = args.len() as i64;
+        let arity_ok =
+            (spec.arity > 0 && argc == spec.arity) || (spec.arity < 0 && argc >= -spec.arity);
+        arity_ok && spec.flags.contains(&"write")
     }
 
-    pub(crate) fn push(&mut self, mut args: Vec<Vec<u8>>) {
-        let value = args.pop().expect("SET key value");
-        let key = args.pop().expect("SET key value");
-        self.pairs.push((key, value));
+    /// The most commands one group holds: a longer pipeline is written in
+    /// several batches, so the lock is never held long.
+    const MAX: usize = 1024;
+
+    /// Whether the group should be written before it takes more.
+    pub(crate) fn is_full(&self) -> bool {
+        self.commands.len() >= Self::MAX
     }
 
-    /// Writes the batch and appends one reply per SET to `out`.
-    pub(crate) fn flush(&mut self, shared: &Shared, out: &mut Vec<u8>) {
-        if self.pairs.is_empty() {
+    pub(crate) fn push(&mut self, args: Vec<Vec<u8>>) {
+        let plain_set = args.len() == 3 && args[0].eq_ignore_ascii_case(b"set");
+        self.plain_sets = plain_set && (self.commands.is_empty() || self.plain_sets);
+        self.commands.push(args);
+    }
+
+    /// Runs the group, writes it, and appends one reply per command to
+    /// `out`.
+    pub(crate) fn flush(&mut self, conn: &mut Connection, shared: &Shared, out: &mut Vec<u8>) {
+        if self.commands.is_empty() {
             return;
         }
-        let pairs = std::mem::take(&mut self.pairs);
-        let count = pairs.len();
-        let reply = match shared.backend.writer() {
-            // Straight into one RocksDB batch, without a Txn: a plain SET
-            // reads nothing but a deadline the key may have had.
-            Ok(db) => {
-                let _ordered = db.write_lock();
-                let written = (|| {
-                    let mut batch = db.batch();
-                    for (key, value) in &pairs {
-                        let old = db.expiring_entry(key)?;
-                        batch.put(key, value, None, old.as_ref());
-                    }
-                    db.write(batch)
-                })();
-                shared
-                    .watches
-                    .touched(pairs.iter().map(|(k, _)| k.as_slice()));
-                written.map_or_else(storage_error, |()| Reply::ok())
+        let commands = std::mem::take(&mut self.commands);
+        let db = match shared.backend.writer() {
+            Ok(db) => db,
+            Err(refusal) => {
+                let reply = refusal_reply(refusal);
+                for args in &commands {
+                    count_call(shared, lookup_slot(&args[0]), &reply);
+                    reply.encode_as(out, conn.protocol);
+                }
+                return;
             }
-            Err(refusal) => refusal_reply(refusal),
         };
-        let set = position("set").expect("SET is in the command table");
-        for _ in 0..count {
-            count_call(shared, set, &reply);
-            reply.encode(out);
+        let _ordered = db.write_lock();
+        if self.plain_sets {
+            // Straight into one batch: a plain SET reads nothing but a
+            // deadline the key may have had.
+            let written = (|| {
+                let mut batch = db.batch();
+                for args in &commands {
+                    let old = db.expiring_entry(&args[1])?;
+                    batch.put(&args[1], &args[2], None, old.as_ref());
+                }
+                db.write(batch)
+            })();
+            shared
+                .watches
+                .touched(commands.iter().map(|a| a[1].as_slice()));
+            let reply = written.map_or_else(storage_error, |()| Reply::ok());
+            let set = position("set").expect("SET is in the command table");
+            for _ in &commands {
+                count_call(shared, set, &reply);
+                reply.encode_as(out, conn.protocol);
+            }
+            return;
+        }
+        let mut txn = Txn::new(&db, now_ms());
+        let replies: Vec<Reply> = commands
+            .iter()
+            .map(|args| run_queued(args, conn, shared, &mut txn))
+            .collect();
+        match commit(txn, shared) {
+            Ok(()) => replies.iter().for_each(|r| r.encode_as(out, conn.protocol)),
+            Err(e) => {
+                let reply = storage_error(e);
+                (0..replies.len()).for_each(|_| reply.encode_as(out, conn.protocol));
+            }
         }
     }
 }
