@@ -507,14 +507,7 @@ fn compare(rkv: &Daemon, redis: &RedisServer, protocol: u8, seed: u64, count: us
                 assert_eq!(sorted_elements(&got), sorted_elements(&want), "{}", shown());
             }
             "SCAN" => {
-                let rkv_port = rkv
-                    .addr
-                    .to_string()
-                    .rsplit(':')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let rkv_port = port_of(rkv).parse().unwrap();
                 assert_eq!(scan_all(rkv_port), scan_all(redis.port), "{}", shown());
             }
             // Redis counts keys past their deadline that it has not
@@ -552,15 +545,22 @@ fn string_and_keyspace_commands_answer_byte_for_byte_as_redis_does() {
     assert_eq!(compared, rounds as usize * 8000);
 }
 
-#[test]
-fn an_expired_key_is_gone_at_once_on_the_master_every_follower_and_the_cli() {
-    let s = Sandbox::new();
+/// A master that backs up on SAVE only, and a follower polling every
+/// 100 ms.
+fn master_and_follower(s: &Sandbox) -> (Daemon, Daemon) {
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
     let follower = Daemon::follower(
         &s.path("backups"),
         &s.path("f"),
         &["--poll-interval", "100ms"],
     );
+    (master, follower)
+}
+
+#[test]
+fn an_expired_key_is_gone_at_once_on_the_master_every_follower_and_the_cli() {
+    let s = Sandbox::new();
+    let (master, follower) = master_and_follower(&s);
     let mut m = master.client();
     let set_at = std::time::Instant::now();
     m.call(&[b"SET", b"gone", b"v", b"PX", b"4000"]).unwrap();
@@ -702,12 +702,7 @@ fn port_of(d: &Daemon) -> String {
 #[test]
 fn real_clients_at_their_default_settings_work() {
     let s = Sandbox::new();
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f"),
-        &["--poll-interval", "100ms"],
-    );
+    let (master, follower) = master_and_follower(&s);
     let (m, f) = (port_of(&master), port_of(&follower));
 
     // The newest redis-py, with its defaults, RESP2 and RESP3.
@@ -836,4 +831,78 @@ fn pipelined_writes_are_grouped_but_answer_in_order_as_redis_does() {
     let got = answers(rkv.raw());
     let want = answers(TcpStream::connect(("127.0.0.1", redis.port)).unwrap());
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_follower_answers_every_read_command_refuses_every_write_and_follows_a_flushall() {
+    let s = Sandbox::new();
+    let (master, follower) = master_and_follower(&s);
+    let mut m = master.client();
+    m.call(&[b"SET", b"k", b"hello", b"EX", b"1000"]).unwrap();
+    m.call(&[b"SET", b"n", b"41"]).unwrap();
+    m.call(&[b"SAVE"]).unwrap();
+    let mut f = follower.client();
+    wait_until(Duration::from_secs(60), "the follower applied", || {
+        f.call(&[b"GET", b"n"]).ok() == Some(Reply::bulk("41"))
+    });
+    let reads: &[&[&str]] = &[
+        &["GET", "k"],
+        &["MGET", "k", "n"],
+        &["GETRANGE", "k", "0", "1"],
+        &["SUBSTR", "k", "0", "1"],
+        &["STRLEN", "k"],
+        &["LCS", "k", "n"],
+        &["TTL", "k"],
+        &["PTTL", "k"],
+        &["EXPIRETIME", "k"],
+        &["PEXPIRETIME", "k"],
+        &["EXISTS", "k", "n"],
+        &["TOUCH", "k"],
+        &["TYPE", "k"],
+        &["KEYS", "*"],
+        &["SCAN", "0", "TYPE", "string"],
+        &["RANDOMKEY"],
+        &["DBSIZE"],
+        &["MEMORY", "USAGE", "k"],
+        &["OBJECT", "ENCODING", "n"],
+    ];
+    for args in reads {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let reply = f.call_raw(&args).unwrap();
+        assert!(!matches!(reply, Reply::Error(_)), "{args:?}: {reply:?}");
+    }
+    let writes: &[&[&str]] = &[
+        &["SET", "k", "v"],
+        &["INCR", "n"],
+        &["APPEND", "k", "x"],
+        &["SETRANGE", "k", "0", "x"],
+        &["GETDEL", "k"],
+        &["GETEX", "k", "PERSIST"],
+        &["GETEX", "k"],
+        &["EXPIRE", "k", "5"],
+        &["PERSIST", "k"],
+        &["DEL", "k"],
+        &["UNLINK", "k"],
+        &["RENAME", "k", "k2"],
+        &["COPY", "k", "k2"],
+        &["MSETNX", "a", "1"],
+        &["FLUSHALL"],
+    ];
+    for args in writes {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        assert_eq!(
+            f.call_raw(&args).unwrap(),
+            Reply::error("READONLY You can't write against a read only replica."),
+            "{args:?}"
+        );
+    }
+    // FLUSHALL on the master reaches the follower with the next backup.
+    m.call(&[b"FLUSHALL", b"ASYNC"]).unwrap();
+    m.call(&[b"SET", b"after", b"1"]).unwrap();
+    m.call(&[b"SAVE"]).unwrap();
+    wait_until(Duration::from_secs(60), "the follower flushed", || {
+        f.call(&[b"GET", b"after"]).ok() == Some(Reply::bulk("1"))
+    });
+    assert_eq!(f.call(&[b"DBSIZE"]).unwrap(), Reply::Integer(1));
+    assert_eq!(f.call(&[b"GET", b"n"]).unwrap(), Reply::Bulk(None));
 }

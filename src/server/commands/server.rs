@@ -158,6 +158,8 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
     let stats = &shared.stats;
     let port = tcp_port(shared);
     let kv = |k: &str, v: String| (k.to_string(), v);
+    let count =
+        |k: &str, n: &std::sync::atomic::AtomicU64| kv(k, n.load(Ordering::Relaxed).to_string());
     vec![
         (
             "server",
@@ -188,39 +190,18 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
         (
             "stats",
             vec![
-                kv(
-                    "total_connections_received",
-                    stats.total_connections.load(Ordering::Relaxed).to_string(),
-                ),
-                kv(
-                    "total_commands_processed",
-                    stats.total_commands.load(Ordering::Relaxed).to_string(),
-                ),
+                count("total_connections_received", &stats.total_connections),
+                count("total_commands_processed", &stats.total_commands),
                 kv(
                     "instantaneous_ops_per_sec",
                     format!("{:.0}", stats.ops_per_sec()),
                 ),
-                kv(
-                    "rejected_connections",
-                    stats
-                        .rejected_connections
-                        .load(Ordering::Relaxed)
-                        .to_string(),
-                ),
+                count("rejected_connections", &stats.rejected_connections),
                 kv("expired_keys", crate::db::expired_dropped().to_string()),
                 kv("evicted_keys", "0".into()),
-                kv(
-                    "keyspace_hits",
-                    stats.keyspace_hits.load(Ordering::Relaxed).to_string(),
-                ),
-                kv(
-                    "keyspace_misses",
-                    stats.keyspace_misses.load(Ordering::Relaxed).to_string(),
-                ),
-                kv(
-                    "total_error_replies",
-                    stats.command_errors.load(Ordering::Relaxed).to_string(),
-                ),
+                count("keyspace_hits", &stats.keyspace_hits),
+                count("keyspace_misses", &stats.keyspace_misses),
+                count("total_error_replies", &stats.command_errors),
             ],
         ),
         ("memory", memory_fields()),

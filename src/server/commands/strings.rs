@@ -175,9 +175,8 @@ pub(super) fn getex(ctx: &mut Ctx<'_, '_>) -> Reply {
         Err(reply) => return reply,
     };
     let key = &args[1];
-    if options.expiry.is_none() && !options.persist {
-        return ctx.read(|txn| Ok(Reply::Bulk(txn.value(key)?)));
-    }
+    // A write command even without options, as in Redis: a follower
+    // refuses it.
     ctx.write(|txn| {
         let Some(old) = txn.get(key)? else {
             return Ok(Reply::Bulk(None));
