@@ -52,6 +52,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             backup_dir,
             backup_id,
             store,
+            at,
         } => {
             let db_path = cli.require_db("restore")?;
             if crate::follower::generations::DataDir::is_data_dir(db_path) {
@@ -63,9 +64,24 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             let mut cache = db_path.as_os_str().to_os_string();
             cache.push(".s3-download");
             let source = Source::open(backup_dir, store, PathBuf::from(cache))?;
-            let stats = source
-                .store
-                .restore(*backup_id, db_path, RestoreMode::Full)?;
+            let chosen = match at {
+                Some(at) => {
+                    let at = at.resolve(SystemTime::now());
+                    let picked = at_or_before(&source.store.list()?, at, backup_dir)?;
+                    emit(
+                        out,
+                        &format!(
+                            "backup {} (created {}) is the newest at or before {}",
+                            picked.id,
+                            rfc3339(picked.created()),
+                            rfc3339(at)
+                        ),
+                    )?;
+                    Some(picked.id)
+                }
+                None => *backup_id,
+            };
+            let stats = source.store.restore(chosen, db_path, RestoreMode::Full)?;
             emit(
                 out,
                 &format!(
@@ -77,7 +93,12 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 ),
             )
         }
-        Command::Backups { backup_dir, store } => {
+        Command::Backups {
+            backup_dir,
+            store,
+            at,
+            json,
+        } => {
             let cache = std::env::temp_dir().join(format!("rkv-backups-{}", std::process::id()));
             let backups = Source::open(backup_dir, store, cache)?.store.list()?;
             if backups.is_empty() {
@@ -86,10 +107,24 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 }
                 .into());
             }
-            for line in backups_table(&backups, SystemTime::now()) {
-                emit(out, &line)?;
+            let now = SystemTime::now();
+            let shown = match at {
+                Some(at) => vec![at_or_before(&backups, at.resolve(now), backup_dir)?],
+                None => backups,
+            };
+            match (json, at.is_some()) {
+                (true, true) => emit(out, &backup_json(&shown[0], now).to_string()),
+                (true, false) => {
+                    let all: Vec<_> = shown.iter().map(|b| backup_json(b, now)).collect();
+                    emit(out, &serde_json::Value::Array(all).to_string())
+                }
+                (false, _) => {
+                    for line in backups_table(&shown, now) {
+                        emit(out, &line)?;
+                    }
+                    Ok(())
+                }
             }
-            Ok(())
         }
         Command::Verify {
             backup_dir,
@@ -151,6 +186,83 @@ impl Drop for Source {
     }
 }
 
+/// A time for `--at`: a moment, or an age (that long before now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointInTime {
+    /// An RFC 3339 time.
+    At(SystemTime),
+    /// That long ago.
+    Ago(Duration),
+}
+
+impl PointInTime {
+    /// Parses `2026-11-24T10:14:00Z` (RFC 3339; a time without a zone is
+    /// UTC) or an age such as `15m` or `2h 30m`.
+    pub fn parse(text: &str) -> Result<PointInTime, String> {
+        if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+            return Ok(PointInTime::At(at));
+        }
+        humantime::parse_duration(text)
+            .map(PointInTime::Ago)
+            .map_err(|_| {
+                format!(
+                    "{text:?} is neither an RFC 3339 time (2026-11-24T10:14:00Z) nor an age \
+                     (15m, 2h 30m)"
+                )
+            })
+    }
+
+    /// The moment meant, with an age counted back from `now`.
+    pub fn resolve(self, now: SystemTime) -> SystemTime {
+        match self {
+            PointInTime::At(at) => at,
+            PointInTime::Ago(age) => now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
+/// The newest of `backups` (oldest first) created at or before `at`.
+fn at_or_before(
+    backups: &[BackupInfo],
+    at: SystemTime,
+    dir: &Path,
+) -> Result<BackupInfo, CliError> {
+    if let Some(picked) = backups.iter().rev().find(|b| b.created() <= at) {
+        return Ok(picked.clone());
+    }
+    match backups.first() {
+        Some(oldest) => Err(CliError::NoneAtOrBefore {
+            at: rfc3339(at),
+            oldest_id: oldest.id,
+            oldest_created: rfc3339(oldest.created()),
+        }),
+        None => Err(Error::NoBackups {
+            path: dir.to_path_buf(),
+        }
+        .into()),
+    }
+}
+
+/// A time in RFC 3339, UTC, to the millisecond.
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// One backup as `rkv backups --json` prints it.
+fn backup_json(b: &BackupInfo, now: SystemTime) -> serde_json::Value {
+    let age = now.duration_since(b.created()).unwrap_or_default();
+    serde_json::json!({
+        "id": b.id,
+        "created": rfc3339(b.created()),
+        "created_ms": b.created_ms(),
+        "age_seconds": age.as_secs(),
+        "size_bytes": b.size,
+        "files": b.files,
+        "seq": b.metadata.as_ref().map(|m| m.seq),
+        "master": b.metadata.as_ref().map(|m| m.master.clone()),
+    })
+}
+
 /// The `rkv backups` table, header first.
 fn backups_table(backups: &[BackupInfo], now: SystemTime) -> Vec<String> {
     let mut lines = vec![format!(
@@ -203,6 +315,24 @@ mod tests {
     use super::*;
     use crate::backup::AppMetadata;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn a_point_in_time_is_a_time_or_an_age() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let at = PointInTime::parse("1970-01-01T01:00:00Z").unwrap();
+        assert_eq!(
+            at.resolve(now),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(3600)
+        );
+        let ago = PointInTime::parse("15m").unwrap();
+        assert_eq!(
+            ago.resolve(now),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(9100)
+        );
+        let long_ago = PointInTime::parse("1day").unwrap().resolve(now);
+        assert!(long_ago < SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+        assert!(PointInTime::parse("before lunch").is_err());
+    }
 
     #[test]
     fn human_bytes_uses_binary_units() {

@@ -184,10 +184,19 @@ pub enum Command {
         /// The backup to restore; default: the newest.
         #[arg(long = "backup_id", visible_alias = "backup-id", value_name = "ID")]
         backup_id: Option<u32>,
+        /// Restore the database as it was at TIME: the newest backup created
+        /// at or before it. TIME is RFC 3339 (`2026-11-24T10:14:00Z`) or an
+        /// age (`15m`, `2h 30m`: that long ago).
+        #[arg(long, value_name = "TIME", value_parser = backup::PointInTime::parse,
+              conflicts_with = "backup_id")]
+        at: Option<backup::PointInTime>,
     },
     /// List the backups in a backup directory: id, creation time (UTC) and
     /// age, size, file count, and the sequence number each holds.
-    #[command(after_help = "Example:\n  rkv backups --backup_dir=/tmp/backups")]
+    #[command(
+        after_help = "Examples:\n  rkv backups --backup_dir=/tmp/backups\n  rkv backups \
+                      --backup_dir=/tmp/backups --at=15m --json"
+    )]
     Backups {
         /// The backup directory, or s3://BUCKET/PREFIX.
         #[arg(long = "backup_dir", visible_alias = "backup-dir", value_name = "DIR")]
@@ -195,6 +204,13 @@ pub enum Command {
         /// How to reach an object store.
         #[command(flatten)]
         store: StoreArgs,
+        /// Show only the backup `restore --at TIME` would pick (RFC 3339, or
+        /// an age such as `15m`).
+        #[arg(long, value_name = "TIME", value_parser = backup::PointInTime::parse)]
+        at: Option<backup::PointInTime>,
+        /// Print JSON (an array of objects; one object with --at) for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a running daemon's INFO (all sections, or one: server,
     /// clients, stats, persistence, replication, keyspace).
@@ -264,6 +280,19 @@ pub enum CliError {
     /// Talking to a daemon failed (exit 1).
     #[error(transparent)]
     Remote(#[from] ClientError),
+    /// `--at` names a time before every retained backup (exit 1).
+    #[error(
+        "no backup was created at or before {at}: the oldest retained is backup {oldest_id}, \
+         created {oldest_created}"
+    )]
+    NoneAtOrBefore {
+        /// The time asked for, RFC 3339.
+        at: String,
+        /// The oldest retained backup.
+        oldest_id: u32,
+        /// Its creation time, RFC 3339.
+        oldest_created: String,
+    },
 }
 
 impl CliError {
@@ -271,6 +300,7 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::Lib(Error::InvalidHex { .. }) => ExitCode::Usage,
             CliError::KeyNotFound(_)
+            | CliError::NoneAtOrBefore { .. }
             | CliError::FollowerDataDir(_)
             | CliError::Lib(_)
             | CliError::Remote(_) => ExitCode::Failed,
@@ -281,6 +311,11 @@ impl CliError {
         match self {
             CliError::Usage(_) => Some("see `rkv --help`".to_string()),
             CliError::KeyNotFound(_) => None,
+            CliError::NoneAtOrBefore { .. } => Some(
+                "retention purged older backups (--keep, --keep-within on the master); pick a \
+                 later time or restore the oldest with --backup_id"
+                    .to_string(),
+            ),
             CliError::FollowerDataDir(_) => Some(
                 "write to the master instead: rkv --connect=MASTER_ADDR put KEY VALUE".to_string(),
             ),

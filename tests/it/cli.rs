@@ -322,3 +322,82 @@ fn commands_that_need_a_daemon_or_a_directory_say_so() {
     rkv(&["--connect=127.0.0.1:1", "get", "k"])
         .fails(1, &["127.0.0.1:1", "Try: check that the daemon is running"]);
 }
+
+#[test]
+fn restore_at_a_point_in_time_picks_the_newest_backup_at_or_before_it() {
+    let s = Sandbox::new();
+    let (db, backups) = (db_flag(&s.path("db")), backup_flag(&s.path("backups")));
+    for (i, value) in ["v1", "v2", "v3"].iter().enumerate() {
+        if i > 0 {
+            // Backup times are kept to the millisecond; a clear gap.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        rkv(&[&db, "--create_if_missing", "put", "k", value]).ok();
+        rkv(&[&db, "backup", &backups]).ok();
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&rkv(&["backups", &backups, "--json"]).ok()).unwrap();
+    let created: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["created"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(created.len(), 3, "{listed}");
+    assert_eq!(listed[2]["seq"], 3);
+
+    // Exactly a backup's time picks it; a time between two, the older.
+    let pick = |at: &str| {
+        let one: serde_json::Value =
+            serde_json::from_str(&rkv(&["backups", &backups, "--at", at, "--json"]).ok()).unwrap();
+        one["id"].as_u64().unwrap()
+    };
+    assert_eq!(pick(&created[1]), 2);
+    let between =
+        humantime::parse_rfc3339(&created[1]).unwrap() + std::time::Duration::from_millis(500);
+    assert_eq!(
+        pick(&humantime::format_rfc3339_millis(between).to_string()),
+        2
+    );
+    assert_eq!(pick("0s"), 3);
+    let table = rkv(&["backups", &backups, "--at", &created[0]]).ok();
+    assert_eq!(table.lines().count(), 2, "{table}");
+
+    // Restored as it was then.
+    let target = s.path("restored");
+    let said = rkv(&[&db_flag(&target), "restore", &backups, "--at", &created[1]]).ok();
+    assert!(said.contains("backup 2 (created"), "{said}");
+    assert!(said.contains("is the newest at or before"), "{said}");
+    assert_eq!(rkv(&[&db_flag(&target), "get", "k"]).ok(), "v2\n");
+
+    // Before every retained backup: refused, naming the oldest.
+    let before =
+        humantime::parse_rfc3339(&created[0]).unwrap() - std::time::Duration::from_secs(60);
+    let before = humantime::format_rfc3339_seconds(before).to_string();
+    rkv(&[
+        &db_flag(&s.path("none")),
+        "restore",
+        &backups,
+        "--at",
+        &before,
+    ])
+    .fails(
+        1,
+        &[
+            "no backup was created at or before",
+            "the oldest retained is backup 1",
+        ],
+    );
+    assert!(!s.path("none").exists());
+    rkv(&["backups", &backups, "--at", "yesterday"]).fails(2, &["neither an RFC 3339 time"]);
+    rkv(&[
+        &db_flag(&target),
+        "restore",
+        &backups,
+        "--at",
+        "1m",
+        "--backup_id",
+        "1",
+    ])
+    .fails(2, &["cannot be used with"]);
+}

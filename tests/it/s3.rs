@@ -130,6 +130,17 @@ fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
         3,
         "a header and two backups:\n{table}"
     );
+    // Point in time from the store: now is the newest backup.
+    let out = cli(&[
+        "backups",
+        &backup_dir,
+        &endpoint_flag,
+        "--at",
+        "0s",
+        "--json",
+    ]);
+    let newest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(newest["id"], 2, "{}", String::from_utf8_lossy(&out.stderr));
     let out = cli(&["verify", &backup_dir, &endpoint_flag]);
     assert!(
         out.status.success(),
