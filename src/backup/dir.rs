@@ -269,6 +269,21 @@ impl BackupSource for BackupDir {
         self.path.display().to_string()
     }
 
+    fn files(&self, id: u32) -> Result<Vec<(String, u64)>> {
+        let meta = self.read_meta(id)?;
+        Ok(meta
+            .files
+            .into_iter()
+            .map(|f| {
+                // Sizes are in the meta file from schema 2 on; else on disk.
+                let size = f.size.unwrap_or_else(|| {
+                    fs::metadata(self.path.join(&f.path)).map_or(0, |m| m.len())
+                });
+                (f.path, size)
+            })
+            .collect())
+    }
+
     fn find_damage(&self, id: u32) -> Option<String> {
         self.damage_in(id)
     }

@@ -220,6 +220,10 @@ pub trait BackupSource: Send + Sync {
     /// once retention purged it.
     fn contains(&self, id: u32) -> bool;
 
+    /// The files backup `id` lists, each with its size in bytes as stored
+    /// (`rkv status` adds them up into shared and private bytes).
+    fn files(&self, id: u32) -> Result<Vec<(String, u64)>>;
+
     /// Checks that every file of backup `id` exists with its recorded size
     /// and crc32c. [`Error::BackupNotFound`](crate::Error::BackupNotFound) for
     /// an unknown id, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt)

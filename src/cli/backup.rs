@@ -7,8 +7,8 @@ use super::{emit, Cli, CliError, Command};
 use std::path::{Path, PathBuf};
 
 use crate::backup::{
-    master_label, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource, RestoreMode,
-    S3Store, StoreArgs,
+    master_label, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource, Heartbeat,
+    RestoreMode, S3Store, StoreArgs,
 };
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
@@ -126,6 +126,22 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 }
             }
         }
+        Command::Status {
+            backup_dir,
+            store,
+            json,
+        } => {
+            let cache = std::env::temp_dir().join(format!("rkv-status-{}", std::process::id()));
+            let source = Source::open(backup_dir, store, cache)?;
+            let status = DirStatus::read(source.store.as_ref(), SystemTime::now())?;
+            if *json {
+                return emit(out, &status.json().to_string());
+            }
+            for line in status.lines() {
+                emit(out, &line)?;
+            }
+            Ok(())
+        }
         Command::Verify {
             backup_dir,
             backup_id,
@@ -183,6 +199,153 @@ impl Drop for Source {
         if let Some(cache) = &self.cache {
             let _ = std::fs::remove_dir_all(cache);
         }
+    }
+}
+
+/// What `rkv status` reports of a backup store.
+struct DirStatus {
+    location: String,
+    /// The heartbeat, and how old it is on the master's clock.
+    owner: Option<(Heartbeat, Duration)>,
+    /// The loadable backups, oldest first.
+    backups: Vec<BackupInfo>,
+    files: usize,
+    shared_bytes: u64,
+    private_bytes: u64,
+    /// Backups in the store that RocksDB cannot load, and why.
+    unloadable: Vec<(u32, String)>,
+}
+
+impl DirStatus {
+    fn read(store: &dyn BackupSource, now: SystemTime) -> Result<DirStatus, CliError> {
+        let owner = store.read_heartbeat().map(|h| {
+            let written = SystemTime::UNIX_EPOCH + Duration::from_millis(h.ms);
+            let age = now.duration_since(written).unwrap_or_default();
+            (h, age)
+        });
+        let backups = store.list()?;
+        let mut sizes = std::collections::BTreeMap::new();
+        for b in &backups {
+            sizes.extend(store.files(b.id)?);
+        }
+        let shared_bytes = sizes
+            .iter()
+            .filter(|(path, _)| path.starts_with("shared"))
+            .map(|(_, size)| size)
+            .sum();
+        let total: u64 = sizes.values().sum();
+        // Complete backups RocksDB cannot load: in the store, not listed.
+        let newest = store.newest_id()?.unwrap_or(0);
+        let oldest = backups.first().map_or(1, |b| b.id);
+        let listed: Vec<u32> = backups.iter().map(|b| b.id).collect();
+        let unloadable = (oldest.max(newest.saturating_sub(1000))..=newest)
+            .filter(|id| *id > 0 && !listed.contains(id) && store.contains(*id))
+            .map(|id| {
+                let why = store
+                    .find_damage(id)
+                    .unwrap_or_else(|| "RocksDB cannot load it".to_string());
+                (id, why)
+            })
+            .collect();
+        Ok(DirStatus {
+            location: store.location(),
+            owner,
+            files: sizes.len(),
+            shared_bytes,
+            private_bytes: total - shared_bytes,
+            backups,
+            unloadable,
+        })
+    }
+
+    /// Whether the owner's lease is live: a heartbeat younger than the
+    /// lease timeout (judged on the master's clock, as written).
+    fn lease_live(age: Duration) -> bool {
+        age < crate::master::lease::LEASE_TIMEOUT
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let ago = |d: Duration| {
+            let d = Duration::from_millis(d.as_millis() as u64 / 100 * 100);
+            shorten_age(&humantime::format_duration(d).to_string())
+        };
+        let mut lines = vec![format!("backup store: {}", self.location)];
+        lines.push(match &self.owner {
+            Some((h, age)) => format!(
+                "owner:        {}; heartbeat {} ago (master's clock): lease {}",
+                h.owner(),
+                ago(*age),
+                if Self::lease_live(*age) {
+                    "live"
+                } else {
+                    "expired (the master is not running, or cannot write here)"
+                }
+            ),
+            None => "owner:        none (no master has written a heartbeat)".to_string(),
+        });
+        let now = SystemTime::now();
+        match (self.backups.first(), self.backups.last()) {
+            (Some(oldest), Some(newest)) => {
+                let seq = newest.metadata.as_ref().map_or(0, |m| m.seq);
+                let age = now.duration_since(newest.created()).unwrap_or_default();
+                lines.push(format!(
+                    "newest:       backup {}, created {} ({} ago), seq {seq}",
+                    newest.id,
+                    humantime::format_rfc3339_seconds(newest.created()),
+                    ago(age)
+                ));
+                lines.push(format!(
+                    "retained:     {} backups, {} to {} ({} to {})",
+                    self.backups.len(),
+                    oldest.id,
+                    newest.id,
+                    humantime::format_rfc3339_seconds(oldest.created()),
+                    humantime::format_rfc3339_seconds(newest.created()),
+                ));
+                lines.push(format!(
+                    "size:         {} in {} files: {} shared, {} private",
+                    human_bytes(self.shared_bytes + self.private_bytes),
+                    self.files,
+                    human_bytes(self.shared_bytes),
+                    human_bytes(self.private_bytes)
+                ));
+            }
+            _ => lines.push("newest:       no backup yet".to_string()),
+        }
+        if self.unloadable.is_empty() {
+            lines.push("unloadable:   none".to_string());
+        }
+        for (id, why) in &self.unloadable {
+            lines.push(format!("unloadable:   backup {id}: {why}"));
+        }
+        lines
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let now = SystemTime::now();
+        serde_json::json!({
+            "backup_store": self.location,
+            "owner": self.owner.as_ref().map(|(h, age)| serde_json::json!({
+                "master": h.master,
+                "pid": h.pid,
+                "heartbeat_age_ms": age.as_millis() as u64,
+                "lease_live": Self::lease_live(*age),
+            })),
+            "newest": self.backups.last().map(|b| backup_json(b, now)),
+            "retained": {
+                "count": self.backups.len(),
+                "oldest_id": self.backups.first().map(|b| b.id),
+                "newest_id": self.backups.last().map(|b| b.id),
+                "files": self.files,
+                "total_bytes": self.shared_bytes + self.private_bytes,
+                "shared_bytes": self.shared_bytes,
+                "private_bytes": self.private_bytes,
+            },
+            "unloadable": self.unloadable.iter().map(|(id, why)| serde_json::json!({
+                "id": id,
+                "why": why,
+            })).collect::<Vec<_>>(),
+        })
     }
 }
 

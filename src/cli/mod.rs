@@ -212,6 +212,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Describe a backup directory at a glance: its owning master and the
+    /// age of its heartbeat (its lease), the newest backup, the retained
+    /// range with its size (shared and private bytes), and any backup that
+    /// fails to load.
+    #[command(after_help = "Example:\n  rkv status --backup_dir=/var/lib/rkv/backups --json")]
+    Status {
+        /// The backup directory, or s3://BUCKET/PREFIX.
+        #[arg(long = "backup_dir", visible_alias = "backup-dir", value_name = "DIR")]
+        backup_dir: PathBuf,
+        /// How to reach an object store.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print one JSON object for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a running daemon's INFO (all sections, or one: server,
     /// clients, stats, persistence, replication, keyspace).
     #[command(after_help = "Example:\n  rkv --connect=127.0.0.1:6381 info replication")]
@@ -385,6 +401,7 @@ impl Command {
             Command::Backup { .. } => "backup",
             Command::Restore { .. } => "restore",
             Command::Backups { .. } => "backups",
+            Command::Status { .. } => "status",
             Command::Info { .. } => "info",
             Command::Verify { .. } => "verify",
         }
@@ -416,9 +433,10 @@ pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
             Some(mut daemon) => remote::backup(cli, &mut daemon, out),
             None => backup::run(cli, out),
         },
-        Command::Restore { .. } | Command::Backups { .. } | Command::Verify { .. } => {
-            backup::run(cli, out)
-        }
+        Command::Restore { .. }
+        | Command::Backups { .. }
+        | Command::Status { .. }
+        | Command::Verify { .. } => backup::run(cli, out),
     }
 }
 

@@ -414,6 +414,9 @@ impl BackupSource for Arc<FaultySource> {
     fn contains(&self, id: u32) -> bool {
         !self.purged.lock().unwrap().contains(&id) && self.inner.contains(id)
     }
+    fn files(&self, id: u32) -> Result<Vec<(String, u64)>> {
+        self.inner.files(id)
+    }
     fn verify(&self, id: u32) -> Result<()> {
         self.inner.verify(id)
     }

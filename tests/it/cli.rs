@@ -401,3 +401,57 @@ fn restore_at_a_point_in_time_picks_the_newest_backup_at_or_before_it() {
     ])
     .fails(2, &["cannot be used with"]);
 }
+
+#[test]
+fn status_describes_a_backup_directory_its_owner_and_what_fails_to_load() {
+    let s = Sandbox::new();
+    let (db, backups) = (db_flag(&s.path("db")), backup_flag(&s.path("backups")));
+    for value in ["v1", "v2", "v3"] {
+        rkv(&[&db, "--create_if_missing", "put", "k", value]).ok();
+        rkv(&[&db, "backup", &backups]).ok();
+    }
+    let text = rkv(&["status", &backups]).ok();
+    for needle in [
+        "owner:        none",
+        "newest:       backup 3, created 20",
+        "seq 3",
+        "retained:     3 backups, 1 to 3",
+        "shared,",
+        "unloadable:   none",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    // A backup RocksDB cannot load is named, with why.
+    let meta = s.path("backups").join("meta/3");
+    let content = std::fs::read(&meta).unwrap();
+    std::fs::write(&meta, &content[..content.len() / 2]).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&rkv(&["status", &backups, "--json"]).ok()).unwrap();
+    assert_eq!(status["owner"], serde_json::Value::Null);
+    assert_eq!(status["retained"]["count"], 2, "{status}");
+    assert_eq!(status["newest"]["id"], 2, "{status}");
+    assert!(
+        status["retained"]["shared_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(
+        status["retained"]["private_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert_eq!(status["unloadable"][0]["id"], 3, "{status}");
+
+    // A running master owns its directory, its lease live.
+    let m = crate::util::Daemon::master(&s.path("mdb"), &s.path("mbackups"), &["--interval", "0"]);
+    m.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    m.client().call(&[b"SAVE"]).unwrap();
+    let owned = rkv(&["status", &backup_flag(&s.path("mbackups"))]).ok();
+    assert!(
+        owned.contains("pid") && owned.contains("lease live"),
+        "{owned}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&rkv(&["status", &backup_flag(&s.path("mbackups")), "--json"]).ok())
+            .unwrap();
+    assert_eq!(json["owner"]["lease_live"], true, "{json}");
+    rkv(&["status", &backup_flag(&s.path("nothing"))]).fails(1, &["nothing"]);
+}

@@ -141,6 +141,19 @@ fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
     ]);
     let newest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(newest["id"], 2, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["status", &backup_dir, &endpoint_flag, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        status["retained"]["count"],
+        2,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status["retained"]["shared_bytes"].as_u64() > Some(0),
+        "{status}"
+    );
+    assert!(status["owner"]["master"].is_string(), "{status}");
     let out = cli(&["verify", &backup_dir, &endpoint_flag]);
     assert!(
         out.status.success(),

@@ -703,6 +703,32 @@ impl BackupSource for S3Store {
         self.local.verify(id)
     }
 
+    fn files(&self, id: u32) -> Result<Vec<(String, u64)>> {
+        let name = format!("{META_DIR}/{id}");
+        let text = self
+            .bucket
+            .get(&name)?
+            .ok_or_else(|| Error::BackupNotFound {
+                id,
+                path: self.location().into(),
+            })?;
+        let parsed =
+            meta::parse(&String::from_utf8_lossy(&text)).map_err(|e| Error::BackupCorrupt {
+                id,
+                detail: format!("{name}: {e}"),
+            })?;
+        let listed = self.bucket.list(None)?;
+        let sizes: HashMap<&str, u64> = listed.iter().map(|o| (o.name.as_str(), o.size)).collect();
+        Ok(parsed
+            .files
+            .into_iter()
+            .map(|f| {
+                let size = sizes.get(f.path.as_str()).copied().or(f.size).unwrap_or(0);
+                (f.path, size)
+            })
+            .collect())
+    }
+
     fn find_damage(&self, id: u32) -> Option<String> {
         match self.fetch(id) {
             Err(e) => Some(e.to_string()),
