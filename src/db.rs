@@ -236,10 +236,18 @@ impl Db {
 
     /// Stores `value` under `key`, without a deadline (the CLI's `put`).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let old = self.entry(key, now_ms())?;
         let mut batch = self.batch();
-        batch.put(key, value, None, old.as_ref());
+        self.stage_plain(&mut batch, key, value)?;
         self.write(batch)
+    }
+
+    /// Adds to `batch` the write of `value` under `key` without a deadline,
+    /// reading only whether the key has one to drop (nothing at all while
+    /// no key ever had a deadline): the plain `SET`.
+    pub fn stage_plain(&self, batch: &mut Batch<'_>, key: &[u8], value: &[u8]) -> Result<()> {
+        let old = self.expiring_entry(key)?;
+        batch.put(key, value, None, old.as_ref());
+        Ok(())
     }
 
     /// Removes `key`; removing an absent key is not an error.

@@ -542,6 +542,30 @@ mod tests {
         durations
     }
 
+    /// A snapshot of `status` with no load.
+    fn idle(status: DaemonStatus) -> Snapshot {
+        Snapshot {
+            status,
+            clients: 0,
+            connections: 0,
+            rejected: 0,
+            commands: 0,
+            calls: Vec::new(),
+            command_errors: 0,
+            db: None,
+        }
+    }
+
+    /// Fails unless each of `lines` is a whole line of `text`.
+    fn assert_has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l == *line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
     fn failures(kinds: &[&str]) -> Failures {
         let mut failures = Failures::default();
         for kind in kinds {
@@ -595,76 +619,61 @@ mod tests {
     #[test]
     fn a_follower_exposition_names_its_figures_in_base_units() {
         let text = render(&Snapshot {
-            status: DaemonStatus::Follower(follower_status()),
             clients: 3,
             connections: 9,
-            rejected: 0,
             commands: 100,
             calls: vec![("get", 60), ("unknown", 2)],
             command_errors: 2,
-            db: None,
+            ..idle(DaemonStatus::Follower(follower_status()))
         });
-        for line in [
-            "rkv_follower_staleness_seconds 1.5",
-            "rkv_follower_healthy 0",
-            "rkv_follower_applied_backup_id 7",
-            "rkv_follower_newest_backup_id 8",
-            "rkv_follower_applies_total 5",
-            "rkv_follower_apply_failures_total{kind=\"corrupt\"} 1",
-            "rkv_follower_apply_failures_total{kind=\"purged\"} 0",
-            "rkv_follower_apply_copied_bytes_total 4096",
-            "rkv_follower_apply_copied_files_total 2",
-            "rkv_follower_apply_kept_files_total 3",
-            "rkv_follower_reads_refused_stale_total 4",
-            "# TYPE rkv_follower_apply_duration_seconds histogram",
-            "rkv_follower_apply_duration_seconds_bucket{le=\"0.01\"} 0",
-            "rkv_follower_apply_duration_seconds_bucket{le=\"0.025\"} 1",
-            "rkv_follower_apply_duration_seconds_bucket{le=\"0.5\"} 3",
-            "rkv_follower_apply_duration_seconds_bucket{le=\"300\"} 3",
-            "rkv_follower_apply_duration_seconds_bucket{le=\"+Inf\"} 4",
-            "rkv_follower_apply_duration_seconds_sum 400.62",
-            "rkv_follower_apply_duration_seconds_count 4",
-            "rkv_store_requests_total{kind=\"get\"} 10",
-            "rkv_commands_total 100",
-            "rkv_command_calls_total{command=\"get\"} 60",
-            "rkv_command_calls_total{command=\"unknown\"} 2",
-            "rkv_command_errors_total 2",
-            "# HELP rkv_connected_clients Clients connected now",
-            "# TYPE rkv_commands_total counter",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line} missing from\n{text}"
-            );
-        }
+        assert_has_lines(
+            &text,
+            &[
+                "rkv_follower_staleness_seconds 1.5",
+                "rkv_follower_healthy 0",
+                "rkv_follower_applied_backup_id 7",
+                "rkv_follower_newest_backup_id 8",
+                "rkv_follower_applies_total 5",
+                "rkv_follower_apply_failures_total{kind=\"corrupt\"} 1",
+                "rkv_follower_apply_failures_total{kind=\"purged\"} 0",
+                "rkv_follower_apply_copied_bytes_total 4096",
+                "rkv_follower_apply_copied_files_total 2",
+                "rkv_follower_apply_kept_files_total 3",
+                "rkv_follower_reads_refused_stale_total 4",
+                "# TYPE rkv_follower_apply_duration_seconds histogram",
+                "rkv_follower_apply_duration_seconds_bucket{le=\"0.01\"} 0",
+                "rkv_follower_apply_duration_seconds_bucket{le=\"0.025\"} 1",
+                "rkv_follower_apply_duration_seconds_bucket{le=\"0.5\"} 3",
+                "rkv_follower_apply_duration_seconds_bucket{le=\"300\"} 3",
+                "rkv_follower_apply_duration_seconds_bucket{le=\"+Inf\"} 4",
+                "rkv_follower_apply_duration_seconds_sum 400.62",
+                "rkv_follower_apply_duration_seconds_count 4",
+                "rkv_store_requests_total{kind=\"get\"} 10",
+                "rkv_commands_total 100",
+                "rkv_command_calls_total{command=\"get\"} 60",
+                "rkv_command_calls_total{command=\"unknown\"} 2",
+                "rkv_command_errors_total 2",
+                "# HELP rkv_connected_clients Clients connected now",
+                "# TYPE rkv_commands_total counter",
+            ],
+        );
     }
 
     #[test]
     fn a_master_exposition_counts_failures_by_kind_and_its_heartbeat() {
-        let text = render(&Snapshot {
-            status: DaemonStatus::Master(master_status()),
-            clients: 0,
-            connections: 0,
-            rejected: 0,
-            commands: 0,
-            calls: Vec::new(),
-            command_errors: 0,
-            db: None,
-        });
-        for line in [
-            "rkv_master_backup_failures_total{kind=\"store\"} 2",
-            "rkv_master_backup_failures_total{kind=\"fenced\"} 1",
-            "rkv_master_backup_failures_total{kind=\"io\"} 0",
-            "rkv_master_purged_backups_total 3",
-            "rkv_master_heartbeat_age_seconds 0.25",
-            "rkv_master_backup_duration_seconds_count 1",
-            "rkv_master_unbacked_writes 2",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line} missing from\n{text}"
-            );
-        }
+        let text = render(&idle(DaemonStatus::Master(master_status())));
+        assert_has_lines(
+            &text,
+            &[
+                "rkv_master_backup_failures_total{kind=\"store\"} 2",
+                "rkv_master_backup_failures_total{kind=\"fenced\"} 1",
+                "rkv_master_backup_failures_total{kind=\"io\"} 0",
+                "rkv_master_purged_backups_total 3",
+                "rkv_master_heartbeat_age_seconds 0.25",
+                "rkv_master_backup_duration_seconds_count 1",
+                "rkv_master_unbacked_writes 2",
+            ],
+        );
     }
 
     #[test]
@@ -738,14 +747,9 @@ mod tests {
         .into_iter()
         .map(|status| {
             render(&Snapshot {
-                status,
-                clients: 0,
-                connections: 0,
-                rejected: 0,
-                commands: 0,
                 calls: vec![("get", 1)],
-                command_errors: 0,
                 db: Some(LoadFigures::default()),
+                ..idle(status)
             })
         })
         .collect();

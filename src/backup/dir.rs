@@ -269,19 +269,18 @@ impl BackupSource for BackupDir {
         self.path.display().to_string()
     }
 
-    fn files(&self, id: u32) -> Result<Vec<(String, u64)>> {
-        let meta = self.read_meta(id)?;
-        Ok(meta
-            .files
-            .into_iter()
-            .map(|f| {
+    fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut files = std::collections::BTreeMap::new();
+        for &id in ids {
+            for f in self.read_meta(id)?.files {
                 // Sizes are in the meta file from schema 2 on; else on disk.
                 let size = f.size.unwrap_or_else(|| {
                     fs::metadata(self.path.join(&f.path)).map_or(0, |m| m.len())
                 });
-                (f.path, size)
-            })
-            .collect())
+                files.insert(f.path, size);
+            }
+        }
+        Ok(files)
     }
 
     fn find_damage(&self, id: u32) -> Option<String> {

@@ -220,9 +220,9 @@ pub trait BackupSource: Send + Sync {
     /// once retention purged it.
     fn contains(&self, id: u32) -> bool;
 
-    /// The files backup `id` lists, each with its size in bytes as stored
-    /// (`rkv status` adds them up into shared and private bytes).
-    fn files(&self, id: u32) -> Result<Vec<(String, u64)>>;
+    /// The files backups `ids` list, each once with its size in bytes as
+    /// stored (`rkv status` adds them up into shared and private bytes).
+    fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>>;
 
     /// Checks that every file of backup `id` exists with its recorded size
     /// and crc32c. [`Error::BackupNotFound`](crate::Error::BackupNotFound) for

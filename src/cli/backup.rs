@@ -204,6 +204,8 @@ impl Drop for Source {
 
 /// What `rkv status` reports of a backup store.
 struct DirStatus {
+    /// When it was read: ages are counted from here.
+    now: SystemTime,
     location: String,
     /// The heartbeat, and how old it is on the master's clock.
     owner: Option<(Heartbeat, Duration)>,
@@ -224,10 +226,8 @@ impl DirStatus {
             (h, age)
         });
         let backups = store.list()?;
-        let mut sizes = std::collections::BTreeMap::new();
-        for b in &backups {
-            sizes.extend(store.files(b.id)?);
-        }
+        let ids: Vec<u32> = backups.iter().map(|b| b.id).collect();
+        let sizes = store.files(&ids)?;
         let shared_bytes = sizes
             .iter()
             .filter(|(path, _)| path.starts_with("shared"))
@@ -237,9 +237,8 @@ impl DirStatus {
         // Complete backups RocksDB cannot load: in the store, not listed.
         let newest = store.newest_id()?.unwrap_or(0);
         let oldest = backups.first().map_or(1, |b| b.id);
-        let listed: Vec<u32> = backups.iter().map(|b| b.id).collect();
         let unloadable = (oldest.max(newest.saturating_sub(1000))..=newest)
-            .filter(|id| *id > 0 && !listed.contains(id) && store.contains(*id))
+            .filter(|id| *id > 0 && !ids.contains(id) && store.contains(*id))
             .map(|id| {
                 let why = store
                     .find_damage(id)
@@ -248,6 +247,7 @@ impl DirStatus {
             })
             .collect();
         Ok(DirStatus {
+            now,
             location: store.location(),
             owner,
             files: sizes.len(),
@@ -283,11 +283,13 @@ impl DirStatus {
             ),
             None => "owner:        none (no master has written a heartbeat)".to_string(),
         });
-        let now = SystemTime::now();
         match (self.backups.first(), self.backups.last()) {
             (Some(oldest), Some(newest)) => {
                 let seq = newest.metadata.as_ref().map_or(0, |m| m.seq);
-                let age = now.duration_since(newest.created()).unwrap_or_default();
+                let age = self
+                    .now
+                    .duration_since(newest.created())
+                    .unwrap_or_default();
                 lines.push(format!(
                     "newest:       backup {}, created {} ({} ago), seq {seq}",
                     newest.id,
@@ -322,7 +324,6 @@ impl DirStatus {
     }
 
     fn json(&self) -> serde_json::Value {
-        let now = SystemTime::now();
         serde_json::json!({
             "backup_store": self.location,
             "owner": self.owner.as_ref().map(|(h, age)| serde_json::json!({
@@ -331,7 +332,7 @@ impl DirStatus {
                 "heartbeat_age_ms": age.as_millis() as u64,
                 "lease_live": Self::lease_live(*age),
             })),
-            "newest": self.backups.last().map(|b| backup_json(b, now)),
+            "newest": self.backups.last().map(|b| backup_json(b, self.now)),
             "retained": {
                 "count": self.backups.len(),
                 "oldest_id": self.backups.first().map(|b| b.id),

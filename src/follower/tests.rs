@@ -414,8 +414,8 @@ impl BackupSource for Arc<FaultySource> {
     fn contains(&self, id: u32) -> bool {
         !self.purged.lock().unwrap().contains(&id) && self.inner.contains(id)
     }
-    fn files(&self, id: u32) -> Result<Vec<(String, u64)>> {
-        self.inner.files(id)
+    fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.inner.files(ids)
     }
     fn verify(&self, id: u32) -> Result<()> {
         self.inner.verify(id)

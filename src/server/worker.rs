@@ -328,15 +328,19 @@ impl Client {
                         continue;
                     }
                     shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                    if WriteGroup::accepts(&args, &self.conn) {
-                        group.push(args);
+                    // The command is looked up once, here.
+                    let found = commands::slot_of(&args[0]);
+                    if let Some(slot) =
+                        found.filter(|_| WriteGroup::accepts(&args, found, &self.conn))
+                    {
+                        group.push(args, slot);
                         if group.is_full() {
                             group.flush(&mut self.conn, shared, &mut self.out);
                         }
                         continue;
                     }
                     group.flush(&mut self.conn, shared, &mut self.out);
-                    let (reply, action) = commands::execute(&args, &mut self.conn, shared);
+                    let (reply, action) = commands::execute(&args, found, &mut self.conn, shared);
                     reply.encode_as(&mut self.out, self.conn.protocol);
                     if action == Action::Close {
                         self.state = State::Closing;

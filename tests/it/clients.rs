@@ -425,3 +425,132 @@ fn umask_027_lets_the_group_read_and_requirepass_on_the_command_line_warns() {
     );
     assert!(stderr.contains("octal umask"));
 }
+
+#[test]
+fn hello_auth_config_and_the_caps_answer_as_redis_does_or_name_the_flag() {
+    let s = Sandbox::new();
+    let pw = s.path("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pw = pw.display().to_string();
+    let m = master(
+        &s,
+        &[
+            "--interval",
+            "0",
+            "--password-file",
+            &pw,
+            "--max-request-bytes",
+            "4KiB",
+            "--max-reply-bytes",
+            "64KiB",
+        ],
+    );
+    let mut c = m.client();
+    let error = |reply: Reply| match reply {
+        Reply::Error(e) => e,
+        other => panic!("an error, not {other:?}"),
+    };
+    let mut ask = |args: &[&[u8]]| c.call_raw(args).unwrap();
+
+    // HELLO before and with AUTH, and its errors.
+    assert_eq!(
+        error(ask(&[b"HELLO", b"4"])),
+        "NOPROTO unsupported protocol version"
+    );
+    assert_eq!(
+        error(ask(&[b"HELLO", b"three"])),
+        "ERR Protocol version is not an integer or out of range"
+    );
+    assert_eq!(
+        error(ask(&[b"HELLO", b"3", b"BOGUS"])),
+        "ERR Syntax error in HELLO option 'BOGUS'"
+    );
+    assert!(error(ask(&[b"HELLO", b"3"])).starts_with("NOAUTH HELLO must be called"));
+    for user in [&b"default"[..], b"someone"] {
+        assert!(error(ask(&[b"HELLO", b"3", b"AUTH", user, b"wrong"])).starts_with("WRONGPASS"));
+    }
+    assert!(error(ask(&[b"HELLO", b"2", b"SETNAME", b"a b"])).contains("cannot contain spaces"));
+    let hello = ask(&[
+        b"HELLO", b"2", b"AUTH", b"default", b"secret", b"SETNAME", b"app",
+    ]);
+    let Reply::Array(Some(fields)) = hello else {
+        panic!("HELLO 2 answers a flat map: {hello:?}");
+    };
+    assert_eq!(fields[4], bulk("proto"));
+    assert_eq!(fields[5], Reply::Integer(2));
+    assert_eq!(ask(&[b"CLIENT", b"GETNAME"]), bulk("app"));
+
+    // CONFIG: the parameters tools ask for; SET names the flags.
+    assert_eq!(
+        ask(&[b"CONFIG", b"GET", b"maxmem*"]),
+        Reply::array(vec![
+            bulk("maxmemory"),
+            bulk("0"),
+            bulk("maxmemory-policy"),
+            bulk("noeviction")
+        ])
+    );
+    assert!(error(ask(&[b"CONFIG", b"SET", b"maxmemory", b"1"]))
+        .contains("configured by its command-line flags"));
+
+    // The caps, each naming its flag.
+    let big = vec![b'x'; 3000];
+    ask(&[b"MULTI"]);
+    assert_eq!(ask(&[b"SET", b"k", &big]), Reply::Simple("QUEUED".into()));
+    assert_eq!(
+        error(ask(&[b"SET", b"k2", &big])),
+        "ERR transaction larger than --max-request-bytes (4096 bytes)"
+    );
+    assert!(error(ask(&[b"EXEC"])).starts_with("EXECABORT"));
+    ask(&[b"APPEND", b"s", &big]);
+    let too_long = "ERR string exceeds maximum allowed size (--max-request-bytes, 4096 bytes)";
+    assert_eq!(error(ask(&[b"APPEND", b"s", &big])), too_long);
+    assert_eq!(error(ask(&[b"SETRANGE", b"s", b"5000", b"x"])), too_long);
+    ask(&[b"SET", b"x", &[b'a'; 200]]);
+    ask(&[b"SET", b"y", &[b'b'; 200]]);
+    assert!(error(ask(&[b"LCS", b"x", b"y"]))
+        .contains("transient memory for LCS exceeds --max-reply-bytes"));
+    for batch in 0..50 {
+        let keys: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("{batch:04}-{i:04}-{}", "k".repeat(30)).into_bytes())
+            .collect();
+        let mut mset: Vec<&[u8]> = vec![b"MSET"];
+        for key in &keys {
+            mset.push(key);
+            mset.push(b"v");
+        }
+        assert_eq!(ask(&mset), Reply::ok());
+    }
+    assert!(error(ask(&[b"KEYS", b"*"])).contains("larger than --max-reply-bytes"));
+
+    // OBJECT, MEMORY and COPY where rkv differs from Redis.
+    assert!(
+        error(ask(&[b"OBJECT", b"FREQ", b"x"])).contains("An LFU maxmemory policy is not selected")
+    );
+    assert!(error(ask(&[b"OBJECT", b"IDLETIME", b"x"])).contains("does not track"));
+    assert_eq!(ask(&[b"OBJECT", b"REFCOUNT", b"x"]), Reply::Integer(1));
+    assert_eq!(ask(&[b"OBJECT", b"ENCODING", b"x"]), bulk("raw"));
+    assert_eq!(
+        error(ask(&[b"OBJECT", b"ENCODING"])),
+        "ERR wrong number of arguments for 'object|encoding' command"
+    );
+    assert_eq!(
+        error(ask(&[b"OBJECT", b"NOPE", b"x"])),
+        "ERR unknown subcommand 'NOPE'. Try OBJECT HELP."
+    );
+    for help in [&[&b"OBJECT"[..], b"HELP"][..], &[b"MEMORY", b"HELP"]] {
+        assert!(matches!(ask(help), Reply::Array(Some(lines)) if lines.len() > 2));
+    }
+    assert_eq!(
+        error(ask(&[b"MEMORY", b"USAGE", b"x", b"SAMPLES", b"many"])),
+        "ERR value is not an integer or out of range"
+    );
+    assert!(
+        matches!(ask(&[b"MEMORY", b"USAGE", b"x", b"SAMPLES", b"5"]), Reply::Integer(n) if n > 200)
+    );
+    assert_eq!(
+        error(ask(&[b"COPY", b"x", b"z", b"DB", b"1"])),
+        "ERR DB index is out of range"
+    );
+}

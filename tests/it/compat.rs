@@ -809,6 +809,15 @@ fn pipelined_writes_are_grouped_but_answer_in_order_as_redis_does() {
         &["MSETNX", "c", "3", "d", "4"],
         &["RENAME", "d", "e"],
         &["MGET", "a", "b", "c", "d", "e"],
+        // A stored key set without a read, then deleted or given a
+        // deadline in the same group.
+        &["SET", "a", "2"],
+        &["DEL", "a"],
+        &["SET", "e", "5"],
+        &["EXPIRE", "e", "100"],
+        &["EXISTS", "a", "e"],
+        &["GET", "e"],
+        &["TTL", "e"],
     ];
     let mut wire = Vec::new();
     for args in script {

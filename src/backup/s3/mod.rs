@@ -703,30 +703,31 @@ impl BackupSource for S3Store {
         self.local.verify(id)
     }
 
-    fn files(&self, id: u32) -> Result<Vec<(String, u64)>> {
-        let name = format!("{META_DIR}/{id}");
-        let text = self
-            .bucket
-            .get(&name)?
-            .ok_or_else(|| Error::BackupNotFound {
-                id,
-                path: self.location().into(),
-            })?;
-        let parsed =
-            meta::parse(&String::from_utf8_lossy(&text)).map_err(|e| Error::BackupCorrupt {
-                id,
-                detail: format!("{name}: {e}"),
-            })?;
+    fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
+        // One LIST for the sizes, one GET per meta file.
         let listed = self.bucket.list(None)?;
         let sizes: HashMap<&str, u64> = listed.iter().map(|o| (o.name.as_str(), o.size)).collect();
-        Ok(parsed
-            .files
-            .into_iter()
-            .map(|f| {
+        let mut files = std::collections::BTreeMap::new();
+        for &id in ids {
+            let name = format!("{META_DIR}/{id}");
+            let text = self
+                .bucket
+                .get(&name)?
+                .ok_or_else(|| Error::BackupNotFound {
+                    id,
+                    path: self.location().into(),
+                })?;
+            let parsed =
+                meta::parse(&String::from_utf8_lossy(&text)).map_err(|e| Error::BackupCorrupt {
+                    id,
+                    detail: format!("{name}: {e}"),
+                })?;
+            for f in parsed.files {
                 let size = sizes.get(f.path.as_str()).copied().or(f.size).unwrap_or(0);
-                (f.path, size)
-            })
-            .collect())
+                files.insert(f.path, size);
+            }
+        }
+        Ok(files)
     }
 
     fn find_damage(&self, id: u32) -> Option<String> {

@@ -5,7 +5,6 @@
 
 use super::args::{self, NOT_AN_INTEGER};
 use super::Ctx;
-use crate::db::Entry;
 use crate::resp::Reply;
 
 pub(super) fn expire(ctx: &mut Ctx<'_, '_>) -> Reply {
@@ -102,18 +101,8 @@ fn set_deadline(ctx: &mut Ctx<'_, '_>, relative: bool, unit: i64, command: &str)
         if !conditions.allow(entry.expires_at, when) {
             return Ok(Reply::Integer(0));
         }
-        if when <= txn.now() as i64 {
-            txn.set(key, None)?;
-        } else {
-            let expires_at = Some(when as u64);
-            txn.set(
-                key,
-                Some(Entry {
-                    value: entry.value,
-                    expires_at,
-                }),
-            )?;
-        }
+        // A deadline already past (or negative) deletes the key.
+        txn.put(key, entry.value, Some(when.max(0) as u64))?;
         Ok(Reply::Integer(1))
     })
 }
@@ -155,13 +144,7 @@ pub(super) fn persist(ctx: &mut Ctx<'_, '_>) -> Reply {
     let key = &ctx.args[1];
     ctx.write(|txn| match txn.get(key)? {
         Some(entry) if entry.expires_at.is_some() => {
-            txn.set(
-                key,
-                Some(Entry {
-                    value: entry.value,
-                    expires_at: None,
-                }),
-            )?;
+            txn.put(key, entry.value, None)?;
             Ok(Reply::Integer(1))
         }
         _ => Ok(Reply::Integer(0)),

@@ -130,6 +130,14 @@ pub(super) struct Spec {
     handler: Handler,
 }
 
+impl Spec {
+    /// Whether `argc` arguments (the name included) fit the arity.
+    fn arity_allows(&self, argc: usize) -> bool {
+        let argc = argc as i64;
+        (self.arity > 0 && argc == self.arity) || (self.arity < 0 && argc >= -self.arity)
+    }
+}
+
 const WRITE: &[&str] = &["write"];
 const WRITE_FAST: &[&str] = &["write", "fast"];
 const READ: &[&str] = &["readonly", "fast"];
@@ -264,28 +272,38 @@ fn count_call(shared: &Shared, slot: usize, reply: &Reply) {
     }
 }
 
-/// Executes one request, and counts it by command name.
-pub(crate) fn execute(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action) {
-    let (reply, action, slot) = run(args, conn, shared);
+/// Executes one request whose command is at `found` in [`COMMANDS`]
+/// (see [`slot_of`]), and counts it by command name.
+pub(crate) fn execute(
+    args: &[Vec<u8>],
+    found: Option<usize>,
+    conn: &mut Connection,
+    shared: &Shared,
+) -> (Reply, Action) {
+    let slot = found.unwrap_or(COMMANDS.len());
+    let (reply, action) = run(args, found, conn, shared);
     count_call(shared, slot, &reply);
     (reply, action)
 }
 
-/// Executes one request; also returns the command's slot in the counts.
-fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Action, usize) {
-    let found = slot_of(&args[0]);
+/// Executes one request.
+fn run(
+    args: &[Vec<u8>],
+    found: Option<usize>,
+    conn: &mut Connection,
+    shared: &Shared,
+) -> (Reply, Action) {
     let name = found.map_or("", |i| COMMANDS[i].name);
-    let slot = found.unwrap_or(COMMANDS.len());
     let spec = check(args, found, conn);
     let queue =
         conn.multi.is_some() && !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit");
     if queue {
         let reply = transaction::queue(args, spec, conn, shared);
-        return (reply, Action::Continue, slot);
+        return (reply, Action::Continue);
     }
     let spec = match spec {
-        Ok(spec) => spec,
-        Err(reply) => return (reply, Action::Continue, slot),
+        Ok((_, spec)) => spec,
+        Err(reply) => return (reply, Action::Continue),
     };
     let mut ctx = Ctx {
         args,
@@ -300,7 +318,7 @@ fn run(args: &[Vec<u8>], conn: &mut Connection, shared: &Shared) -> (Reply, Acti
     } else {
         Action::Continue
     };
-    (reply, action, slot)
+    (reply, action)
 }
 
 /// The command of a request, or the reply refusing it: unknown, the wrong
@@ -309,12 +327,11 @@ fn check(
     args: &[Vec<u8>],
     found: Option<usize>,
     conn: &Connection,
-) -> Result<&'static Spec, Reply> {
-    let Some(spec) = found.map(|i| &COMMANDS[i]) else {
+) -> Result<(usize, &'static Spec), Reply> {
+    let Some((slot, spec)) = found.map(|i| (i, &COMMANDS[i])) else {
         return Err(unknown_command(args));
     };
-    let argc = args.len() as i64;
-    if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
+    if !spec.arity_allows(args.len()) {
         return Err(Reply::error(format!(
             "ERR wrong number of arguments for '{}' command",
             spec.name
@@ -323,19 +340,18 @@ fn check(
     if !conn.authenticated && !spec.flags.contains(&"noauth") {
         return Err(Reply::error("NOAUTH Authentication required."));
     }
-    Ok(spec)
+    Ok((slot, spec))
 }
 
-/// Runs a command queued by MULTI on the transaction's `txn`, and counts
-/// it.
-fn run_queued(
+/// Runs a command checked before (queued by MULTI, or grouped), at
+/// `slot` in [`COMMANDS`], on `txn`; the caller counts it.
+fn run_on(
+    txn: &mut Txn<'_>,
     args: &[Vec<u8>],
+    slot: usize,
     conn: &mut Connection,
     shared: &Shared,
-    txn: &mut Txn<'_>,
 ) -> Reply {
-    let slot = lookup_slot(&args[0]);
-    let spec = &COMMANDS[slot];
     let mut ctx = Ctx {
         args,
         conn,
@@ -343,19 +359,12 @@ fn run_queued(
         close: false,
         txn: Some(txn),
     };
-    let reply = (spec.handler)(&mut ctx);
-    count_call(shared, slot, &reply);
-    reply
-}
-
-/// The table slot of a command checked when it was queued.
-fn lookup_slot(name: &[u8]) -> usize {
-    slot_of(name).expect("a queued command is in the table")
+    (COMMANDS[slot].handler)(&mut ctx)
 }
 
 /// Where the command `name` (any case) is in [`COMMANDS`]; lower-cased on
-/// the stack, as this runs for every request.
-fn slot_of(name: &[u8]) -> Option<usize> {
+/// the stack, as this runs for every request, once.
+pub(crate) fn slot_of(name: &[u8]) -> Option<usize> {
     let mut buf = [0u8; 16];
     let lower = buf.get_mut(..name.len())?;
     lower.copy_from_slice(name);
@@ -420,26 +429,25 @@ fn storage_error(e: crate::Error) -> Reply {
 /// the commit, so none is acknowledged before it is written.
 #[derive(Default)]
 pub(crate) struct WriteGroup {
-    commands: Vec<Vec<Vec<u8>>>,
+    /// Each command with its slot in [`COMMANDS`].
+    commands: Vec<(usize, Vec<Vec<u8>>)>,
     /// Every command is a plain `SET key value`: they need no [`Txn`].
     plain_sets: bool,
 }
 
 impl WriteGroup {
-    /// Whether `args`, from `conn`, may join the group: a write command
-    /// that [`execute`] would run as it is (known, of the right arity, the
-    /// connection authenticated and not inside `MULTI`).
-    pub(crate) fn accepts(args: &[Vec<u8>], conn: &Connection) -> bool {
-        if !conn.authenticated || conn.multi.is_some() {
-            return false;
-        }
-        let Some(spec) = slot_of(&args[0]).map(|i| &COMMANDS[i]) else {
+    /// Whether `args` (its command at `found`), from `conn`, may join the
+    /// group: a write command that [`execute`] would run as it is (known,
+    /// of the right arity, the connection authenticated and not inside
+    /// `MULTI`).
+    pub(crate) fn accepts(args: &[Vec<u8>], found: Option<usize>, conn: &Connection) -> bool {
+        let Some(spec) = found.map(|i| &COMMANDS[i]) else {
             return false;
         };
-        let argc = args.len() as i64;
-        let arity_ok =
-            (spec.arity > 0 && argc == spec.arity) || (spec.arity < 0 && argc >= -spec.arity);
-        arity_ok && spec.flags.contains(&"write")
+        conn.authenticated
+            && conn.multi.is_none()
+            && spec.arity_allows(args.len())
+            && spec.flags.contains(&"write")
     }
 
     /// The most commands one group holds: a longer pipeline is written in
@@ -451,10 +459,11 @@ impl WriteGroup {
         self.commands.len() >= Self::MAX
     }
 
-    pub(crate) fn push(&mut self, args: Vec<Vec<u8>>) {
-        let plain_set = args.len() == 3 && args[0].eq_ignore_ascii_case(b"set");
+    /// Adds a command [`WriteGroup::accepts`] took, at `slot`.
+    pub(crate) fn push(&mut self, args: Vec<Vec<u8>>, slot: usize) {
+        let plain_set = args.len() == 3 && COMMANDS[slot].name == "set";
         self.plain_sets = plain_set && (self.commands.is_empty() || self.plain_sets);
-        self.commands.push(args);
+        self.commands.push((slot, args));
     }
 
     /// Runs the group, writes it, and appends one reply per command to
@@ -468,47 +477,42 @@ impl WriteGroup {
             Ok(db) => db,
             Err(refusal) => {
                 let reply = refusal_reply(refusal);
-                for args in &commands {
-                    count_call(shared, lookup_slot(&args[0]), &reply);
+                for (slot, _) in &commands {
+                    count_call(shared, *slot, &reply);
                     reply.encode_as(out, conn.protocol);
                 }
                 return;
             }
         };
         let _ordered = db.write_lock();
-        if self.plain_sets {
+        let replies = if self.plain_sets {
             // Straight into one batch: a plain SET reads nothing but a
             // deadline the key may have had.
             let written = (|| {
                 let mut batch = db.batch();
-                for args in &commands {
-                    let old = db.expiring_entry(&args[1])?;
-                    batch.put(&args[1], &args[2], None, old.as_ref());
+                for (_, args) in &commands {
+                    db.stage_plain(&mut batch, &args[1], &args[2])?;
                 }
                 db.write(batch)
             })();
-            shared
-                .watches
-                .touched(commands.iter().map(|a| a[1].as_slice()));
+            let keys = commands.iter().map(|(_, args)| args[1].as_slice());
+            shared.watches.touched(keys);
             let reply = written.map_or_else(storage_error, |()| Reply::ok());
-            let set = position("set").expect("SET is in the command table");
-            for _ in &commands {
-                count_call(shared, set, &reply);
-                reply.encode_as(out, conn.protocol);
+            vec![reply; commands.len()]
+        } else {
+            let mut txn = Txn::new(&db, now_ms());
+            let replies: Vec<Reply> = commands
+                .iter()
+                .map(|(slot, args)| run_on(&mut txn, args, *slot, conn, shared))
+                .collect();
+            match commit(txn, shared) {
+                Ok(()) => replies,
+                Err(e) => vec![storage_error(e); replies.len()],
             }
-            return;
-        }
-        let mut txn = Txn::new(&db, now_ms());
-        let replies: Vec<Reply> = commands
-            .iter()
-            .map(|args| run_queued(args, conn, shared, &mut txn))
-            .collect();
-        match commit(txn, shared) {
-            Ok(()) => replies.iter().for_each(|r| r.encode_as(out, conn.protocol)),
-            Err(e) => {
-                let reply = storage_error(e);
-                (0..replies.len()).for_each(|_| reply.encode_as(out, conn.protocol));
-            }
+        };
+        for ((slot, _), reply) in commands.iter().zip(&replies) {
+            count_call(shared, *slot, reply);
+            reply.encode_as(out, conn.protocol);
         }
     }
 }

@@ -6,9 +6,7 @@
 //! error texts are Redis 7's.
 
 use super::args::{self, Deadline, NOT_AN_INTEGER, SYNTAX};
-use super::txn::Txn;
 use super::Ctx;
-use crate::db::Entry;
 use crate::resp::Reply;
 
 pub(super) fn get(ctx: &mut Ctx<'_, '_>) -> Reply {
@@ -110,7 +108,7 @@ pub(super) fn set(ctx: &mut Ctx<'_, '_>) -> Reply {
                 None if options.keep_ttl => old.as_ref().and_then(|e| e.expires_at),
                 None => None,
             };
-            put(txn, key, value.clone(), expires_at)?;
+            txn.put(key, value.clone(), expires_at)?;
         }
         Ok(match (options.get, apply) {
             (true, _) => Reply::Bulk(old.map(|e| e.value)),
@@ -118,20 +116,6 @@ pub(super) fn set(ctx: &mut Ctx<'_, '_>) -> Reply {
             (false, false) => Reply::Bulk(None),
         })
     })
-}
-
-/// Writes `value` with a deadline; one already past deletes the key (it
-/// would be invisible at once anyway).
-fn put(
-    txn: &mut Txn<'_>,
-    key: &[u8],
-    value: Vec<u8>,
-    expires_at: Option<u64>,
-) -> crate::Result<()> {
-    match expires_at {
-        Some(at) if at <= txn.now() => txn.set(key, None),
-        _ => txn.set(key, Some(Entry { value, expires_at })),
-    }
 }
 
 pub(super) fn setnx(ctx: &mut Ctx<'_, '_>) -> Reply {
@@ -162,7 +146,7 @@ fn set_with_ttl(ctx: &mut Ctx<'_, '_>, kind: Deadline, unit: i64, command: &str)
         Err(reply) => return reply,
     };
     ctx.write(|txn| {
-        put(txn, &args[1], args[3].clone(), Some(deadline))?;
+        txn.put(&args[1], args[3].clone(), Some(deadline))?;
         Ok(Reply::ok())
     })
 }
@@ -193,7 +177,7 @@ pub(super) fn getex(ctx: &mut Ctx<'_, '_>) -> Reply {
             deadline.or(old.expires_at)
         };
         if expires_at != old.expires_at {
-            put(txn, key, old.value.clone(), expires_at)?;
+            txn.put(key, old.value.clone(), expires_at)?;
         }
         Ok(Reply::bulk(old.value))
     })
@@ -215,13 +199,7 @@ pub(super) fn getset(ctx: &mut Ctx<'_, '_>) -> Reply {
     let (key, value) = (&ctx.args[1], &ctx.args[2]);
     ctx.write(|txn| {
         let old = txn.get(key)?;
-        txn.set(
-            key,
-            Some(Entry {
-                value: value.clone(),
-                expires_at: None,
-            }),
-        )?;
+        txn.put(key, value.clone(), None)?;
         Ok(Reply::Bulk(old.map(|e| e.value)))
     })
 }
@@ -299,7 +277,7 @@ fn add(ctx: &mut Ctx<'_, '_>, by: i64) -> Reply {
         };
         let expires_at = old.and_then(|e| e.expires_at);
         let value = sum.to_string().into_bytes();
-        txn.set(key, Some(Entry { value, expires_at }))?;
+        txn.put(key, value, expires_at)?;
         Ok(Reply::Integer(sum))
     })
 }
@@ -316,13 +294,7 @@ pub(super) fn incrbyfloat(ctx: &mut Ctx<'_, '_>) -> Reply {
             Err(reply) => return Ok(reply),
         };
         let expires_at = old.and_then(|e| e.expires_at);
-        txn.set(
-            key,
-            Some(Entry {
-                value: value.clone(),
-                expires_at,
-            }),
-        )?;
+        txn.put(key, value.clone(), expires_at)?;
         Ok(Reply::bulk(value))
     })
 }
@@ -340,7 +312,7 @@ pub(super) fn append(ctx: &mut Ctx<'_, '_>) -> Reply {
         }
         value.extend_from_slice(tail);
         let len = value.len() as i64;
-        txn.set(key, Some(Entry { value, expires_at }))?;
+        txn.put(key, value, expires_at)?;
         Ok(Reply::Integer(len))
     })
 }
@@ -378,7 +350,7 @@ pub(super) fn setrange(ctx: &mut Ctx<'_, '_>) -> Reply {
         }
         value[offset as usize..end].copy_from_slice(patch);
         let len = value.len() as i64;
-        txn.set(key, Some(Entry { value, expires_at }))?;
+        txn.put(key, value, expires_at)?;
         Ok(Reply::Integer(len))
     })
 }

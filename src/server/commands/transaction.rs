@@ -8,7 +8,7 @@
 //! answer a null array and run nothing.
 
 use super::txn::Txn;
-use super::{refusal_reply, run_queued, Ctx, Spec};
+use super::{count_call, refusal_reply, run_on, Ctx, Spec};
 use crate::db::now_ms;
 use crate::resp::Reply;
 use crate::server::watch::Watcher;
@@ -17,7 +17,8 @@ use crate::server::{Connection, Shared};
 /// A connection's transaction between MULTI and EXEC.
 #[derive(Default)]
 pub(crate) struct Multi {
-    queued: Vec<Vec<Vec<u8>>>,
+    /// Each command with its slot in the command table.
+    queued: Vec<(usize, Vec<Vec<u8>>)>,
     /// Bytes of the queued arguments, capped by `--max-request-bytes`.
     bytes: usize,
     /// Whether any queued command is a write.
@@ -35,11 +36,12 @@ pub(crate) struct Watching {
     keys: Vec<(Vec<u8>, Option<u64>)>,
 }
 
-/// Queues `args` (whose command is `spec`, if it has one) in the
-/// connection's transaction, or refuses it, which dooms the transaction.
+/// Queues `args` (its command checked: its slot and spec, or the reply
+/// refusing it) in the connection's transaction, or refuses it, which
+/// dooms the transaction.
 pub(super) fn queue(
     args: &[Vec<u8>],
-    spec: Result<&'static Spec, Reply>,
+    spec: Result<(usize, &'static Spec), Reply>,
     conn: &mut Connection,
     shared: &Shared,
 ) -> Reply {
@@ -48,8 +50,8 @@ pub(super) fn queue(
         multi.failed = true;
         reply
     };
-    let spec = match spec {
-        Ok(spec) => spec,
+    let (slot, spec) = match spec {
+        Ok(checked) => checked,
         Err(reply) => return refused(multi, reply),
     };
     let write = spec.flags.contains(&"write");
@@ -70,7 +72,7 @@ pub(super) fn queue(
     }
     multi.bytes += size;
     multi.writes |= write;
-    multi.queued.push(args.to_vec());
+    multi.queued.push((slot, args.to_vec()));
     Reply::Simple("QUEUED".into())
 }
 
@@ -123,12 +125,13 @@ pub(super) fn unwatch_command(ctx: &mut Ctx<'_, '_>) -> Reply {
     Reply::ok()
 }
 
-/// Forgets the connection's watched keys (EXEC, DISCARD, UNWATCH, close).
-pub(crate) fn unwatch(conn: &mut Connection, shared: &Shared) {
-    if let Some(watching) = conn.watching.take() {
-        let keys = watching.keys.iter().map(|(k, _)| k.as_slice());
-        shared.watches.unwatch(keys, &watching.watcher);
-    }
+/// Forgets the connection's watched keys (EXEC, DISCARD, UNWATCH, close);
+/// returns what was watched.
+pub(crate) fn unwatch(conn: &mut Connection, shared: &Shared) -> Option<Watching> {
+    let watching = conn.watching.take()?;
+    let keys = watching.keys.iter().map(|(k, _)| k.as_slice());
+    shared.watches.unwatch(keys, &watching.watcher);
+    Some(watching)
 }
 
 /// `EXEC`: the queued commands' replies, or `-EXECABORT` when one was
@@ -137,11 +140,7 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
     let Some(multi) = ctx.conn.multi.take() else {
         return Reply::error("ERR EXEC without MULTI");
     };
-    let watching = ctx.conn.watching.take();
-    if let Some(watching) = &watching {
-        let keys = watching.keys.iter().map(|(k, _)| k.as_slice());
-        ctx.shared.watches.unwatch(keys, &watching.watcher);
-    }
+    let watching = unwatch(ctx.conn, ctx.shared);
     if multi.failed {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.");
     }
@@ -171,7 +170,11 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
     let replies: Vec<Reply> = multi
         .queued
         .iter()
-        .map(|args| run_queued(args, ctx.conn, ctx.shared, &mut txn))
+        .map(|(slot, args)| {
+            let reply = run_on(&mut txn, args, *slot, ctx.conn, ctx.shared);
+            count_call(ctx.shared, *slot, &reply);
+            reply
+        })
         .collect();
     match super::commit(txn, ctx.shared) {
         Ok(()) => Reply::array(replies),

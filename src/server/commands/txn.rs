@@ -94,14 +94,26 @@ impl<'a> Txn<'a> {
 
     /// Sets `key` to `entry` (`None`: deletes it).
     pub fn set(&mut self, key: &[u8], entry: Option<Entry>) -> Result<()> {
-        let before = match self.pending.get(key) {
-            Some(p) => p.before.clone(),
+        let before = match self.pending.get(key).map(|p| &p.before) {
+            Some(Some(before)) => Some(before.clone()),
             None if self.flushed => Some(None),
-            None => Some(self.db.entry(key, self.now)?),
+            // Not read yet, or written by a plain SET that did not read it:
+            // the batch must know where the key is stored to delete or move it.
+            Some(None) | None => Some(self.db.entry(key, self.now)?),
         };
         self.pending
             .insert(key.to_vec(), Pending { now: entry, before });
         Ok(())
+    }
+
+    /// Sets `key` to `value`, expiring at `expires_at` (unix ms) or never;
+    /// a deadline already past deletes the key (it would be invisible at
+    /// once anyway).
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, expires_at: Option<u64>) -> Result<()> {
+        match expires_at {
+            Some(at) if at <= self.now => self.set(key, None),
+            _ => self.set(key, Some(Entry { value, expires_at })),
+        }
     }
 
     /// Sets `key` to `value` with no deadline, without reading it first:
@@ -170,18 +182,15 @@ impl<'a> Txn<'a> {
             self.db.delete_all(&mut batch)?;
         }
         for (key, pending) in self.pending {
-            let before = match pending.before {
-                Some(before) => before,
-                // A plain SET: only a deadline elsewhere matters.
-                None => self.db.expiring_entry(&key)?,
-            };
-            match pending.now {
-                Some(entry) => batch.put(&key, &entry.value, entry.expires_at, before.as_ref()),
-                None => {
-                    if let Some(before) = &before {
-                        batch.delete(&key, before);
-                    }
+            match (pending.before, pending.now) {
+                // A plain SET, whose key was not read.
+                (None, Some(entry)) => self.db.stage_plain(&mut batch, &key, &entry.value)?,
+                (Some(before), Some(entry)) => {
+                    batch.put(&key, &entry.value, entry.expires_at, before.as_ref())
                 }
+                (Some(Some(before)), None) => batch.delete(&key, &before),
+                // Absent before, or (never: `set` reads first) unknown.
+                (Some(None) | None, None) => {}
             }
         }
         self.db.write(batch)
