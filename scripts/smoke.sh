@@ -7,8 +7,9 @@
 # writes user:1 Alice and user:2 Bob, later user:3 Charlie, checks both
 # followers return Charlie within the bound, restarts follower1 and checks it
 # answers at once, checks a follower refuses writes, promotes follower1 to
-# master by hand (README, "Promote a follower") and checks follower2 follows
-# the new master. Any failure prints one line saying what was expected and
+# master with `rkv promote` (README, "Promote a follower"), starts the
+# command it prints, checks follower2 follows the new master and the old
+# master is refused. Any failure prints one line saying what was expected and
 # what came, and exits non-zero. Every process is stopped on every exit path.
 #
 # Environment:
@@ -110,18 +111,28 @@ if out=$(rkv_cli --connect="$F2" put user:4 Mallory 2>&1); then
 fi
 [[ $out == *READONLY* ]] || die "$STEP: expected a READONLY error, got '$out'"
 
-STEP="promote follower1 to master by hand"
+STEP="promote follower1 to master with rkv promote"
 kill -TERM "$PID_master"
 wait "$PID_master" 2>/dev/null || true
 kill -TERM "$PID_f1"
 wait "$PID_f1" 2>/dev/null || true
-cp -r --dereference "$WORK/f1/current" "$WORK/promoted"
-start promoted "$WORK/promoted" rkv-master --db "$WORK/promoted" --backup-dir "$BACKUPS" \
-    --interval 1s --take-over
+out=$(rkv_cli --db="$WORK/promoted" promote --data="$WORK/f1" --backup_dir="$BACKUPS" 2>&1) ||
+    die "$STEP: rkv promote failed: $out"
+# The command it prints, as printed (no --take-over), on a port of its choosing.
+read -r -a printed <<<"$(sed -n 's/^ *rkv-master //p' <<<"$out")"
+((${#printed[@]} > 0)) || die "$STEP: rkv promote printed no rkv-master command: $out"
+start promoted "$WORK/promoted" rkv-master "${printed[@]}" --interval 1s
 NEW_M=$ADDR
 expect_get "$NEW_M" user:3 Charlie
 rkv_cli --connect="$NEW_M" put user:4 Dave >/dev/null
 eventually_get "$F2" user:4 Dave
+
+STEP="the old master, superseded, is refused"
+if out=$("$BIN/rkv-master" --db "$WORK/master" --backup-dir "$BACKUPS" --listen 127.0.0.1:0 2>&1); then
+    die "$STEP: expected the old master to be refused, it ran: $out"
+fi
+[[ $out == *"another rkv-master"* || $out == *superseded* ]] ||
+    die "$STEP: expected a refusal naming the new master, got '$out'"
 
 STEP="stop everything"
 stop_daemons

@@ -122,6 +122,21 @@ pub enum Error {
         ours: String,
     },
 
+    /// A promotion replaced this master: its database lacks what the new
+    /// master wrote.
+    #[error(
+        "this master ({me}) was superseded by a promotion: the backup directory {path} now \
+         follows {by}"
+    )]
+    Superseded {
+        /// The backup directory.
+        path: PathBuf,
+        /// This master.
+        me: String,
+        /// The master the directory follows now.
+        by: String,
+    },
+
     /// A restore was asked into a directory whose database a process has open.
     #[error("cannot restore into {path}: the database there is in use by another process")]
     RestoreTargetInUse {
@@ -198,7 +213,8 @@ impl Error {
             Error::Fenced { .. }
             | Error::BackupDirLocked { .. }
             | Error::BackupDirLeased { .. }
-            | Error::ForeignBackups { .. } => "fenced",
+            | Error::ForeignBackups { .. }
+            | Error::Superseded { .. } => "fenced",
             Error::DbLocked { .. }
             | Error::RestoreTargetInUse { .. }
             | Error::InvalidHex { .. } => "other",
@@ -253,6 +269,11 @@ impl Error {
                  followers replicate (a promotion), stop the old master and pass --take-over"
                     .to_string(),
             ),
+            Error::Superseded { by, .. } => Some(format!(
+                "leave this database stopped: {by} is the master now (writes this one took after \
+                 the promotion's copy never reached the followers). To make it the source again, \
+                 stop {by} and pass --take-over"
+            )),
             Error::RestoreTargetInUse { .. } => Some(
                 "stop the process that has that database open, or restore into another directory"
                     .to_string(),

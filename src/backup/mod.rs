@@ -323,6 +323,16 @@ pub struct Heartbeat {
     /// restores keep losing the race to the purge says what to raise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_within_ms: Option<u64>,
+    /// Masters (`<host>:<db path>`) that a promotion replaced: each refuses
+    /// to start on this store (their databases lack what the new master
+    /// wrote), unless given `--take-over`. Every heartbeat carries the list
+    /// on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<String>,
+    /// Written by `rkv promote` on behalf of `master`, which has not started
+    /// yet: no process renews it, and that master may start at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
 }
 
 impl Heartbeat {

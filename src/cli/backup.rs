@@ -271,6 +271,11 @@ impl DirStatus {
         };
         let mut lines = vec![format!("backup store: {}", self.location)];
         lines.push(match &self.owner {
+            Some((h, age)) if h.handover => format!(
+                "owner:        {}; handed over by rkv promote {} ago, not started yet",
+                h.master,
+                ago(*age),
+            ),
             Some((h, age)) => format!(
                 "owner:        {}; heartbeat {} ago (master's clock): lease {}",
                 h.owner(),
@@ -283,6 +288,16 @@ impl DirStatus {
             ),
             None => "owner:        none (no master has written a heartbeat)".to_string(),
         });
+        if let Some((h, _)) = self
+            .owner
+            .as_ref()
+            .filter(|(h, _)| !h.superseded.is_empty())
+        {
+            lines.push(format!(
+                "superseded:   {} (replaced by promotions; refused here without --take-over)",
+                h.superseded.join(", ")
+            ));
+        }
         match (self.backups.first(), self.backups.last()) {
             (Some(oldest), Some(newest)) => {
                 let seq = newest.metadata.as_ref().map_or(0, |m| m.seq);
@@ -330,7 +345,9 @@ impl DirStatus {
                 "master": h.master,
                 "pid": h.pid,
                 "heartbeat_age_ms": age.as_millis() as u64,
-                "lease_live": Self::lease_live(*age),
+                "lease_live": !h.handover && Self::lease_live(*age),
+                "handed_over": h.handover,
+                "superseded": h.superseded,
             })),
             "newest": self.backups.last().map(|b| backup_json(b, self.now)),
             "retained": {

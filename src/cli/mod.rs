@@ -10,6 +10,7 @@
 
 mod backup;
 mod data;
+mod promote;
 mod remote;
 mod target;
 
@@ -45,6 +46,8 @@ Examples:
   rkv backups --backup_dir=/tmp/backups
   rkv backups --backup_dir=s3://bucket/prefix --s3-endpoint=http://127.0.0.1:9000
   rkv --db=/tmp/restored restore --backup_dir=/tmp/backups
+  rkv --db=/var/lib/rkv/master promote --data=/var/lib/rkv/follower-eu1 \
+      --backup_dir=/var/lib/rkv/backups          (make a stopped follower the master)
   rkv --connect=127.0.0.1:6380 put user:2 Bob      (through a running daemon)
   rkv --connect=127.0.0.1:6380 info replication
 
@@ -228,6 +231,42 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a stopped follower's data the database of a new master (a
+    /// failover). Checks that the follower is stopped and, with
+    /// --backup_dir, that the old master is not running and no backup is
+    /// newer than the follower's; copies the follower's current generation
+    /// into the --db directory (hard links for SST files), checks it opens
+    /// read-write, and hands the backup directory over to the new master:
+    /// it may start there at once, and the old master is refused there if
+    /// it comes back. Prints the command that starts the new master.
+    #[command(after_help = "Example:\n  rkv --db=/var/lib/rkv/master promote \
+                            --data=/var/lib/rkv/follower-eu1 --backup_dir=/var/lib/rkv/backups")]
+    Promote {
+        /// The stopped follower's data directory (its --data).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The backup directory (or s3://BUCKET/PREFIX) the old master
+        /// wrote and the new one will, if it survived. Without it nothing is
+        /// checked or recorded there, and the new master needs a new one.
+        #[arg(long = "backup_dir", visible_alias = "backup-dir", value_name = "DIR")]
+        backup_dir: Option<PathBuf>,
+        /// How to reach an object store.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Hand the backup directory over even though its master is running
+        /// (renewing its lease). That master then stops backing up and
+        /// answers writes with -READONLY; the writes it took after the
+        /// follower's backup are lost.
+        #[arg(long = "fence-live-master", visible_alias = "fence_live_master")]
+        fence_live_master: bool,
+        /// Promote even though the backup directory holds a backup newer
+        /// than the follower's: the writes only newer backups hold are lost.
+        #[arg(
+            long = "discard-newer-backups",
+            visible_alias = "discard_newer_backups"
+        )]
+        discard_newer_backups: bool,
+    },
     /// Print a running daemon's INFO (all sections, or one: server,
     /// clients, stats, persistence, replication, keyspace).
     #[command(after_help = "Example:\n  rkv --connect=127.0.0.1:6381 info replication")]
@@ -296,6 +335,14 @@ pub enum CliError {
     /// Talking to a daemon failed (exit 1).
     #[error(transparent)]
     Remote(#[from] ClientError),
+    /// A check refused the operation (exit 1).
+    #[error("{what}")]
+    Refused {
+        /// What was found.
+        what: String,
+        /// What to do about it.
+        hint: String,
+    },
     /// `--at` names a time before every retained backup (exit 1).
     #[error(
         "no backup was created at or before {at}: the oldest retained is backup {oldest_id}, \
@@ -317,6 +364,7 @@ impl CliError {
             CliError::Usage(_) | CliError::Lib(Error::InvalidHex { .. }) => ExitCode::Usage,
             CliError::KeyNotFound(_)
             | CliError::NoneAtOrBefore { .. }
+            | CliError::Refused { .. }
             | CliError::FollowerDataDir(_)
             | CliError::Lib(_)
             | CliError::Remote(_) => ExitCode::Failed,
@@ -327,6 +375,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => Some("see `rkv --help`".to_string()),
             CliError::KeyNotFound(_) => None,
+            CliError::Refused { hint, .. } => Some(hint.clone()),
             CliError::NoneAtOrBefore { .. } => Some(
                 "retention purged older backups (--keep, --keep-within on the master); pick a \
                  later time or restore the oldest with --backup_id"
@@ -404,6 +453,7 @@ impl Command {
             Command::Status { .. } => "status",
             Command::Info { .. } => "info",
             Command::Verify { .. } => "verify",
+            Command::Promote { .. } => "promote",
         }
     }
 }
@@ -437,6 +487,23 @@ pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
         | Command::Backups { .. }
         | Command::Status { .. }
         | Command::Verify { .. } => backup::run(cli, out),
+        Command::Promote {
+            data,
+            backup_dir,
+            store,
+            fence_live_master,
+            discard_newer_backups,
+        } => promote::run(
+            &promote::Request {
+                data,
+                db: cli.require_db("promote")?,
+                backup_dir: backup_dir.as_deref(),
+                store,
+                fence_live_master: *fence_live_master,
+                discard_newer_backups: *discard_newer_backups,
+            },
+            out,
+        ),
     }
 }
 
@@ -458,7 +525,7 @@ fn daemon_address(cli: &Cli) -> Result<Option<ListenAddr>, CliError> {
         } else {
             Err(CliError::Usage(
                 "--connect works with put, get, delete, scan, info and backup; restore, \
-                 backups and verify work on directories"
+                 backups, status, verify and promote work on directories"
                     .to_string(),
             ))
         };

@@ -535,10 +535,10 @@ fn check(db: Db, backup: &BackupInfo) -> Result<Db> {
     Ok(db)
 }
 
-/// The backup facts of a generation, kept beside its database so that a
+/// The backup facts of a generation (`rkv promote` reads them too), kept beside its database so that a
 /// restarted follower knows its data's age even after the master purged
 /// that backup.
-const GENERATION_INFO: &str = "rkv-generation.json";
+pub const GENERATION_INFO: &str = "rkv-generation.json";
 
 fn write_generation_info(dir: &Path, backup: &BackupInfo) {
     let info = serde_json::json!({
@@ -551,7 +551,8 @@ fn write_generation_info(dir: &Path, backup: &BackupInfo) {
     }
 }
 
-fn read_generation_info(dir: &Path) -> Option<BackupInfo> {
+/// The backup facts recorded beside the generation at `dir`, if readable.
+pub fn read_generation_info(dir: &Path) -> Option<BackupInfo> {
     let bytes = std::fs::read(dir.join(GENERATION_INFO)).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     Some(BackupInfo {

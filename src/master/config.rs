@@ -88,8 +88,10 @@ pub struct MasterArgs {
     pub scrub_interval: Duration,
 
     /// Take over a backup directory whose newest backup is of another
-    /// database, making this database the one followers replicate (a
-    /// promotion). Never overrides a master that is still running there.
+    /// database, or whose heartbeat lists this master as superseded by
+    /// `rkv promote`, making this database the one followers replicate.
+    /// Never overrides a master that is still running there. (`rkv promote`
+    /// hands the directory over; its new master needs no --take-over.)
     #[arg(long = "take-over", env = "RKV_TAKE_OVER")]
     pub take_over: bool,
 

@@ -12,7 +12,13 @@
 //!    this host's clock, so skew does not matter) means that master is
 //!    alive, and this one refuses to start;
 //! 3. the lineage: a directory whose newest backup is of another database
-//!    is refused unless the operator passes `--take-over` (a promotion).
+//!    is refused unless the operator passes `--take-over`;
+//! 4. promotions: `rkv promote` hands the directory over to the promoted
+//!    database's master with a heartbeat in its name ([`hand_over`]), which
+//!    lets that master start at once and lists the master it replaced as
+//!    superseded. A superseded master is refused (its database lacks what
+//!    the new one wrote) unless given `--take-over`, and every heartbeat
+//!    carries the list on.
 //!
 //! Once running, the master checks the token before each backup and at
 //! each heartbeat; finding another's, it stops backing up (it is fenced).
@@ -20,7 +26,7 @@
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use crate::backup::{AppMetadata, BackupInfo, BackupSink, Heartbeat};
+use crate::backup::{AppMetadata, BackupInfo, BackupSink, BackupSource, Heartbeat};
 use crate::error::{Error, Result};
 
 /// How long a claim watches another master's heartbeat for a change: three
@@ -51,8 +57,9 @@ impl Identity {
         }
     }
 
-    /// Whether `heartbeat` was written by a run of this master.
-    fn wrote(&self, heartbeat: &Heartbeat) -> bool {
+    /// Whether `heartbeat` was written by a run of this master (or for it,
+    /// by `rkv promote`).
+    pub fn wrote(&self, heartbeat: &Heartbeat) -> bool {
         heartbeat.master == self.label && heartbeat.lineage() == self.lineage()
     }
 
@@ -74,11 +81,15 @@ pub struct Claim {
     pub token: String,
     /// The lineage this master took over, when it took one over.
     pub took_over: Option<String>,
+    /// The masters promotions replaced, which this one's heartbeats carry
+    /// on (see [`Heartbeat::superseded`]).
+    pub superseded: Vec<String>,
 }
 
 /// Claims `store` for the master `me`; `newest` is the store's newest
 /// backup. `take_over` allows a directory whose newest backup is of another
-/// database (never one another live master holds).
+/// database, and a master a promotion superseded (never one another live
+/// master holds).
 pub fn claim(
     store: &dyn BackupSink,
     me: &Identity,
@@ -93,18 +104,15 @@ pub fn claim(
         other => other,
     })?;
 
-    if let Some(seen) = store.read_heartbeat().filter(|h| !me.wrote(h)) {
+    let seen = store.read_heartbeat();
+    if let Some(seen) = seen.as_ref().filter(|h| !me.wrote(h)) {
         // Another master wrote the heartbeat. Alive, it rewrites it every
         // second: watch on this host's clock, never compare timestamps.
-        let started = Instant::now();
-        while started.elapsed() < LEASE_TIMEOUT {
-            std::thread::sleep(Duration::from_millis(100));
-            if let Some(now) = store.read_heartbeat().filter(|h| *h != seen) {
-                return Err(Error::BackupDirLeased {
-                    path: store.location().into(),
-                    owner: now.owner(),
-                });
-            }
+        if let Some(now) = renewed(store, seen) {
+            return Err(Error::BackupDirLeased {
+                path: store.location().into(),
+                owner: now.owner(),
+            });
         }
         tracing::warn!(
             previous = %seen.owner(),
@@ -113,6 +121,32 @@ pub fn claim(
         );
     }
 
+    let mut superseded = seen
+        .as_ref()
+        .map(|h| h.superseded.clone())
+        .unwrap_or_default();
+    if let Some(by) = seen.as_ref().filter(|h| h.master != me.label) {
+        if superseded.contains(&me.label) {
+            if !take_over {
+                return Err(Error::Superseded {
+                    path: store.location().into(),
+                    me: me.label.clone(),
+                    by: by.master.clone(),
+                });
+            }
+            tracing::warn!(
+                "--take-over: this master was superseded by a promotion of {}, and becomes the \
+                 source of the backup directory {} again",
+                by.master,
+                store.location()
+            );
+        }
+    }
+    superseded.retain(|label| *label != me.label);
+    // `rkv promote` handed the store over to this master: it may follow
+    // backups of another database, as with --take-over.
+    let handed_over = seen.as_ref().is_some_and(|h| h.handover && me.wrote(h));
+
     let mut took_over = None;
     if let Some(meta) = newest.and_then(|b| b.metadata.as_ref()) {
         if !me.made(meta) {
@@ -120,7 +154,7 @@ pub fn claim(
                 Some(id) => format!("database {id} at {}", meta.master),
                 None => meta.master.clone(),
             };
-            if !take_over {
+            if !(take_over || handed_over) {
                 return Err(Error::ForeignBackups {
                     path: store.location().into(),
                     id: newest.map_or(0, |b| b.id),
@@ -130,8 +164,9 @@ pub fn claim(
             }
             tracing::warn!(
                 previous = %theirs,
-                "--take-over: this master's database becomes the source of the backup directory \
-                 {}; followers switch to it with its first backup",
+                "{}: this master's database becomes the source of the backup directory {}; \
+                 followers switch to it with its first backup",
+                if handed_over { "rkv promote" } else { "--take-over" },
                 store.location()
             );
             took_over = Some(theirs);
@@ -139,18 +174,136 @@ pub fn claim(
     }
     Ok(Claim {
         _lock: lock,
-        token: new_token(),
+        token: new_token("master"),
         took_over,
+        superseded,
     })
 }
 
-/// A token unique to this run: host, pid, and the start time in nanoseconds.
-fn new_token() -> String {
+/// The heartbeat, if another process renews it within [`LEASE_TIMEOUT`]
+/// after `seen` was read: that master is alive.
+fn renewed(store: &dyn BackupSource, seen: &Heartbeat) -> Option<Heartbeat> {
+    let started = Instant::now();
+    while started.elapsed() < LEASE_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(now) = store.read_heartbeat().filter(|h| h != seen) {
+            return Some(now);
+        }
+    }
+    None
+}
+
+/// Who holds a store now, as [`check_free`] found it.
+#[derive(Debug)]
+pub struct Holder {
+    /// The newest heartbeat, if any.
+    pub heartbeat: Option<Heartbeat>,
+    /// Whether a master renewed it while watched: it is running.
+    pub live: bool,
+}
+
+/// Watches the store's heartbeat for [`LEASE_TIMEOUT`] (unless `me` wrote
+/// it): whether a master holds the store, for a promotion to check before
+/// it hands the store over.
+pub fn check_free(store: &dyn BackupSource, me: &Identity) -> Holder {
+    let Some(seen) = store.read_heartbeat() else {
+        return Holder {
+            heartbeat: None,
+            live: false,
+        };
+    };
+    if me.wrote(&seen) {
+        return Holder {
+            heartbeat: Some(seen),
+            live: false,
+        };
+    }
+    match renewed(store, &seen) {
+        Some(now) => Holder {
+            heartbeat: Some(now),
+            live: true,
+        },
+        None => Holder {
+            heartbeat: Some(seen),
+            live: false,
+        },
+    }
+}
+
+/// Hands `store` over to the master `successor`, whose database holds
+/// everything up to sequence number `seq`: writes a heartbeat in its name
+/// that marks the store's previous master superseded (see
+/// [`Heartbeat::superseded`]) and carries a new token, so a previous
+/// master still running stops at its next heartbeat (it is fenced).
+/// `previous` is the heartbeat [`check_free`] saw; if another was written
+/// since, a master came to life, and the hand-over is refused unless
+/// `fence` says to fence it.
+pub fn hand_over(
+    store: &dyn BackupSink,
+    successor: &Identity,
+    seq: u64,
+    previous: Option<&Heartbeat>,
+    fence: bool,
+) -> Result<Heartbeat> {
+    let now = store.read_heartbeat();
+    if let Some(now) = now
+        .as_ref()
+        .filter(|h| Some(*h) != previous && !successor.wrote(h))
+    {
+        if !fence {
+            return Err(Error::BackupDirLeased {
+                path: store.location().into(),
+                owner: now.owner(),
+            });
+        }
+    }
+    let last = now.as_ref().or(previous);
+    let mut superseded = last.map(|h| h.superseded.clone()).unwrap_or_default();
+    if let Some(h) = last.filter(|h| h.master != successor.label) {
+        if !superseded.contains(&h.master) {
+            superseded.push(h.master.clone());
+        }
+    }
+    superseded.retain(|label| *label != successor.label);
+    let heartbeat = Heartbeat {
+        v: 1,
+        seq,
+        ms: crate::backup::now_ms(),
+        master: successor.label.clone(),
+        db_id: successor.db_id.clone(),
+        token: Some(new_token("promote")),
+        pid: None,
+        keep_within_ms: last.and_then(|h| h.keep_within_ms),
+        superseded,
+        handover: true,
+    };
+    // A running master reads the heartbeat before it rewrites its own, and
+    // stops when it finds another token; a write that lands between its
+    // read and its write is lost, so write until the hand-over stays.
+    for _ in 0..5 {
+        store.write_heartbeat(&heartbeat)?;
+        if last.is_none_or(|h| !fence || h.token.is_none()) {
+            return Ok(heartbeat);
+        }
+        std::thread::sleep(Duration::from_millis(2_500));
+        if store.read_heartbeat().as_ref() == Some(&heartbeat) {
+            return Ok(heartbeat);
+        }
+    }
+    Err(Error::BackupDirLeased {
+        path: store.location().into(),
+        owner: last.map_or_else(|| "another master".to_string(), Heartbeat::owner),
+    })
+}
+
+/// A token unique to this run of `who`: host, pid, and the start time in
+/// nanoseconds.
+fn new_token(who: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!(
-        "{}-{}-{nanos:x}",
+        "{who}-{}-{}-{nanos:x}",
         crate::backup::master_label(std::path::Path::new("/")),
         std::process::id()
     )
@@ -255,6 +408,8 @@ mod tests {
             token: Some("t".into()),
             pid: Some(1),
             keep_within_ms: None,
+            superseded: Vec::new(),
+            handover: false,
         };
         store.write_heartbeat(&heartbeat(1)).unwrap();
         let renewer = {
@@ -271,5 +426,53 @@ mod tests {
         renewer.join().unwrap();
         // It stopped renewing: after the timeout the directory is free.
         claim(&store as &dyn BackupSink, &me("h:/a", "A"), None, false).unwrap();
+    }
+
+    #[test]
+    fn a_hand_over_lets_the_successor_in_and_keeps_the_superseded_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BackupDir::new(tmp.path());
+        let old = me("h:/old", "A");
+        let new = me("h:/new", "A");
+        drop(claim(&store as &dyn BackupSink, &old, None, false).unwrap());
+        store
+            .write_heartbeat(&Heartbeat {
+                v: 1,
+                seq: 5,
+                ms: 1,
+                master: old.label.clone(),
+                db_id: old.db_id.clone(),
+                token: Some("old-run".into()),
+                pid: Some(1),
+                keep_within_ms: Some(60_000),
+                superseded: vec!["h:/older".into()],
+                handover: false,
+            })
+            .unwrap();
+        let seen = check_free(&store, &new);
+        assert!(!seen.live, "nobody renews it");
+        let handed = hand_over(&store, &new, 5, seen.heartbeat.as_ref(), false).unwrap();
+        assert!(handed.handover && handed.master == "h:/new");
+        assert_eq!(handed.superseded, ["h:/older", "h:/old"]);
+        assert_eq!(handed.keep_within_ms, Some(60_000));
+
+        // The old master is refused at once, --take-over lets it back.
+        let err = claim(&store as &dyn BackupSink, &old, None, false).unwrap_err();
+        assert!(matches!(err, Error::Superseded { .. }), "{err}");
+        // The successor starts without waiting out a lease, even on backups
+        // of another database.
+        let started = Instant::now();
+        let claimed = claim(
+            &store as &dyn BackupSink,
+            &new,
+            Some(&backup("h:/x", Some("X"))),
+            false,
+        )
+        .unwrap();
+        assert!(started.elapsed() < LEASE_TIMEOUT);
+        assert_eq!(claimed.superseded, ["h:/older", "h:/old"]);
+        drop(claimed);
+        let back = claim(&store as &dyn BackupSink, &old, None, true).unwrap();
+        assert_eq!(back.superseded, ["h:/older"]);
     }
 }

@@ -125,13 +125,14 @@ impl Master {
             label: backup::master_label(db_path),
             db_id: db.identity(),
         };
-        // Only a backup of this database says what is backed up: after a
-        // promotion the newest backup is the old master's, and the new
-        // master's first backup must come at once.
+        // Only a backup this master made says what is backed up: after a
+        // promotion the newest backup is the old master's (of the same
+        // database, but perhaps holding writes the promoted copy lacks), and
+        // the new master's first backup must come at once.
         let own = newest
             .as_ref()
             .and_then(|b| b.metadata.as_ref())
-            .filter(|m| identity.made(m));
+            .filter(|m| identity.made(m) && m.master == identity.label);
         let state = BackupState {
             backed_up_seq: own.map_or(0, |m| m.seq),
             last_save_unix: newest
@@ -170,7 +171,7 @@ impl Master {
             take_over,
         )?;
         let token = claim.token.clone();
-        *self.claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
+        *self.held_claim() = Some(claim);
         match self.store.write_heartbeat(&self.new_heartbeat(Some(token))) {
             Ok(()) => self.state().last_heartbeat = Some(Instant::now()),
             Err(e) => tracing::warn!(error = %e, "cannot write the first heartbeat"),
@@ -187,9 +188,12 @@ impl Master {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn held_claim(&self) -> MutexGuard<'_, Option<lease::Claim>> {
+        self.claim.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn token(&self) -> Option<String> {
-        let claim = self.claim.lock().unwrap_or_else(|e| e.into_inner());
-        claim.as_ref().map(|c| c.token.clone())
+        self.held_claim().as_ref().map(|c| c.token.clone())
     }
 
     /// Whether the database holds writes no backup holds.
@@ -390,6 +394,12 @@ impl Master {
             token,
             pid: Some(std::process::id()),
             keep_within_ms: Some(self.retention.keep_within.as_millis() as u64),
+            superseded: self
+                .held_claim()
+                .as_ref()
+                .map(|c| c.superseded.clone())
+                .unwrap_or_default(),
+            handover: false,
         }
     }
 

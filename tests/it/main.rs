@@ -9,6 +9,7 @@ mod follower;
 mod master;
 mod metrics;
 mod netns;
+mod promote;
 mod s3;
 // The S3 server the object store tests run against.
 #[path = "../../bin/common/moto.rs"]

@@ -505,3 +505,43 @@ fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
         f.log()
     );
 }
+
+#[test]
+fn promote_hands_an_object_store_prefix_to_the_new_master() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let endpoint = moto.endpoint();
+    let old = master(&s, "old", &endpoint, "prod", &["--interval", "0"]);
+    let chosen = follower(&s, "chosen", &endpoint, "prod");
+    let other = follower(&s, "other", &endpoint, "prod");
+    set(&old, "k", "v1");
+    save(&old);
+    replicated(&chosen, "k", "v1");
+    replicated(&other, "k", "v1");
+    chosen.stop();
+    old.kill();
+
+    let out = Command::new(crate::util::rkv_bin())
+        .args([
+            format!("--db={}", s.path("new").display()),
+            "promote".into(),
+            format!("--data={}", s.path("chosen").display()),
+            format!("--backup_dir={}", url("prod")),
+            format!("--s3-endpoint={endpoint}"),
+        ])
+        .envs(store_env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("handed over"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No --take-over: the store was handed over.
+    let new = master(&s, "new", &endpoint, "prod", &["--interval", "0"]);
+    assert_eq!(get(&new, "k"), Some(bulk("v1")));
+    set(&new, "k", "v2");
+    save(&new);
+    replicated(&other, "k", "v2");
+}

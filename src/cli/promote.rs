@@ -1,0 +1,542 @@
+//! `rkv promote`: turns a stopped follower's data into a master's database,
+//! the one command of a failover.
+//!
+//! Each step checks before it acts, and nothing is written where the old
+//! data lives:
+//!
+//! 1. the follower is stopped (its data directory's lock is free) and holds
+//!    a generation; the lock is kept until the end, so it cannot start
+//!    meanwhile;
+//! 2. with a backup directory: its master is not running (its lease is not
+//!    renewed for [`LEASE_TIMEOUT`](crate::master::lease::LEASE_TIMEOUT)),
+//!    and it holds no backup of this database newer than the generation
+//!    (promoting would lose the writes in between);
+//! 3. the generation is copied into a new directory beside the target (SST
+//!    files hard-linked where the filesystem allows: RocksDB never changes
+//!    them), opened read-write, and renamed into place;
+//! 4. the backup directory is handed over to the new master
+//!    ([`lease::hand_over`]): it may start there at once, and the old
+//!    master, superseded, is refused if it comes back.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{emit, CliError};
+use crate::backup::{
+    master_label, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource, S3Store,
+    StoreArgs,
+};
+use crate::cli::backup::human_bytes;
+use crate::db::{Db, OpenMode};
+use crate::error::Error;
+use crate::follower::generations::{DataDir, LockError};
+use crate::master::lease::{self, Identity};
+
+/// What `rkv promote` was asked.
+pub(super) struct Request<'a> {
+    /// The follower's data directory.
+    pub data: &'a Path,
+    /// The new master's database directory.
+    pub db: &'a Path,
+    /// The backup directory the old master wrote, if it survived.
+    pub backup_dir: Option<&'a Path>,
+    /// How to reach an object store.
+    pub store: &'a StoreArgs,
+    /// Hand over even though the old master renews its lease.
+    pub fence_live_master: bool,
+    /// Promote even though the backup directory holds newer backups.
+    pub discard_newer_backups: bool,
+}
+
+/// Runs `rkv promote`.
+pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError> {
+    if !DataDir::is_data_dir(req.data) {
+        return Err(refused(
+            format!(
+                "{} is not an rkv-follower data directory (it has no `current` generation link)",
+                req.data.display()
+            ),
+            "pass the follower's --data directory (RKV_DATA in /etc/rkv/follower-NAME.env)",
+        ));
+    }
+    let unit = systemd_unit(req.data);
+    // Held to the end: the follower cannot start while its data is copied.
+    let data = DataDir::lock(req.data).map_err(|e| match e {
+        LockError::Busy { pid, .. } => refused(
+            format!(
+                "the rkv-follower{} is running on {}: promote copies a stopped follower's data",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                req.data.display()
+            ),
+            &format!("stop it first: systemctl stop {unit}"),
+        ),
+        LockError::Io { .. } => CliError::Usage(e.to_string()),
+    })?;
+    emit(
+        out,
+        &format!("checked:  no rkv-follower runs on {}", req.data.display()),
+    )?;
+    let Some((_, generation)) = data.current() else {
+        return Err(refused(
+            format!("{} holds no complete generation", req.data.display()),
+            "promote a follower that has applied a backup",
+        ));
+    };
+    let info = crate::follower::read_generation_info(&generation).ok_or_else(|| {
+        refused(
+            format!(
+                "{} has no readable {}: which backup it holds is unknown",
+                generation.display(),
+                crate::follower::GENERATION_INFO
+            ),
+            "promote another follower, or restore the newest backup with `rkv restore`",
+        )
+    })?;
+    check_target(req.db)?;
+
+    let store = match req.backup_dir {
+        Some(dir) => Some(open_store(dir, req.store, req.db)?),
+        None => None,
+    };
+    let mut holder = None;
+    if let Some(store) = &store {
+        // The successor's identity is known once its directory exists; the
+        // lease watch needs only "not this one".
+        let nobody = Identity {
+            label: String::new(),
+            db_id: None,
+        };
+        let held = lease::check_free(store.sink(), &nobody);
+        match (&held.heartbeat, held.live) {
+            (Some(h), true) if !req.fence_live_master => {
+                return Err(refused(
+                    format!(
+                        "the backup directory's master ({}) is running: it renewed its lease \
+                         within {:?}",
+                        h.owner(),
+                        lease::LEASE_TIMEOUT
+                    ),
+                    &format!(
+                        "stop the old master first (systemctl stop rkv-master on its host). If it \
+                         cannot be reached, --fence-live-master hands the directory over anyway: \
+                         it then stops backing up and answers writes with -READONLY, and the \
+                         writes it took after backup {} are lost",
+                        info.id
+                    ),
+                ));
+            }
+            (Some(h), true) => emit(
+                out,
+                &format!(
+                    "warning:  the backup directory's master ({}) is running; \
+                     --fence-live-master: it will be fenced",
+                    h.owner()
+                ),
+            )?,
+            (Some(h), false) => emit(
+                out,
+                &format!(
+                    "checked:  the backup directory's master ({}) is not running (its lease was \
+                     not renewed for {:?})",
+                    h.owner(),
+                    lease::LEASE_TIMEOUT
+                ),
+            )?,
+            (None, _) => emit(out, "checked:  no master has written a heartbeat there")?,
+        }
+        check_newer_backups(store.sink(), &info, req)?;
+        holder = Some(held);
+    }
+
+    let seq = info.metadata.as_ref().map_or(0, |m| m.seq);
+    emit(
+        out,
+        &format!(
+            "promoting backup {} (created {}, seq {seq}) from {}",
+            info.id,
+            humantime::format_rfc3339_seconds(info.created()),
+            generation.display()
+        ),
+    )?;
+    let staged = staging_path(req.db);
+    let copied = copy_generation(&generation, &staged).inspect_err(|_| {
+        let _ = fs::remove_dir_all(&staged);
+    })?;
+    emit(
+        out,
+        &format!(
+            "copied:   {} files: {} hard-linked ({}), {} copied ({})",
+            copied.linked_files + copied.copied_files,
+            copied.linked_files,
+            human_bytes(copied.linked_bytes),
+            copied.copied_files,
+            human_bytes(copied.copied_bytes)
+        ),
+    )?;
+    let opened = check_opens(&staged).inspect_err(|_| {
+        let _ = fs::remove_dir_all(&staged);
+    })?;
+    publish(&staged, req.db)?;
+    emit(
+        out,
+        &format!(
+            "checked:  {} opens read-write: database {}, seq {}",
+            req.db.display(),
+            opened.db_id.as_deref().unwrap_or("(no identity)"),
+            opened.seq
+        ),
+    )?;
+
+    let successor = Identity {
+        label: master_label(req.db),
+        db_id: opened.db_id.clone(),
+    };
+    if let (Some(store), Some(held)) = (&store, &holder) {
+        let heartbeat = lease::hand_over(
+            store.sink(),
+            &successor,
+            opened.seq,
+            held.heartbeat.as_ref(),
+            req.fence_live_master,
+        )
+        .map_err(|e| match e {
+            Error::BackupDirLeased { owner, .. } => refused(
+                format!(
+                    "a master ({owner}) started on the backup directory while {} was copied; \
+                     it was left as it was",
+                    req.db.display()
+                ),
+                &format!(
+                    "stop it and run promote again with another --db, or remove {}",
+                    req.db.display()
+                ),
+            ),
+            other => other.into(),
+        })?;
+        let superseded = if heartbeat.superseded.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; superseded (refused if started there): {}",
+                heartbeat.superseded.join(", ")
+            )
+        };
+        emit(
+            out,
+            &format!(
+                "recorded: the backup directory {} is handed over to {}{superseded}",
+                store.sink().location(),
+                successor.label
+            ),
+        )?;
+    }
+    for line in next_steps(req, &unit) {
+        emit(out, &line)?;
+    }
+    Ok(())
+}
+
+/// An object store needs a local directory to read through; it is removed
+/// when the promotion ends.
+struct Store {
+    sink: Box<dyn BackupSink>,
+    cache: Option<PathBuf>,
+}
+
+impl Store {
+    fn sink(&self) -> &dyn BackupSink {
+        self.sink.as_ref()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.cache {
+            let _ = fs::remove_dir_all(cache);
+        }
+    }
+}
+
+fn open_store(raw: &Path, args: &StoreArgs, db: &Path) -> Result<Store, CliError> {
+    match args.location(raw).map_err(CliError::Usage)? {
+        BackupLocation::Dir(path) => {
+            let store = BackupDir::new(&path);
+            // A missing directory is an error here: a typo must not make
+            // the hand-over land in a new, empty directory.
+            store.list()?;
+            Ok(Store {
+                sink: Box::new(store),
+                cache: None,
+            })
+        }
+        BackupLocation::S3(s3) => {
+            let mut cache = db.as_os_str().to_os_string();
+            cache.push(".promote-s3");
+            let cache = PathBuf::from(cache);
+            Ok(Store {
+                sink: Box::new(S3Store::reader(s3, BackupDir::new(&cache))?),
+                cache: Some(cache),
+            })
+        }
+    }
+}
+
+/// Refuses when the store's newest backup is newer than the generation, or
+/// of another database: the promoted master would lack what it holds.
+fn check_newer_backups(
+    store: &dyn BackupSink,
+    info: &BackupInfo,
+    req: &Request,
+) -> Result<(), CliError> {
+    let newest = match store.list() {
+        Ok(backups) => backups.last().cloned(),
+        Err(Error::NoBackups { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    let lineage = |b: &BackupInfo| b.metadata.as_ref().map(|m| m.lineage().to_string());
+    let newer = if lineage(&newest) != lineage(info) {
+        Some(format!(
+            "the backup directory's newest backup ({}, created {}) is of another database than \
+             this follower's (backup {})",
+            newest.id,
+            humantime::format_rfc3339_seconds(newest.created()),
+            info.id
+        ))
+    } else if newest.id > info.id {
+        Some(format!(
+            "the backup directory holds backup {} (created {}), newer than this follower's \
+             backup {}: promoting it loses the writes in between",
+            newest.id,
+            humantime::format_rfc3339_seconds(newest.created()),
+            info.id
+        ))
+    } else {
+        None
+    };
+    match newer {
+        Some(what) if !req.discard_newer_backups => Err(refused(
+            what,
+            &format!(
+                "promote a follower that applied backup {} (INFO replication: \
+                 rkv_applied_backup_id), or pass --discard-newer-backups to promote this one \
+                 anyway",
+                newest.id
+            ),
+        )),
+        Some(what) => emit(
+            &mut io::stderr(),
+            &format!("warning:  {what}; --discard-newer-backups: promoting it anyway"),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The new database directory must not hold anything: promote never
+/// overwrites.
+fn check_target(db: &Path) -> Result<(), CliError> {
+    match fs::read_dir(db).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => Err(refused(
+            format!(
+                "{} exists and is not empty: promote never overwrites a directory",
+                db.display()
+            ),
+            "choose a new --db directory",
+        )),
+        Ok(false) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("read {}", db.display()), e).into()),
+    }
+}
+
+/// Where the copy is made before it is renamed to `db`: beside it, so the
+/// rename stays on one filesystem.
+fn staging_path(db: &Path) -> PathBuf {
+    let name = db
+        .file_name()
+        .map_or_else(|| "db".into(), |n| n.to_string_lossy().into_owned());
+    db.with_file_name(format!(".{name}.promoting"))
+}
+
+/// What [`copy_generation`] did.
+#[derive(Debug, Default)]
+struct Copied {
+    linked_files: u64,
+    linked_bytes: u64,
+    copied_files: u64,
+    copied_bytes: u64,
+}
+
+/// Copies the generation's database files into `to` (created afresh): SST
+/// and blob files as hard links where possible, the rest (the MANIFEST,
+/// CURRENT and OPTIONS, which RocksDB rewrites) as copies. Run as root, the
+/// copies keep their owner, so the service user can open them.
+fn copy_generation(from: &Path, to: &Path) -> Result<Copied, CliError> {
+    let io_err = |what: String| move |e| Error::io(what, e);
+    if to.exists() {
+        fs::remove_dir_all(to).map_err(io_err(format!("remove the leftover {}", to.display())))?;
+    }
+    fs::create_dir_all(to).map_err(io_err(format!("create {}", to.display())))?;
+    keep_owner(from, to)?;
+    let mut copied = Copied::default();
+    let entries = fs::read_dir(from).map_err(io_err(format!("read {}", from.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("read {}", from.display())))?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        let kind = entry
+            .file_type()
+            .map_err(io_err(format!("stat {}", entry.path().display())))?;
+        if !kind.is_file()
+            || name_str == crate::follower::GENERATION_INFO
+            || name_str == "LOCK"
+            || name_str.starts_with("LOG")
+        {
+            continue;
+        }
+        let source = entry.path();
+        let target = to.join(&name);
+        let size = entry
+            .metadata()
+            .map_err(io_err(format!("stat {}", source.display())))?
+            .len();
+        let immutable = name_str.ends_with(".sst") || name_str.ends_with(".blob");
+        if immutable && fs::hard_link(&source, &target).is_ok() {
+            copied.linked_files += 1;
+            copied.linked_bytes += size;
+            continue;
+        }
+        fs::copy(&source, &target).map_err(io_err(format!(
+            "copy {} to {}",
+            source.display(),
+            target.display()
+        )))?;
+        fs::File::open(&target)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(format!("sync {}", target.display())))?;
+        keep_owner(&source, &target)?;
+        copied.copied_files += 1;
+        copied.copied_bytes += size;
+    }
+    Ok(copied)
+}
+
+/// Gives `to` the owner of `from` when running as root (a copy made by
+/// root would otherwise be root's, and the service could not open it).
+fn keep_owner(from: &Path, to: &Path) -> Result<(), CliError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let meta = fs::metadata(from).map_err(|e| Error::io(format!("stat {}", from.display()), e))?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+        .map_err(|e| Error::io(format!("chown {}", to.display()), e).into())
+}
+
+/// What the promoted database says of itself once opened read-write.
+struct Opened {
+    db_id: Option<String>,
+    seq: u64,
+}
+
+/// Opens the copy read-write, as the master will, and closes it again.
+fn check_opens(dir: &Path) -> Result<Opened, CliError> {
+    let db = Db::open(
+        dir,
+        OpenMode::ReadWrite {
+            create_if_missing: false,
+        },
+    )?;
+    let opened = Opened {
+        db_id: db.identity(),
+        seq: db.latest_sequence_number(),
+    };
+    drop(db);
+    // Files RocksDB made at the open (LOG) belong to root, if root ran this.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            keep_owner(dir, &entry.path())?;
+        }
+    }
+    Ok(opened)
+}
+
+/// Renames the checked copy to `db` (an empty directory there is replaced)
+/// and makes the rename durable.
+fn publish(staged: &Path, db: &Path) -> Result<(), CliError> {
+    if db.exists() {
+        fs::remove_dir(db).map_err(|e| Error::io(format!("replace {}", db.display()), e))?;
+    }
+    fs::rename(staged, db).map_err(|e| {
+        Error::io(
+            format!("rename {} to {}", staged.display(), db.display()),
+            e,
+        )
+    })?;
+    let parent = db
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("sync {}", parent.display()), e).into())
+}
+
+/// The follower's systemd unit, guessed from the data directory's name
+/// (`/var/lib/rkv/follower-NAME` is `rkv-follower@NAME`).
+fn systemd_unit(data: &Path) -> String {
+    let name = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.strip_prefix("follower-") {
+        Some(instance) if !instance.is_empty() => format!("rkv-follower@{instance}"),
+        _ => "rkv-follower@NAME".to_string(),
+    }
+}
+
+/// How to start the new master, by hand and under systemd.
+fn next_steps(req: &Request, unit: &str) -> Vec<String> {
+    let db = fs::canonicalize(req.db).unwrap_or_else(|_| req.db.to_path_buf());
+    let backup_dir = req.backup_dir.map(|b| match req.store.location(b) {
+        Ok(BackupLocation::Dir(dir)) => fs::canonicalize(&dir).unwrap_or(dir).display().to_string(),
+        _ => b.display().to_string(),
+    });
+    let store = backup_dir.as_deref().unwrap_or("NEW_BACKUP_DIR");
+    let mut lines = vec![
+        String::new(),
+        format!("OK: {} is ready to serve as the master.", db.display()),
+        "Start it on this host, with the old master's other flags (--listen, --interval, …):"
+            .to_string(),
+        format!("    rkv-master --db {} --backup-dir {store}", db.display()),
+        "Under systemd:".to_string(),
+        format!("    systemctl disable --now {unit}"),
+        format!(
+            "    set RKV_DB={} and RKV_BACKUP_DIR={store} in /etc/rkv/master.env",
+            db.display()
+        ),
+        "    systemctl enable --now rkv-master".to_string(),
+    ];
+    match backup_dir {
+        Some(_) => lines.push(
+            "The other followers follow its backups as they come, with no restart.".to_string(),
+        ),
+        None => lines.push(
+            "No --backup-dir was given: nothing was checked or recorded there. Give the new \
+             master a new backup directory and point the followers at it."
+                .to_string(),
+        ),
+    }
+    lines
+}
+
+fn refused(what: String, hint: &str) -> CliError {
+    CliError::Refused {
+        what,
+        hint: hint.to_string(),
+    }
+}
