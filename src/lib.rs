@@ -10,6 +10,7 @@
 //! - [`follower`]: the read-only replica (watch, apply, generations, lag);
 //! - [`server`]: the RESP server both daemons share, and its commands;
 //! - [`status`]: what each daemon reports about itself, as facts;
+//! - [`progress`]: how far long work (restores, backups, verifies) has got;
 //! - [`resp`]: the Redis protocol's framing;
 //! - [`cli`]: the `rkv` command line, with RocksDB `ldb`'s syntax;
 //! - [`daemon`]: logging, signals, systemd notification, shared by the daemons.
@@ -27,6 +28,7 @@ pub mod glob;
 pub mod keys;
 pub mod master;
 pub mod metrics;
+pub mod progress;
 pub mod resp;
 pub mod server;
 pub mod status;

@@ -228,7 +228,7 @@ fn master_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
         match store.list() {
             Ok(list) => {
                 if let Some(newest) = list.last() {
-                    if store.verify(newest.id).is_err() {
+                    if store.verify(newest.id, &Default::default()).is_err() {
                         failed_verifies += 1;
                     }
                 }
@@ -594,7 +594,10 @@ fn disk_full(dir: &Path, database: bool) -> Outcome {
         && store
             .list()
             .ok()
-            .and_then(|l| l.last().map(|b| store.verify(b.id).is_err()))
+            .and_then(|l| {
+                l.last()
+                    .map(|b| store.verify(b.id, &Default::default()).is_err())
+            })
             .unwrap_or(false);
     std::fs::remove_file(&filler).unwrap();
     let recovered = wait_for(Duration::from_secs(60), || {

@@ -333,7 +333,7 @@ impl BackupSource for BackupDir {
         })
     }
 
-    fn verify(&self, id: u32) -> Result<()> {
+    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
         let engine = self.engine(false)?;
         if !engine.get_backup_info().iter().any(|b| b.backup_id == id) {
             // RocksDB leaves a backup whose files are missing or truncated out
@@ -350,15 +350,14 @@ impl BackupSource for BackupDir {
             id,
             detail: e.to_string(),
         })?;
-        match self
-            .read_meta(id)?
-            .files
-            .iter()
-            .find_map(|f| self.check_file(f))
-        {
-            Some(detail) => Err(Error::BackupCorrupt { id, detail }),
-            None => Ok(()),
+        for file in &self.read_meta(id)?.files {
+            if let Some(detail) = self.check_file(file) {
+                return Err(Error::BackupCorrupt { id, detail });
+            }
+            // Older meta files record no sizes: the file's own is checked.
+            meter.file_done(self.present_size(file).unwrap_or(0));
         }
+        Ok(())
     }
 
     fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {

@@ -225,10 +225,11 @@ pub trait BackupSource: Send + Sync {
     fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>>;
 
     /// Checks that every file of backup `id` exists with its recorded size
-    /// and crc32c. [`Error::BackupNotFound`](crate::Error::BackupNotFound) for
-    /// an unknown id, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt)
-    /// when a file is missing or differs.
-    fn verify(&self, id: u32) -> Result<()>;
+    /// and crc32c, counting each file checked on `meter`.
+    /// [`Error::BackupNotFound`](crate::Error::BackupNotFound) for an unknown
+    /// id, [`Error::BackupCorrupt`](crate::Error::BackupCorrupt) when a file
+    /// is missing or differs.
+    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()>;
 
     /// The first damaged file of backup `id`, described, if any.
     fn find_damage(&self, id: u32) -> Option<String>;

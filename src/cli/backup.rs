@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::progress::{Bars, Count};
 use super::{emit, Cli, CliError, Command};
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use crate::backup::{
 };
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
+use crate::progress::{Amount, Meter};
 
 /// Runs one of the backup directory commands.
 pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
@@ -35,7 +37,12 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 ));
             }
             let store = BackupDir::new(backup_dir);
-            let stats = store.create(&db, &master_label(db_path))?;
+            let mut bars = Bars::new(cli.quiet);
+            if bars.shown() {
+                let total = backup_estimate(&db, backup_dir)?;
+                bars.add("backup", total, Count::dir(backup_dir.clone()));
+            }
+            let stats = bars.run(|| store.create(&db, &master_label(db_path)))?;
             let seq = stats.info.metadata.as_ref().map_or(0, |m| m.seq);
             emit(
                 out,
@@ -64,10 +71,15 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             let mut cache = db_path.as_os_str().to_os_string();
             cache.push(".s3-download");
             let source = Source::open(backup_dir, store, PathBuf::from(cache))?;
+            let mut bars = Bars::new(cli.quiet);
+            let listed = match at.is_some() || bars.shown() {
+                true => source.store.list()?,
+                false => Vec::new(),
+            };
             let chosen = match at {
                 Some(at) => {
                     let at = at.resolve(SystemTime::now());
-                    let picked = at_or_before(&source.store.list()?, at, backup_dir)?;
+                    let picked = at_or_before(&listed, at, backup_dir)?;
                     emit(
                         out,
                         &format!(
@@ -81,7 +93,26 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 }
                 None => *backup_id,
             };
-            let stats = source.store.restore(chosen, db_path, RestoreMode::Full)?;
+            let shown = match chosen {
+                Some(id) => listed.iter().find(|b| b.id == id),
+                None => listed.last(),
+            };
+            if let Some(info) = shown {
+                let total = Amount {
+                    bytes: info.size,
+                    files: u64::from(info.files),
+                };
+                if let Some(cache) = &source.cache {
+                    bars.add("download", total, Count::dir(cache.clone()));
+                }
+                // The restore empties the directory first: count from zero.
+                let restored = Count::Dir {
+                    path: db_path.to_path_buf(),
+                    baseline: Amount::default(),
+                };
+                bars.add("restore", total, restored);
+            }
+            let stats = bars.run(|| source.store.restore(chosen, db_path, RestoreMode::Full))?;
             emit(
                 out,
                 &format!(
@@ -160,10 +191,21 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                         path: backup_dir.clone(),
                     })?,
             };
-            store.verify(id)?;
-            let detail = backups
-                .iter()
-                .find(|b| b.id == id)
+            let info = backups.iter().find(|b| b.id == id);
+            let meter = Meter::default();
+            let mut bars = Bars::new(cli.quiet);
+            if let Some(info) = info {
+                let total = Amount {
+                    bytes: info.size,
+                    files: u64::from(info.files),
+                };
+                if let Some(cache) = &source.cache {
+                    bars.add("download", total, Count::dir(cache.clone()));
+                }
+                bars.add("verify", total, Count::Meter(&meter));
+            }
+            bars.run(|| store.verify(id, &meter))?;
+            let detail = info
                 .map(|b| format!(" ({} files, {})", b.files, human_bytes(b.size)))
                 .unwrap_or_default();
             emit(out, &format!("OK: backup {id} verified{detail}"))
@@ -367,6 +409,46 @@ impl DirStatus {
     }
 }
 
+/// What a backup of `db` into `dir` will copy: the files BackupEngine
+/// takes (after a flush), less the table and blob files the directory
+/// already shares, matched by file number and size as their names in
+/// `shared_checksum/` record them (`000009_s<session>_1476.sst`).
+fn backup_estimate(db: &Db, dir: &Path) -> Result<Amount, CliError> {
+    let shared: std::collections::HashSet<(u64, u64)> =
+        std::fs::read_dir(dir.join("shared_checksum"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| shared_number_and_size(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+    let live = db
+        .rocksdb()
+        .get_livefiles_storage_info(&rocksdb::LiveFilesStorageInfoOptions::new())
+        .map_err(|e| Error::rocksdb("list the database's live files", e))?;
+    let mut total = Amount::default();
+    for file in live.iter() {
+        let sharable = matches!(
+            file.file_type(),
+            rocksdb::FileType::TableFile | rocksdb::FileType::BlobFile
+        );
+        if !(sharable && shared.contains(&(file.file_number(), file.size()))) {
+            total.bytes += file.size();
+            total.files += 1;
+        }
+    }
+    Ok(total)
+}
+
+/// `000009_sP2XNP78RDOUC7UDOMCJC_1476.sst` → `(9, 1476)`.
+fn shared_number_and_size(name: &str) -> Option<(u64, u64)> {
+    let stem = name.rsplit_once('.')?.0;
+    let (number, rest) = stem.split_once('_')?;
+    let size = rest.rsplit_once('_')?.1;
+    Some((number.parse().ok()?, size.parse().ok()?))
+}
+
 /// A time for `--at`: a moment, or an age (that long before now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointInTime {
@@ -478,17 +560,7 @@ fn shorten_age(age: &str) -> String {
 
 /// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `8.0 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    crate::progress::human(bytes)
 }
 
 #[cfg(test)]
@@ -513,6 +585,17 @@ mod tests {
         let long_ago = PointInTime::parse("1day").unwrap().resolve(now);
         assert!(long_ago < SystemTime::UNIX_EPOCH + Duration::from_secs(1));
         assert!(PointInTime::parse("before lunch").is_err());
+    }
+
+    #[test]
+    fn shared_file_names_give_number_and_size() {
+        assert_eq!(
+            shared_number_and_size("000009_sP2XNP78RDOUC7UDOMCJC_1476.sst"),
+            Some((9, 1476))
+        );
+        assert_eq!(shared_number_and_size("000012_s1_0.blob"), Some((12, 0)));
+        assert_eq!(shared_number_and_size("CURRENT"), None);
+        assert_eq!(shared_number_and_size("x_y.sst"), None);
     }
 
     #[test]

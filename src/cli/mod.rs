@@ -10,6 +10,7 @@
 
 mod backup;
 mod data;
+mod progress;
 mod promote;
 mod remote;
 mod target;
@@ -110,6 +111,11 @@ pub struct Cli {
         hide = true
     )]
     pub password: Option<String>,
+
+    /// Draw no progress bars (restore, verify and backup draw them on
+    /// standard error while it is a terminal).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
 
     /// What to do.
     #[command(subcommand)]

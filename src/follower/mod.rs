@@ -25,6 +25,7 @@ use arc_swap::ArcSwapOption;
 use crate::backup::{BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
 use crate::db::{BlockCache, Db, OpenMode};
 use crate::error::{Error, Result};
+use crate::progress;
 use crate::status::{Copied, Durations, Failures};
 
 use clock::MasterClock;
@@ -437,7 +438,7 @@ impl Follower {
         let partial = self
             .data
             .start(backup.id, base.as_ref().map(|g| g.path.as_path()))?;
-        let result = self.restore_and_open(backup, &partial, started);
+        let result = self.restore_and_open(backup, &partial, started, base.is_none());
         if result.is_err() {
             self.data.discard(&partial);
         }
@@ -466,17 +467,48 @@ impl Follower {
         Ok(stats)
     }
 
-    /// Restores `backup` into `partial`, checks it and publishes it.
+    /// Restores `backup` into `partial`, checks it and publishes it;
+    /// `whole` when nothing was linked from a served generation (a
+    /// bootstrap), which logs its progress.
     fn restore_and_open(
         &self,
         backup: &BackupInfo,
         partial: &Path,
         started: Instant,
+        whole: bool,
     ) -> Result<(RestoreStats, Db, PathBuf)> {
         let linked = started.elapsed();
-        let stats = self
-            .store
-            .restore(Some(backup.id), partial, RestoreMode::KeepMatchingFiles)?;
+        let restore = || {
+            self.store
+                .restore(Some(backup.id), partial, RestoreMode::KeepMatchingFiles)
+        };
+        // A bootstrap copies the whole database: say how far it got.
+        let stats = if whole {
+            let total = progress::Amount {
+                bytes: backup.size,
+                files: u64::from(backup.files),
+            };
+            let downloaded_before = self.store.traffic().map(|t| t.bytes_down);
+            let downloaded = || {
+                let now = self.store.traffic()?.bytes_down;
+                let since = now.saturating_sub(downloaded_before?);
+                Some(format!("{} downloaded", progress::human(since)))
+            };
+            let what = match self.serving.load().is_none() {
+                true => format!("bootstrap: restoring backup {}", backup.id),
+                false => format!("re-bootstrap: restoring backup {}", backup.id),
+            };
+            progress::logged(
+                &what,
+                partial,
+                total,
+                BOOTSTRAP_LOG_PERIOD,
+                downloaded,
+                restore,
+            )?
+        } else {
+            restore()?
+        };
         let restored = started.elapsed();
         write_generation_info(partial, backup);
         // Check it opens and holds what the backup promises before it can
@@ -534,6 +566,9 @@ fn check(db: Db, backup: &BackupInfo) -> Result<Db> {
     }
     Ok(db)
 }
+
+/// How often a bootstrap logs how far its restore got.
+const BOOTSTRAP_LOG_PERIOD: Duration = Duration::from_secs(5);
 
 /// The backup facts of a generation (`rkv promote` reads them too), kept beside its database so that a
 /// restarted follower knows its data's age even after the master purged

@@ -419,8 +419,8 @@ impl BackupSource for Arc<FaultySource> {
     fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
         self.inner.files(ids)
     }
-    fn verify(&self, id: u32) -> Result<()> {
-        self.inner.verify(id)
+    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
+        self.inner.verify(id, meter)
     }
     fn find_damage(&self, id: u32) -> Option<String> {
         self.inner.find_damage(id)

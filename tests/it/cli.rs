@@ -455,3 +455,71 @@ fn status_describes_a_backup_directory_its_owner_and_what_fails_to_load() {
     assert_eq!(json["owner"]["lease_live"], true, "{json}");
     rkv(&["status", &backup_flag(&s.path("nothing"))]).fails(1, &["nothing"]);
 }
+
+/// Runs `rkv ARGS` on a pseudo-terminal (util-linux `script`), returning all
+/// it wrote there.
+fn on_a_terminal(args: &[&str]) -> String {
+    let mut command = format!("'{}'", rkv_bin().display());
+    for arg in args {
+        assert!(!arg.contains('\''), "{arg}");
+        command.push_str(&format!(" '{arg}'"));
+    }
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env_remove("RKV_LOG")
+        .output()
+        .expect("run script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rkv {args:?} on a terminal failed:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn progress_bars_show_on_a_terminal_and_not_otherwise() {
+    let s = Sandbox::new();
+    let (db, backups) = (db_flag(&s.path("db")), backup_flag(&s.path("backups")));
+    let big = "x".repeat(64 << 10);
+    for i in 0..16 {
+        rkv(&[&db, "--create_if_missing", "put", &format!("k{i}"), &big]).ok();
+    }
+    // Each bar ends at its total: bytes and files done of all.
+    let backup = on_a_terminal(&[&db, "backup", &backups]);
+    assert!(
+        backup.contains("backup [") && backup.contains("OK: backup 1"),
+        "{backup}"
+    );
+    let verify = on_a_terminal(&["verify", &backups]);
+    let restore = on_a_terminal(&[&db_flag(&s.path("restored")), "restore", &backups]);
+    for (text, bar) in [(&verify, "verify ["), (&restore, "restore [")] {
+        assert!(text.contains(bar), "{text}");
+        let last = text.split(['\r', '\n']).rfind(|l| l.contains(bar)).unwrap();
+        let files = last
+            .split("files ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let (done, total) = files.split_once('/').unwrap();
+        assert_eq!(done, total, "{last}");
+        assert!(last.contains("KiB/") && last.contains("left"), "{last}");
+    }
+    // --quiet, or no terminal: the result lines alone.
+    let quiet = on_a_terminal(&["verify", &backups, "--quiet"]);
+    assert!(
+        !quiet.contains("verify [") && quiet.contains("OK: backup 1 verified"),
+        "{quiet}"
+    );
+    for args in [
+        vec!["verify", backups.as_str()],
+        vec![&db, "backup", &backups],
+    ] {
+        let run = rkv(&args);
+        run.ok();
+        assert_eq!(run.stderr(), "", "{args:?}");
+        assert!(!run.stdout().contains('['), "{}", run.stdout());
+    }
+}

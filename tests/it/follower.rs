@@ -484,3 +484,46 @@ fn json_logs_carry_the_apply_as_fields() {
     assert!(fields["bytes_copied"].as_u64().unwrap() > 0, "{applied}");
     assert!(fields["duration_ms"].is_u64(), "{applied}");
 }
+
+#[test]
+fn a_long_bootstrap_logs_its_progress() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    fill(&master, "big", 8);
+    master.client().call(&[b"SAVE"]).unwrap();
+    // 8 MiB at 1 MiB/s: past the first 5 s report.
+    let follower = Daemon::follower(
+        &s.path("backups"),
+        &s.path("f1"),
+        &[
+            "--poll-interval",
+            "100ms",
+            "--restore-rate-limit",
+            "1MiB",
+            "--restore-threads",
+            "1",
+        ],
+    );
+    wait_until(GENEROUS, "the bootstrap applied", || {
+        follower.info_num("rkv_applied_backup_id") == 1
+    });
+    let log = follower.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("bootstrap: restoring backup 1:"))
+        .unwrap_or_else(|| panic!("no progress line in:\n{log}"));
+    assert!(
+        line.contains("MiB of 8.") && line.contains("%") && line.contains("files"),
+        "{line}"
+    );
+    // Only a bootstrap reports: a small incremental apply says nothing.
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    master.client().call(&[b"SAVE"]).unwrap();
+    wait_until(GENEROUS, "the change applied", || {
+        get(&follower, "k") == Some(bulk("v"))
+    });
+    assert_eq!(
+        follower.log().matches("restoring backup").count(),
+        log.matches("restoring backup").count()
+    );
+}

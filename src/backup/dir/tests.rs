@@ -46,7 +46,7 @@ fn create_list_restore_round_trip_with_metadata() {
     let meta = list[1].metadata.as_ref().unwrap();
     assert_eq!(meta.seq, db.latest_sequence_number());
     assert_eq!(meta.master, "host:/db");
-    store.verify(second.info.id).unwrap();
+    store.verify(second.info.id, &Default::default()).unwrap();
 
     let dest = tmp.path().join("restored");
     let stats = store
@@ -104,10 +104,18 @@ fn verify_finds_a_flipped_byte_and_unknown_ids() {
     let db = new_db(&tmp.path().join("db"));
     let store = BackupDir::new(tmp.path().join("backups"));
     fill(&db, "k", 100);
-    let id = store.create(&db, "t").unwrap().info.id;
-    store.verify(id).unwrap();
+    let info = store.create(&db, "t").unwrap().info;
+    let id = info.id;
+    // Every file checked is counted, as the CLI's progress bar shows.
+    let meter = crate::progress::Meter::default();
+    store.verify(id, &meter).unwrap();
+    let checked = meter.done();
+    assert_eq!(
+        (checked.bytes, checked.files),
+        (info.size, u64::from(info.files))
+    );
     assert!(matches!(
-        store.verify(id + 1),
+        store.verify(id + 1, &Default::default()),
         Err(Error::BackupNotFound { .. })
     ));
 
@@ -122,7 +130,7 @@ fn verify_finds_a_flipped_byte_and_unknown_ids() {
     let mut bytes = fs::read(&path).unwrap();
     bytes[10] ^= 0xff;
     fs::write(&path, bytes).unwrap();
-    let err = store.verify(id).unwrap_err();
+    let err = store.verify(id, &Default::default()).unwrap_err();
     assert!(matches!(err, Error::BackupCorrupt { .. }), "{err}");
     assert!(err.to_string().contains(".sst"), "{err}");
     let err = store
@@ -155,7 +163,7 @@ fn purge_keeps_what_retention_promises() {
     assert_eq!(store.purge(&keep2, now).unwrap(), ids[..3]);
     let left: Vec<u32> = store.list().unwrap().iter().map(|b| b.id).collect();
     assert_eq!(left, ids[3..]);
-    store.verify(ids[4]).unwrap();
+    store.verify(ids[4], &Default::default()).unwrap();
     store
         .restore(None, &tmp.path().join("r"), RestoreMode::Full)
         .unwrap();
@@ -196,7 +204,7 @@ fn a_directory_replaced_behind_the_masters_engine_is_loaded_again() {
     fill(&db, "c", 1);
     let again = store.create(&db, "host:/db").unwrap();
     assert_eq!(again.info.id, 1, "ids restart in the new directory");
-    store.verify(1).unwrap();
+    store.verify(1, &Default::default()).unwrap();
     let described = store.describe(1).unwrap();
     assert_eq!(described.files, again.info.files);
     assert_eq!(described.metadata, again.info.metadata);

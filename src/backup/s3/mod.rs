@@ -698,9 +698,9 @@ impl BackupSource for S3Store {
             .unwrap_or(true)
     }
 
-    fn verify(&self, id: u32) -> Result<()> {
+    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
         self.fetch(id)?;
-        self.local.verify(id)
+        self.local.verify(id, meter)
     }
 
     fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {

@@ -1,0 +1,174 @@
+//! How far long work has got: the bytes and files under a directory being
+//! filled (a restore, a backup, a download), and a [`Meter`] that work
+//! which only reads (a verify) counts itself. The `rkv` CLI draws them as
+//! progress bars; a follower's first bootstrap logs them.
+//!
+//! Measuring what has landed on disk, rather than asking RocksDB (whose
+//! BackupEngine reports no byte counts through its C API), keeps the
+//! figures honest: they are what an operator would see with `du`.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes and files: done so far, or expected in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Amount {
+    /// Bytes.
+    pub bytes: u64,
+    /// Files.
+    pub files: u64,
+}
+
+impl Amount {
+    /// `self` less `baseline`, never below zero: what was added since.
+    pub fn since(self, baseline: Amount) -> Amount {
+        Amount {
+            bytes: self.bytes.saturating_sub(baseline.bytes),
+            files: self.files.saturating_sub(baseline.files),
+        }
+    }
+}
+
+/// The regular files under `dir`, recursively: their count and total size.
+/// A directory that is missing, or vanishes while walked, counts as empty.
+pub fn usage(dir: &Path) -> Amount {
+    let mut total = Amount::default();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => {
+                let sub = usage(&entry.path());
+                total.bytes += sub.bytes;
+                total.files += sub.files;
+            }
+            Ok(kind) if kind.is_file() => {
+                total.files += 1;
+                total.bytes += entry.metadata().map_or(0, |m| m.len());
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// A count that work adds to as it goes, read by whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Meter {
+    bytes: AtomicU64,
+    files: AtomicU64,
+}
+
+impl Meter {
+    /// One more file of `bytes` done.
+    pub fn file_done(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.files.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What is done so far.
+    pub fn done(&self) -> Amount {
+        Amount {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            files: self.files.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs `work` while a thread logs, every `period`, how far the directory
+/// `dir` has filled towards `total` (with `extra` appended, when it says
+/// anything): a long restore is visibly alive in the journal. Nothing is
+/// logged when the work ends within the first period.
+pub fn logged<T>(
+    what: &str,
+    dir: &Path,
+    total: Amount,
+    period: std::time::Duration,
+    extra: impl Fn() -> Option<String> + Sync,
+    work: impl FnOnce() -> T,
+) -> T {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let extra = &extra;
+        scope.spawn(move || {
+            let started = std::time::Instant::now();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(period)
+            {
+                let done = usage(dir);
+                let percent = (done.bytes * 100).checked_div(total.bytes).unwrap_or(0);
+                let extra = extra().map(|e| format!(", {e}")).unwrap_or_default();
+                tracing::info!(
+                    bytes_done = done.bytes,
+                    bytes_total = total.bytes,
+                    "{what}: {} of {} ({percent}%), {} of {} files, {}s so far{extra}",
+                    human(done.bytes),
+                    human(total.bytes),
+                    done.files.min(total.files),
+                    total.files,
+                    started.elapsed().as_secs(),
+                );
+            }
+        });
+        let result = work();
+        drop(done_tx);
+        result
+    })
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `8.0 MiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_files_recursively_and_a_missing_dir_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a"), [0u8; 10]).unwrap();
+        fs::create_dir(tmp.path().join("sub")).unwrap();
+        fs::write(tmp.path().join("sub/b"), [0u8; 5]).unwrap();
+        let used = usage(tmp.path());
+        assert_eq!(
+            used,
+            Amount {
+                bytes: 15,
+                files: 2
+            }
+        );
+        assert_eq!(usage(&tmp.path().join("missing")), Amount::default());
+        let baseline = Amount {
+            bytes: 10,
+            files: 3,
+        };
+        assert_eq!(used.since(baseline), Amount { bytes: 5, files: 0 });
+    }
+
+    #[test]
+    fn a_meter_adds_up_what_work_reports() {
+        let meter = Meter::default();
+        meter.file_done(7);
+        meter.file_done(3);
+        assert_eq!(
+            meter.done(),
+            Amount {
+                bytes: 10,
+                files: 2
+            }
+        );
+    }
+}
