@@ -317,7 +317,10 @@ fn commands_that_need_a_daemon_or_a_directory_say_so() {
         "restore",
         &backup_flag(&s.path("b")),
     ])
-    .fails(2, &["restore, backups and verify work on directories"]);
+    .fails(
+        2,
+        &["restore, backups, status, verify and promote work on directories"],
+    );
     // Nothing listens on port 1: the address is named and a next step given.
     rkv(&["--connect=127.0.0.1:1", "get", "k"])
         .fails(1, &["127.0.0.1:1", "Try: check that the daemon is running"]);
