@@ -94,7 +94,7 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
             "promote another follower, or restore the newest backup with `rkv restore`",
         )
     })?;
-    check_target(req.db)?;
+    check_target(req)?;
 
     let store = match req.backup_dir {
         Some(dir) => Some(open_store(dir, req.store, req.db)?),
@@ -178,7 +178,9 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
     let opened = check_opens(&staged).inspect_err(|_| {
         let _ = fs::remove_dir_all(&staged);
     })?;
-    publish(&staged, req.db)?;
+    publish(&staged, req.db).inspect_err(|_| {
+        let _ = fs::remove_dir_all(&staged);
+    })?;
     emit(
         out,
         &format!(
@@ -201,19 +203,19 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
             held.heartbeat.as_ref(),
             req.fence_live_master,
         )
-        .map_err(|e| match e {
-            Error::BackupDirLeased { owner, .. } => refused(
-                format!(
-                    "a master ({owner}) started on the backup directory while {} was copied; \
-                     it was left as it was",
-                    req.db.display()
+        .map_err(|e| {
+            // Not handed over: the copy is removed, so promote can run again.
+            let _ = fs::remove_dir_all(req.db);
+            match e {
+                Error::BackupDirLeased { owner, .. } => refused(
+                    format!(
+                        "a master ({owner}) started on the backup directory while the follower's \
+                         data was copied; nothing was handed over, and the copy was removed"
+                    ),
+                    "stop that master and run promote again",
                 ),
-                &format!(
-                    "stop it and run promote again with another --db, or remove {}",
-                    req.db.display()
-                ),
-            ),
-            other => other.into(),
+                other => other.into(),
+            }
         })?;
         let superseded = if heartbeat.superseded.is_empty() {
             String::new()
@@ -336,9 +338,29 @@ fn check_newer_backups(
     }
 }
 
-/// The new database directory must not hold anything: promote never
-/// overwrites.
-fn check_target(db: &Path) -> Result<(), CliError> {
+/// The new database directory must not hold anything (promote never
+/// overwrites), nor lie inside the follower's data directory (which a
+/// follower clears of what is not its own) or the backup directory.
+fn check_target(req: &Request) -> Result<(), CliError> {
+    let db = req.db;
+    let local_backups = req.backup_dir.and_then(|b| match req.store.location(b) {
+        Ok(BackupLocation::Dir(dir)) => Some(dir),
+        _ => None,
+    });
+    for (outer, what) in [
+        (
+            Some(req.data.to_path_buf()),
+            "the follower's data directory",
+        ),
+        (local_backups, "the backup directory"),
+    ] {
+        if let Some(outer) = outer.filter(|outer| lies_within(db, outer)) {
+            return Err(refused(
+                format!("{} is inside {what} {}", db.display(), outer.display()),
+                "choose a --db directory of its own, e.g. /var/lib/rkv/master",
+            ));
+        }
+    }
     match fs::read_dir(db).map(|mut entries| entries.next().is_some()) {
         Ok(true) => Err(refused(
             format!(
@@ -351,6 +373,34 @@ fn check_target(db: &Path) -> Result<(), CliError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("read {}", db.display()), e).into()),
     }
+}
+
+/// Whether `path` (which need not exist yet) is `outer` or lies inside it,
+/// symbolic links resolved.
+fn lies_within(path: &Path, outer: &Path) -> bool {
+    let Ok(outer) = fs::canonicalize(outer) else {
+        return false;
+    };
+    // Resolve the longest part of `path` that exists, then add the rest.
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(resolved) = fs::canonicalize(&existing) {
+            break resolved;
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = match parent.as_os_str().is_empty() {
+                    true => PathBuf::from("."),
+                    false => parent.to_path_buf(),
+                };
+            }
+            _ => return false,
+        }
+    };
+    let full = rest.iter().rev().fold(resolved, |p, name| p.join(name));
+    full.starts_with(&outer)
 }
 
 /// Where the copy is made before it is renamed to `db`: beside it, so the

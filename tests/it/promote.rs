@@ -207,6 +207,12 @@ fn promote_refuses_what_is_not_a_stopped_followers_data() {
     std::fs::write(occupied.join("keep-me"), "x").unwrap();
     promote(&occupied, &s.path("f1"), &backups, &[]).fails(1, &["not empty"]);
     assert!(occupied.join("keep-me").exists());
+    // Never inside the follower's data (which a follower clears) or the
+    // backup directory.
+    for inside in [s.path("f1").join("master"), backups.join("db")] {
+        promote(&inside, &s.path("f1"), &backups, &[]).fails(1, &["is inside"]);
+        assert!(!inside.exists());
+    }
     // A backup directory that is not there is an error, not a new one.
     promote(&s.path("new"), &s.path("f1"), &s.path("typo"), &[]).fails(1, &["typo"]);
     assert!(!s.path("typo").exists());
