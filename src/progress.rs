@@ -7,6 +7,7 @@
 //! BackupEngine reports no byte counts through its C API), keeps the
 //! figures honest: they are what an operator would see with `du`.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,28 +31,72 @@ impl Amount {
     }
 }
 
-/// The regular files under `dir`, recursively: their count and total size.
-/// A directory that is missing, or vanishes while walked, counts as empty.
+/// The regular files under `dir`, recursively: their total size, and how
+/// many are complete. A file still being written under a `.tmp` name (or in
+/// a `.tmp` directory, as BackupEngine writes them) adds its bytes but is
+/// not counted. A directory that is missing, or vanishes while walked,
+/// counts as empty.
 pub fn usage(dir: &Path) -> Amount {
+    usage_within(dir, false)
+}
+
+fn usage_within(dir: &Path, temporary: bool) -> Amount {
     let mut total = Amount::default();
     let Ok(entries) = fs::read_dir(dir) else {
         return total;
     };
     for entry in entries.flatten() {
+        let temporary = temporary || entry.file_name().to_string_lossy().ends_with(".tmp");
         match entry.file_type() {
             Ok(kind) if kind.is_dir() => {
-                let sub = usage(&entry.path());
+                let sub = usage_within(&entry.path(), temporary);
                 total.bytes += sub.bytes;
                 total.files += sub.files;
             }
             Ok(kind) if kind.is_file() => {
-                total.files += 1;
+                total.files += u64::from(!temporary);
                 total.bytes += entry.metadata().map_or(0, |m| m.len());
             }
             _ => {}
         }
     }
     total
+}
+
+/// The files directly in `dir`: their total size, and how many have
+/// reached the size `expected` names for them (a restore writes files under
+/// their final names, so only the size tells a finished one).
+pub fn usage_against(dir: &Path, expected: &HashMap<String, u64>) -> Amount {
+    let mut total = Amount::default();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_file() {
+            total.bytes += meta.len();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            total.files += u64::from(expected.get(&name) == Some(&meta.len()));
+        }
+    }
+    total
+}
+
+/// The name a backup file gets when restored: `shared_checksum/` files
+/// lose the session id and size their names carry
+/// (`shared_checksum/000009_sP2XNP78RDOUC7UDOMCJC_1476.sst` → `000009.sst`),
+/// private files keep theirs (`private/3/MANIFEST-000017`).
+pub fn restored_name(store_path: &str) -> String {
+    let name = store_path.rsplit('/').next().unwrap_or(store_path);
+    if !store_path.starts_with("shared") {
+        return name.to_string();
+    }
+    match (name.split_once('_'), name.rsplit_once('.')) {
+        (Some((number, _)), Some((_, ext))) => format!("{number}.{ext}"),
+        _ => name.to_string(),
+    }
 }
 
 /// A count that work adds to as it goes, read by whoever shows progress.
@@ -77,26 +122,26 @@ impl Meter {
     }
 }
 
-/// Runs `work` while a thread logs, every `period`, how far the directory
-/// `dir` has filled towards `total` (with `extra` appended, when it says
-/// anything): a long restore is visibly alive in the journal. Nothing is
-/// logged when the work ends within the first period.
+/// Runs `work` while a thread logs, every `period`, how far it got
+/// towards `total` as `done` measures it (with `extra` appended, when it
+/// says anything): a long restore is visibly alive in the journal. Nothing
+/// is logged when the work ends within the first period.
 pub fn logged<T>(
     what: &str,
-    dir: &Path,
     total: Amount,
     period: std::time::Duration,
+    done: impl Fn() -> Amount + Sync,
     extra: impl Fn() -> Option<String> + Sync,
     work: impl FnOnce() -> T,
 ) -> T {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        let extra = &extra;
+        let (done, extra) = (&done, &extra);
         scope.spawn(move || {
             let started = std::time::Instant::now();
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(period)
             {
-                let done = usage(dir);
+                let done = done();
                 let percent = (done.bytes * 100).checked_div(total.bytes).unwrap_or(0);
                 let extra = extra().map(|e| format!(", {e}")).unwrap_or_default();
                 tracing::info!(
@@ -156,6 +201,36 @@ mod tests {
             files: 3,
         };
         assert_eq!(used.since(baseline), Amount { bytes: 5, files: 0 });
+    }
+
+    #[test]
+    fn files_being_written_are_not_counted_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("000009.sst.tmp"), [0u8; 4]).unwrap();
+        fs::create_dir(tmp.path().join("3.tmp")).unwrap();
+        fs::write(tmp.path().join("3.tmp/CURRENT"), [0u8; 2]).unwrap();
+        fs::write(tmp.path().join("CURRENT"), [0u8; 1]).unwrap();
+        assert_eq!(usage(tmp.path()), Amount { bytes: 7, files: 1 });
+        let expected = HashMap::from([("CURRENT".to_string(), 16), ("000009.sst".into(), 4)]);
+        fs::write(tmp.path().join("000009.sst"), [0u8; 4]).unwrap();
+        // CURRENT is short of its 16 bytes: not done.
+        assert_eq!(
+            usage_against(tmp.path(), &expected),
+            Amount { bytes: 9, files: 1 }
+        );
+    }
+
+    #[test]
+    fn restored_names_drop_what_shared_names_add() {
+        assert_eq!(
+            restored_name("shared_checksum/000009_sP2XNP78RDOUC7UDOMCJC_1476.sst"),
+            "000009.sst"
+        );
+        assert_eq!(
+            restored_name("private/3/MANIFEST-000017"),
+            "MANIFEST-000017"
+        );
+        assert_eq!(restored_name("shared/000012.blob"), "000012.blob");
     }
 
     #[test]

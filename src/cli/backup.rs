@@ -105,10 +105,15 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 if let Some(cache) = &source.cache {
                     bars.add("download", total, Count::dir(cache.clone()));
                 }
-                // The restore empties the directory first: count from zero.
-                let restored = Count::Dir {
+                let expected = source
+                    .store
+                    .files(&[info.id])?
+                    .into_iter()
+                    .map(|(path, size)| (crate::progress::restored_name(&path), size))
+                    .collect();
+                let restored = Count::Restore {
                     path: db_path.to_path_buf(),
-                    baseline: Amount::default(),
+                    expected,
                 };
                 bars.add("restore", total, restored);
             }

@@ -3,6 +3,7 @@
 //! standard error while it is a terminal, unless `--quiet`. Off a terminal
 //! nothing is drawn, so scripts and logs see only the result lines.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::progress::{usage, Amount, Meter};
+use crate::progress::{usage, usage_against, Amount, Meter};
 
 /// How often the bars are brought up to date.
 const TICK: Duration = Duration::from_millis(100);
@@ -27,6 +28,14 @@ pub(super) enum Count<'a> {
         /// What it held when the work started.
         baseline: Amount,
     },
+    /// The files directly in a directory a restore fills, each done once
+    /// it has the size its backup records.
+    Restore {
+        /// The directory.
+        path: PathBuf,
+        /// Each file's name there, and its size.
+        expected: HashMap<String, u64>,
+    },
     /// What the work counts itself.
     Meter(&'a Meter),
 }
@@ -41,6 +50,7 @@ impl Count<'_> {
     fn done(&self) -> Amount {
         match self {
             Count::Dir { path, baseline } => usage(path).since(*baseline),
+            Count::Restore { path, expected } => usage_against(path, expected),
             Count::Meter(meter) => meter.done(),
         }
     }

@@ -15,6 +15,7 @@ pub mod generations;
 mod run;
 mod watch;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -498,11 +499,23 @@ impl Follower {
                 true => format!("bootstrap: restoring backup {}", backup.id),
                 false => format!("re-bootstrap: restoring backup {}", backup.id),
             };
+            // A file is done once it has its recorded size.
+            let expected: Option<HashMap<String, u64>> =
+                self.store.files(&[backup.id]).ok().map(|files| {
+                    files
+                        .into_iter()
+                        .map(|(path, size)| (progress::restored_name(&path), size))
+                        .collect()
+                });
+            let done = || match &expected {
+                Some(expected) => progress::usage_against(partial, expected),
+                None => progress::usage(partial),
+            };
             progress::logged(
                 &what,
-                partial,
                 total,
                 BOOTSTRAP_LOG_PERIOD,
+                done,
                 downloaded,
                 restore,
             )?
