@@ -98,13 +98,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                 None => listed.last(),
             };
             if let Some(info) = shown {
-                let total = Amount {
-                    bytes: info.size,
-                    files: u64::from(info.files),
-                };
-                if let Some(cache) = &source.cache {
-                    bars.add("download", total, Count::dir(cache.clone()));
-                }
+                let total = source.download_bar(&mut bars, info);
                 let expected = source
                     .store
                     .files(&[info.id])?
@@ -200,13 +194,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             let meter = Meter::default();
             let mut bars = Bars::new(cli.quiet);
             if let Some(info) = info {
-                let total = Amount {
-                    bytes: info.size,
-                    files: u64::from(info.files),
-                };
-                if let Some(cache) = &source.cache {
-                    bars.add("download", total, Count::dir(cache.clone()));
-                }
+                let total = source.download_bar(&mut bars, info);
                 bars.add("verify", total, Count::Meter(&meter));
             }
             bars.run(|| store.verify(id, &meter))?;
@@ -238,6 +226,20 @@ impl Source {
                 cache: Some(cache),
             }),
         }
+    }
+
+    /// Adds a bar for the download of backup `info` when the store is an
+    /// object store (the download lands in the cache); returns the
+    /// backup's size, the total of every bar of the work.
+    fn download_bar(&self, bars: &mut Bars, info: &BackupInfo) -> Amount {
+        let total = Amount {
+            bytes: info.size,
+            files: u64::from(info.files),
+        };
+        if let Some(cache) = &self.cache {
+            bars.add("download", total, Count::dir(cache.clone()));
+        }
+        total
     }
 }
 

@@ -119,32 +119,22 @@ fn promote_checks_then_hands_the_backup_dir_to_the_new_master() {
     follows(&other, "v3");
 
     // The old master comes back: refused, however stale its lease.
-    let stderr = refused(
-        env!("CARGO_BIN_EXE_rkv-master"),
-        &[
+    let old_master_refused = || {
+        let (db, backups) = (old_db.to_str().unwrap(), backups.to_str().unwrap());
+        let args = [
             "--db",
-            old_db.to_str().unwrap(),
+            db,
             "--backup-dir",
-            backups.to_str().unwrap(),
+            backups,
             "--listen",
             "127.0.0.1:0",
-        ],
-        1,
-    );
+        ];
+        refused(env!("CARGO_BIN_EXE_rkv-master"), &args, 1)
+    };
+    let stderr = old_master_refused();
     assert!(stderr.contains("another rkv-master"), "{stderr}");
     new_master.stop();
-    let stderr = refused(
-        env!("CARGO_BIN_EXE_rkv-master"),
-        &[
-            "--db",
-            old_db.to_str().unwrap(),
-            "--backup-dir",
-            backups.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
+    let stderr = old_master_refused();
     assert!(
         stderr.contains("superseded by a promotion") && stderr.contains("--take-over"),
         "{stderr}"
