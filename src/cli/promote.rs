@@ -209,10 +209,12 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
             match e {
                 Error::BackupDirLeased { owner, .. } => refused(
                     format!(
-                        "a master ({owner}) started on the backup directory while the follower's \
-                         data was copied; nothing was handed over, and the copy was removed"
+                        "another master ({owner}) took the backup directory while the follower's \
+                         data was copied (it started there, or another rkv promote handed the \
+                         directory to it); nothing was handed over, and the copy was removed"
                     ),
-                    "stop that master and run promote again",
+                    "see `rkv status --backup_dir=…`: stop that master and run promote again, or \
+                     let it be the master",
                 ),
                 other => other.into(),
             }
