@@ -475,4 +475,30 @@ mod tests {
         let back = claim(&store as &dyn BackupSink, &old, None, true).unwrap();
         assert_eq!(back.superseded, ["h:/older"]);
     }
+
+    #[test]
+    fn a_hand_over_is_refused_when_a_master_wrote_since_the_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BackupDir::new(tmp.path());
+        let beat = |master: &str, ms| Heartbeat {
+            v: 1,
+            seq: 1,
+            ms,
+            master: master.into(),
+            db_id: Some("A".into()),
+            token: Some(format!("{master}-run")),
+            pid: Some(1),
+            keep_within_ms: None,
+            superseded: Vec::new(),
+            handover: false,
+        };
+        let seen = beat("h:/old", 1);
+        store.write_heartbeat(&seen).unwrap();
+        // Another master wrote after promote's check.
+        store.write_heartbeat(&beat("h:/other", 2)).unwrap();
+        let new = me("h:/new", "A");
+        let err = hand_over(&store, &new, 1, Some(&seen), false).unwrap_err();
+        assert!(matches!(err, Error::BackupDirLeased { ref owner, .. } if owner.contains("other")));
+        assert_eq!(store.read_heartbeat().unwrap().master, "h:/other");
+    }
 }

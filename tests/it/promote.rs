@@ -210,3 +210,39 @@ fn promote_refuses_what_is_not_a_stopped_followers_data() {
     rkv(&["promote", &format!("--data={}", s.path("f1").display())])
         .fails(2, &["needs the database"]);
 }
+
+#[test]
+fn promoting_a_laggard_on_purpose_makes_every_follower_serve_the_new_masters_data() {
+    let s = Sandbox::new();
+    let backups = s.path("backups");
+    let master = Daemon::master(&s.path("old"), &backups, &["--interval", "200ms"]);
+    let poll = ["--poll-interval", "100ms"];
+    let laggard = Daemon::follower(&backups, &s.path("laggard"), &poll);
+    let other = Daemon::follower(&backups, &s.path("other"), &poll);
+    set(&master, "k", "v1");
+    follows(&laggard, "v1");
+    laggard.stop();
+    set(&master, "k", "v2");
+    follows(&other, "v2");
+    master.kill();
+
+    let new_db = s.path("new");
+    let run = promote(
+        &new_db,
+        &s.path("laggard"),
+        &backups,
+        &["--discard-newer-backups"],
+    );
+    run.ok();
+    assert!(
+        run.stderr()
+            .contains("--discard-newer-backups: promoting it anyway"),
+        "{}",
+        run.stderr()
+    );
+    // The new master holds v1; the newest backup held v2. Its first backup
+    // comes at once, so no follower keeps serving what it lacks.
+    let new_master = Daemon::master(&new_db, &backups, &["--interval", "200ms"]);
+    assert_eq!(get(&new_master, "k"), Some(bulk("v1")));
+    follows(&other, "v1");
+}
