@@ -195,15 +195,34 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
         label: master_label(req.db),
         db_id: opened.db_id.clone(),
     };
-    if let (Some(store), Some(held)) = (&store, &holder) {
-        let heartbeat = lease::hand_over(
-            store.sink(),
-            &successor,
-            opened.seq,
-            held.heartbeat.as_ref(),
-            req.fence_live_master,
-        )
-        .map_err(|e| {
+    if let (Some(mut store), Some(held)) = (store, &holder) {
+        let mut attempts = 0;
+        let handed = loop {
+            let result = lease::hand_over(
+                store.sink(),
+                &successor,
+                opened.seq,
+                held.heartbeat.as_ref(),
+                req.fence_live_master,
+            );
+            match result {
+                // An object store's conditional write lost to the live
+                // master's: a store client, once refused, stays fenced, so
+                // a fresh one tries again.
+                Err(Error::Fenced { .. }) if req.fence_live_master && attempts < 4 => {
+                    attempts += 1;
+                    store = open_store(req.backup_dir.expect("a store"), req.store, req.db)?;
+                }
+                Err(Error::Fenced { by }) => {
+                    break Err(Error::BackupDirLeased {
+                        path: store.sink().location().into(),
+                        owner: by,
+                    })
+                }
+                other => break other,
+            }
+        };
+        let heartbeat = handed.map_err(|e| {
             // Not handed over: the copy is removed, so promote can run again.
             let _ = fs::remove_dir_all(req.db);
             match e {

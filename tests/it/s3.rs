@@ -545,3 +545,54 @@ fn promote_hands_an_object_store_prefix_to_the_new_master() {
     save(&new);
     replicated(&other, "k", "v2");
 }
+
+#[test]
+fn promote_fences_a_live_master_on_an_object_store_when_told_to() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let endpoint = moto.endpoint();
+    let old = master(&s, "old", &endpoint, "prod", &["--interval", "0"]);
+    let chosen = follower(&s, "chosen", &endpoint, "prod");
+    set(&old, "k", "v1");
+    save(&old);
+    replicated(&chosen, "k", "v1");
+    chosen.stop();
+
+    let promote = |extra: &[&str]| {
+        Command::new(crate::util::rkv_bin())
+            .args([
+                format!("--db={}", s.path("new").display()),
+                "promote".into(),
+                format!("--data={}", s.path("chosen").display()),
+                format!("--backup_dir={}", url("prod")),
+                format!("--s3-endpoint={endpoint}"),
+            ])
+            .args(extra)
+            .envs(store_env())
+            .output()
+            .unwrap()
+    };
+    let out = promote(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--fence-live-master"), "{stderr}");
+    let out = promote(&["--fence-live-master"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old master loses the race on `latest` and stops taking writes.
+    wait_until(GENEROUS, "the old master fenced", || {
+        old.info("rkv_owns_backup_dir").as_deref() == Some("0")
+    });
+    let refused_write = old.client().call(&[b"SET", b"k", b"lost"]);
+    assert!(
+        refused_write.is_err()
+            || matches!(&refused_write, Ok(Reply::Error(e)) if e.starts_with("READONLY")),
+        "{refused_write:?}"
+    );
+    // On an object store no lock holds the new master back.
+    let new = master(&s, "new", &endpoint, "prod", &["--interval", "0"]);
+    assert_eq!(get(&new, "k"), Some(bulk("v1")));
+}
