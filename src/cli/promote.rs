@@ -52,6 +52,45 @@ pub(super) struct Request<'a> {
 
 /// Runs `rkv promote`.
 pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError> {
+    let unit = systemd_unit(req.data);
+    // Held to the end: the follower cannot start while its data is copied.
+    let (_lock, generation, info) = stopped_follower(req, &unit, out)?;
+    check_target(req)?;
+    let checked = match req.backup_dir {
+        Some(dir) => {
+            let store = open_store(dir, req.store, req.db)?;
+            let held = check_store(&store, &info, req, out)?;
+            Some((store, held))
+        }
+        None => None,
+    };
+    let seq = info.metadata.as_ref().map_or(0, |m| m.seq);
+    emit(
+        out,
+        &format!(
+            "promoting backup {} (created {}, seq {seq}) from {}",
+            info.id,
+            humantime::format_rfc3339_seconds(info.created()),
+            generation.display()
+        ),
+    )?;
+    let opened = copy_and_open(&generation, req.db, out)?;
+    if let Some((store, held)) = checked {
+        hand_over(store, &held, &opened, req, out)?;
+    }
+    for line in next_steps(req, &unit) {
+        emit(out, &line)?;
+    }
+    Ok(())
+}
+
+/// Takes the follower's lock (refused while it runs) and finds its
+/// current generation and the backup that generation holds.
+fn stopped_follower(
+    req: &Request,
+    unit: &str,
+    out: &mut dyn io::Write,
+) -> Result<(DataDir, PathBuf, BackupInfo), CliError> {
     if !DataDir::is_data_dir(req.data) {
         return Err(refused(
             format!(
@@ -61,8 +100,6 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
             "pass the follower's --data directory (RKV_DATA in /etc/rkv/follower-NAME.env)",
         ));
     }
-    let unit = systemd_unit(req.data);
-    // Held to the end: the follower cannot start while its data is copied.
     let data = DataDir::lock(req.data).map_err(|e| match e {
         LockError::Busy { pid, .. } => refused(
             format!(
@@ -94,74 +131,74 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
             "promote another follower, or restore the newest backup with `rkv restore`",
         )
     })?;
-    check_target(req)?;
+    Ok((data, generation, info))
+}
 
-    let store = match req.backup_dir {
-        Some(dir) => Some(open_store(dir, req.store, req.db)?),
-        None => None,
-    };
-    let mut holder = None;
-    if let Some(store) = &store {
-        // The successor's identity is known once its directory exists; the
-        // lease watch needs only "not this one".
-        let nobody = Identity {
-            label: String::new(),
-            db_id: None,
-        };
-        let held = lease::check_free(store.sink(), &nobody);
-        match (&held.heartbeat, held.live) {
-            (Some(h), true) if !req.fence_live_master => {
-                return Err(refused(
-                    format!(
-                        "the backup directory's master ({}) is running: it renewed its lease \
-                         within {:?}",
-                        h.owner(),
-                        lease::LEASE_TIMEOUT
-                    ),
-                    &format!(
-                        "stop the old master first (systemctl stop rkv-master on its host). If it \
-                         cannot be reached, --fence-live-master hands the directory over anyway: \
-                         it then stops backing up and answers writes with -READONLY, and the \
-                         writes it took after backup {} are lost",
-                        info.id
-                    ),
-                ));
-            }
-            (Some(h), true) => emit(
-                out,
-                &format!(
-                    "warning:  the backup directory's master ({}) is running; \
-                     --fence-live-master: it will be fenced",
-                    h.owner()
-                ),
-            )?,
-            (Some(h), false) => emit(
-                out,
-                &format!(
-                    "checked:  the backup directory's master ({}) is not running (its lease was \
-                     not renewed for {:?})",
+/// Checks the backup store: its master is not running (unless
+/// `--fence-live-master`), and it holds nothing newer than `info`. Returns
+/// what holds the store now, for the hand-over.
+fn check_store(
+    store: &Store,
+    info: &BackupInfo,
+    req: &Request,
+    out: &mut dyn io::Write,
+) -> Result<lease::Holder, CliError> {
+    let held = lease::check_free(store.sink());
+    match (&held.heartbeat, held.live) {
+        (Some(h), true) if !req.fence_live_master => {
+            return Err(refused(
+                format!(
+                    "the backup directory's master ({}) is running: it renewed its lease within \
+                     {:?}",
                     h.owner(),
                     lease::LEASE_TIMEOUT
                 ),
-            )?,
-            (None, _) => emit(out, "checked:  no master has written a heartbeat there")?,
+                &format!(
+                    "stop the old master first (systemctl stop rkv-master on its host). If it \
+                     cannot be reached, --fence-live-master hands the directory over anyway: it \
+                     then stops backing up and answers writes with -READONLY, and the writes it \
+                     took after backup {} are lost",
+                    info.id
+                ),
+            ));
         }
-        check_newer_backups(store.sink(), &info, req)?;
-        holder = Some(held);
+        (Some(h), true) => emit(
+            out,
+            &format!(
+                "warning:  the backup directory's master ({}) is running; --fence-live-master: \
+                 it will be fenced",
+                h.owner()
+            ),
+        )?,
+        (Some(h), false) => emit(
+            out,
+            &format!(
+                "checked:  the backup directory's master ({}) is not running (its lease was not \
+                 renewed for {:?})",
+                h.owner(),
+                lease::LEASE_TIMEOUT
+            ),
+        )?,
+        (None, _) => emit(out, "checked:  no master has written a heartbeat there")?,
     }
+    check_newer_backups(store.sink(), info, req)?;
+    Ok(held)
+}
 
-    let seq = info.metadata.as_ref().map_or(0, |m| m.seq);
-    emit(
-        out,
-        &format!(
-            "promoting backup {} (created {}, seq {seq}) from {}",
-            info.id,
-            humantime::format_rfc3339_seconds(info.created()),
-            generation.display()
-        ),
-    )?;
-    let staged = staging_path(req.db);
-    let copied = copy_generation(&generation, &staged).inspect_err(|_| {
+/// Copies `generation` beside `db`, checks the copy opens read-write and
+/// renames it to `db`; a failure leaves nothing behind.
+fn copy_and_open(
+    generation: &Path,
+    db: &Path,
+    out: &mut dyn io::Write,
+) -> Result<Opened, CliError> {
+    let staged = staging_path(db);
+    let result = copy_generation(generation, &staged).and_then(|copied| {
+        let opened = check_opens(&staged)?;
+        publish(&staged, db)?;
+        Ok((copied, opened))
+    });
+    let (copied, opened) = result.inspect_err(|_| {
         let _ = fs::remove_dir_all(&staged);
     })?;
     emit(
@@ -175,90 +212,88 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
             human_bytes(copied.copied_bytes)
         ),
     )?;
-    let opened = check_opens(&staged).inspect_err(|_| {
-        let _ = fs::remove_dir_all(&staged);
-    })?;
-    publish(&staged, req.db).inspect_err(|_| {
-        let _ = fs::remove_dir_all(&staged);
-    })?;
     emit(
         out,
         &format!(
             "checked:  {} opens read-write: database {}, seq {}",
-            req.db.display(),
+            db.display(),
             opened.db_id.as_deref().unwrap_or("(no identity)"),
             opened.seq
         ),
     )?;
+    Ok(opened)
+}
 
+/// Hands the store over to the master of the promoted database at
+/// `req.db`; if that fails, removes the copy so promote can run again.
+fn hand_over(
+    mut store: Store,
+    held: &lease::Holder,
+    opened: &Opened,
+    req: &Request,
+    out: &mut dyn io::Write,
+) -> Result<(), CliError> {
     let successor = Identity {
         label: master_label(req.db),
         db_id: opened.db_id.clone(),
     };
-    if let (Some(mut store), Some(held)) = (store, &holder) {
-        let mut attempts = 0;
-        let handed = loop {
-            let result = lease::hand_over(
-                store.sink(),
-                &successor,
-                opened.seq,
-                held.heartbeat.as_ref(),
-                req.fence_live_master,
-            );
-            match result {
-                // An object store's conditional write lost to the live
-                // master's: a store client, once refused, stays fenced, so
-                // a fresh one tries again.
-                Err(Error::Fenced { .. }) if req.fence_live_master && attempts < 4 => {
-                    attempts += 1;
-                    store = open_store(req.backup_dir.expect("a store"), req.store, req.db)?;
-                }
-                Err(Error::Fenced { by }) => {
-                    break Err(Error::BackupDirLeased {
-                        path: store.sink().location().into(),
-                        owner: by,
-                    })
-                }
-                other => break other,
+    let mut attempts = 0;
+    let handed = loop {
+        let result = lease::hand_over(
+            store.sink(),
+            &successor,
+            opened.seq,
+            held.heartbeat.as_ref(),
+            req.fence_live_master,
+        );
+        match result {
+            // An object store's conditional write lost to the live master's:
+            // a store client, once refused, stays fenced, so a fresh one
+            // tries again.
+            Err(Error::Fenced { .. }) if req.fence_live_master && attempts < 4 => {
+                attempts += 1;
+                store = open_store(req.backup_dir.expect("a store"), req.store, req.db)?;
             }
-        };
-        let heartbeat = handed.map_err(|e| {
-            // Not handed over: the copy is removed, so promote can run again.
-            let _ = fs::remove_dir_all(req.db);
-            match e {
-                Error::BackupDirLeased { owner, .. } => refused(
-                    format!(
-                        "another master ({owner}) took the backup directory while the follower's \
-                         data was copied (it started there, or another rkv promote handed the \
-                         directory to it); nothing was handed over, and the copy was removed"
-                    ),
-                    "see `rkv status --backup_dir=…`: stop that master and run promote again, or \
-                     let it be the master",
+            Err(Error::Fenced { by }) => {
+                break Err(Error::BackupDirLeased {
+                    path: store.sink().location().into(),
+                    owner: by,
+                })
+            }
+            other => break other,
+        }
+    };
+    let heartbeat = handed.map_err(|e| {
+        let _ = fs::remove_dir_all(req.db);
+        match e {
+            Error::BackupDirLeased { owner, .. } => refused(
+                format!(
+                    "another master ({owner}) took the backup directory while the follower's \
+                     data was copied (it started there, or another rkv promote handed the \
+                     directory to it); nothing was handed over, and the copy was removed"
                 ),
-                other => other.into(),
-            }
-        })?;
-        let superseded = if heartbeat.superseded.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; superseded (refused if started there): {}",
-                heartbeat.superseded.join(", ")
-            )
-        };
-        emit(
-            out,
-            &format!(
-                "recorded: the backup directory {} is handed over to {}{superseded}",
-                store.sink().location(),
-                successor.label
+                "see `rkv status --backup_dir=…`: stop that master and run promote again, or \
+                 let it be the master",
             ),
-        )?;
-    }
-    for line in next_steps(req, &unit) {
-        emit(out, &line)?;
-    }
-    Ok(())
+            other => other.into(),
+        }
+    })?;
+    let superseded = if heartbeat.superseded.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; superseded (refused if started there): {}",
+            heartbeat.superseded.join(", ")
+        )
+    };
+    emit(
+        out,
+        &format!(
+            "recorded: the backup directory {} is handed over to {}{superseded}",
+            store.sink().location(),
+            successor.label
+        ),
+    )
 }
 
 /// An object store needs a local directory to read through; it is removed

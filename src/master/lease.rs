@@ -202,29 +202,17 @@ pub struct Holder {
     pub live: bool,
 }
 
-/// Watches the store's heartbeat for [`LEASE_TIMEOUT`] (unless `me` wrote
-/// it): whether a master holds the store, for a promotion to check before
-/// it hands the store over.
-pub fn check_free(store: &dyn BackupSource, me: &Identity) -> Holder {
-    let Some(seen) = store.read_heartbeat() else {
-        return Holder {
-            heartbeat: None,
-            live: false,
-        };
-    };
-    if me.wrote(&seen) {
-        return Holder {
-            heartbeat: Some(seen),
-            live: false,
-        };
-    }
-    match renewed(store, &seen) {
+/// Watches the store's heartbeat for [`LEASE_TIMEOUT`]: whether a master
+/// holds the store, for a promotion to check before it copies anything.
+pub fn check_free(store: &dyn BackupSource) -> Holder {
+    let heartbeat = store.read_heartbeat();
+    match heartbeat.as_ref().and_then(|seen| renewed(store, seen)) {
         Some(now) => Holder {
             heartbeat: Some(now),
             live: true,
         },
         None => Holder {
-            heartbeat: Some(seen),
+            heartbeat,
             live: false,
         },
     }
@@ -449,7 +437,7 @@ mod tests {
                 handover: false,
             })
             .unwrap();
-        let seen = check_free(&store, &new);
+        let seen = check_free(&store);
         assert!(!seen.live, "nobody renews it");
         let handed = hand_over(&store, &new, 5, seen.heartbeat.as_ref(), false).unwrap();
         assert!(handed.handover && handed.master == "h:/new");
