@@ -506,22 +506,9 @@ fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
     );
 }
 
-#[test]
-fn promote_hands_an_object_store_prefix_to_the_new_master() {
-    let s = Sandbox::new();
-    let moto = store(&s);
-    let endpoint = moto.endpoint();
-    let old = master(&s, "old", &endpoint, "prod", &["--interval", "0"]);
-    let chosen = follower(&s, "chosen", &endpoint, "prod");
-    let other = follower(&s, "other", &endpoint, "prod");
-    set(&old, "k", "v1");
-    save(&old);
-    replicated(&chosen, "k", "v1");
-    replicated(&other, "k", "v1");
-    chosen.stop();
-    old.kill();
-
-    let out = Command::new(crate::util::rkv_bin())
+/// `rkv --db=new promote --data=chosen --backup_dir=s3://…/prod EXTRA…`.
+fn promote_chosen(s: &Sandbox, endpoint: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(crate::util::rkv_bin())
         .args([
             format!("--db={}", s.path("new").display()),
             "promote".into(),
@@ -529,9 +516,35 @@ fn promote_hands_an_object_store_prefix_to_the_new_master() {
             format!("--backup_dir={}", url("prod")),
             format!("--s3-endpoint={endpoint}"),
         ])
+        .args(extra)
         .envs(store_env())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A master on `prod` holding k=v1, and the follower `chosen`, which
+/// applied it, stopped; `other` is a follower that keeps running.
+fn before_a_promotion(s: &Sandbox, endpoint: &str) -> (Daemon, Daemon) {
+    let old = master(s, "old", endpoint, "prod", &["--interval", "0"]);
+    let chosen = follower(s, "chosen", endpoint, "prod");
+    let other = follower(s, "other", endpoint, "prod");
+    set(&old, "k", "v1");
+    save(&old);
+    replicated(&chosen, "k", "v1");
+    replicated(&other, "k", "v1");
+    chosen.stop();
+    (old, other)
+}
+
+#[test]
+fn promote_hands_an_object_store_prefix_to_the_new_master() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let endpoint = moto.endpoint();
+    let (old, other) = before_a_promotion(&s, &endpoint);
+    old.kill();
+
+    let out = promote_chosen(&s, &endpoint, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("handed over"),
@@ -551,32 +564,13 @@ fn promote_fences_a_live_master_on_an_object_store_when_told_to() {
     let s = Sandbox::new();
     let moto = store(&s);
     let endpoint = moto.endpoint();
-    let old = master(&s, "old", &endpoint, "prod", &["--interval", "0"]);
-    let chosen = follower(&s, "chosen", &endpoint, "prod");
-    set(&old, "k", "v1");
-    save(&old);
-    replicated(&chosen, "k", "v1");
-    chosen.stop();
+    let (old, _other) = before_a_promotion(&s, &endpoint);
 
-    let promote = |extra: &[&str]| {
-        Command::new(crate::util::rkv_bin())
-            .args([
-                format!("--db={}", s.path("new").display()),
-                "promote".into(),
-                format!("--data={}", s.path("chosen").display()),
-                format!("--backup_dir={}", url("prod")),
-                format!("--s3-endpoint={endpoint}"),
-            ])
-            .args(extra)
-            .envs(store_env())
-            .output()
-            .unwrap()
-    };
-    let out = promote(&[]);
+    let out = promote_chosen(&s, &endpoint, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--fence-live-master"), "{stderr}");
-    let out = promote(&["--fence-live-master"]);
+    let out = promote_chosen(&s, &endpoint, &["--fence-live-master"]);
     assert!(
         out.status.success(),
         "{}",
