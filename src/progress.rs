@@ -84,21 +84,6 @@ pub fn usage_against(dir: &Path, expected: &HashMap<String, u64>) -> Amount {
     total
 }
 
-/// The name a backup file gets when restored: `shared_checksum/` files
-/// lose the session id and size their names carry
-/// (`shared_checksum/000009_sP2XNP78RDOUC7UDOMCJC_1476.sst` → `000009.sst`),
-/// private files keep theirs (`private/3/MANIFEST-000017`).
-pub fn restored_name(store_path: &str) -> String {
-    let name = store_path.rsplit('/').next().unwrap_or(store_path);
-    if !store_path.starts_with("shared") {
-        return name.to_string();
-    }
-    match (name.split_once('_'), name.rsplit_once('.')) {
-        (Some((number, _)), Some((_, ext))) => format!("{number}.{ext}"),
-        _ => name.to_string(),
-    }
-}
-
 /// A count that work adds to as it goes, read by whoever shows progress.
 #[derive(Debug, Default)]
 pub struct Meter {
@@ -221,16 +206,11 @@ mod tests {
     }
 
     #[test]
-    fn restored_names_drop_what_shared_names_add() {
-        assert_eq!(
-            restored_name("shared_checksum/000009_sP2XNP78RDOUC7UDOMCJC_1476.sst"),
-            "000009.sst"
-        );
-        assert_eq!(
-            restored_name("private/3/MANIFEST-000017"),
-            "MANIFEST-000017"
-        );
-        assert_eq!(restored_name("shared/000012.blob"), "000012.blob");
+    fn human_uses_binary_units() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(8 << 20), "8.0 MiB");
     }
 
     #[test]

@@ -10,6 +10,9 @@ mod moto;
 #[path = "../common/process.rs"]
 mod process;
 mod report;
+// The workloads' random source.
+#[path = "../common/rng.rs"]
+mod rng;
 mod scenarios;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@ use rkv::db::{Db, OpenMode};
 use rkv::resp::Reply;
 
 use crate::daemons::{redis_benchmark, redis_benchmark_keys, wait_until, Proc};
+use crate::rng::Rng;
 
 const MIB: u64 = 1 << 20;
 const LONG: Duration = Duration::from_secs(600);
@@ -823,27 +824,6 @@ fn fill_db(path: &Path, mib: u64) {
     }
     db.write(batch).unwrap();
     db.compact().unwrap();
-}
-
-/// xorshift64: fast, reproducible, incompressible enough.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n + 8);
-        while out.len() < n {
-            out.extend_from_slice(&self.next().to_le_bytes());
-        }
-        out.truncate(n);
-        out
-    }
 }
 
 fn fmt_dur(d: Duration) -> String {

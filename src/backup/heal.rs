@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 
-use super::dir::{BackupDir, MASTER_LOCK, META_DIR, PRIVATE_DIR, SHARED_DIR};
+use super::dir::{BackupDir, MASTER_LOCK, META_DIR, PRIVATE_DIR};
 use super::meta;
 use super::{Damage, ScrubCursor};
 use crate::error::{Error, Result};
@@ -47,7 +47,7 @@ impl BackupDir {
         };
         // Shared files name their size: `<number>_s<session>_<crc>_<size>.sst`
         // in RocksDB's default naming; the meta file may also record it.
-        let expected_len = file.size.or_else(|| shared_file_size(&file.path));
+        let expected_len = file.size.or_else(|| super::shared_size(&file.path));
         match expected_len.filter(|&n| n != len) {
             Some(expected) => Err(format!(
                 "{} has {len} bytes, the backup records {expected}",
@@ -245,18 +245,6 @@ impl BackupDir {
             Err(e) => Err(Error::io(format!("remove {}", private.display()), e)),
         }
     }
-}
-
-/// The size a shared file's name records (`…_<size>.sst`), if it does.
-fn shared_file_size(path: &str) -> Option<u64> {
-    let name = path.strip_prefix(&format!("{SHARED_DIR}/"))?;
-    let stem = name
-        .strip_suffix(".sst")
-        .or_else(|| name.strip_suffix(".blob"))?;
-    let parts: Vec<&str> = stem.split('_').collect();
-    // `<number>_s<session>_<size>` (session-id naming without checksum) or
-    // `<number>_<crc>_<size>` (legacy); the size is always last.
-    (parts.len() >= 3).then(|| parts.last()?.parse().ok())?
 }
 
 /// The file a "Size mismatch for existing backup file" error names, which

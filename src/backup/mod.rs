@@ -351,6 +351,67 @@ impl Heartbeat {
     }
 }
 
+/// What the name of a file in `shared_checksum/` records: BackupEngine
+/// names a table or blob file `<number>_s<session>_<size>.<ext>`
+/// (session-id naming) or `<number>_<crc32c>_<size>.<ext>` (legacy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedName<'a> {
+    /// The file's number in the database (`000009.sst` is 9).
+    pub number: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `sst` or `blob`.
+    pub ext: &'a str,
+}
+
+impl<'a> SharedName<'a> {
+    /// Parses the name of a file in `shared_checksum/`
+    /// (`000009_s…_1476.sst`); `None` for any other name.
+    pub fn parse(name: &'a str) -> Option<SharedName<'a>> {
+        let (stem, ext) = name.rsplit_once('.')?;
+        if ext != "sst" && ext != "blob" {
+            return None;
+        }
+        let parts: Vec<&str> = stem.split('_').collect();
+        // The size is always last; the number always first.
+        if parts.len() < 3 {
+            return None;
+        }
+        Some(SharedName {
+            number: parts[0].parse().ok()?,
+            size: parts[parts.len() - 1].parse().ok()?,
+            ext,
+        })
+    }
+}
+
+/// The size the name of the store's file at `path` records, if it is a
+/// shared table or blob file.
+fn shared_size(path: &str) -> Option<u64> {
+    in_shared_dir(path)
+        .and_then(SharedName::parse)
+        .map(|n| n.size)
+}
+
+/// `path` (in the store) without its `shared_checksum/`, if it is there.
+fn in_shared_dir(path: &str) -> Option<&str> {
+    path.strip_prefix(dir::SHARED_DIR)?.strip_prefix('/')
+}
+
+/// The name a file of the store gets in a restored database:
+/// `shared_checksum/000009_sP2XNP78RDOUC7UDOMCJC_1476.sst` becomes
+/// `000009.sst`; private files keep theirs (`private/3/MANIFEST-000017`).
+pub fn restored_name(store_path: &str) -> String {
+    let name = store_path.rsplit('/').next().unwrap_or(store_path);
+    match in_shared_dir(store_path).and_then(SharedName::parse) {
+        Some(shared) => {
+            let digits = name.split('_').next().unwrap_or_default();
+            format!("{digits}.{}", shared.ext)
+        }
+        None => name.to_string(),
+    }
+}
+
 /// How a backup names its source: `<host>:<absolute db path>`.
 pub fn master_label(db_path: &std::path::Path) -> String {
     let path = std::fs::canonicalize(db_path).unwrap_or_else(|_| db_path.to_path_buf());
@@ -399,6 +460,38 @@ mod tests {
                 db_id: None,
             }),
         }
+    }
+
+    #[test]
+    fn shared_names_give_number_size_and_restored_name() {
+        let name = SharedName::parse("000009_sP2XNP78RDOUC7UDOMCJC_1476.sst");
+        assert_eq!(
+            name,
+            Some(SharedName {
+                number: 9,
+                size: 1476,
+                ext: "sst"
+            })
+        );
+        assert_eq!(
+            SharedName::parse("000012_s1_0.blob").map(|n| n.size),
+            Some(0)
+        );
+        assert_eq!(
+            SharedName::parse("000012_3456_77.sst").map(|n| n.size),
+            Some(77)
+        );
+        assert_eq!(SharedName::parse("CURRENT"), None);
+        assert_eq!(SharedName::parse("x_y.sst"), None);
+        assert_eq!(
+            restored_name("shared_checksum/000009_sP2XNP78RDOUC7UDOMCJC_1476.sst"),
+            "000009.sst"
+        );
+        assert_eq!(
+            restored_name("private/3/MANIFEST-000017"),
+            "MANIFEST-000017"
+        );
+        assert_eq!(restored_name("shared/000012.blob"), "000012.blob");
     }
 
     #[test]

@@ -8,12 +8,12 @@ use super::{emit, Cli, CliError, Command};
 use std::path::{Path, PathBuf};
 
 use crate::backup::{
-    master_label, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource, Heartbeat,
-    RestoreMode, S3Store, StoreArgs,
+    master_label, restored_name, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource,
+    Heartbeat, RestoreMode, S3Store, SharedName, StoreArgs,
 };
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
-use crate::progress::{Amount, Meter};
+use crate::progress::{human, Amount, Meter};
 
 /// Runs one of the backup directory commands.
 pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
@@ -51,7 +51,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                     stats.info.id,
                     backup_dir.display(),
                     stats.files_copied,
-                    human_bytes(stats.bytes_copied),
+                    human(stats.bytes_copied),
                 ),
             )
         }
@@ -103,7 +103,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                     .store
                     .files(&[info.id])?
                     .into_iter()
-                    .map(|(path, size)| (crate::progress::restored_name(&path), size))
+                    .map(|(path, size)| (restored_name(&path), size))
                     .collect();
                 let restored = Count::Restore {
                     path: db_path.to_path_buf(),
@@ -119,7 +119,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
                     stats.id,
                     db_path.display(),
                     stats.files_copied,
-                    human_bytes(stats.bytes_copied),
+                    human(stats.bytes_copied),
                 ),
             )
         }
@@ -199,7 +199,7 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
             }
             bars.run(|| store.verify(id, &meter))?;
             let detail = info
-                .map(|b| format!(" ({} files, {})", b.files, human_bytes(b.size)))
+                .map(|b| format!(" ({} files, {})", b.files, human(b.size)))
                 .unwrap_or_default();
             emit(out, &format!("OK: backup {id} verified{detail}"))
         }
@@ -207,15 +207,16 @@ pub(super) fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliErro
     }
 }
 
-/// A backup store to read, and for an object store the local directory it
-/// downloads into, removed when done.
-struct Source {
-    store: Box<dyn BackupSource>,
-    cache: Option<PathBuf>,
+/// A backup store, and for an object store the local directory it
+/// downloads into, removed when done. The commands read it; `rkv promote`
+/// also writes its hand-over there.
+pub(super) struct Source {
+    pub(super) store: Box<dyn BackupSink>,
+    pub(super) cache: Option<PathBuf>,
 }
 
 impl Source {
-    fn open(raw: &Path, args: &StoreArgs, cache: PathBuf) -> Result<Source, CliError> {
+    pub(super) fn open(raw: &Path, args: &StoreArgs, cache: PathBuf) -> Result<Source, CliError> {
         match args.location(raw).map_err(CliError::Usage)? {
             BackupLocation::Dir(path) => Ok(Source {
                 store: Box::new(BackupDir::new(path)),
@@ -370,10 +371,10 @@ impl DirStatus {
                 ));
                 lines.push(format!(
                     "size:         {} in {} files: {} shared, {} private",
-                    human_bytes(self.shared_bytes + self.private_bytes),
+                    human(self.shared_bytes + self.private_bytes),
                     self.files,
-                    human_bytes(self.shared_bytes),
-                    human_bytes(self.private_bytes)
+                    human(self.shared_bytes),
+                    human(self.private_bytes)
                 ));
             }
             _ => lines.push("newest:       no backup yet".to_string()),
@@ -426,7 +427,10 @@ fn backup_estimate(db: &Db, dir: &Path) -> Result<Amount, CliError> {
             .map(|entries| {
                 entries
                     .flatten()
-                    .filter_map(|e| shared_number_and_size(&e.file_name().to_string_lossy()))
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        SharedName::parse(&name).map(|n| (n.number, n.size))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -446,14 +450,6 @@ fn backup_estimate(db: &Db, dir: &Path) -> Result<Amount, CliError> {
         }
     }
     Ok(total)
-}
-
-/// `000009_sP2XNP78RDOUC7UDOMCJC_1476.sst` → `(9, 1476)`.
-fn shared_number_and_size(name: &str) -> Option<(u64, u64)> {
-    let stem = name.rsplit_once('.')?.0;
-    let (number, rest) = stem.split_once('_')?;
-    let size = rest.rsplit_once('_')?.1;
-    Some((number.parse().ok()?, size.parse().ok()?))
 }
 
 /// A time for `--at`: a moment, or an age (that long before now).
@@ -552,7 +548,7 @@ fn backups_table(backups: &[BackupInfo], now: SystemTime) -> Vec<String> {
             b.id,
             created,
             shorten_age(&age),
-            human_bytes(b.size),
+            human(b.size),
             b.files,
             seq
         ));
@@ -563,11 +559,6 @@ fn backups_table(backups: &[BackupInfo], now: SystemTime) -> Vec<String> {
 /// Keeps the two largest units of a humantime duration ("1day 2h 3m 4s" → "1day 2h").
 fn shorten_age(age: &str) -> String {
     age.split(' ').take(2).collect::<Vec<_>>().join(" ")
-}
-
-/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `8.0 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    crate::progress::human(bytes)
 }
 
 #[cfg(test)]
@@ -592,25 +583,6 @@ mod tests {
         let long_ago = PointInTime::parse("1day").unwrap().resolve(now);
         assert!(long_ago < SystemTime::UNIX_EPOCH + Duration::from_secs(1));
         assert!(PointInTime::parse("before lunch").is_err());
-    }
-
-    #[test]
-    fn shared_file_names_give_number_and_size() {
-        assert_eq!(
-            shared_number_and_size("000009_sP2XNP78RDOUC7UDOMCJC_1476.sst"),
-            Some((9, 1476))
-        );
-        assert_eq!(shared_number_and_size("000012_s1_0.blob"), Some((12, 0)));
-        assert_eq!(shared_number_and_size("CURRENT"), None);
-        assert_eq!(shared_number_and_size("x_y.sst"), None);
-    }
-
-    #[test]
-    fn human_bytes_uses_binary_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
     }
 
     #[test]

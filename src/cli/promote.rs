@@ -23,16 +23,14 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::backup::Source;
 use super::{emit, CliError};
-use crate::backup::{
-    master_label, BackupDir, BackupInfo, BackupLocation, BackupSink, BackupSource, S3Store,
-    StoreArgs,
-};
-use crate::cli::backup::human_bytes;
+use crate::backup::{master_label, BackupInfo, BackupLocation, BackupSink, StoreArgs};
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
 use crate::follower::generations::{DataDir, LockError};
 use crate::master::lease::{self, Identity};
+use crate::progress::human;
 
 /// What `rkv promote` was asked.
 pub(super) struct Request<'a> {
@@ -138,12 +136,12 @@ fn stopped_follower(
 /// `--fence-live-master`), and it holds nothing newer than `info`. Returns
 /// what holds the store now, for the hand-over.
 fn check_store(
-    store: &Store,
+    store: &Source,
     info: &BackupInfo,
     req: &Request,
     out: &mut dyn io::Write,
 ) -> Result<lease::Holder, CliError> {
-    let held = lease::check_free(store.sink());
+    let held = lease::check_free(store.store.as_ref());
     match (&held.heartbeat, held.live) {
         (Some(h), true) if !req.fence_live_master => {
             return Err(refused(
@@ -181,7 +179,7 @@ fn check_store(
         )?,
         (None, _) => emit(out, "checked:  no master has written a heartbeat there")?,
     }
-    check_newer_backups(store.sink(), info, req)?;
+    check_newer_backups(store.store.as_ref(), info, req)?;
     Ok(held)
 }
 
@@ -207,9 +205,9 @@ fn copy_and_open(
             "copied:   {} files: {} hard-linked ({}), {} copied ({})",
             copied.linked_files + copied.copied_files,
             copied.linked_files,
-            human_bytes(copied.linked_bytes),
+            human(copied.linked_bytes),
             copied.copied_files,
-            human_bytes(copied.copied_bytes)
+            human(copied.copied_bytes)
         ),
     )?;
     emit(
@@ -227,7 +225,7 @@ fn copy_and_open(
 /// Hands the store over to the master of the promoted database at
 /// `req.db`; if that fails, removes the copy so promote can run again.
 fn hand_over(
-    mut store: Store,
+    store: Source,
     held: &lease::Holder,
     opened: &Opened,
     req: &Request,
@@ -237,32 +235,13 @@ fn hand_over(
         label: master_label(req.db),
         db_id: opened.db_id.clone(),
     };
-    let mut attempts = 0;
-    let handed = loop {
-        let result = lease::hand_over(
-            store.sink(),
-            &successor,
-            opened.seq,
-            held.heartbeat.as_ref(),
-            req.fence_live_master,
-        );
-        match result {
-            // An object store's conditional write lost to the live master's:
-            // a store client, once refused, stays fenced, so a fresh one
-            // tries again.
-            Err(Error::Fenced { .. }) if req.fence_live_master && attempts < 4 => {
-                attempts += 1;
-                store = open_store(req.backup_dir.expect("a store"), req.store, req.db)?;
-            }
-            Err(Error::Fenced { by }) => {
-                break Err(Error::BackupDirLeased {
-                    path: store.sink().location().into(),
-                    owner: by,
-                })
-            }
-            other => break other,
-        }
-    };
+    let handed = lease::hand_over(
+        store.store.as_ref(),
+        &successor,
+        opened.seq,
+        held.heartbeat.as_ref(),
+        req.fence_live_master,
+    );
     let heartbeat = handed.map_err(|e| {
         let _ = fs::remove_dir_all(req.db);
         match e {
@@ -290,55 +269,24 @@ fn hand_over(
         out,
         &format!(
             "recorded: the backup directory {} is handed over to {}{superseded}",
-            store.sink().location(),
+            store.store.as_ref().location(),
             successor.label
         ),
     )
 }
 
-/// An object store needs a local directory to read through; it is removed
-/// when the promotion ends.
-struct Store {
-    sink: Box<dyn BackupSink>,
-    cache: Option<PathBuf>,
-}
-
-impl Store {
-    fn sink(&self) -> &dyn BackupSink {
-        self.sink.as_ref()
+/// The backup store at `raw`; an object store reads through a directory
+/// beside `db`, removed when the promotion ends.
+fn open_store(raw: &Path, args: &StoreArgs, db: &Path) -> Result<Source, CliError> {
+    let mut cache = db.as_os_str().to_os_string();
+    cache.push(".promote-s3");
+    let source = Source::open(raw, args, PathBuf::from(cache))?;
+    if source.cache.is_none() {
+        // A missing directory is an error here: a typo must not make the
+        // hand-over land in a new, empty directory.
+        source.store.list()?;
     }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        if let Some(cache) = &self.cache {
-            let _ = fs::remove_dir_all(cache);
-        }
-    }
-}
-
-fn open_store(raw: &Path, args: &StoreArgs, db: &Path) -> Result<Store, CliError> {
-    match args.location(raw).map_err(CliError::Usage)? {
-        BackupLocation::Dir(path) => {
-            let store = BackupDir::new(&path);
-            // A missing directory is an error here: a typo must not make
-            // the hand-over land in a new, empty directory.
-            store.list()?;
-            Ok(Store {
-                sink: Box::new(store),
-                cache: None,
-            })
-        }
-        BackupLocation::S3(s3) => {
-            let mut cache = db.as_os_str().to_os_string();
-            cache.push(".promote-s3");
-            let cache = PathBuf::from(cache);
-            Ok(Store {
-                sink: Box::new(S3Store::reader(s3, BackupDir::new(&cache))?),
-                cache: Some(cache),
-            })
-        }
-    }
+    Ok(source)
 }
 
 /// Refuses when the store's newest backup is newer than the generation, or

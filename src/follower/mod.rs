@@ -504,7 +504,7 @@ impl Follower {
                 self.store.files(&[backup.id]).ok().map(|files| {
                     files
                         .into_iter()
-                        .map(|(path, size)| (progress::restored_name(&path), size))
+                        .map(|(path, size)| (crate::backup::restored_name(&path), size))
                         .collect()
                 });
             let done = || match &expected {

@@ -267,11 +267,20 @@ pub fn hand_over(
     };
     // A running master reads the heartbeat before it rewrites its own, and
     // stops when it finds another token; a write that lands between its
-    // read and its write is lost, so write until the hand-over stays.
+    // read and its write is lost (in a directory), or refused (an object
+    // store's conditional write), so write until the hand-over stays.
     for _ in 0..5 {
-        store.write_heartbeat(&heartbeat)?;
-        if last.is_none_or(|h| !fence || h.token.is_none()) {
-            return Ok(heartbeat);
+        match store.write_heartbeat(&heartbeat) {
+            Ok(()) if last.is_none_or(|h| !fence || h.token.is_none()) => return Ok(heartbeat),
+            Ok(()) => {}
+            Err(Error::Fenced { .. }) if fence => {}
+            Err(Error::Fenced { by }) => {
+                return Err(Error::BackupDirLeased {
+                    path: store.location().into(),
+                    owner: by,
+                })
+            }
+            Err(e) => return Err(e),
         }
         std::thread::sleep(Duration::from_millis(2_500));
         if store.read_heartbeat().as_ref() == Some(&heartbeat) {

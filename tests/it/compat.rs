@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use rkv::resp::Reply;
 
+use crate::rng::Rng;
 use crate::util::{rkv, wait_until, Daemon, Sandbox};
 
 /// A redis-server on a free loopback port, with no persistence; killed
@@ -105,26 +106,6 @@ fn read_raw(reader: &mut impl BufRead, out: &mut Vec<u8>) {
         b'*' | b'~' | b'>' if n() >= 0 => (0..n()).for_each(|_| read_raw(reader, out)),
         b'%' | b'|' => (0..2 * n()).for_each(|_| read_raw(reader, out)),
         _ => {}
-    }
-}
-
-/// xorshift64: the sequence is the seed's, the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
     }
 }
 

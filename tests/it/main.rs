@@ -10,6 +10,9 @@ mod master;
 mod metrics;
 mod netns;
 mod promote;
+// The differential test's random source.
+#[path = "../../bin/common/rng.rs"]
+mod rng;
 mod s3;
 // The S3 server the object store tests run against.
 #[path = "../../bin/common/moto.rs"]

@@ -206,6 +206,39 @@ fn promote_refuses_what_is_not_a_stopped_followers_data() {
     // A backup directory that is not there is an error, not a new one.
     promote(&s.path("new"), &s.path("f1"), &s.path("typo"), &[]).fails(1, &["typo"]);
     assert!(!s.path("typo").exists());
+    // A data directory whose generation is gone, or says nothing of its
+    // backup.
+    let broken = s.path("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::os::unix::fs::symlink("gen-000001", broken.join("current")).unwrap();
+    promote(&s.path("new"), &broken, &backups, &[]).fails(1, &["holds no complete generation"]);
+    std::fs::create_dir(broken.join("gen-000001")).unwrap();
+    promote(&s.path("new"), &broken, &backups, &[]).fails(
+        1,
+        &[
+            "no readable rkv-generation.json",
+            "Try: promote another follower",
+        ],
+    );
+    assert!(!s.path("new").exists());
+
+    // Without --backup_dir nothing is checked or recorded there: the new
+    // master gets a backup directory of its own.
+    let data = format!("--data={}", s.path("f1").display());
+    let out = rkv(&[&db_flag(&s.path("alone")), "promote", &data]).ok();
+    assert!(
+        out.contains("No --backup-dir was given") && out.contains("--backup-dir NEW_BACKUP_DIR"),
+        "{out}"
+    );
+    let heartbeat = std::fs::read(backups.join("rkv-heartbeat.json")).unwrap();
+    assert!(!String::from_utf8_lossy(&heartbeat).contains("handover"));
+    let alone = Daemon::master(
+        &s.path("alone"),
+        &s.path("new-backups"),
+        &["--interval", "0"],
+    );
+    assert_eq!(get(&alone, "k"), Some(bulk("v1")));
+
     // Without --db: a usage error.
     rkv(&["promote", &format!("--data={}", s.path("f1").display())])
         .fails(2, &["needs the database"]);

@@ -432,11 +432,16 @@ impl S3Store {
                 Ok(())
             }
             Put::Refused => {
+                // `latest` is read again, so a caller that may try again
+                // (rkv promote's hand-over) writes against its new version.
                 let seen = self.refresh(true).ok().flatten();
                 let by = seen
                     .and_then(|l| l.heartbeat)
                     .map(|h| h.owner())
                     .unwrap_or_else(|| "another writer".to_string());
+                if self.role != Role::Master {
+                    return Err(Error::Fenced { by });
+                }
                 tracing::error!(
                     other = %by,
                     "{LATEST} in {} changed behind this master: another master writes there. \
