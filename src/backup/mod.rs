@@ -474,8 +474,8 @@ mod tests {
             })
         );
         assert_eq!(
-            SharedName::parse("000012_s1_0.blob").map(|n| n.size),
-            Some(0)
+            SharedName::parse("000012_s1_0.blob").map(|n| (n.number, n.size)),
+            Some((12, 0))
         );
         assert_eq!(
             SharedName::parse("000012_3456_77.sst").map(|n| n.size),

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use rkv::resp::Reply;
 
-use crate::util::{bulk, fill, get, incompressible, refused, run_bin, wait_until, Daemon, Sandbox};
+use crate::util::{
+    bulk, fill, get, incompressible, refused, run_bin, wait_until, Daemon, Sandbox, SLOW_RESTORE,
+};
 
 const GENEROUS: Duration = Duration::from_secs(60);
 
@@ -52,18 +54,7 @@ fn retention_shorter_than_a_restore_says_why_and_leaks_no_partial() {
     // files with it. (Side by side, the small files are copied first and
     // the race is rarer, not gone: what is measured here is what the
     // follower says when it loses.)
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &[
-            "--poll-interval",
-            "100ms",
-            "--restore-rate-limit",
-            "1MiB",
-            "--restore-threads",
-            "1",
-        ],
-    );
+    let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &SLOW_RESTORE);
     let started = Instant::now();
     let mut most_partials = 0;
     let mut n = 0;

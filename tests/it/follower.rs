@@ -10,6 +10,7 @@ use rkv::resp::Reply;
 
 use crate::util::{
     bulk, corrupt_private_manifest, db_flag, fill, get, refused, rkv, wait_until, Daemon, Sandbox,
+    SLOW_RESTORE,
 };
 
 const GENEROUS: Duration = Duration::from_secs(60);
@@ -492,18 +493,7 @@ fn a_long_bootstrap_logs_its_progress() {
     fill(&master, "big", 8);
     master.client().call(&[b"SAVE"]).unwrap();
     // 8 MiB at 1 MiB/s: past the first 5 s report.
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &[
-            "--poll-interval",
-            "100ms",
-            "--restore-rate-limit",
-            "1MiB",
-            "--restore-threads",
-            "1",
-        ],
-    );
+    let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &SLOW_RESTORE);
     wait_until(GENEROUS, "the bootstrap applied", || {
         follower.info_num("rkv_applied_backup_id") == 1
     });

@@ -104,6 +104,17 @@ impl Run {
     }
 }
 
+/// A follower's flags for a slow restore: 1 MiB/s, one file at a time
+/// (polling every 100 ms), so a test can watch a restore in progress.
+pub const SLOW_RESTORE: [&str; 6] = [
+    "--poll-interval",
+    "100ms",
+    "--restore-rate-limit",
+    "1MiB",
+    "--restore-threads",
+    "1",
+];
+
 /// `--db=<path>`.
 pub fn db_flag(path: &Path) -> String {
     format!("--db={}", path.display())
