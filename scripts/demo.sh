@@ -49,7 +49,7 @@ F1=$(daemon_addr "$WORK/f1" "$PID_f1") || die "follower 1 did not start; logs in
 F2=$(daemon_addr "$WORK/f2" "$PID_f2") || die "follower 2 did not start; logs in $WORK"
 say "Started rkv-master on $M (backup every 1s) and two followers on $F1 and $F2 (poll every 250ms)"
 for addr in "$M" "$F1" "$F2"; do
-    wait_for 30 rkv_cli --connect="$addr" info server || die "nothing answers on $addr; logs in $WORK"
+    wait_for 120 rkv_cli --connect="$addr" info server || die "nothing answers on $addr; logs in $WORK"
 done
 
 say "Writing through the master with rkv"
@@ -60,8 +60,8 @@ show rkv --connect="$M" put user:3 Charlie
 say "Waiting for the writes to arrive on both followers"
 start=$(date +%s%N)
 for addr in "$F1" "$F2"; do
-    wait_for 30 bash -c "[[ \$('$BIN/rkv' --connect='$addr' get user:3 2>/dev/null) == Charlie ]]" ||
-        die "user:3 did not reach $addr within 30 s; logs in $WORK"
+    wait_for 120 bash -c "[[ \$('$BIN/rkv' --connect='$addr' get user:3 2>/dev/null) == Charlie ]]" ||
+        die "user:3 did not reach $addr within 120 s; logs in $WORK"
     printf 'user:3 readable on %s after %d ms\n' "$addr" $((($(date +%s%N) - start) / 1000000))
 done
 show rkv --connect="$F1" scan

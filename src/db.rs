@@ -853,8 +853,20 @@ mod tests {
         put_expiring(&db, b"soon", b"v", 150);
         put_expiring(&db, b"later", b"w", 600_000);
         db.put(b"plain", b"p").unwrap();
-        assert_eq!(db.get(b"soon").unwrap().as_deref(), Some(&b"v"[..]));
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Visible until its deadline (asked at a moment before it, as a
+        // slow machine may not get to ask in time), gone from then on.
+        let deadline = db
+            .expiring_entry(b"soon")
+            .unwrap()
+            .unwrap()
+            .expires_at
+            .unwrap();
+        let before = db.entry(b"soon", deadline - 1).unwrap().unwrap();
+        assert_eq!(before.value, b"v");
+        assert_eq!(db.entry(b"soon", deadline).unwrap(), None);
+        while now_ms() <= deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(db.get(b"soon").unwrap(), None);
         let live: Vec<_> = db
             .iter(&ScanRange::default())

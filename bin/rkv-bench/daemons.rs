@@ -46,7 +46,7 @@ impl Proc {
 
     fn rkv(name: &str, dirs: [&str; 4], extra: &[&str], dir: &Path) -> Proc {
         let args = dirs.iter().chain(extra).map(|s| s.to_string()).collect();
-        Proc::start(process::sibling(name), args, Some(dir))
+        Proc::start(process::sibling(name), args, dir)
     }
 
     /// redis-server without persistence (the read baseline).
@@ -60,7 +60,7 @@ impl Proc {
         let dir = std::env::temp_dir().join(format!("rkv-bench-redis-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let dir = path(&dir);
-        let args = [
+        let (child, port) = crate::redis::start_redis_server(&[
             "--save",
             "",
             "--dir",
@@ -69,28 +69,20 @@ impl Proc {
             appendonly,
             "--appendfsync",
             "everysec",
-            "--bind",
-            "127.0.0.1",
             "--daemonize",
             "no",
-        ];
-        Proc::start(
-            PathBuf::from("redis-server"),
-            args.iter().map(|s| s.to_string()).collect(),
-            None,
-        )
+        ]);
+        Proc {
+            child: Some(child),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            port,
+        }
     }
 
-    /// Starts `program`. An rkv daemon (whose database or data directory is
-    /// `dir`) picks its own port and names it in its daemon file; redis-server
-    /// gets a free one.
-    fn start(program: PathBuf, mut args: Vec<String>, dir: Option<&Path>) -> Proc {
-        let port = if dir.is_some() { 0 } else { free_port() };
-        if dir.is_none() {
-            args.extend(["--port".to_string(), port.to_string()]);
-        } else {
-            args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
-        }
+    /// Starts the rkv daemon `program` (whose database or data directory is
+    /// `dir`): it picks its own port and names it in its daemon file.
+    fn start(program: PathBuf, mut args: Vec<String>, dir: &Path) -> Proc {
+        args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         let child = Command::new(&program)
             .args(&args)
             .env(
@@ -101,14 +93,10 @@ impl Proc {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let addr: ListenAddr = match dir {
-            Some(dir) => {
-                rkv::daemon::DaemonFile::wait_for(dir, child.id(), Duration::from_secs(60))
-                    .and_then(|f| f.tcp_addr())
-                    .unwrap_or_else(|| panic!("{} did not start", program.display()))
-            }
-            None => format!("127.0.0.1:{port}").parse().unwrap(),
-        };
+        let addr: ListenAddr =
+            rkv::daemon::DaemonFile::wait_for(dir, child.id(), Duration::from_secs(120))
+                .and_then(|f| f.tcp_addr())
+                .unwrap_or_else(|| panic!("{} did not start", program.display()));
         let port = match &addr {
             ListenAddr::Tcp(socket) => socket.port(),
             ListenAddr::Unix(_) => 0,

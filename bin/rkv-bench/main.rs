@@ -9,6 +9,8 @@ mod daemons;
 mod moto;
 #[path = "../common/process.rs"]
 mod process;
+#[path = "../common/redis.rs"]
+mod redis;
 mod report;
 // The workloads' random source.
 #[path = "../common/rng.rs"]

@@ -22,12 +22,16 @@ fn peak_rss_mib(proc: &Proc) -> f64 {
     crate::process::peak_rss_mib(proc.pid())
 }
 
-/// Whether the daemon answers PING on a new connection within 5 s.
+/// How long a daemon may take to answer before it counts as hung: a hung
+/// daemon never answers, and a busy 2-core machine may take seconds.
+const HUNG: Duration = Duration::from_secs(60);
+
+/// Whether the daemon answers PING on a new connection within [`HUNG`].
 fn answers(proc: &Proc) -> bool {
     let Ok(stream) = TcpStream::connect(proc.addr.to_string()) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_read_timeout(Some(HUNG));
     let mut stream = stream;
     if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
         return false;
@@ -229,7 +233,7 @@ pub fn floods(dir: &Path, connections: usize) -> Outcome {
     }
     let mut answered = 0;
     for s in &mut open {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = s.set_read_timeout(Some(HUNG));
         let mut reply = [0u8; 7];
         if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() {
             answered += 1;
@@ -249,7 +253,7 @@ pub fn floods(dir: &Path, connections: usize) -> Outcome {
         let _ = s.write_all(&vec![b'x'; 1 << 20]);
     }
     for s in &mut streams {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_read_timeout(Some(HUNG));
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
         if got.starts_with(b"-ERR Protocol error: unauthenticated") {
@@ -317,7 +321,7 @@ pub fn floods(dir: &Path, connections: usize) -> Outcome {
             }
         })
     };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(HUNG)).unwrap();
     // Every reply is the 5 bytes `$-1\r\n` (no such key).
     let (mut bytes, mut wrong) = (0usize, false);
     let mut buf = vec![0u8; 1 << 16];
@@ -434,7 +438,7 @@ pub fn big_request(dir: &Path, args: usize) -> Outcome {
         .map(|(_, took)| took)
         .max()
         .unwrap_or_default();
-    let served = wait_for(Duration::from_secs(5), || answers(&master)).is_some();
+    let served = wait_for(HUNG, || answers(&master)).is_some();
     let line = format!(
         "a {args}-argument MGET in 4 KiB writes: {:.2} s of server CPU in all, arrival and \
          parsing and a million lookups ({} reply bytes {:.2} s after the last byte was sent); \

@@ -120,6 +120,25 @@ impl Proc {
         self.client()?.info_field(None, field).ok()?
     }
 
+    /// Several INFO fields read at one moment (one INFO), in the order
+    /// asked; `None` for a field not there.
+    pub fn info_fields(&self, fields: &[&str]) -> Option<Vec<Option<String>>> {
+        let Reply::Bulk(Some(text)) = self.client()?.call(&[b"INFO"]).ok()? else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(&text);
+        Some(
+            fields
+                .iter()
+                .map(|field| {
+                    let prefix = format!("{field}:");
+                    text.lines()
+                        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
+                })
+                .collect(),
+        )
+    }
+
     pub fn info_num(&self, field: &str) -> i64 {
         self.info(field).and_then(|v| v.parse().ok()).unwrap_or(-1)
     }

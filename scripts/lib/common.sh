@@ -30,7 +30,7 @@ ensure_binaries() {
 # prints it. Daemons started with --listen 127.0.0.1:0 pick a free port
 # themselves: no port is picked here and lost to a race.
 daemon_addr() {
-    local dir=$1 pid=$2 deadline=$((SECONDS + 30)) addr
+    local dir=$1 pid=$2 deadline=$((SECONDS + 120)) addr
     while ((SECONDS < deadline)); do
         addr=$(python3 -c 'import json, sys
 f = json.load(open(sys.argv[1]))

@@ -310,6 +310,8 @@ fn new_token(who: &str) -> String {
 mod tests {
     use super::*;
     use crate::backup::BackupDir;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn me(label: &str, id: &str) -> Identity {
         Identity {
@@ -409,17 +411,22 @@ mod tests {
             handover: false,
         };
         store.write_heartbeat(&heartbeat(1)).unwrap();
+        // Renewed until the claim has answered, however long it takes.
+        let renewing = Arc::new(AtomicBool::new(true));
         let renewer = {
-            let store = store.clone();
+            let (store, renewing) = (store.clone(), Arc::clone(&renewing));
             std::thread::spawn(move || {
-                for ms in 2..30 {
+                let mut ms = 2;
+                while renewing.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(100));
                     store.write_heartbeat(&heartbeat(ms)).unwrap();
+                    ms += 1;
                 }
             })
         };
         let err = claim(&store as &dyn BackupSink, &me("h:/a", "A"), None, false).unwrap_err();
         assert!(matches!(err, Error::BackupDirLeased { .. }), "{err}");
+        renewing.store(false, Ordering::SeqCst);
         renewer.join().unwrap();
         // It stopped renewing: after the timeout the directory is free.
         claim(&store as &dyn BackupSink, &me("h:/a", "A"), None, false).unwrap();

@@ -490,11 +490,19 @@ impl Master {
     /// Starts the backup loop: a step every `interval` (never, when zero)
     /// and whenever one is requested, and a scrub step every
     /// `scrub_interval` (never, when zero), until [`Master::stop_loop`].
+    ///
+    /// With an interval, data no backup holds goes out at once. That is
+    /// decided here, before the caller starts serving: what the first
+    /// step backs up is the data found at start, whatever clients write
+    /// before the thread gets to run.
     pub fn start_loop(
         self: &Arc<Self>,
         interval: Duration,
         scrub_interval: Duration,
     ) -> JoinHandle<()> {
+        if !interval.is_zero() && self.has_unbacked_changes() {
+            self.schedule_backup();
+        }
         let master = Arc::clone(self);
         std::thread::Builder::new()
             .name("rkv-backup".into())
@@ -503,8 +511,8 @@ impl Master {
     }
 
     fn backup_loop(&self, interval: Duration, scrub_interval: Duration) {
-        // The first step runs at once: data no backup holds goes out soon.
-        let mut next = Instant::now();
+        // Data found at start is already requested (see `start_loop`).
+        let mut next = Instant::now() + interval;
         let mut next_scrub = Instant::now() + scrub_interval;
         let far = Duration::from_secs(3600);
         loop {

@@ -55,10 +55,17 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     };
     master.claim(config.take_over)?;
     let master = Arc::new(master);
-    let server = Server::start(config.server.clone(), Arc::clone(&master) as _)
-        .context("start the server")?;
-    let addrs = daemon::announce(&config.db, "master", &server);
+    // Before the server: the loop decides what the start-up backup holds.
     let backup_loop = master.start_loop(config.interval, config.scrub_interval);
+    let server = match Server::start(config.server.clone(), Arc::clone(&master) as _) {
+        Ok(server) => server,
+        Err(e) => {
+            master.stop_loop();
+            let _ = backup_loop.join();
+            return Err(anyhow::Error::from(e).context("start the server"));
+        }
+    };
+    let addrs = daemon::announce(&config.db, "master", &server);
     // Not joined at exit: a heartbeat stuck on a stalled filesystem must not
     // hold up the shutdown.
     let _heartbeat = master.start_heartbeat();

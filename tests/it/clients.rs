@@ -5,11 +5,13 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rkv::resp::Reply;
 
-use crate::util::{bulk, refused, Daemon, Sandbox};
+use crate::util::{bulk, refused, wait_for, wait_until, Daemon, Sandbox, GENEROUS};
 
 fn master(s: &Sandbox, extra: &[&str]) -> Daemon {
     Daemon::master(&s.path("db"), &s.path("backups"), extra)
@@ -20,7 +22,7 @@ fn master(s: &Sandbox, extra: &[&str]) -> Daemon {
 fn exchange(d: &Daemon, wire: &[u8], until: &[u8]) -> Vec<u8> {
     let mut stream = d.raw();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     stream.write_all(wire).unwrap();
     let mut got = Vec::new();
@@ -161,9 +163,24 @@ fn watch_aborts_a_transaction_when_another_client_wrote_the_key() {
     a.call(&[b"SET", b"balance", b"0"]).unwrap();
     assert_eq!(a.call(&[b"EXEC"]).unwrap(), Reply::array(vec![Reply::ok()]));
     // A watched key that expires before EXEC aborts it too.
-    a.call(&[b"SET", b"lease", b"me", b"PX", b"300"]).unwrap();
-    a.call(&[b"WATCH", b"lease"]).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // (The key must still be there when WATCH runs: if this machine is
+    // too slow for the deadline, try again with a longer one.)
+    let left = [300, 3_000, 30_000]
+        .into_iter()
+        .find_map(|px: u64| {
+            a.call(&[b"SET", b"lease", b"me", b"PX", px.to_string().as_bytes()])
+                .unwrap();
+            a.call(&[b"WATCH", b"lease"]).unwrap();
+            match a.call(&[b"PTTL", b"lease"]).unwrap() {
+                Reply::Integer(ms) if ms > 0 => Some(ms as u64),
+                _ => {
+                    a.call(&[b"UNWATCH"]).unwrap();
+                    None
+                }
+            }
+        })
+        .expect("the key expired before WATCH even with a 30 s deadline");
+    std::thread::sleep(Duration::from_millis(left + 100));
     a.call(&[b"MULTI"]).unwrap();
     a.call(&[b"SET", b"lease", b"me"]).unwrap();
     assert_eq!(a.call(&[b"EXEC"]).unwrap(), Reply::Array(None));
@@ -191,14 +208,19 @@ fn concurrent_increments_and_transactions_lose_nothing_and_reach_followers_whole
         &s.path("f"),
         &["--poll-interval", "50ms"],
     );
+    // Four writers race INCRs and ten-key transactions until the follower
+    // has served several of their states, however long that takes here.
+    let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let mut c = m.client();
+            let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                for i in 0..300 {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::SeqCst) {
                     c.call(&[b"INCR", b"counter"]).unwrap();
                     // Ten keys set to one value in one transaction.
-                    let value = format!("{w}-{i}");
+                    let value = format!("{w}-{rounds}");
                     c.call(&[b"MULTI"]).unwrap();
                     for k in 0..10 {
                         c.call(&[b"SET", format!("t{k}").as_bytes(), value.as_bytes()])
@@ -206,33 +228,76 @@ fn concurrent_increments_and_transactions_lose_nothing_and_reach_followers_whole
                     }
                     let done = c.call(&[b"EXEC"]).unwrap();
                     assert!(matches!(done, Reply::Array(Some(r)) if r.len() == 10));
+                    rounds += 1;
                 }
+                rounds
             })
         })
         .collect();
-    // Meanwhile every state a follower serves holds all of a transaction.
+    // Every state a follower serves holds all of a transaction.
     let mut reader = f.client();
     let keys: Vec<Vec<u8>> = (0..10).map(|k| format!("t{k}").into_bytes()).collect();
     let mut mget: Vec<&[u8]> = vec![b"MGET"];
     mget.extend(keys.iter().map(Vec::as_slice));
-    let mut seen = std::collections::HashSet::new();
-    while writers.iter().any(|w| !w.is_finished()) {
-        if let Ok(Reply::Array(Some(values))) = reader.call(&mget) {
+    let whole = |reader: &mut rkv::client::Client| match reader.call_raw(&mget) {
+        Ok(Reply::Array(Some(values))) => {
             assert!(
                 values.windows(2).all(|w| w[0] == w[1]),
                 "a torn transaction: {values:?}"
             );
-            seen.insert(format!("{:?}", values[0]));
+            Some(values[0].clone())
         }
-    }
-    for w in writers {
-        w.join().unwrap();
-    }
-    assert_eq!(
-        m.client().call(&[b"GET", b"counter"]).unwrap(),
-        bulk("1200")
+        _ => None,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(
+        GENEROUS,
+        "the follower to serve three transactions' states",
+        || {
+            assert!(
+                writers.iter().all(|w| !w.is_finished()),
+                "a writer stopped early"
+            );
+            // Many reads between two looks at the deadline: each is a
+            // chance to catch a torn state.
+            for _ in 0..50 {
+                if let Some(Reply::Bulk(Some(value))) = whole(&mut reader) {
+                    seen.insert(String::from_utf8_lossy(&value).into_owned());
+                }
+            }
+            if seen.len() >= 3 {
+                Ok(())
+            } else {
+                Err(seen.clone())
+            }
+        },
     );
-    assert!(seen.len() > 2, "the follower saw too few states: {seen:?}");
+    stop.store(true, Ordering::SeqCst);
+    let rounds: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    // Nothing lost on the master, and the follower converges to its final
+    // state, still whole on the way.
+    let mut c = m.client();
+    assert_eq!(
+        c.call(&[b"GET", b"counter"]).unwrap(),
+        bulk(&rounds.to_string())
+    );
+    let last = c.call(&[b"GET", b"t0"]).unwrap();
+    let counter = bulk(&rounds.to_string());
+    wait_for(
+        GENEROUS,
+        "the follower to reach the master's final state",
+        || {
+            let state = (
+                whole(&mut reader),
+                reader.call_raw(&[b"GET", b"counter"]).ok(),
+            );
+            if state == (Some(last.clone()), Some(counter.clone())) {
+                Ok(())
+            } else {
+                Err(state)
+            }
+        },
+    );
 }
 
 #[test]
@@ -247,7 +312,7 @@ fn a_follower_runs_read_transactions_and_refuses_writes_when_queued() {
         &["--poll-interval", "100ms"],
     );
     let mut c = f.client();
-    crate::util::wait_until(Duration::from_secs(60), "the follower applied", || {
+    wait_until(GENEROUS, "the follower applied", || {
         c.call(&[b"GET", b"k"]).ok() == Some(bulk("v"))
     });
     c.call(&[b"MULTI"]).unwrap();

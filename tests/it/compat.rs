@@ -6,21 +6,21 @@
 //!
 //! Four allowances, each for an answer that is not a function of the
 //! commands: replies to TTL, PTTL, EXPIRETIME and PEXPIRETIME of keys given
-//! a relative deadline may differ by the milliseconds between the two
-//! servers' clocks; KEYS and SCAN are compared as sets (Redis orders by
-//! hash, rkv by key); RANDOMKEY is compared by whether it found a key; and
+//! a relative deadline may differ by the moments between the two servers'
+//! runs of a command (a few seconds at most, on a busy machine); KEYS and
+//! SCAN are compared as sets (Redis orders by hash, rkv by key); RANDOMKEY is compared by whether it found a key; and
 //! Redis's DBSIZE counts expired keys it has not reclaimed yet, so rkv's
 //! is compared with the number of keys Redis's KEYS lists.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rkv::resp::Reply;
 
 use crate::rng::Rng;
-use crate::util::{rkv, wait_until, Daemon, Sandbox};
+use crate::util::{rkv, wait_until, Daemon, Sandbox, GENEROUS};
 
 /// A redis-server on a free loopback port, with no persistence; killed
 /// when dropped.
@@ -31,23 +31,9 @@ struct RedisServer {
 
 impl RedisServer {
     fn start(dir: &std::path::Path) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs the Debian package redis-server)");
-        wait_until(Duration::from_secs(20), "redis-server answers", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let dir = dir.display().to_string();
+        let (child, port) =
+            crate::redis::start_redis_server(&["--save", "", "--appendonly", "no", "--dir", &dir]);
         RedisServer { child, port }
     }
 }
@@ -215,12 +201,16 @@ fn command(rng: &mut Rng, far: u64) -> Vec<String> {
             c
         }
         7 => vec!["SETNX".into(), key(rng), value(rng)],
-        8 => vec![
-            rng.pick(&["SETEX", "PSETEX"]).into(),
-            key(rng),
-            rng.pick(&["100", "200000", "0", "-1", "x"]).into(),
-            value(rng),
-        ],
+        8 => {
+            // Seconds or milliseconds: either way 100 s and more.
+            let setex = rng.pick(&["SETEX", "PSETEX"]);
+            let ttl = rng.pick(&["100", "200000", "0", "-1", "x"]);
+            let ttl = match (setex, ttl) {
+                ("PSETEX", "100") => "100000",
+                _ => ttl,
+            };
+            vec![setex.into(), key(rng), ttl.into(), value(rng)]
+        }
         9 => {
             let mut c = vec!["GETEX".into(), key(rng)];
             match rng.below(3) {
@@ -292,12 +282,15 @@ fn command(rng: &mut Rng, far: u64) -> Vec<String> {
         }
         28 => vec!["TYPE".into(), key(rng)],
         29..=30 => {
-            let mut c = vec![
-                rng.pick(&["EXPIRE", "PEXPIRE"]).into(),
-                key(rng),
-                rng.pick(&["100", "100000", "0", "-10", "x", "9223372036854775807"])
-                    .into(),
-            ];
+            // Seconds or milliseconds: either way 100 s and more.
+            let expire = rng.pick(&["EXPIRE", "PEXPIRE"]);
+            let ttl = rng.pick(&["100", "100000", "0", "-10", "x", "9223372036854775807"]);
+            let ttl = match (expire, ttl) {
+                ("PEXPIRE", "100") => "100000",
+                ("PEXPIRE", "100000") => "100000000",
+                _ => ttl,
+            };
+            let mut c = vec![expire.into(), key(rng), ttl.into()];
             if rng.below(2) == 0 {
                 c.push(rng.pick(&["NX", "XX", "GT", "LT", "ZZ"]).into());
             }
@@ -479,7 +472,9 @@ fn compare(rkv: &Daemon, redis: &RedisServer, protocol: u8, seed: u64, count: us
         };
         match name.as_str() {
             "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" if got != want => {
-                let slack = if name.starts_with('P') { 1000 } else { 1 };
+                // The two servers run each command moments apart, and a
+                // busy machine may hold either one back for a while.
+                let slack = if name.starts_with('P') { 5000 } else { 5 };
                 let (x, y) = (integer(&got), integer(&want));
                 let close = matches!((x, y), (Some(x), Some(y)) if x >= 0 && y >= 0 && (x - y).abs() <= slack);
                 assert!(close, "{}", shown());
@@ -543,19 +538,41 @@ fn an_expired_key_is_gone_at_once_on_the_master_every_follower_and_the_cli() {
     let s = Sandbox::new();
     let (master, follower) = master_and_follower(&s);
     let mut m = master.client();
-    let set_at = std::time::Instant::now();
-    m.call(&[b"SET", b"gone", b"v", b"PX", b"4000"]).unwrap();
+    let stays_at = Instant::now();
     m.call(&[b"SET", b"stays", b"w", b"EX", b"1000"]).unwrap();
     m.call(&[b"SET", b"plain", b"p"]).unwrap();
     m.call(&[b"SAVE"]).unwrap();
     let mut f = follower.client();
-    wait_until(Duration::from_secs(60), "the follower applied", || {
+    wait_until(GENEROUS, "the follower applied", || {
         f.call(&[b"GET", b"plain"]).ok() == Some(Reply::bulk("p"))
     });
-    assert_eq!(f.call(&[b"GET", b"gone"]).unwrap(), Reply::bulk("v"));
+    // A key the follower serves until its deadline. (How long the backup
+    // takes to get there depends on the machine: when the deadline passed
+    // before it did, try again with a longer one.)
+    let (set_at, px) = [4_000, 16_000, 64_000]
+        .into_iter()
+        .find_map(|px: u64| {
+            let set_at = Instant::now();
+            let px = Duration::from_millis(px);
+            let ms = px.as_millis().to_string();
+            m.call(&[b"SET", b"gone", b"v", b"PX", ms.as_bytes()])
+                .unwrap();
+            m.call(&[b"SAVE"]).unwrap();
+            loop {
+                if f.call(&[b"GET", b"gone"]).unwrap() == Reply::bulk("v") {
+                    return Some((set_at, px));
+                }
+                if set_at.elapsed() >= px {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .expect("the follower never served the key before its deadline, even 64 s away");
     let ttl = f.call(&[b"TTL", b"stays"]).unwrap();
+    let low = 1000 - stays_at.elapsed().as_secs() as i64 - 1;
     assert!(
-        matches!(ttl, Reply::Integer(t) if (990..=1000).contains(&t)),
+        matches!(ttl, Reply::Integer(t) if (low..=1000).contains(&t)),
         "{ttl:?}"
     );
 
@@ -571,7 +588,7 @@ fn an_expired_key_is_gone_at_once_on_the_master_every_follower_and_the_cli() {
     assert!(scanned.contains("plain : p : never"), "{scanned}");
     assert!(scanned.contains("stays : w : 20"), "{scanned}");
 
-    std::thread::sleep(Duration::from_millis(4100).saturating_sub(set_at.elapsed()));
+    std::thread::sleep((px + Duration::from_millis(100)).saturating_sub(set_at.elapsed()));
     for (who, c) in [("master", &mut m), ("follower", &mut f)] {
         let ask = |c: &mut rkv::client::Client, args: &[&[u8]]| c.call(args).unwrap();
         assert_eq!(ask(c, &[b"GET", b"gone"]), Reply::Bulk(None), "{who}");
@@ -820,7 +837,17 @@ fn pipelined_writes_are_grouped_but_answer_in_order_as_redis_does() {
     };
     let got = answers(rkv.raw());
     let want = answers(TcpStream::connect(("127.0.0.1", redis.port)).unwrap());
-    assert_eq!(got, want);
+    for ((args, got), want) in script.iter().zip(&got).zip(&want) {
+        if args[0] == "TTL" && got != want {
+            // Seconds left, read moments apart: the one allowance.
+            let (x, y) = (integer(got.as_bytes()), integer(want.as_bytes()));
+            let close =
+                matches!((x, y), (Some(x), Some(y)) if x >= 0 && y >= 0 && (x - y).abs() <= 5);
+            assert!(close, "{args:?}: rkv {got:?}, redis {want:?}");
+        } else {
+            assert_eq!(got, want, "{args:?}");
+        }
+    }
 }
 
 #[test]
@@ -832,7 +859,7 @@ fn a_follower_answers_every_read_command_refuses_every_write_and_follows_a_flush
     m.call(&[b"SET", b"n", b"41"]).unwrap();
     m.call(&[b"SAVE"]).unwrap();
     let mut f = follower.client();
-    wait_until(Duration::from_secs(60), "the follower applied", || {
+    wait_until(GENEROUS, "the follower applied", || {
         f.call(&[b"GET", b"n"]).ok() == Some(Reply::bulk("41"))
     });
     let reads: &[&[&str]] = &[
@@ -890,7 +917,7 @@ fn a_follower_answers_every_read_command_refuses_every_write_and_follows_a_flush
     m.call(&[b"FLUSHALL", b"ASYNC"]).unwrap();
     m.call(&[b"SET", b"after", b"1"]).unwrap();
     m.call(&[b"SAVE"]).unwrap();
-    wait_until(Duration::from_secs(60), "the follower flushed", || {
+    wait_until(GENEROUS, "the follower flushed", || {
         f.call(&[b"GET", b"after"]).ok() == Some(Reply::bulk("1"))
     });
     assert_eq!(f.call(&[b"DBSIZE"]).unwrap(), Reply::Integer(1));

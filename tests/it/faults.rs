@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use rkv::resp::Reply;
 
 use crate::util::{
-    bulk, fill, get, incompressible, refused, run_bin, wait_until, Daemon, Sandbox, SLOW_RESTORE,
+    bulk, fill, get, incompressible, refused, run_bin, serves, wait_for, wait_until, Daemon,
+    Sandbox, GENEROUS, SLOW_RESTORE,
 };
-
-const GENEROUS: Duration = Duration::from_secs(60);
 
 fn set(d: &Daemon, key: &str, value: &str) -> Reply {
     d.client()
@@ -58,7 +57,7 @@ fn retention_shorter_than_a_restore_says_why_and_leaks_no_partial() {
     let started = Instant::now();
     let mut most_partials = 0;
     let mut n = 0;
-    while started.elapsed() < Duration::from_secs(60) {
+    while started.elapsed() < GENEROUS {
         set(&master, "tick", &n.to_string());
         n += 1;
         most_partials = most_partials.max(partials(&s.path("f1")));
@@ -128,9 +127,7 @@ fn a_new_follower_gets_everything(s: &Sandbox, master: &Daemon) {
         &s.path("f2"),
         &["--poll-interval", "100ms"],
     );
-    wait_until(GENEROUS, "the new follower caught up", || {
-        get(&f2, "after") == Some(bulk("damage"))
-    });
+    serves(&f2, "after", "damage");
     let mut c = f2.client();
     for batch in [0, 15, 31] {
         let key = format!("data:{batch:06}:07");
@@ -193,9 +190,7 @@ fn a_second_master_on_one_backup_dir_is_refused_and_a_take_over_is_explicit() {
         &["--poll-interval", "100ms"],
     );
     set(&a, "who", "a");
-    wait_until(GENEROUS, "a's data replicated", || {
-        get(&follower, "who") == Some(bulk("a"))
-    });
+    serves(&follower, "who", "a");
     let start_b = |extra: &[&str]| {
         let mut args = vec![
             "--db".to_string(),
@@ -238,9 +233,7 @@ fn a_second_master_on_one_backup_dir_is_refused_and_a_take_over_is_explicit() {
         &["--interval", "200ms", "--take-over"],
     );
     set(&b, "who", "b");
-    wait_until(GENEROUS, "the follower switched to b", || {
-        get(&follower, "who") == Some(bulk("b"))
-    });
+    serves(&follower, "who", "b");
     assert!(follower.log().contains("another database's backups"));
     assert_eq!(follower.info("rkv_lineage_change").as_deref(), Some(""));
     assert_eq!(follower.info("healthy").as_deref(), Some("1"));
@@ -276,9 +269,7 @@ fn a_replaced_backup_dir_makes_the_follower_rebootstrap_not_serve_old_data() {
         set(&master, "k", &format!("old{i}"));
         master.client().call(&[b"SAVE"]).unwrap();
     }
-    wait_until(GENEROUS, "backup 6 applied", || {
-        get(&follower, "k") == Some(bulk("old6"))
-    });
+    serves(&follower, "k", "old6");
     assert_eq!(master.stop(), Some(0));
 
     // The operator starts over: a new database at the same path, and a new
@@ -288,9 +279,7 @@ fn a_replaced_backup_dir_makes_the_follower_rebootstrap_not_serve_old_data() {
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
     set(&master, "k", "new1");
     master.client().call(&[b"SAVE"]).unwrap();
-    wait_until(GENEROUS, "the follower re-bootstrapped", || {
-        get(&follower, "k") == Some(bulk("new1"))
-    });
+    serves(&follower, "k", "new1");
     assert_eq!(follower.info_num("rkv_applied_backup_id"), 1);
     assert!(follower.log().contains("re-bootstrapping"));
     wait_until(GENEROUS, "healthy again", || {
@@ -342,21 +331,24 @@ fn staleness_holds_with_the_masters_clock_hours_off() {
             ],
         );
         set(&master, "k", "v");
-        wait_until(GENEROUS, "fresh data served", || {
-            get(&follower, "k") == Some(bulk("v"))
-        });
+        serves(&follower, "k", "v");
+        // Past the first heartbeats, the master's clock being off must not
+        // make fresh data look stale: healthy, and fresh by the bound.
+        // (A wait, not a reading: a busy machine may delay a heartbeat.)
         std::thread::sleep(Duration::from_secs(2));
-        assert_eq!(get(&follower, "k"), Some(bulk("v")), "clock {skew}");
-        assert_eq!(
-            follower.info("healthy").as_deref(),
-            Some("1"),
-            "clock {skew}"
-        );
-        let staleness = follower.info_num("rkv_staleness_ms");
-        assert!(
-            (0..3000).contains(&staleness),
-            "clock {skew}: {staleness} ms"
-        );
+        wait_for(GENEROUS, "fresh data served as healthy", || {
+            let seen = (
+                get(&follower, "k"),
+                follower.info("healthy"),
+                follower.info_num("rkv_staleness_ms"),
+            );
+            match &seen {
+                (Some(v), Some(h), ms) if *v == bulk("v") && h == "1" && (0..3000).contains(ms) => {
+                    Ok(())
+                }
+                _ => Err(format!("clock {skew}: {seen:?}")),
+            }
+        });
         let skew_ms = follower.info_num("rkv_master_clock_skew_ms");
         let expected = if skew.starts_with('+') {
             7_200_000
@@ -371,11 +363,18 @@ fn staleness_holds_with_the_masters_clock_hours_off() {
         master.kill();
         let died = Instant::now();
         wait_until(
-            Duration::from_secs(20),
+            GENEROUS,
             "stale reads refused",
             || matches!(get(&follower, "k"), Some(Reply::Error(e)) if e.starts_with("MASTERDOWN")),
         );
-        assert!(died.elapsed() > Duration::from_secs(2), "refused too early");
+        // Refused because the data is older than the bound, by the
+        // follower's own clock: neither early nor hours off.
+        let staleness = follower.info_num("rkv_staleness_ms");
+        let most = died.elapsed().as_millis() as i64 + 3000 + 60_000;
+        assert!(
+            (3000..most).contains(&staleness),
+            "clock {skew}: refused at a staleness of {staleness} ms"
+        );
     }
 }
 
@@ -459,16 +458,23 @@ fn a_stalled_backup_filesystem_does_not_block_info_or_save() {
     .unwrap();
     // SAFETY: mkfifo on a valid C string.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Two heartbeat periods for the heartbeat to stall on it; then INFO and
+    // SAVE must still answer (blocked behind it, they would wait forever).
     std::thread::sleep(Duration::from_secs(2));
-    let started = Instant::now();
-    assert!(master.info("rkv_backups_done").is_some());
-    set(&master, "k", "w");
-    assert_eq!(master.client().call(&[b"SAVE"]).unwrap(), Reply::ok());
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "INFO and SAVE waited {:?} on the stalled heartbeat",
-        started.elapsed()
-    );
+    let answered = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            assert!(master.info("rkv_backups_done").is_some());
+            set(&master, "k", "w");
+            master.client().call(&[b"SAVE"]).unwrap()
+        });
+        wait_until(
+            GENEROUS,
+            "INFO and SAVE to answer beside the stalled heartbeat",
+            || asking.is_finished(),
+        );
+        asking.join().unwrap()
+    });
+    assert_eq!(answered, Reply::ok());
     master.kill();
 }
 
@@ -496,15 +502,17 @@ fn an_idle_follower_stays_idle() {
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "1s"]);
     let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &[]);
     set(&master, "k", "v");
-    wait_until(GENEROUS, "replicated", || {
-        get(&follower, "k") == Some(bulk("v"))
-    });
+    serves(&follower, "k", "v");
+    // CPU time, not wall time: a busy machine delays the follower's polls
+    // but does not make them cost more. Idle, it needs well under 1% of a
+    // core; the bound (10%) leaves room for a loaded machine's cache misses
+    // and still catches a loop that spins.
     let before = follower.cpu_time();
     std::thread::sleep(Duration::from_secs(5));
     let used = follower.cpu_time() - before;
     eprintln!("an idle follower used {used:?} of CPU in 5 s");
     assert!(
-        used < Duration::from_millis(250),
+        used < Duration::from_millis(500),
         "an idle follower used {used:?} of CPU in 5 s"
     );
 }

@@ -10,6 +10,9 @@ mod master;
 mod metrics;
 mod netns;
 mod promote;
+// redis-server, the differential tests' peer.
+#[path = "../../bin/common/redis.rs"]
+mod redis;
 // The differential test's random source.
 #[path = "../../bin/common/rng.rs"]
 mod rng;

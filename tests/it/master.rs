@@ -7,9 +7,9 @@ use std::time::Duration;
 use rkv::backup::{BackupDir, BackupSource};
 use rkv::resp::Reply;
 
-use crate::util::{backup_flag, bulk, db_flag, refused, rkv, run_bin, wait_until, Daemon, Sandbox};
-
-const GENEROUS: Duration = Duration::from_secs(30);
+use crate::util::{
+    backup_flag, bulk, db_flag, refused, rkv, run_bin, wait_until, Daemon, Sandbox, GENEROUS,
+};
 
 fn backups(s: &Sandbox) -> Vec<rkv::backup::BackupInfo> {
     BackupDir::new(s.path("backups")).list().unwrap_or_default()

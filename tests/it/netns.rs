@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use crate::moto::Moto;
 use crate::s3::{store_env, url, BUCKET};
-use crate::util::{bulk, fill, get, refused_with_env, wait_until, Daemon, Sandbox};
-
-const GENEROUS: Duration = Duration::from_secs(90);
+use crate::util::{bulk, fill, get, refused_with_env, serves, Daemon, Sandbox};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -197,9 +195,7 @@ fn separate_hosts_replicate_catch_up_after_a_cut_link_and_fence_a_second_master(
     fill(&m, "base", 4);
     m.client().call(&[b"SET", b"k", b"1"]).unwrap();
     for f in [&f1, &f2] {
-        wait_until(GENEROUS, "k=1 on both followers", || {
-            get(f, "k") == Some(bulk("1"))
-        });
+        serves(f, "k", "1");
     }
 
     // Cut follower 1 off for several intervals while the master writes.
@@ -210,9 +206,7 @@ fn separate_hosts_replicate_catch_up_after_a_cut_link_and_fence_a_second_master(
             .unwrap();
         std::thread::sleep(Duration::from_millis(1100));
     }
-    wait_until(GENEROUS, "k=6 on the connected follower", || {
-        get(&f2, "k") == Some(bulk("6"))
-    });
+    serves(&f2, "k", "6");
     assert_eq!(
         get(&f1, "k"),
         Some(bulk("1")),
@@ -222,9 +216,7 @@ fn separate_hosts_replicate_catch_up_after_a_cut_link_and_fence_a_second_master(
     let before = moto.requests().len();
 
     ip(&["-n", &f1_ns, "link", "set", &f1_dev, "up"]);
-    wait_until(GENEROUS, "k=6 on the reconnected follower", || {
-        get(&f1, "k") == Some(bulk("6"))
-    });
+    serves(&f1, "k", "6");
     // Incremental: only what changed while it was away came over the link
     // (the restore into its generation may still copy more, when the
     // master compacted meanwhile).

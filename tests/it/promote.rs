@@ -5,13 +5,12 @@
 //! and the old master is refused if it comes back.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rkv::resp::Reply;
 
-use crate::util::{backup_flag, bulk, db_flag, get, refused, rkv, wait_until, Daemon, Sandbox};
-
-const GENEROUS: Duration = Duration::from_secs(60);
+use crate::util::{
+    backup_flag, bulk, db_flag, get, refused, rkv, serves, wait_until, Daemon, Sandbox, GENEROUS,
+};
 
 fn set(d: &Daemon, key: &str, value: &str) -> Reply {
     d.client()
@@ -20,9 +19,7 @@ fn set(d: &Daemon, key: &str, value: &str) -> Reply {
 }
 
 fn follows(follower: &Daemon, value: &str) {
-    wait_until(GENEROUS, &format!("the follower serves {value}"), || {
-        get(follower, "k") == Some(bulk(value))
-    });
+    serves(follower, "k", value);
 }
 
 /// `rkv --db=DB promote --data=DATA --backup_dir=BACKUPS EXTRA…`.

@@ -146,11 +146,9 @@ fn install_stages_the_tree_idempotently_and_uninstalls() {
 fn smoke_test_fails_with_one_clear_line_when_a_follower_is_down() {
     let s = Sandbox::new();
     let tmp = s.root().display().to_string();
-    let env = [
-        ("SMOKE_BREAK", "stop-follower2"),
-        ("SMOKE_BOUND", "3"),
-        ("TMPDIR", tmp.as_str()),
-    ];
+    // The default bound: a stopped follower fails its check at once, and a
+    // busy machine gets the time it needs for the steps before.
+    let env = [("SMOKE_BREAK", "stop-follower2"), ("TMPDIR", tmp.as_str())];
     let (ok, log) = run("smoke.sh", &[], &env);
     assert!(!ok, "the smoke test passed with a follower stopped:\n{log}");
     let fail: Vec<&str> = log.lines().filter(|l| l.contains("FAIL:")).collect();

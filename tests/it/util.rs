@@ -125,17 +125,49 @@ pub fn backup_flag(path: &Path) -> String {
     format!("--backup_dir={}", path.display())
 }
 
+/// How long a test waits for a state it needs before failing: long enough
+/// for a 2-core machine busy with other work (a healthy run needs seconds;
+/// only a real failure waits this out).
+pub const GENEROUS: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Polls `check` every 50 ms until it holds; panics after `timeout`.
 #[track_caller]
 pub fn wait_until(timeout: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    wait_for(timeout, what, || check().then_some(()).ok_or("not yet"));
+}
+
+/// Polls `observe` every 50 ms until it returns `Ok`, and returns that;
+/// after `timeout`, panics with the last thing it saw instead (the `Err`).
+#[track_caller]
+pub fn wait_for<T, E: std::fmt::Debug>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut observe: impl FnMut() -> Result<T, E>,
+) -> T {
     let deadline = std::time::Instant::now() + timeout;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    loop {
+        match observe() {
+            Ok(done) => return done,
+            Err(seen) if std::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen:?}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
     }
+}
+
+/// Waits until `d` answers `GET key` with `value`; fails after
+/// [`GENEROUS`] with what it answered instead.
+#[track_caller]
+pub fn serves(d: &Daemon, key: &str, value: &str) {
+    wait_for(
+        GENEROUS,
+        &format!("GET {key} to answer {value:?}"),
+        || match get(d, key) {
+            Some(reply) if reply == bulk(value) => Ok(()),
+            other => Err(other),
+        },
+    );
 }
 
 /// A daemon started for a test; killed when dropped.
@@ -269,11 +301,10 @@ impl Daemon {
             .spawn()
             .unwrap();
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + GENEROUS;
         // The daemon writes its addresses once it listens. (An exited child
         // is a zombie until reaped, so its exit is checked here too.)
-        let file =
-            rkv::daemon::DaemonFile::wait_for(dir, child.id(), std::time::Duration::from_secs(30));
+        let file = rkv::daemon::DaemonFile::wait_for(dir, child.id(), GENEROUS);
         let Some(addr) = file.and_then(|f| f.tcp_addr()) else {
             match child.try_wait().unwrap() {
                 Some(status) => panic!("daemon exited early ({status}):\n{}", log_text()),
