@@ -8,9 +8,10 @@
 //! commands: replies to TTL, PTTL, EXPIRETIME and PEXPIRETIME of keys given
 //! a relative deadline may differ by the moments between the two servers'
 //! runs of a command (a few seconds at most, on a busy machine); KEYS and
-//! SCAN are compared as sets (Redis orders by hash, rkv by key); RANDOMKEY is compared by whether it found a key; and
-//! Redis's DBSIZE counts expired keys it has not reclaimed yet, so rkv's
-//! is compared with the number of keys Redis's KEYS lists.
+//! SCAN are compared as sets (Redis orders by hash, rkv by key); RANDOMKEY
+//! is compared by whether it found a key; and Redis's DBSIZE counts expired
+//! keys it has not reclaimed yet, so rkv's is compared with the number of
+//! keys Redis's KEYS lists.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

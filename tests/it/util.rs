@@ -170,6 +170,28 @@ pub fn serves(d: &Daemon, key: &str, value: &str) {
     );
 }
 
+/// Waits until follower `d` serves `key` as `value`, healthy, with a
+/// staleness under `bound_ms`; fails after [`GENEROUS`] with what it saw.
+/// (A wait, not one reading: a busy machine may hold back a heartbeat.)
+#[track_caller]
+pub fn serves_fresh(d: &Daemon, key: &str, value: &str, bound_ms: i64) {
+    wait_for(GENEROUS, "fresh data served as healthy", || {
+        let seen = (
+            get(d, key),
+            d.info("healthy"),
+            d.info_num("rkv_staleness_ms"),
+        );
+        match &seen {
+            (Some(v), Some(h), ms)
+                if *v == bulk(value) && h == "1" && (0..bound_ms).contains(ms) =>
+            {
+                Ok(())
+            }
+            _ => Err(seen),
+        }
+    });
+}
+
 /// A daemon started for a test; killed when dropped.
 pub struct Daemon {
     child: Option<std::process::Child>,
