@@ -5,9 +5,13 @@ It forwards every request as it is, so that a test can cut the store off
 (kill the proxy) and bring it back (start it again on the same port) while
 the objects stay on the server behind it; with --drop-conditions it also
 removes If-None-Match and If-Match from writes, to play a store gateway
-that ignores conditional writes.
+that ignores conditional writes; with --lose-replies N it forwards the first
+N conditional writes of an object named `latest` and then drops the
+connection instead of replying, as a network that loses the reply after the
+store applied the write (each loss is said on stderr).
 
 Usage: s3-proxy.py --port PORT --upstream HOST:PORT [--drop-conditions]
+                   [--lose-replies N]
 Prints "listening on PORT" once it accepts connections.
 """
 
@@ -15,6 +19,7 @@ import argparse
 import http.client
 import http.server
 import sys
+import threading
 
 
 def main():
@@ -22,8 +27,22 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--drop-conditions", action="store_true")
+    parser.add_argument("--lose-replies", type=int, default=0)
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
+    to_lose = [args.lose_replies]
+    lock = threading.Lock()
+
+    def lose(command, path, headers):
+        """Whether to lose the reply to this request (counting it)."""
+        conditional = any(n.lower() in ("if-match", "if-none-match") for n in headers)
+        if command != "PUT" or not conditional or not path.split("?")[0].endswith("/latest"):
+            return False
+        with lock:
+            if to_lose[0] <= 0:
+                return False
+            to_lose[0] -= 1
+            return True
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -40,6 +59,17 @@ def main():
             upstream.request(self.command, self.path, body=body, headers=headers)
             reply = upstream.getresponse()
             data = reply.read()
+            if lose(self.command, self.path, headers):
+                # The store applied it; the client never hears so.
+                print(
+                    f"s3-proxy: lost the reply to PUT {self.path} ({reply.status})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                upstream.close()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             self.send_response(reply.status)
             for name, value in reply.getheaders():
                 if name.lower() not in ("content-length", "transfer-encoding", "connection"):

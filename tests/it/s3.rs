@@ -510,6 +510,46 @@ fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
     );
 }
 
+#[test]
+fn a_lost_reply_to_a_conditional_write_of_latest_does_not_fence_the_master() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    // The store applies the first three conditional writes of `latest`,
+    // and their replies are lost: each retried write finds the master's
+    // own version, not another master's.
+    let proxy = Proxy::start(&moto, 0, &["--lose-replies", "3"]);
+    let m = master(
+        &s,
+        "db",
+        &proxy.endpoint(),
+        "lost",
+        &["--interval", "200ms"],
+    );
+    let f = follower(&s, "f", &moto.endpoint(), "lost");
+    for i in 0..5 {
+        set(&m, "k", &i.to_string());
+        serves(&f, "k", &i.to_string());
+    }
+    let latest = format!("/{BUCKET}/lost/latest");
+    let refused = moto
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path == latest && r.status == 412)
+        .count();
+    assert!(
+        refused >= 1,
+        "no conditional write was refused: {:?}",
+        moto.requests()
+    );
+    assert_eq!(m.info("rkv_owns_backup_dir").as_deref(), Some("1"));
+    assert_eq!(m.info("rkv_fenced_by").as_deref(), Some(""));
+    assert!(
+        !m.log().contains("another master writes there"),
+        "{}",
+        m.log()
+    );
+}
+
 /// `rkv --db=new promote --data=chosen --backup_dir=s3://…/prod EXTRA…`.
 fn promote_chosen(s: &Sandbox, endpoint: &str, extra: &[&str]) -> std::process::Output {
     Command::new(crate::util::rkv_bin())

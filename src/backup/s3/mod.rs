@@ -416,42 +416,78 @@ impl S3Store {
     }
 
     /// Replaces `latest` with `next`, only if it is still the version this
-    /// store last saw; otherwise this master is fenced from now on.
+    /// store last saw; when another writer replaced it, this master is
+    /// fenced from now on.
+    ///
+    /// A refused condition is not yet another writer: when the store
+    /// applied this very write and its reply was lost, the client's retry
+    /// (or this master's next write, after an error whose outcome was
+    /// unknown) finds this master's own version. So what the store holds is
+    /// read back first: this write, landed, is a success; an earlier write
+    /// of this same run (its token) is written against once more; only
+    /// another writer's version fences. A failed read back is an error to
+    /// try again later, never a fence.
     fn commit(&self, next: Latest) -> Result<()> {
-        let etag = self.state().latest.as_ref().map(|(_, etag)| etag.clone());
-        let body = serde_json::to_vec(&next).expect("Latest serializes");
-        let mode = match etag {
-            Some(etag) => Mode::Replace(etag),
-            None => Mode::Create,
-        };
-        match self.bucket.put(LATEST, Bytes::from(body), mode)? {
-            Put::Written(etag) => {
-                let mut state = self.state();
-                state.latest = Some((next, etag));
-                state.fetched_at = Some(Instant::now());
-                Ok(())
-            }
-            Put::Refused => {
-                // `latest` is read again, so a caller that may try again
-                // (rkv promote's hand-over) writes against its new version.
-                let seen = self.refresh(true).ok().flatten();
-                let by = seen
-                    .and_then(|l| l.heartbeat)
-                    .map(|h| h.owner())
-                    .unwrap_or_else(|| "another writer".to_string());
-                if self.role != Role::Master {
-                    return Err(Error::Fenced { by });
+        let token = |l: &Latest| l.heartbeat.as_ref().and_then(|h| h.token.clone());
+        let ours = token(&next);
+        for _ in 0..2 {
+            let etag = self.state().latest.as_ref().map(|(_, etag)| etag.clone());
+            let body = serde_json::to_vec(&next).expect("Latest serializes");
+            let mode = match etag {
+                Some(etag) => Mode::Replace(etag),
+                None => Mode::Create,
+            };
+            match self.bucket.put(LATEST, Bytes::from(body), mode)? {
+                Put::Written(etag) => {
+                    let mut state = self.state();
+                    state.latest = Some((next, etag));
+                    state.fetched_at = Some(Instant::now());
+                    return Ok(());
                 }
-                tracing::error!(
-                    other = %by,
-                    "{LATEST} in {} changed behind this master: another master writes there. \
-                     This master stops publishing",
-                    self.location()
-                );
-                self.state().fenced_by = Some(by.clone());
-                Err(Error::Fenced { by })
+                Put::Refused => {
+                    // Read again (with its new ETag), so that a caller that
+                    // tries again writes against the version now there.
+                    let seen = self.refresh(true)?;
+                    if seen.as_ref() == Some(&next) {
+                        tracing::info!(
+                            "{LATEST} in {} already holds this write: its reply was lost",
+                            self.location()
+                        );
+                        return Ok(());
+                    }
+                    if ours.is_some() && seen.as_ref().and_then(token) == ours {
+                        // This run's own earlier write, which landed
+                        // although its reply said otherwise: once more.
+                        continue;
+                    }
+                    let by = seen
+                        .and_then(|l| l.heartbeat)
+                        .map(|h| h.owner())
+                        .unwrap_or_else(|| "another writer".to_string());
+                    return Err(self.fenced(by));
+                }
             }
         }
+        Err(Error::Store {
+            location: self.bucket.url(),
+            context: format!("write {LATEST}"),
+            detail: "it changed between this master's own writes; will try again".into(),
+        })
+    }
+
+    /// Records that another writer replaced `latest`: a master stops
+    /// publishing from now on.
+    fn fenced(&self, by: String) -> Error {
+        if self.role == Role::Master {
+            tracing::error!(
+                other = %by,
+                "{LATEST} in {} changed behind this master: another master writes there. \
+                 This master stops publishing",
+                self.location()
+            );
+            self.state().fenced_by = Some(by.clone());
+        }
+        Error::Fenced { by }
     }
 
     fn check_fenced(&self) -> Result<()> {
