@@ -60,6 +60,9 @@ pub struct Follower {
     /// once no reader holds their database.
     retired: Mutex<Vec<Arc<Generation>>>,
     state: Mutex<ApplyState>,
+    /// One poll at a time: a poll lets go of `state` while it waits on the
+    /// store, so that INFO and reads never wait on a request.
+    polling: Mutex<()>,
     max_staleness: Option<Duration>,
     stale_reads: StaleReads,
     /// Shared by every generation: the SST files a new generation shares
@@ -151,6 +154,7 @@ impl Follower {
             max_open_files,
             epoch: Instant::now(),
             reads_refused_stale: AtomicU64::new(0),
+            polling: Mutex::new(()),
         };
         let current = follower.data.current();
         if let Some((id, path)) = &current {
@@ -227,6 +231,7 @@ impl Follower {
     /// One step: apply the newest complete backup if it is newer than the
     /// one served, or if it is of another database than the one served.
     pub fn poll(&self) -> PollOutcome {
+        let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
         let serving = self.serving.load_full();
         let serving_id = serving.as_ref().map(|g| g.backup.id);
         let heartbeat = self.store.read_heartbeat();
@@ -293,21 +298,24 @@ impl Follower {
             return PollOutcome::UpToDate;
         }
         // The newest backup RocksDB can load; a newer one it cannot is
-        // skipped, and said.
+        // skipped, and said. (The store is asked without the state lock:
+        // INFO and reads take it, and a request may hang.)
         let newest = backups.last().cloned();
-        if newest.as_ref().is_none_or(|b| b.id < newest_id)
-            && state.skipped != Some(newest_id)
-            && self.store.contains(newest_id)
-        {
-            let detail = self
-                .store
-                .find_damage(newest_id)
-                .unwrap_or_else(|| "RocksDB cannot load it".to_string());
-            let message = format!("backup {newest_id} skipped: {detail}");
-            tracing::error!(backup_id = newest_id, detail = %detail, "skipping a backup that cannot be loaded");
-            state.failures.record("skipped");
-            state.skipped = Some(newest_id);
-            state.last_error = Some(message);
+        if newest.as_ref().is_none_or(|b| b.id < newest_id) && state.skipped != Some(newest_id) {
+            drop(state);
+            let damage = self.store.contains(newest_id).then(|| {
+                self.store
+                    .find_damage(newest_id)
+                    .unwrap_or_else(|| "RocksDB cannot load it".to_string())
+            });
+            state = self.state();
+            if let Some(detail) = damage {
+                let message = format!("backup {newest_id} skipped: {detail}");
+                tracing::error!(backup_id = newest_id, detail = %detail, "skipping a backup that cannot be loaded");
+                state.failures.record("skipped");
+                state.skipped = Some(newest_id);
+                state.last_error = Some(message);
+            }
         }
         let Some(newest) = newest else {
             return PollOutcome::UpToDate;
@@ -351,6 +359,11 @@ impl Follower {
 
         let started = Instant::now();
         let result = self.apply(&newest, lineage_change.is_some());
+        // Gone from a store that is still there: purged. (Asked before the
+        // state lock is taken again, as above.)
+        let purged = result.is_err()
+            && !self.store.contains(newest.id)
+            && self.store.newest_id().is_ok_and(|n| n.is_some());
         let mut state = self.state();
         state.applying = false;
         match result {
@@ -378,9 +391,6 @@ impl Follower {
                 PollOutcome::Applied(stats)
             }
             Err(e) => {
-                // Gone from a directory that is still there: purged.
-                let purged = !self.store.contains(newest.id)
-                    && self.store.newest_id().is_ok_and(|n| n.is_some());
                 let e = match e {
                     _ if purged => Error::BackupPurged {
                         id: newest.id,

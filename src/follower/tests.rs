@@ -361,13 +361,16 @@ fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
 
 /// A source with faults on demand, around a real directory: its restore
 /// fails, or the backup is purged between the list and the restore, or
-/// the whole store goes away.
+/// the whole store goes away, or `contains` hangs (as a request to a hung
+/// store) while a test holds `hang`.
 struct FaultySource {
     inner: BackupDir,
     fail_restore: std::sync::atomic::AtomicBool,
     purge_on_restore: std::sync::atomic::AtomicBool,
     purged: Mutex<Vec<u32>>,
     gone: std::sync::atomic::AtomicBool,
+    hang: Mutex<()>,
+    asked: std::sync::atomic::AtomicBool,
 }
 
 impl FaultySource {
@@ -378,6 +381,8 @@ impl FaultySource {
             purge_on_restore: Default::default(),
             purged: Mutex::new(Vec::new()),
             gone: Default::default(),
+            hang: Mutex::new(()),
+            asked: Default::default(),
         })
     }
 
@@ -415,6 +420,8 @@ impl BackupSource for Arc<FaultySource> {
         self.inner.newest_id()
     }
     fn contains(&self, id: u32) -> bool {
+        FaultySource::set(&self.asked, true);
+        drop(self.hang.lock().unwrap());
         !self.purged.lock().unwrap().contains(&id) && self.inner.contains(id)
     }
     fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
@@ -488,6 +495,47 @@ fn a_source_whose_restore_fails_keeps_the_old_data_and_no_partial() {
     assert!(matches!(f.poll(), PollOutcome::Applied(_)));
     assert_eq!(get(&f, b"k").as_deref(), Some(&b"2"[..]));
     assert_eq!(f.state().last_error, None);
+}
+
+#[test]
+fn a_hung_store_holds_up_neither_reads_nor_status_after_a_failed_apply() {
+    let s = setup();
+    let (f, source) = faulty_follower(&s);
+    backup(&s, b"1");
+    assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+    backup(&s, b"2");
+    FaultySource::set(&source.fail_restore, true);
+    // The apply fails; the follower then asks the store whether the backup
+    // was purged, and that request hangs.
+    let hung = source.hang.lock().unwrap();
+    let answered = std::thread::scope(|scope| {
+        let polling = scope.spawn(|| f.poll());
+        let asked = wait(|| source.asked.load(std::sync::atomic::Ordering::SeqCst));
+        // Meanwhile a client reads and asks for INFO.
+        let client = scope.spawn(|| (get(&f, b"k"), f.status(), f.healthy()));
+        let answered = asked && wait(|| client.is_finished());
+        drop(hung);
+        assert!(matches!(polling.join().unwrap(), PollOutcome::Failed(_)));
+        assert!(asked, "the failed apply never asked the store");
+        answered.then(|| client.join().unwrap())
+    });
+    let Some((read, _, healthy)) = answered else {
+        panic!("a read and INFO waited on a hung store request")
+    };
+    assert_eq!(read.as_deref(), Some(&b"1"[..]));
+    assert!(healthy);
+}
+
+/// Polls `check` until it holds (true) or a generous minute passes (false).
+fn wait(check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 #[test]
