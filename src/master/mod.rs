@@ -214,18 +214,28 @@ impl Master {
         match self.store.read_heartbeat() {
             Some(h) if h.token.as_ref().is_some_and(|t| *t != token) => {
                 let by = h.owner();
-                tracing::error!(
-                    other = %by,
-                    "another master took over the backup directory {}: this master stops \
-                     backing up and refuses writes, which would never reach a follower",
-                    self.store.location()
-                );
-                self.fenced.store(true, Ordering::SeqCst);
-                self.state().fenced_by = Some(by.clone());
+                self.fence(&by);
                 Err(by)
             }
             _ => Ok(()),
         }
+    }
+
+    /// Another master holds the backup directory: from now on this one
+    /// takes no backup and refuses writes, which would never reach a
+    /// follower. The one owner of that state (the write path, INFO,
+    /// /metrics and /healthz read it), whichever step found out: the
+    /// heartbeat read here, or the store refusing a write of this master's.
+    fn fence(&self, by: &str) {
+        if !self.fenced.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                other = %by,
+                "another master took over the backup directory {}: this master stops \
+                 backing up and refuses writes, which would never reach a follower",
+                self.store.location()
+            );
+        }
+        self.state().fenced_by = Some(by.to_string());
     }
 
     /// One step of the loop: back up if the database changed since the
@@ -264,6 +274,9 @@ impl Master {
                 .store
                 .remove_damaged(&[damage])
                 .and_then(|()| self.store.create(&self.db, &self.identity.label));
+        }
+        if let Err(Error::Fenced { by }) = &result {
+            self.fence(by);
         }
         let mut state = self.state();
         state.in_progress = false;
@@ -415,6 +428,9 @@ impl Master {
         }
         let heartbeat = self.new_heartbeat(self.token());
         let result = self.store.write_heartbeat(&heartbeat);
+        if let Err(Error::Fenced { by }) = &result {
+            self.fence(by);
+        }
         let mut state = self.state();
         match result {
             Ok(()) => {

@@ -83,3 +83,142 @@ fn a_failed_backup_is_counted_and_retried() {
     std::fs::remove_file(tmp.path().join("backups")).unwrap();
     assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
 }
+
+/// A store that another master has taken over, as an object store finds
+/// out: its writes are refused (`Error::Fenced`, after reading back the
+/// other master's token), while reads of its heartbeat keep failing, so
+/// the master's own look at the heartbeat cannot tell. Around a real
+/// directory.
+struct TakenOver {
+    inner: BackupDir,
+    taken: AtomicBool,
+}
+
+impl TakenOver {
+    fn refuse(&self) -> Result<()> {
+        match self.taken.load(Ordering::SeqCst) {
+            true => Err(Error::Fenced {
+                by: "other:/db (pid 7)".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
+impl backup::BackupSource for Arc<TakenOver> {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn list(&self) -> Result<Vec<backup::BackupInfo>> {
+        self.inner.list()
+    }
+    fn newest_id(&self) -> Result<Option<u32>> {
+        self.inner.newest_id()
+    }
+    fn contains(&self, id: u32) -> bool {
+        self.inner.contains(id)
+    }
+    fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.inner.files(ids)
+    }
+    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
+        self.inner.verify(id, meter)
+    }
+    fn find_damage(&self, id: u32) -> Option<String> {
+        self.inner.find_damage(id)
+    }
+    fn restore(
+        &self,
+        id: Option<u32>,
+        dest: &Path,
+        mode: backup::RestoreMode,
+    ) -> Result<backup::RestoreStats> {
+        self.inner.restore(id, dest, mode)
+    }
+    fn read_heartbeat(&self) -> Option<backup::Heartbeat> {
+        // Reads fail once it is taken over: the refusal alone tells.
+        match self.taken.load(Ordering::SeqCst) {
+            true => None,
+            false => self.inner.read_heartbeat(),
+        }
+    }
+    fn watch_paths(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+}
+
+impl BackupSink for Arc<TakenOver> {
+    fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
+        self.refuse()?;
+        self.inner.create(db, master)
+    }
+    fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>> {
+        self.inner.purge(retention, now)
+    }
+    fn write_heartbeat(&self, heartbeat: &backup::Heartbeat) -> Result<()> {
+        self.refuse()?;
+        self.inner.write_heartbeat(heartbeat)
+    }
+    fn lock_for_master(&self) -> Result<Option<std::fs::File>> {
+        Ok(None)
+    }
+    fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
+        self.inner.scrub(cursor, budget)
+    }
+    fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
+        self.inner.remove_damaged(damage)
+    }
+    fn drop_incomplete(&self) -> Result<Vec<u32>> {
+        self.inner.drop_incomplete()
+    }
+}
+
+#[test]
+fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
+    for refused_by in ["heartbeat", "backup"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(TakenOver {
+            inner: BackupDir::new(tmp.path().join("backups")),
+            taken: AtomicBool::new(false),
+        });
+        let retention = Retention {
+            keep: 2,
+            keep_within: Duration::ZERO,
+        };
+        let m = Master::open(
+            &tmp.path().join("db"),
+            Arc::clone(&store),
+            retention,
+            false,
+            None,
+        )
+        .unwrap();
+        m.claim(false).unwrap();
+        m.db().put(b"k", b"v").unwrap();
+        assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
+        assert!(m.writer().is_ok());
+
+        store.taken.store(true, Ordering::SeqCst);
+        m.db().put(b"k", b"w").unwrap();
+        match refused_by {
+            "heartbeat" => m.heartbeat(),
+            _ => assert!(matches!(m.backup_step(), StepOutcome::Failed(_))),
+        }
+        // Writes refused, and every report says who holds the directory.
+        let Err(crate::server::Refusal::Fenced { by }) = m.writer() else {
+            panic!("{refused_by}: a fenced master took a write")
+        };
+        assert!(by.contains("other:/db"), "{refused_by}: {by}");
+        let crate::status::DaemonStatus::Master(status) = m.status() else {
+            panic!()
+        };
+        assert!(
+            status
+                .fenced_by
+                .as_deref()
+                .is_some_and(|b| b.contains("other:/db")),
+            "{refused_by}: {status:?}"
+        );
+        assert!(m.status_line().starts_with("FENCED"), "{}", m.status_line());
+    }
+}
