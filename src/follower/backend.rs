@@ -43,7 +43,7 @@ impl Backend for Follower {
         let master = meta.map(|m| m.master.clone()).unwrap_or_default();
         Role::Replica {
             master_host: master.split(':').next().unwrap_or_default().to_string(),
-            connected: self.state().last_poll_ok && serving.is_some(),
+            connected: self.link(&self.state()).0 && serving.is_some(),
             offset: meta.map_or(0, |m| m.seq),
         }
     }
@@ -65,11 +65,12 @@ impl Backend for Follower {
 
     fn status(&self) -> DaemonStatus {
         let state = self.state().clone();
+        let (link_up, last_error) = self.link(&state);
         let serving = self.serving.load_full();
         let meta = serving.as_ref().and_then(|g| g.backup.metadata.clone());
         DaemonStatus::Follower(FollowerStatus {
             master: meta.as_ref().map(|m| m.master.clone()).unwrap_or_default(),
-            link_up: state.last_poll_ok,
+            link_up,
             last_poll_ago: state.last_poll.map(|t| t.elapsed()),
             applying: state.applying,
             backup_dir: self.store.location(),
@@ -92,7 +93,7 @@ impl Backend for Follower {
             durations: state.durations.clone(),
             copied: state.copied,
             reads_refused_stale: self.reads_refused_stale.load(Ordering::Relaxed),
-            last_error: state.last_error.clone(),
+            last_error,
             max_staleness: self.max_staleness,
             stale_reads: self.stale_reads.as_str(),
             healthy: self.healthy(),

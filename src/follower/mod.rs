@@ -63,6 +63,9 @@ pub struct Follower {
     /// One poll at a time: a poll lets go of `state` while it waits on the
     /// store, so that INFO and reads never wait on a request.
     polling: Mutex<()>,
+    /// How long a poll may wait on the store's answer before the link is
+    /// reported down (a hung request is not a healthy link).
+    link_timeout: Duration,
     max_staleness: Option<Duration>,
     stale_reads: StaleReads,
     /// Shared by every generation: the SST files a new generation shares
@@ -104,7 +107,14 @@ struct ApplyState {
     /// replaced, or another database took it over), until the follower has
     /// re-bootstrapped from it.
     lineage_change: Option<String>,
+    /// When the poll in progress started asking the store what it holds
+    /// (heartbeat, newest backup), until it has the answer.
+    asking_since: Option<Instant>,
 }
+
+/// How long a poll may wait on the store before the link counts as down,
+/// unless [`Follower::with_link_timeout`] says otherwise.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one poll did.
 #[derive(Debug)]
@@ -155,6 +165,7 @@ impl Follower {
             epoch: Instant::now(),
             reads_refused_stale: AtomicU64::new(0),
             polling: Mutex::new(()),
+            link_timeout: LINK_TIMEOUT,
         };
         let current = follower.data.current();
         if let Some((id, path)) = &current {
@@ -228,10 +239,41 @@ impl Follower {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Reports the link down when a poll has waited on the store for
+    /// longer than `timeout` (the daemon passes a few poll intervals).
+    pub fn with_link_timeout(mut self, timeout: Duration) -> Follower {
+        self.link_timeout = timeout;
+        self
+    }
+
+    /// How long the poll in progress has waited on the store, once that is
+    /// past the link timeout: a hung store, reported as a down link.
+    fn store_hung(&self, state: &ApplyState) -> Option<Duration> {
+        let waited = state.asking_since?.elapsed();
+        (waited > self.link_timeout).then_some(waited)
+    }
+
+    /// Whether the store answers, and what INFO's last error says: a store
+    /// that has not answered the poll in progress comes first.
+    fn link(&self, state: &ApplyState) -> (bool, Option<String>) {
+        match self.store_hung(state) {
+            Some(waited) => (
+                false,
+                Some(format!(
+                    "the backup store {} has not answered for {} s; still serving",
+                    self.store.location(),
+                    waited.as_secs()
+                )),
+            ),
+            None => (state.last_poll_ok, state.last_error.clone()),
+        }
+    }
+
     /// One step: apply the newest complete backup if it is newer than the
     /// one served, or if it is of another database than the one served.
     pub fn poll(&self) -> PollOutcome {
         let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
+        self.state().asking_since = Some(Instant::now());
         let serving = self.serving.load_full();
         let serving_id = serving.as_ref().map(|g| g.backup.id);
         let heartbeat = self.store.read_heartbeat();
@@ -255,6 +297,7 @@ impl Follower {
             _ => Ok((newest, Vec::new())),
         });
         let mut state = self.state();
+        state.asking_since = None;
         state.last_poll = Some(read_at);
         if let Some(heartbeat) = heartbeat {
             self.observe_heartbeat(&mut state, heartbeat, read_at);

@@ -37,14 +37,19 @@ fn open(
     data: DataDir,
     store: impl BackupSource + 'static,
 ) -> anyhow::Result<Follower> {
-    Follower::open(
+    let follower = Follower::open(
         store,
         data,
         config.max_staleness,
         config.stale_reads,
         Some(BlockCache::new(config.cache_size)),
     )
-    .with_context(|| format!("open the data directory {}", config.data.display()))
+    .with_context(|| format!("open the data directory {}", config.data.display()))?;
+    // A poll that has waited on the store for three intervals (at least a
+    // few seconds) is a down link, said at once, not after the request's
+    // own timeout.
+    let timeout = (config.poll_interval * 3).max(Duration::from_secs(3));
+    Ok(follower.with_link_timeout(timeout))
 }
 
 /// Runs the follower until SIGTERM/SIGINT.

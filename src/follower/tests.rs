@@ -361,8 +361,8 @@ fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
 
 /// A source with faults on demand, around a real directory: its restore
 /// fails, or the backup is purged between the list and the restore, or
-/// the whole store goes away, or `contains` hangs (as a request to a hung
-/// store) while a test holds `hang`.
+/// the whole store goes away, or `contains` (`newest_id`) hangs, as a
+/// request to a hung store, while a test holds `hang` (`hang_newest`).
 struct FaultySource {
     inner: BackupDir,
     fail_restore: std::sync::atomic::AtomicBool,
@@ -371,6 +371,7 @@ struct FaultySource {
     gone: std::sync::atomic::AtomicBool,
     hang: Mutex<()>,
     asked: std::sync::atomic::AtomicBool,
+    hang_newest: Mutex<()>,
 }
 
 impl FaultySource {
@@ -383,6 +384,7 @@ impl FaultySource {
             gone: Default::default(),
             hang: Mutex::new(()),
             asked: Default::default(),
+            hang_newest: Mutex::new(()),
         })
     }
 
@@ -414,6 +416,7 @@ impl BackupSource for Arc<FaultySource> {
             .collect())
     }
     fn newest_id(&self) -> Result<Option<u32>> {
+        drop(self.hang_newest.lock().unwrap());
         if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(self.missing());
         }
@@ -524,6 +527,38 @@ fn a_hung_store_holds_up_neither_reads_nor_status_after_a_failed_apply() {
     };
     assert_eq!(read.as_deref(), Some(&b"1"[..]));
     assert!(healthy);
+}
+
+#[test]
+fn a_store_that_does_not_answer_is_a_down_link_at_once() {
+    let s = setup();
+    let (f, source) = faulty_follower(&s);
+    let f = f.with_link_timeout(Duration::from_millis(200));
+    let link = |f: &Follower| match f.status() {
+        crate::status::DaemonStatus::Follower(status) => (status.link_up, status.last_error),
+        other => panic!("{other:?}"),
+    };
+    backup(&s, b"1");
+    assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+    assert_eq!(link(&f), (true, None));
+    // The next poll's request hangs: past the link timeout the link is
+    // down and INFO says why, while the request still hangs.
+    let hung = source.hang_newest.lock().unwrap();
+    let reported = std::thread::scope(|scope| {
+        let polling = scope.spawn(|| f.poll());
+        let reported = wait(|| {
+            let (up, error) = link(&f);
+            !up && error.is_some_and(|e| e.contains("has not answered"))
+        });
+        drop(hung);
+        polling.join().unwrap();
+        reported
+    });
+    assert!(reported, "a hung store was reported as a healthy link");
+    // Answered again: up.
+    assert!(matches!(f.poll(), PollOutcome::UpToDate));
+    assert_eq!(link(&f), (true, None));
+    assert_eq!(get(&f, b"k").as_deref(), Some(&b"1"[..]));
 }
 
 /// Polls `check` until it holds (true) or a generous minute passes (false).
