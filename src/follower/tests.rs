@@ -479,14 +479,21 @@ fn backup(s: &Setup, value: &[u8]) {
     s.back_up(b"k", value);
 }
 
+/// A follower serving backup 1, with backup 2 in the store and the
+/// source's restores failing.
+fn with_a_failing_apply(s: &Setup) -> (Follower, Arc<FaultySource>) {
+    let (f, source) = faulty_follower(s);
+    backup(s, b"1");
+    assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+    backup(s, b"2");
+    FaultySource::set(&source.fail_restore, true);
+    (f, source)
+}
+
 #[test]
 fn a_source_whose_restore_fails_keeps_the_old_data_and_no_partial() {
     let s = setup();
-    let (f, source) = faulty_follower(&s);
-    backup(&s, b"1");
-    assert!(matches!(f.poll(), PollOutcome::Applied(_)));
-    backup(&s, b"2");
-    FaultySource::set(&source.fail_restore, true);
+    let (f, source) = with_a_failing_apply(&s);
     let PollOutcome::Failed(Error::Io { .. }) = f.poll() else {
         panic!("the restore failed")
     };
@@ -503,11 +510,7 @@ fn a_source_whose_restore_fails_keeps_the_old_data_and_no_partial() {
 #[test]
 fn a_hung_store_holds_up_neither_reads_nor_status_after_a_failed_apply() {
     let s = setup();
-    let (f, source) = faulty_follower(&s);
-    backup(&s, b"1");
-    assert!(matches!(f.poll(), PollOutcome::Applied(_)));
-    backup(&s, b"2");
-    FaultySource::set(&source.fail_restore, true);
+    let (f, source) = with_a_failing_apply(&s);
     // The apply fails; the follower then asks the store whether the backup
     // was purged, and that request hangs.
     let hung = source.hang.lock().unwrap();
