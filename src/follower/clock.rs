@@ -11,10 +11,13 @@ use crate::backup::Heartbeat;
 /// The master's clock as this follower sees it, learnt from heartbeats.
 ///
 /// A heartbeat that changed between two reads was written after the
-/// first, so its timestamp `M` read at monotonic time `L` gives the offset
-/// `M - L`, below the true one by at most the read's delay. The highest of
-/// the recent samples converts the master's timestamps to this host's
-/// clock: staleness then holds whatever the skew between the hosts, and a
+/// first of them: its timestamp `M`, with `P` the monotonic time of that
+/// earlier read, gives the offset `M - P`, at or above the true one (by at
+/// most the time between the two reads). The highest of the recent
+/// samples converts the master's timestamps to this host's clock, so
+/// staleness is never below the truth, whatever the skew between the hosts
+/// and across a clock stepped either way: it errs on the stale side, by a
+/// poll interval, or by an apply when one came between the reads, and a
 /// stepped clock ages out of the window.
 #[derive(Debug, Default, Clone)]
 pub(super) struct MasterClock {
@@ -31,8 +34,9 @@ impl MasterClock {
         self.samples.push_back(offset_ms);
     }
 
-    /// The master's clock minus this follower's monotonic clock, in ms;
-    /// `None` until a heartbeat was seen to change.
+    /// The master's clock minus this follower's monotonic clock, in ms,
+    /// never below the true offset (see [`MasterClock`]); `None` until a
+    /// heartbeat was seen to change.
     pub(super) fn offset(&self) -> Option<i64> {
         self.samples.iter().copied().max()
     }
@@ -53,6 +57,7 @@ impl Follower {
         heartbeat: Heartbeat,
         read_at: Instant,
     ) {
+        let previous_read = state.heartbeat_read_at.replace(read_at);
         if state.heartbeat.as_ref() == Some(&heartbeat) {
             return;
         }
@@ -62,11 +67,14 @@ impl Follower {
             .and_then(|g| g.lineage())
             .is_none_or(|l| l == heartbeat.lineage());
         // The first heartbeat read may be hours old: only a change tells
-        // when one was written.
-        if state.heartbeat.is_some() && same_lineage {
-            state
-                .clock
-                .sample(heartbeat.ms as i64 - self.mono_ms(read_at));
+        // when one was written, and then only that it was after the read
+        // before.
+        if let Some(previous_read) = previous_read.filter(|_| state.heartbeat.is_some()) {
+            if same_lineage {
+                state
+                    .clock
+                    .sample(heartbeat.ms as i64 - self.mono_ms(previous_read));
+            }
         }
         state.heartbeat_changed = Some(read_at);
         state.heartbeat = Some(heartbeat);

@@ -98,6 +98,9 @@ struct ApplyState {
     /// The master's newest heartbeat, and when it was seen to change.
     heartbeat: Option<Heartbeat>,
     heartbeat_changed: Option<Instant>,
+    /// The last read that returned `heartbeat`: a changed heartbeat was
+    /// written after it.
+    heartbeat_read_at: Option<Instant>,
     clock: MasterClock,
     /// Restores in a row that lost the race to the master's purge.
     purge_races: u32,

@@ -310,6 +310,34 @@ fn a_replaced_backup_directory_is_re_bootstrapped() {
 }
 
 #[test]
+fn staleness_is_never_below_the_true_age_of_the_data() {
+    let s = setup();
+    let f = follower(&s);
+    let id = s.back_up(b"k", b"v");
+    let seq = s.master.latest_sequence_number();
+    s.store
+        .write_heartbeat(&heartbeat(&s, crate::backup::now_ms(), seq))
+        .unwrap();
+    assert!(matches!(f.poll(), PollOutcome::Applied(ref a) if a.id == id));
+    f.poll();
+    // A heartbeat (on this host's clock: no skew) read a while after it was
+    // written, as when a poll comes late or after an apply: the data is at
+    // least that old, and the follower must not say younger.
+    let written = crate::backup::now_ms();
+    s.store
+        .write_heartbeat(&heartbeat(&s, written, seq))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f.poll();
+    let true_age = crate::backup::now_ms() - written;
+    let said = f.staleness().unwrap().as_millis() as u64;
+    assert!(
+        said >= true_age,
+        "staleness {said} ms, below the data's true age of {true_age} ms"
+    );
+}
+
+#[test]
 fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
     let s = setup();
     let f = bounded_follower(&s, Duration::from_secs(3));
