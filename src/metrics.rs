@@ -47,6 +47,12 @@ pub fn health(status: &DaemonStatus) -> Result<(), String> {
     match status {
         DaemonStatus::Master(m) => match (&m.fenced_by, &m.db_error) {
             (Some(by), _) => Err(format!("fenced: {by} took the backup directory over")),
+            (None, _) if m.lease_expired => Err(format!(
+                "writes refused: the lease on the backup store is not renewed for {:.1} s \
+                 (--lease-term {})",
+                m.lease_renewed_ago.unwrap_or_default().as_secs_f64(),
+                humantime::format_duration(m.lease_term.unwrap_or_default())
+            )),
             (None, Some(e)) => Err(format!("the database refuses writes: {e}")),
             (None, None) => Ok(()),
         },
@@ -341,6 +347,12 @@ fn master(x: &mut Exposition, m: &MasterStatus) {
         "master_owns_backup_dir",
         "1 while this master holds the backup directory, 0 once another took it over.",
         if m.fenced_by.is_none() { 1.0 } else { 0.0 },
+    );
+    x.gauge(
+        "master_lease_held",
+        "1 while the lease on the backup store is renewed within its term, 0 while it is not \
+         (writes are refused).",
+        if m.lease_expired { 0.0 } else { 1.0 },
     );
     x.gauge(
         "master_db_writable",
@@ -712,6 +724,9 @@ mod tests {
             backup_dir: "/b".into(),
             db_error: None,
             fenced_by: None,
+            lease_term: Some(Duration::from_secs(10)),
+            lease_renewed_ago: Some(Duration::from_millis(400)),
+            lease_expired: false,
             scrub_files_checked: 0,
             scrub_bytes_checked: 0,
             damaged_found: 0,

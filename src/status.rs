@@ -154,6 +154,13 @@ pub struct MasterStatus {
     pub db_error: Option<String>,
     /// Who took the backup directory over, when another master did.
     pub fenced_by: Option<String>,
+    /// The lease's term (`--lease-term`), once the store is claimed.
+    pub lease_term: Option<Duration>,
+    /// Time since the lease was last renewed (since the claim, before the
+    /// first renewal).
+    pub lease_renewed_ago: Option<Duration>,
+    /// Not renewed within its term: writes are refused until it is.
+    pub lease_expired: bool,
     /// Files and bytes the rolling scrub checked since start.
     pub scrub_files_checked: u64,
     /// Bytes the rolling scrub read since start.

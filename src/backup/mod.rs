@@ -324,6 +324,11 @@ pub struct Heartbeat {
     /// restores keep losing the race to the purge says what to raise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_within_ms: Option<u64>,
+    /// The master's `--lease-term`, in milliseconds: cut off from the store
+    /// for that long, it acknowledges no write, and a promotion waits that
+    /// long after it last saw the heartbeat change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_term_ms: Option<u64>,
     /// Masters (`<host>:<db path>`) that a promotion replaced: each refuses
     /// to start on this store (their databases lack what the new master
     /// wrote), unless given `--take-over`. Every heartbeat carries the list

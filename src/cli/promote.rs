@@ -10,7 +10,9 @@
 //! 2. with a backup directory: its master is not running (its lease is not
 //!    renewed for [`LEASE_TIMEOUT`](crate::master::lease::LEASE_TIMEOUT)),
 //!    and it holds no backup of this database newer than the generation
-//!    (promoting would lose the writes in between);
+//!    (promoting would lose the writes in between); then the old master's
+//!    lease term is waited out, after which a master still running cut off
+//!    from the store acknowledges no write;
 //! 3. the generation is copied into a new directory beside the target (SST
 //!    files hard-linked where the filesystem allows: RocksDB never changes
 //!    them), opened read-write, and renamed into place;
@@ -180,7 +182,57 @@ fn check_store(
         (None, _) => emit(out, "checked:  no master has written a heartbeat there")?,
     }
     check_newer_backups(store.store.as_ref(), info, req)?;
+    wait_out_term(&held, info, out)?;
     Ok(held)
+}
+
+/// Waits until the old master's lease term has run out since its heartbeat
+/// was last seen to change: from then on, even if it still runs cut off
+/// from the store, it acknowledges no write, so the promotion drops none
+/// it acknowledges later. Says what the promoted database lacks.
+fn wait_out_term(
+    held: &lease::Holder,
+    info: &BackupInfo,
+    out: &mut dyn io::Write,
+) -> Result<(), CliError> {
+    let Some(heartbeat) = held.heartbeat.as_ref().filter(|_| !held.live) else {
+        return Ok(());
+    };
+    let left = held.term_left();
+    let lacks = format!(
+        "writes it acknowledged after backup {} (created {}) are not in the promoted database",
+        info.id,
+        humantime::format_rfc3339_seconds(info.created())
+    );
+    match heartbeat.lease_term_ms {
+        Some(term) if !left.is_zero() => {
+            emit(
+                out,
+                &format!(
+                    "waiting:  {:.1} s for the old master's lease term ({}) to run out: if it \
+                     still runs cut off from the backup store, it acknowledges no write after \
+                     that; {lacks}",
+                    left.as_secs_f64(),
+                    humantime::format_duration(std::time::Duration::from_millis(term))
+                ),
+            )?;
+            std::thread::sleep(left);
+        }
+        Some(_) => emit(
+            out,
+            &format!("checked:  the old master's lease term has run out; {lacks}"),
+        )?,
+        None if !heartbeat.handover => emit(
+            out,
+            &format!(
+                "warning:  the old master's heartbeat carries no lease term (an rkv-master from \
+                 before terms): if it still runs cut off from the backup store, it may go on \
+                 acknowledging writes this promotion drops; {lacks}"
+            ),
+        )?,
+        None => {}
+    }
+    Ok(())
 }
 
 /// Copies `generation` beside `db`, checks the copy opens read-write and

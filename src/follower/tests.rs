@@ -168,6 +168,7 @@ fn heartbeat(s: &Setup, ms: u64, seq: u64) -> Heartbeat {
         token: Some("token".into()),
         pid: None,
         keep_within_ms: None,
+        lease_term_ms: None,
         superseded: Vec::new(),
         handover: false,
     }

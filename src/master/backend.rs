@@ -27,6 +27,9 @@ impl Backend for Master {
             let by = self.state().fenced_by.clone().unwrap_or_default();
             return Err(Refusal::Fenced { by });
         }
+        if let Some((since, term)) = self.check_term() {
+            return Err(Refusal::LeaseExpired { since, term });
+        }
         Ok(Arc::clone(&self.db))
     }
 
@@ -103,6 +106,9 @@ impl Backend for Master {
             backup_dir: self.store.location(),
             db_error: state.db_error.clone(),
             fenced_by: state.fenced_by.clone(),
+            lease_term: self.lease.get().map(|l| l.term()),
+            lease_renewed_ago: self.lease.get().map(|l| l.since_renewal()),
+            lease_expired: self.lease_expired().is_some(),
             scrub_files_checked: state.scrub.files_checked,
             scrub_bytes_checked: state.scrub.bytes_checked,
             damaged_found: state.damaged_found,

@@ -11,6 +11,8 @@ use crate::backup::{BackupLocation, Retention, StoreArgs};
 use crate::daemon::{self, ServerArgs};
 use crate::server::{ListenAddr, ServerConfig};
 
+use super::lease::LEASE_TERM_FLOOR;
+
 const AFTER_HELP: &str = "\
 Every flag can also be set with the environment variable named in brackets.
 
@@ -95,6 +97,15 @@ pub struct MasterArgs {
     #[arg(long = "take-over", env = "RKV_TAKE_OVER")]
     pub take_over: bool,
 
+    /// The lease's term: a master that could not renew its heartbeat in the
+    /// backup store for this long (cut off from it) answers writes with
+    /// -READONLY until it can, and `rkv promote` waits this long after the
+    /// heartbeat last changed. So a promotion never drops writes a master
+    /// acknowledged while cut off past its term. At least 3s; longer rides
+    /// out a slower store, shorter makes promotions quicker.
+    #[arg(long = "lease-term", env = "RKV_LEASE_TERM", default_value = "10s", value_parser = daemon::parse_duration)]
+    pub lease_term: Duration,
+
     /// Where to listen: HOST:PORT or unix:/path; repeat for several
     /// (comma-separated in the environment variable).
     #[arg(
@@ -142,6 +153,8 @@ pub struct MasterConfig {
     pub scrub_interval: Duration,
     /// Take over a directory of another database's backups.
     pub take_over: bool,
+    /// The lease's term.
+    pub lease_term: Duration,
     /// fsync every write.
     pub sync_writes: bool,
     /// Final backup at exit.
@@ -204,6 +217,14 @@ impl MasterArgs {
                 humantime::format_duration(KEEP_WITHIN_FLOOR)
             ));
         }
+        if self.lease_term < LEASE_TERM_FLOOR {
+            return Err(format!(
+                "--lease-term {} is too short: one slow heartbeat would stop writes; it must be \
+                 at least {}",
+                humantime::format_duration(self.lease_term),
+                humantime::format_duration(LEASE_TERM_FLOOR)
+            ));
+        }
         let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
             db: self.db,
@@ -213,6 +234,7 @@ impl MasterArgs {
             interval: self.interval,
             scrub_interval: self.scrub_interval,
             take_over: self.take_over,
+            lease_term: self.lease_term,
             retention: Retention {
                 keep: self.keep as usize,
                 keep_within,
@@ -258,6 +280,7 @@ mod tests {
             vec!["127.0.0.1:6380".parse::<ListenAddr>().unwrap()]
         );
         assert!(config.backup_on_exit && !config.sync_writes);
+        assert_eq!(config.lease_term, Duration::from_secs(10));
     }
 
     #[test]
@@ -318,6 +341,8 @@ mod tests {
         let short = args(&["--keep-within", "0"]).validate().unwrap_err();
         assert!(short.contains("at least 10s"), "{short}");
         assert!(args(&["--keep-within", "10s"]).validate().is_ok());
+        let term = args(&["--lease-term", "1s"]).validate().unwrap_err();
+        assert!(term.contains("at least 3s"), "{term}");
     }
 
     #[test]

@@ -22,8 +22,18 @@
 //!
 //! Once running, the master checks the token before each backup and at
 //! each heartbeat; finding another's, it stops backing up (it is fenced).
+//!
+//! The lease has a term (`--lease-term`, which every heartbeat carries): a
+//! master that has not renewed it within its term (cut off from the store)
+//! acknowledges no write until it renews ([`Term`]), and a promotion waits
+//! out the term after it last saw the heartbeat change
+//! ([`Holder::term_left`]). So a promotion never drops what a master cut
+//! off from the store acknowledged after its term ran out: a master cut off
+//! loses at most the writes of its last term, as a master whose host died
+//! loses those after its last backup.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backup::{AppMetadata, BackupInfo, BackupSink, BackupSource, Heartbeat};
@@ -32,6 +42,79 @@ use crate::error::{Error, Result};
 /// How long a claim watches another master's heartbeat for a change: three
 /// heartbeat periods, so a live master renews at least twice meanwhile.
 pub const LEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `--lease-term` when not given: long enough to ride out a slow store
+/// (a publish of many seconds holds the heartbeat back), short enough that
+/// a promotion does not wait long.
+pub const DEFAULT_LEASE_TERM: Duration = Duration::from_secs(10);
+
+/// The shortest `--lease-term`: three heartbeat periods, so one slow
+/// heartbeat does not stop writes.
+pub const LEASE_TERM_FLOOR: Duration = Duration::from_secs(3);
+
+/// What a promotion waits beyond the old master's term: the writes that
+/// master checked its lease for just before the term ran out, still in
+/// flight, land meanwhile.
+pub const TERM_MARGIN: Duration = Duration::from_secs(1);
+
+/// The lease as the write path reads it: whether this run of the master
+/// renewed its heartbeat within its term. Lock-free, since every write
+/// asks.
+#[derive(Debug)]
+pub struct Term {
+    term: Duration,
+    epoch: Instant,
+    /// When the newest renewal that landed was sent, in milliseconds after
+    /// `epoch`; `u64::MAX` before the first.
+    renewed_ms: AtomicU64,
+}
+
+impl Term {
+    /// A lease of `term`, not renewed yet: writes wait for the first
+    /// heartbeat that lands.
+    pub fn new(term: Duration) -> Term {
+        Term {
+            term,
+            epoch: Instant::now(),
+            renewed_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The term.
+    pub fn term(&self) -> Duration {
+        self.term
+    }
+
+    /// A heartbeat sent at `sent` landed. Counted from when it was sent, not
+    /// when its reply came: the store may have applied it at once, and a
+    /// promotion measures from what it saw there.
+    pub fn renewed(&self, sent: Instant) {
+        let ms = sent.saturating_duration_since(self.epoch).as_millis() as u64;
+        let _ = self
+            .renewed_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                (old == u64::MAX || ms > old).then_some(ms)
+            });
+    }
+
+    /// Time since the newest renewal was sent (since the lease was made,
+    /// before the first).
+    pub fn since_renewal(&self) -> Duration {
+        let now = self.epoch.elapsed();
+        match self.renewed_ms.load(Ordering::SeqCst) {
+            u64::MAX => now,
+            ms => now.saturating_sub(Duration::from_millis(ms)),
+        }
+    }
+
+    /// `Some(time since the newest renewal)` once that is past the term:
+    /// the master must acknowledge no write.
+    pub fn expired(&self) -> Option<Duration> {
+        let since = self.since_renewal();
+        let never = self.renewed_ms.load(Ordering::SeqCst) == u64::MAX;
+        (never || since > self.term).then_some(since)
+    }
+}
 
 /// Who a master is: what its backups and heartbeats say of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,20 +283,42 @@ pub struct Holder {
     pub heartbeat: Option<Heartbeat>,
     /// Whether a master renewed it while watched: it is running.
     pub live: bool,
+    /// When the check first read the heartbeat: the master renewed it last
+    /// before then.
+    pub read_at: Instant,
+}
+
+impl Holder {
+    /// How long a promotion must still wait for the master's term to run
+    /// out (plus [`TERM_MARGIN`]), counted from when the heartbeat was
+    /// first read: from then on, a master cut off from the store
+    /// acknowledges no write. Zero for a heartbeat without a term (a master
+    /// from before terms, or a hand-over) or a live master.
+    pub fn term_left(&self) -> Duration {
+        match self.heartbeat.as_ref().and_then(|h| h.lease_term_ms) {
+            Some(ms) if !self.live => {
+                (Duration::from_millis(ms) + TERM_MARGIN).saturating_sub(self.read_at.elapsed())
+            }
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// Watches the store's heartbeat for [`LEASE_TIMEOUT`]: whether a master
 /// holds the store, for a promotion to check before it copies anything.
 pub fn check_free(store: &dyn BackupSource) -> Holder {
+    let read_at = Instant::now();
     let heartbeat = store.read_heartbeat();
     match heartbeat.as_ref().and_then(|seen| renewed(store, seen)) {
         Some(now) => Holder {
             heartbeat: Some(now),
             live: true,
+            read_at,
         },
         None => Holder {
             heartbeat,
             live: false,
+            read_at,
         },
     }
 }
@@ -262,6 +367,7 @@ pub fn hand_over(
         token: Some(new_token("promote")),
         pid: None,
         keep_within_ms: last.and_then(|h| h.keep_within_ms),
+        lease_term_ms: None,
         superseded,
         handover: true,
     };
@@ -407,6 +513,7 @@ mod tests {
             token: Some("t".into()),
             pid: Some(1),
             keep_within_ms: None,
+            lease_term_ms: None,
             superseded: Vec::new(),
             handover: false,
         };
@@ -449,6 +556,7 @@ mod tests {
                 token: Some("old-run".into()),
                 pid: Some(1),
                 keep_within_ms: Some(60_000),
+                lease_term_ms: Some(10_000),
                 superseded: vec!["h:/older".into()],
                 handover: false,
             })
@@ -493,6 +601,7 @@ mod tests {
             token: Some(format!("{master}-run")),
             pid: Some(1),
             keep_within_ms: None,
+            lease_term_ms: None,
             superseded: Vec::new(),
             handover: false,
         };

@@ -12,7 +12,7 @@ mod run;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::status::{Copied, Durations, Failures};
 
 pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
-use lease::{Claim, Identity};
+use lease::{Claim, Identity, Term};
 pub use run::{main, run};
 
 /// How often the heartbeat (and lease) is rewritten.
@@ -45,6 +45,12 @@ pub struct Master {
     /// Another master took the backup directory: no more backups, and
     /// writes are refused (they would never reach a follower).
     fenced: AtomicBool,
+    /// The lease's term, once claimed: past it without a renewal (cut off
+    /// from the store), writes are refused, since a promotion may replace
+    /// this master without them.
+    lease: OnceLock<Term>,
+    /// The lease ran out and the log said so; cleared when it is renewed.
+    lease_expired_noted: AtomicBool,
     /// Serialises backup steps, whoever runs them (the loop, the final
     /// backup at exit, a test): a mutex is a guarantee, a comment a wish.
     step_lock: Mutex<()>,
@@ -150,15 +156,18 @@ impl Master {
             changed: Condvar::new(),
             claim: Mutex::new(None),
             fenced: AtomicBool::new(false),
+            lease: OnceLock::new(),
+            lease_expired_noted: AtomicBool::new(false),
             step_lock: Mutex::new(()),
         })
     }
 
-    /// Claims the backup directory (see [`lease`]) and writes the first
-    /// heartbeat; `take_over` allows a directory whose newest backup is of
-    /// another database. Until it is called the master backs up unfenced,
-    /// as a test or a one-off tool may.
-    pub fn claim(&self, take_over: bool) -> Result<()> {
+    /// Claims the backup directory (see [`lease`]) with a lease of `term`
+    /// and writes the first heartbeat; `take_over` allows a directory whose
+    /// newest backup is of another database. Until it is called the master
+    /// backs up unfenced and takes writes without a lease, as a test or a
+    /// one-off tool may; after, writes wait for a heartbeat to land.
+    pub fn claim(&self, take_over: bool, term: Duration) -> Result<()> {
         let newest = match self.store.list() {
             Ok(backups) => backups.last().cloned(),
             Err(Error::BackupDirMissing { .. } | Error::NoBackups { .. }) => None,
@@ -170,12 +179,10 @@ impl Master {
             newest.as_ref(),
             take_over,
         )?;
-        let token = claim.token.clone();
         *self.held_claim() = Some(claim);
-        match self.store.write_heartbeat(&self.new_heartbeat(Some(token))) {
-            Ok(()) => self.state().last_heartbeat = Some(Instant::now()),
-            Err(e) => tracing::warn!(error = %e, "cannot write the first heartbeat"),
-        }
+        let _ = self.lease.set(Term::new(term));
+        // Over whatever heartbeat is there: the claim checked it.
+        self.renew();
         Ok(())
     }
 
@@ -407,6 +414,7 @@ impl Master {
             token,
             pid: Some(std::process::id()),
             keep_within_ms: Some(self.retention.keep_within.as_millis() as u64),
+            lease_term_ms: self.lease.get().map(|l| l.term().as_millis() as u64),
             superseded: self
                 .held_claim()
                 .as_ref()
@@ -423,13 +431,24 @@ impl Master {
     /// the directory's state.
     pub fn heartbeat(&self) {
         self.check_db_recovered();
+        self.check_term();
         if self.fenced.load(Ordering::SeqCst) || self.check_lease().is_err() {
             return;
         }
+        self.renew();
+    }
+
+    /// Writes the heartbeat: a renewal of the lease when it lands.
+    fn renew(&self) {
         let heartbeat = self.new_heartbeat(self.token());
+        let sent = Instant::now();
         let result = self.store.write_heartbeat(&heartbeat);
         if let Err(Error::Fenced { by }) = &result {
             self.fence(by);
+        }
+        if let (Ok(()), Some(lease)) = (&result, self.lease.get()) {
+            lease.renewed(sent);
+            self.check_term();
         }
         let mut state = self.state();
         match result {
@@ -443,6 +462,42 @@ impl Master {
             }
             Err(_) => {}
         }
+    }
+
+    /// `Some((time since the lease was renewed, its term))` while it is
+    /// past its term: writes are refused until a heartbeat lands.
+    pub fn lease_expired(&self) -> Option<(Duration, Duration)> {
+        let lease = self.lease.get()?;
+        lease.expired().map(|since| (since, lease.term()))
+    }
+
+    /// Says in the log when the lease runs out (writes are refused from
+    /// then on) and when it is renewed (accepted again). Asked by the
+    /// heartbeat and by each refused write, so the log says it at once
+    /// even while the heartbeat waits on a store that does not answer.
+    pub(crate) fn check_term(&self) -> Option<(Duration, Duration)> {
+        let expired = self.lease_expired();
+        let noted = self.lease_expired_noted.load(Ordering::Relaxed);
+        match expired {
+            Some((since, term)) if !noted => {
+                if self.lease_expired_noted.swap(true, Ordering::SeqCst) {
+                    return expired;
+                }
+                tracing::error!(
+                    "the lease on the backup store {} was not renewed for {:.1} s (its term, \
+                     --lease-term, is {}): this master acknowledges no write until a heartbeat \
+                     lands, since a promotion may replace it without them",
+                    self.store.location(),
+                    since.as_secs_f64(),
+                    humantime::format_duration(term)
+                );
+            }
+            None if noted && self.lease_expired_noted.swap(false, Ordering::SeqCst) => {
+                tracing::info!("the lease is renewed: this master accepts writes again");
+            }
+            _ => {}
+        }
+        expired
     }
 
     /// Says in the log and INFO when the database refuses writes (a full
@@ -604,6 +659,12 @@ impl Master {
         let state = self.state();
         if let Some(by) = &state.fenced_by {
             return format!("FENCED: {by} took over the backup directory");
+        }
+        if let Some((since, _)) = self.lease_expired() {
+            return format!(
+                "READ-ONLY: the lease on the backup store is not renewed for {:.0} s",
+                since.as_secs_f64()
+            );
         }
         if state.db_error.is_some() {
             return "READ-ONLY: the database refuses writes (see the log)".to_string();

@@ -53,7 +53,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
             open(&config, &cache, store)?
         }
     };
-    master.claim(config.take_over)?;
+    master.claim(config.take_over, config.lease_term)?;
     let master = Arc::new(master);
     // Before the server: the loop decides what the start-up backup holds.
     let backup_loop = master.start_loop(config.interval, config.scrub_interval);

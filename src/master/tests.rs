@@ -87,15 +87,33 @@ fn a_failed_backup_is_counted_and_retried() {
 /// A store that another master has taken over, as an object store finds
 /// out: its writes are refused (`Error::Fenced`, after reading back the
 /// other master's token), while reads of its heartbeat keep failing, so
-/// the master's own look at the heartbeat cannot tell. Around a real
-/// directory.
+/// the master's own look at the heartbeat cannot tell. Or one the master
+/// is cut off from (`cut`): every write fails, nothing says why. Around a
+/// real directory.
 struct TakenOver {
     inner: BackupDir,
     taken: AtomicBool,
+    cut: AtomicBool,
 }
 
 impl TakenOver {
+    fn new(dir: &Path) -> Arc<TakenOver> {
+        std::fs::create_dir_all(dir).unwrap();
+        Arc::new(TakenOver {
+            inner: BackupDir::new(dir),
+            taken: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+        })
+    }
+
     fn refuse(&self) -> Result<()> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(Error::Store {
+                location: "s3://bucket/cut".into(),
+                context: "write latest".into(),
+                detail: "connection timed out".into(),
+            });
+        }
         match self.taken.load(Ordering::SeqCst) {
             true => Err(Error::Fenced {
                 by: "other:/db (pid 7)".into(),
@@ -177,10 +195,7 @@ impl BackupSink for Arc<TakenOver> {
 fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
     for refused_by in ["heartbeat", "backup"] {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Arc::new(TakenOver {
-            inner: BackupDir::new(tmp.path().join("backups")),
-            taken: AtomicBool::new(false),
-        });
+        let store = TakenOver::new(&tmp.path().join("backups"));
         let retention = Retention {
             keep: 2,
             keep_within: Duration::ZERO,
@@ -193,7 +208,7 @@ fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
             None,
         )
         .unwrap();
-        m.claim(false).unwrap();
+        m.claim(false, Duration::from_secs(10)).unwrap();
         m.db().put(b"k", b"v").unwrap();
         assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
         assert!(m.writer().is_ok());
@@ -221,4 +236,67 @@ fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
         );
         assert!(m.status_line().starts_with("FENCED"), "{}", m.status_line());
     }
+}
+
+#[test]
+fn a_master_cut_off_from_the_store_past_its_term_refuses_writes_until_it_renews() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TakenOver::new(&tmp.path().join("backups"));
+    let retention = Retention {
+        keep: 2,
+        keep_within: Duration::ZERO,
+    };
+    let m = Master::open(
+        &tmp.path().join("db"),
+        Arc::clone(&store),
+        retention,
+        false,
+        None,
+    )
+    .unwrap();
+    let term = Duration::from_millis(300);
+    m.claim(false, term).unwrap();
+    assert!(m.writer().is_ok(), "the first heartbeat landed");
+    assert_eq!(
+        m.store.read_heartbeat().and_then(|h| h.lease_term_ms),
+        Some(300),
+        "the heartbeat carries the term, for a promotion to wait out"
+    );
+
+    store.cut.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
+    // Heartbeats fail from now on; writes go on within the term, and stop
+    // once it has passed since the last renewal.
+    let refused = loop {
+        m.heartbeat();
+        match m.writer() {
+            Ok(_) => assert!(
+                cut_at.elapsed() < Duration::from_secs(120),
+                "writes still taken long after the term: {:?}",
+                m.lease_expired()
+            ),
+            Err(refusal) => break refusal,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let crate::server::Refusal::LeaseExpired { since, term: said } = refused else {
+        panic!("refused for another reason: {refused:?}")
+    };
+    assert!(since > term && said == term, "{since:?} {said:?}");
+    let crate::status::DaemonStatus::Master(status) = m.status() else {
+        panic!()
+    };
+    assert!(status.lease_expired && status.lease_term == Some(term));
+    assert!(crate::metrics::health(&m.status()).is_err());
+    assert!(
+        m.status_line().starts_with("READ-ONLY"),
+        "{}",
+        m.status_line()
+    );
+
+    // Back in touch: the next heartbeat renews, writes are taken again.
+    store.cut.store(false, Ordering::SeqCst);
+    m.heartbeat();
+    assert!(m.writer().is_ok(), "{:?}", m.lease_expired());
+    assert!(crate::metrics::health(&m.status()).is_ok());
 }

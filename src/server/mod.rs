@@ -50,6 +50,14 @@ pub enum Refusal {
         /// The master that holds it now.
         by: String,
     },
+    /// A master that has not renewed its lease on the backup store within
+    /// its term: a promotion may replace it without what it acknowledges.
+    LeaseExpired {
+        /// Since the last renewal.
+        since: std::time::Duration,
+        /// `--lease-term`.
+        term: std::time::Duration,
+    },
     /// A follower takes no backups.
     NoBackupsHere,
     /// The backup that was waited for failed; the reason, when known.

@@ -245,8 +245,11 @@ fn a_second_master_on_one_backup_dir_is_refused_and_a_take_over_is_explicit() {
         serde_json::from_slice(&std::fs::read(&heartbeat).unwrap()).unwrap();
     stolen["token"] = "someone-else".into();
     stolen["master"] = "elsewhere:/db".into();
-    std::fs::write(&heartbeat, stolen.to_string()).unwrap();
+    // Rewritten until b sees it, as `rkv promote` does: in a directory, a
+    // write between b's read of the heartbeat and its rewrite is lost.
     wait_until(GENEROUS, "b fenced", || {
+        std::fs::write(&heartbeat, stolen.to_string()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
         b.info("rkv_owns_backup_dir").as_deref() == Some("0")
     });
     let reply = set(&b, "k", "v");

@@ -483,7 +483,15 @@ fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
     let moto = store(&s);
     let proxy = Proxy::start(&moto, 0, &[]);
     let port = proxy.port;
-    let m = master(&s, "db", &proxy.endpoint(), "cut", &["--interval", "1s"]);
+    // A term long enough that the cut-off master takes the write below
+    // however slow the machine: the lease is another test's subject.
+    let m = master(
+        &s,
+        "db",
+        &proxy.endpoint(),
+        "cut",
+        &["--interval", "1s", "--lease-term", "10m"],
+    );
     let f = follower(&s, "f", &moto.endpoint(), "cut");
     set(&m, "before", "1");
     replicated(&f, "before", "1");
@@ -548,6 +556,97 @@ fn a_lost_reply_to_a_conditional_write_of_latest_does_not_fence_the_master() {
         "{}",
         m.log()
     );
+}
+
+#[test]
+fn a_master_cut_off_past_its_lease_term_acknowledges_nothing_a_promotion_drops() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let proxy = Proxy::start(&moto, 0, &[]);
+    let port = proxy.port;
+    let old = master(
+        &s,
+        "old",
+        &proxy.endpoint(),
+        "prod",
+        &["--interval", "0", "--lease-term", "3s"],
+    );
+    let chosen = follower(&s, "chosen", &moto.endpoint(), "prod");
+    set(&old, "k", "v1");
+    save(&old);
+    replicated(&chosen, "k", "v1");
+    chosen.stop();
+
+    // The old master is cut off from the store: once its term has passed
+    // since the last renewal, it refuses writes, and says so.
+    drop(proxy);
+    let mut client = old.client();
+    let refusal = wait_for(
+        GENEROUS,
+        "the cut-off master refuses writes",
+        || match client.call_raw(&[b"SET", b"during", b"1"]) {
+            Ok(Reply::Error(e)) => Ok(e),
+            other => Err(other),
+        },
+    );
+    assert!(
+        refusal.starts_with("READONLY") && refusal.contains("lease"),
+        "{refusal}"
+    );
+    assert_eq!(old.info("rkv_lease_held").as_deref(), Some("0"));
+    assert_eq!(old.info("rkv_lease_term_ms").as_deref(), Some("3000"));
+    assert!(old.log().contains("acknowledges no write"), "{}", old.log());
+
+    // A promotion waits the term out and says what the new master lacks;
+    // the old master acknowledges nothing meanwhile.
+    let promoting = {
+        let (db, data) = (s.path("new"), s.path("chosen"));
+        let endpoint = moto.endpoint();
+        std::thread::spawn(move || {
+            Command::new(crate::util::rkv_bin())
+                .args([
+                    format!("--db={}", db.display()),
+                    "promote".into(),
+                    format!("--data={}", data.display()),
+                    format!("--backup_dir={}", url("prod")),
+                    format!("--s3-endpoint={endpoint}"),
+                ])
+                .envs(store_env())
+                .output()
+                .unwrap()
+        })
+    };
+    let mut tries = 0;
+    while !promoting.is_finished() {
+        let reply = client.call_raw(&[b"SET", b"during", b"2"]).unwrap();
+        assert!(
+            matches!(&reply, Reply::Error(e) if e.starts_with("READONLY")),
+            "the cut-off master acknowledged a write during the promotion: {reply:?}"
+        );
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = promoting.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("lease term") && stdout.contains("not in the promoted database"),
+        "{stdout}"
+    );
+    assert!(tries > 0);
+
+    // Back in touch, the old master finds the store handed over: fenced.
+    let _back = Proxy::start(&moto, port, &[]);
+    wait_until(GENEROUS, "the old master finds itself fenced", || {
+        old.info("rkv_owns_backup_dir").as_deref() == Some("0")
+    });
+    let new = master(&s, "new", &moto.endpoint(), "prod", &["--interval", "0"]);
+    assert_eq!(get(&new, "k"), Some(bulk("v1")));
+    assert_eq!(get(&new, "during"), Some(Reply::Bulk(None)));
 }
 
 /// `rkv --db=new promote --data=chosen --backup_dir=s3://…/prod EXTRA…`.

@@ -407,6 +407,13 @@ pub(crate) fn refusal_reply(refusal: Refusal) -> Reply {
             "READONLY this master lost its backup directory to another master ({by}): writes \
              here would never reach a follower"
         ),
+        Refusal::LeaseExpired { since, term } => format!(
+            "READONLY this master has not renewed its lease on the backup store for {:.1} s \
+             (--lease-term {}): it acknowledges no write until it does, since a promotion may \
+             replace it without them",
+            since.as_secs_f64(),
+            humantime::format_duration(term)
+        ),
         Refusal::NoBackupsHere => {
             "ERR a follower takes no backups: run BGSAVE on the master".into()
         }

@@ -332,6 +332,17 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                     u8::from(m.fenced_by.is_none()).to_string(),
                 ),
                 kv("rkv_fenced_by", text(m.fenced_by)),
+                kv("rkv_lease_held", u8::from(!m.lease_expired).to_string()),
+                kv(
+                    "rkv_lease_term_ms",
+                    m.lease_term.map_or(0, |t| t.as_millis()).to_string(),
+                ),
+                kv(
+                    "rkv_lease_renewed_ms_ago",
+                    m.lease_renewed_ago
+                        .map_or(-1, |t| t.as_millis() as i64)
+                        .to_string(),
+                ),
                 kv("rkv_scrub_files_checked", m.scrub_files_checked.to_string()),
                 kv("rkv_scrub_bytes_checked", m.scrub_bytes_checked.to_string()),
                 kv("rkv_damaged_files_found", m.damaged_found.to_string()),
