@@ -221,6 +221,16 @@ impl Error {
         }
     }
 
+    /// Whether a local file operation failed for want of space: this
+    /// host's disk, never the object store (which says so in HTTP).
+    pub fn is_local_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            Error::RocksDb { source, .. } => is_no_space(source.as_ref()),
+            _ => false,
+        }
+    }
+
     /// The obvious next step for the user, if there is one, as a sentence.
     pub fn hint(&self) -> Option<String> {
         match self {

@@ -17,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod backup;
 pub mod cli;
 pub mod client;

@@ -461,7 +461,7 @@ fn follower(x: &mut Exposition, f: &FollowerStatus) {
 fn store(x: &mut Exposition, t: &StoreTraffic) {
     x.counters_by(
         "store_requests",
-        "Requests made of the object store, by kind.",
+        "HTTP requests sent to the object store, by kind, every retry included.",
         "kind",
         [
             ("get", t.gets),
@@ -469,6 +469,11 @@ fn store(x: &mut Exposition, t: &StoreTraffic) {
             ("list", t.lists),
             ("delete", t.deletes),
         ],
+    );
+    x.counter(
+        "store_request_failures",
+        "Requests to the object store that failed: no answer, 5xx or 429 (SlowDown).",
+        t.failed,
     );
     x.counter_in(
         "store_uploaded",

@@ -111,6 +111,12 @@ pub struct StoreTraffic {
     pub lists: u64,
     /// DELETE requests.
     pub deletes: u64,
+    /// Requests that failed (no answer, 5xx, 429); each was retried or
+    /// reported.
+    pub failed: u64,
+    /// Time since the store last answered anything; `None` before the
+    /// first answer.
+    pub since_answer: Option<Duration>,
     /// Bytes uploaded.
     pub bytes_up: u64,
     /// Bytes downloaded.

@@ -9,10 +9,13 @@
 //! served wrong or got stuck. Run it through `scripts/faults.sh`.
 
 mod hostile;
+#[path = "../common/moto.rs"]
+mod moto;
 #[path = "../common/process.rs"]
 mod process;
 mod procs;
 mod scenarios;
+mod store;
 #[path = "../common/tmpfs.rs"]
 mod tmpfs;
 
@@ -63,6 +66,8 @@ pub struct Plan {
     pub idle: Duration,
     pub fuzz_requests: usize,
     pub connections: usize,
+    /// How long each object store fault lasts.
+    pub store_fault: Duration,
 }
 
 pub fn log(message: &str) {
@@ -105,6 +110,7 @@ fn main() {
             idle: Duration::from_secs(10),
             fuzz_requests: 20_000,
             connections: 1_000,
+            store_fault: Duration::from_secs(15),
         }
     } else {
         Plan {
@@ -115,6 +121,7 @@ fn main() {
             idle: Duration::from_secs(60),
             fuzz_requests: 200_000,
             connections: 5_000,
+            store_fault: Duration::from_secs(30),
         }
     };
     std::fs::create_dir_all(&args.out).expect("create --out");
@@ -132,7 +139,21 @@ fn main() {
         let dir = work.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         log(&format!("scenario {name}"));
-        let outcome = scenarios::run(name, &dir, &plan, &mut rng);
+        let mut outcome = scenarios::run(name, &dir, &plan, &mut rng);
+        // A daemon that crashed or stalled fails the scenario, whatever
+        // else held.
+        let incidents = procs::take_incidents();
+        if !incidents.is_empty() {
+            for incident in &incidents {
+                log(&format!("{name}: {incident}"));
+            }
+            outcome.ok = false;
+            outcome.line = format!(
+                "{}; daemons that crashed or stalled: {}",
+                outcome.line,
+                incidents.len()
+            );
+        }
         println!("{}", outcome.line);
         if !outcome.ok {
             log(&format!("FAILED: {name}; logs in {}", dir.display()));
@@ -206,7 +227,17 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          10,000-deep nesting, random bytes), {} connections at once, unauthenticated floods, \
          slow senders, clients that never read, a 100,000-command pipeline and a \
          million-argument request. Peak memory of a daemon under hostile clients must stay \
-         under {:.0} MiB.\n",
+         under {:.0} MiB.\n\n\
+         The object store scenarios (`store-*`, with moto's S3 server) put a fault proxy \
+         (`scripts/lib/s3-proxy.py`) between each daemon and the store, under a steady writer \
+         (about 200 writes/s, one backup a second) and a reader of the follower that checks \
+         every state it serves is whole and never goes back: replies lost after the store \
+         applied a conditional write of `latest`, then every request answered 503 SlowDown \
+         for {}, then every request hung for as long. The master's `--lease-term` is the \
+         default 10 s, so past it writes are refused, as promised.\n\n\
+         Every scenario also watches each daemon it starts: an exit it did not ask for (a \
+         crash, a panic, a signal) or a stall (alive, and no reply to `PING` within 5 s) \
+         fails the scenario and is logged with the end of the daemon's log.\n",
         plan.master_kills,
         plan.follower_kills,
         plan.swaps,
@@ -214,7 +245,8 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
         humantime::format_duration(plan.idle),
         plan.fuzz_requests,
         plan.connections,
-        hostile::RSS_BOUND_MIB
+        hostile::RSS_BOUND_MIB,
+        humantime::format_duration(plan.store_fault)
     );
     let _ = writeln!(
         md,

@@ -29,6 +29,9 @@ pub const NAMES: &[&str] = &[
     "replaced-dir",
     "clock-skew",
     "idle-follower",
+    "store-lost-reply",
+    "store-slow-down",
+    "store-hung",
     "fuzz",
     "floods",
     "big-request",
@@ -47,6 +50,11 @@ pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
         "replaced-dir" => replaced_dir(dir),
         "clock-skew" => clock_skew(dir),
         "idle-follower" => idle_follower(dir, plan.idle),
+        "store-lost-reply" => crate::store::lost_replies(dir),
+        "store-slow-down" => {
+            crate::store::bad_store(dir, "store-slow-down", "--slow-down", plan.store_fault)
+        }
+        "store-hung" => crate::store::bad_store(dir, "store-hung", "--hang", plan.store_fault),
         "fuzz" => crate::hostile::fuzz(dir, plan.fuzz_requests, rng),
         "floods" => crate::hostile::floods(dir, plan.connections),
         "big-request" => crate::hostile::big_request(dir, 1_000_000),
@@ -140,7 +148,7 @@ impl Writer {
 }
 
 /// How many of the keys `w:from..to` the daemon lacks.
-fn missing(proc: &Proc, from: u64, to: u64) -> u64 {
+pub fn missing(proc: &Proc, from: u64, to: u64) -> u64 {
     let Some(mut client) = proc.client() else {
         return to - from;
     };
@@ -629,7 +637,7 @@ fn disk_full(dir: &Path, database: bool) -> Outcome {
     )
 }
 
-fn yes(b: bool) -> &'static str {
+pub fn yes(b: bool) -> &'static str {
     if b {
         "yes"
     } else {

@@ -8,10 +8,15 @@ removes If-None-Match and If-Match from writes, to play a store gateway
 that ignores conditional writes; with --lose-replies N it forwards the first
 N conditional writes of an object named `latest` and then drops the
 connection instead of replying, as a network that loses the reply after the
-store applied the write (each loss is said on stderr).
+store applied the write (each loss is said on stderr); with --slow-down it
+forwards nothing and answers every request 503 SlowDown, as a store under
+strain, saying each on stderr ("s3-proxy: 503 METHOD PATH") before it
+answers, so a test can count what was sent; with --hang it reads each
+request and never answers (saying "s3-proxy: hung METHOD PATH"), as a store
+that has stopped responding.
 
 Usage: s3-proxy.py --port PORT --upstream HOST:PORT [--drop-conditions]
-                   [--lose-replies N]
+                   [--lose-replies N] [--slow-down | --hang]
 Prints "listening on PORT" once it accepts connections.
 """
 
@@ -28,6 +33,8 @@ def main():
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--drop-conditions", action="store_true")
     parser.add_argument("--lose-replies", type=int, default=0)
+    parser.add_argument("--slow-down", action="store_true")
+    parser.add_argument("--hang", action="store_true")
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
     to_lose = [args.lose_replies]
@@ -50,6 +57,22 @@ def main():
         def forward(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            if args.hang:
+                print(f"s3-proxy: hung {self.command} {self.path}", file=sys.stderr, flush=True)
+                threading.Event().wait()
+            if args.slow_down:
+                print(f"s3-proxy: 503 {self.command} {self.path}", file=sys.stderr, flush=True)
+                reply = (
+                    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                    b"<Message>Please reduce your request rate.</Message></Error>"
+                )
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(reply)
+                return
             headers = {k: v for k, v in self.headers.items()}
             if args.drop_conditions and self.command == "PUT":
                 for name in list(headers):
@@ -85,6 +108,7 @@ def main():
         def log_message(self, *_):
             pass
 
+    http.server.ThreadingHTTPServer.daemon_threads = True
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"listening on {server.server_address[1]}", flush=True)
     try:

@@ -320,6 +320,12 @@ impl Follower {
                         && self.serving.load().is_none();
                     if first_wait {
                         tracing::info!("waiting for the backup directory to appear: {message}");
+                    } else if e.is_local_disk_full() {
+                        tracing::warn!(
+                            error = %message,
+                            "this host's disk is full (not the backup store): free space; still \
+                             serving"
+                        );
                     } else {
                         tracing::warn!(
                             error = %message,

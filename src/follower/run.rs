@@ -13,6 +13,7 @@ use super::config::{FollowerArgs, FollowerConfig};
 use super::generations::DataDir;
 use super::watch::MetaWatcher;
 use super::{Follower, PollOutcome};
+use crate::backoff::Backoff;
 use crate::backup::{BackupDir, BackupLocation, BackupSource, S3Store};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
@@ -117,27 +118,45 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
 }
 
 /// Polls on every filesystem event and at least every `poll_interval`,
-/// until `stop` closes. A failed backup is retried with its own backoff.
+/// until `stop` closes. A failed backup is retried with its own backoff;
+/// a store that fails (503 SlowDown, unreachable) is asked again after a
+/// wait that grows with each failure in a row, up to eight intervals (at
+/// most 30 s), so a struggling store is not asked harder.
 fn apply_loop(
     follower: &Follower,
     poll_interval: Duration,
     wake: &mpsc::Receiver<()>,
     stop: &mpsc::Receiver<()>,
 ) {
+    let cap = (poll_interval * 8).min(Duration::from_secs(30));
+    let mut backoff = Backoff::new(poll_interval, cap);
     loop {
         if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
             return;
         }
-        if let PollOutcome::Applied(_) = follower.poll() {
+        let wait = match follower.poll() {
             // A newer backup may have landed during the apply.
-            continue;
-        }
-        let deadline = Instant::now() + poll_interval;
+            PollOutcome::Applied(_) => {
+                backoff.succeeded();
+                continue;
+            }
+            // The store failing, or this host's disk: asked again later.
+            PollOutcome::Failed(e) if matches!(e.kind(), "store" | "io") => backoff.failed(),
+            PollOutcome::Failed(_) => {
+                backoff.succeeded();
+                poll_interval
+            }
+            PollOutcome::UpToDate | PollOutcome::Waiting(_) => {
+                backoff.succeeded();
+                poll_interval
+            }
+        };
+        let deadline = Instant::now() + wait;
         // Events come in bursts (a backup writes many files): drain them.
         match wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(()) => while wake.try_recv().is_ok() {},
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll_interval),
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
         }
         follower.release_retired();
     }

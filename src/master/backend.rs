@@ -3,6 +3,11 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a backup in progress may wait on a store that answers nothing
+/// before INFO and /metrics call it failing.
+const PUBLISH_STALLED: Duration = Duration::from_secs(10);
 
 use super::Master;
 use crate::db::Db;
@@ -82,12 +87,28 @@ impl Backend for Master {
 
     fn status(&self) -> DaemonStatus {
         let state = self.state();
+        let store = self.store.traffic();
+        // A backup that waits on a store which has stopped answering is
+        // failing now, not when its requests finally time out.
+        let stalled = store
+            .as_ref()
+            .and_then(|t| t.since_answer)
+            .filter(|quiet| state.in_progress && *quiet > PUBLISH_STALLED);
+        let last_error = match stalled {
+            Some(quiet) => Some(format!(
+                "the backup in progress is stalled: the backup store {} has not answered for \
+                 {:.0} s",
+                self.store.location(),
+                quiet.as_secs_f64()
+            )),
+            None => state.last_error.clone(),
+        };
         DaemonStatus::Master(MasterStatus {
             seq: self.db.latest_sequence_number(),
             backed_up_seq: state.backed_up_seq,
             backup_in_progress: state.in_progress,
             last_save_unix: state.last_save_unix,
-            last_ok: state.last_ok,
+            last_ok: state.last_ok && stalled.is_none(),
             last: state.last.as_ref().map(|l| LastBackup {
                 id: l.info.id,
                 created_ms: l.info.created_ms(),
@@ -102,7 +123,7 @@ impl Backend for Master {
             purged: state.purged,
             purge_failures: state.purge_failures,
             heartbeat_ago: state.last_heartbeat.map(|t| t.elapsed()),
-            last_error: state.last_error.clone(),
+            last_error,
             backup_dir: self.store.location(),
             db_error: state.db_error.clone(),
             fenced_by: state.fenced_by.clone(),
@@ -116,7 +137,7 @@ impl Backend for Master {
             backups_dropped: state.backups_dropped,
             keep: self.retention.keep,
             keep_within: self.retention.keep_within,
-            store: self.store.traffic(),
+            store,
         })
     }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::backoff::Backoff;
 use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, ScrubCursor};
 use crate::db::{Db, OpenMode};
 use crate::error::{Error, Result};
@@ -428,18 +429,19 @@ impl Master {
     /// number and clock. The I/O happens outside the state lock, so a
     /// stalled filesystem holds up only the heartbeat thread. Quiet on
     /// failure after the first log line: the next backup attempt reports
-    /// the directory's state.
-    pub fn heartbeat(&self) {
+    /// the directory's state. Returns whether the heartbeat failed.
+    pub fn heartbeat(&self) -> bool {
         self.check_db_recovered();
         self.check_term();
         if self.fenced.load(Ordering::SeqCst) || self.check_lease().is_err() {
-            return;
+            return false;
         }
-        self.renew();
+        !self.renew()
     }
 
-    /// Writes the heartbeat: a renewal of the lease when it lands.
-    fn renew(&self) {
+    /// Writes the heartbeat: a renewal of the lease when it lands. Returns
+    /// whether it landed.
+    fn renew(&self) -> bool {
         let heartbeat = self.new_heartbeat(self.token());
         let sent = Instant::now();
         let result = self.store.write_heartbeat(&heartbeat);
@@ -455,6 +457,7 @@ impl Master {
             Ok(()) => {
                 state.heartbeat_failing = false;
                 state.last_heartbeat = Some(Instant::now());
+                return true;
             }
             Err(e) if !state.heartbeat_failing => {
                 tracing::warn!(error = %e, "cannot write the heartbeat");
@@ -462,6 +465,7 @@ impl Master {
             }
             Err(_) => {}
         }
+        false
     }
 
     /// `Some((time since the lease was renewed, its term))` while it is
@@ -531,17 +535,27 @@ impl Master {
     }
 
     /// Starts the heartbeat thread: a heartbeat every [`HEARTBEAT_PERIOD`]
-    /// until [`Master::stop_loop`].
+    /// until [`Master::stop_loop`]; after failures, less often (with
+    /// jitter, so a store answering SlowDown is not asked harder), but at
+    /// least four times a lease term, so it is renewed once the store is
+    /// back.
     pub fn start_heartbeat(self: &Arc<Self>) -> JoinHandle<()> {
         let master = Arc::clone(self);
+        let term = self.lease.get().map_or(HEARTBEAT_PERIOD, Term::term);
+        let mut backoff = Backoff::new(HEARTBEAT_PERIOD, term / 4);
         std::thread::Builder::new()
             .name("rkv-heartbeat".into())
             .spawn(move || loop {
-                master.heartbeat();
+                let wait = if master.heartbeat() {
+                    backoff.failed()
+                } else {
+                    backoff.succeeded();
+                    HEARTBEAT_PERIOD
+                };
                 let state = master.state();
                 let (state, _) = master
                     .changed
-                    .wait_timeout_while(state, HEARTBEAT_PERIOD, |s| !s.stopping)
+                    .wait_timeout_while(state, wait, |s| !s.stopping)
                     .unwrap_or_else(|e| e.into_inner());
                 if state.stopping {
                     return;
@@ -584,6 +598,13 @@ impl Master {
     fn backup_loop(&self, interval: Duration, scrub_interval: Duration) {
         // Data found at start is already requested (see `start_loop`).
         let mut next = Instant::now() + interval;
+        // Failed backups are retried on the schedule, but no sooner than
+        // a wait that grows with each failure in a row (up to 15 s, or the interval):
+        // a store answering SlowDown is not asked harder.
+        let mut backoff = Backoff::new(
+            interval.max(HEARTBEAT_PERIOD),
+            interval.max(Duration::from_secs(15)),
+        );
         let mut next_scrub = Instant::now() + scrub_interval;
         let far = Duration::from_secs(3600);
         loop {
@@ -630,7 +651,7 @@ impl Master {
                 continue;
             }
             let started = Instant::now();
-            self.backup_step();
+            let outcome = self.backup_step();
             let mut state = self.state();
             state.finished = state.started;
             self.changed.notify_all();
@@ -642,6 +663,10 @@ impl Master {
             if !interval.is_zero() {
                 while next <= started {
                     next += interval;
+                }
+                match outcome {
+                    StepOutcome::Failed(_) => next = next.max(Instant::now() + backoff.failed()),
+                    _ => backoff.succeeded(),
                 }
             }
         }

@@ -216,7 +216,9 @@ fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
         store.taken.store(true, Ordering::SeqCst);
         m.db().put(b"k", b"w").unwrap();
         match refused_by {
-            "heartbeat" => m.heartbeat(),
+            "heartbeat" => {
+                m.heartbeat();
+            }
             _ => assert!(matches!(m.backup_step(), StepOutcome::Failed(_))),
         }
         // Writes refused, and every report says who holds the directory.

@@ -365,6 +365,16 @@ struct Proxy {
 
 impl Proxy {
     fn start(moto: &Moto, port: u16, extra: &[&str]) -> Proxy {
+        Proxy::start_to(moto, port, extra, Stdio::inherit())
+    }
+
+    /// With its stderr (what it says of each request it fails) into `log`.
+    fn start_logged(moto: &Moto, port: u16, extra: &[&str], log: &std::path::Path) -> Proxy {
+        let file = std::fs::File::create(log).unwrap();
+        Proxy::start_to(moto, port, extra, Stdio::from(file))
+    }
+
+    fn start_to(moto: &Moto, port: u16, extra: &[&str], stderr: Stdio) -> Proxy {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/s3-proxy.py");
         let mut child = Command::new("python3")
             .args([
@@ -376,6 +386,7 @@ impl Proxy {
             ])
             .args(extra)
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -647,6 +658,48 @@ fn a_master_cut_off_past_its_lease_term_acknowledges_nothing_a_promotion_drops()
     let new = master(&s, "new", &moto.endpoint(), "prod", &["--interval", "0"]);
     assert_eq!(get(&new, "k"), Some(bulk("v1")));
     assert_eq!(get(&new, "during"), Some(Reply::Bulk(None)));
+}
+
+#[test]
+fn every_request_to_a_store_answering_slow_down_is_counted_retries_included() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let m = master(&s, "db", &moto.endpoint(), "busy", &["--interval", "0"]);
+    set(&m, "k", "v");
+    save(&m);
+    // The follower reaches the store only through a proxy that answers
+    // every request 503 SlowDown; the client retries each on its own.
+    let log = s.path("proxy.log");
+    let proxy = Proxy::start_logged(&moto, 0, &["--slow-down"], &log);
+    let f = follower(&s, "f", &proxy.endpoint(), "busy");
+    let answered = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("s3-proxy: 503"))
+            .count() as i64
+    };
+    wait_until(GENEROUS, "the proxy has failed 20 requests", || {
+        answered() >= 20
+    });
+    // Counted when sent, so between what the proxy had answered before the
+    // look at INFO and what it answered after (plus the one in flight).
+    let before = answered();
+    let sent: i64 = ["get", "put", "list", "delete"]
+        .iter()
+        .map(|kind| f.info_num(&format!("rkv_store_{kind}_requests")))
+        .sum();
+    let failed = f.info_num("rkv_store_failed_requests");
+    let after = answered();
+    assert!(
+        sent >= before && sent <= after + 1,
+        "the follower counted {sent} requests; the proxy answered {before}..{after}"
+    );
+    assert!(
+        failed + 1 >= before && failed <= after,
+        "the follower counted {failed} failures; the proxy answered {before}..{after}"
+    );
+    assert_eq!(f.info("master_link_status").as_deref(), Some("down"));
 }
 
 /// `rkv --db=new promote --data=chosen --backup_dir=s3://…/prod EXTRA…`.

@@ -9,11 +9,14 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::path::Path as Key;
 use object_store::{
     ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -48,21 +51,103 @@ impl S3Config {
     }
 }
 
-/// Requests made, by kind, for the benchmark and the logs.
+/// HTTP requests sent, by kind, every retry included (counted as they go
+/// out, by [`Counting`]), for the metrics, the benchmark and the logs.
 #[derive(Debug, Default)]
 pub struct RequestCounts {
     /// GET and HEAD requests.
     pub get: AtomicU64,
-    /// PUT requests.
+    /// PUT requests, and the POSTs of a multipart upload.
     pub put: AtomicU64,
     /// LIST requests (pages).
     pub list: AtomicU64,
-    /// DELETE requests.
+    /// DELETE requests, and batch deletes.
     pub delete: AtomicU64,
+    /// Requests that failed: no answer, 5xx, or 429 (the ones the client
+    /// retries).
+    pub failed: AtomicU64,
     /// Bytes uploaded.
     pub bytes_up: AtomicU64,
     /// Bytes downloaded.
     pub bytes_down: AtomicU64,
+    /// When the store last answered anything, in milliseconds after
+    /// [`RequestCounts::since`]; 0 before the first answer.
+    answered_ms: AtomicU64,
+    since: std::sync::OnceLock<Instant>,
+}
+
+impl RequestCounts {
+    fn epoch(&self) -> Instant {
+        *self.since.get_or_init(Instant::now)
+    }
+
+    /// Time since the store last answered a request (with anything, even
+    /// an error status); `None` before the first answer.
+    pub fn since_answer(&self) -> Option<Duration> {
+        match self.answered_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.epoch()
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    fn answered(&self) {
+        let ms = self.epoch().elapsed().as_millis() as u64;
+        self.answered_ms.fetch_max(ms.max(1), Ordering::Relaxed);
+    }
+}
+
+/// The HTTP client under `object_store`, counting each request as it is
+/// sent: the client retries on its own, and a store under strain must be
+/// seen to be asked harder.
+#[derive(Debug)]
+struct Counting {
+    inner: HttpClient,
+    counts: Arc<RequestCounts>,
+}
+
+#[async_trait::async_trait]
+impl HttpService for Counting {
+    async fn call(&self, req: HttpRequest) -> std::result::Result<HttpResponse, HttpError> {
+        let counter = match (req.method().as_str(), req.uri().query().unwrap_or("")) {
+            ("GET", query) if query.contains("list-type") => &self.counts.list,
+            ("GET" | "HEAD", _) => &self.counts.get,
+            ("DELETE", _) => &self.counts.delete,
+            ("POST", query) if query.contains("delete") => &self.counts.delete,
+            _ => &self.counts.put,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let result = self.inner.execute(req).await;
+        match &result {
+            Ok(reply) => {
+                self.counts.answered();
+                let status = reply.status();
+                if status.is_server_error() || status.as_u16() == 429 {
+                    self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+/// Makes `object_store`'s usual client, wrapped in [`Counting`].
+#[derive(Debug)]
+struct CountingConnector(Arc<RequestCounts>);
+
+impl HttpConnector for CountingConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(Counting {
+            inner: ReqwestConnector::default().connect(options)?,
+            counts: Arc::clone(&self.0),
+        }))
+    }
 }
 
 /// The outcome of a conditional GET.
@@ -103,7 +188,7 @@ pub struct Bucket {
     store: Arc<AmazonS3>,
     runtime: tokio::runtime::Runtime,
     /// What was asked of the store so far.
-    pub counts: RequestCounts,
+    pub counts: Arc<RequestCounts>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -121,7 +206,9 @@ impl Bucket {
     /// A client for `config`; credentials and the region come from the
     /// standard AWS variables and `~/.aws/credentials`. Nothing is sent yet.
     pub fn new(config: S3Config) -> Result<Bucket> {
+        let counts = Arc::new(RequestCounts::default());
         let mut builder = AmazonS3Builder::from_env()
+            .with_http_connector(CountingConnector(Arc::clone(&counts)))
             .with_bucket_name(&config.bucket)
             .with_virtual_hosted_style_request(!config.path_style)
             .with_client_options(
@@ -173,7 +260,7 @@ impl Bucket {
             config,
             store: Arc::new(store),
             runtime,
-            counts: RequestCounts::default(),
+            counts,
         })
     }
 
@@ -199,7 +286,6 @@ impl Bucket {
 
     /// Reads `name`, unless its ETag is still `etag`.
     pub fn get_if_changed(&self, name: &str, etag: Option<&str>) -> Result<Fetched> {
-        self.counts.get.fetch_add(1, Ordering::Relaxed);
         let key = self.key(name);
         let options = GetOptions {
             if_none_match: etag.map(str::to_string),
@@ -233,7 +319,6 @@ impl Bucket {
 
     /// Whether `name` exists.
     pub fn exists(&self, name: &str) -> Result<bool> {
-        self.counts.get.fetch_add(1, Ordering::Relaxed);
         let key = self.key(name);
         match self.runtime.block_on(self.store.head(&key)) {
             Ok(_) => Ok(true),
@@ -245,7 +330,6 @@ impl Bucket {
     /// Writes `name`: over whatever is there (`Overwrite`), only if absent
     /// (`Create`), or only if it is still the version with the given ETag.
     pub fn put(&self, name: &str, body: Bytes, mode: Mode) -> Result<Put> {
-        self.counts.put.fetch_add(1, Ordering::Relaxed);
         self.counts
             .bytes_up
             .fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -289,7 +373,6 @@ impl Bucket {
                 .await
                 .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
             let size = body.len() as u64;
-            self.counts.put.fetch_add(1, Ordering::Relaxed);
             let options = PutOptions {
                 mode: if *create_only {
                     PutMode::Create
@@ -332,7 +415,6 @@ impl Bucket {
         parallel: usize,
     ) -> Result<Vec<Option<(u64, u32)>>> {
         let downloads = files.iter().map(|(name, path)| async move {
-            self.counts.get.fetch_add(1, Ordering::Relaxed);
             let got = match self.store.get(&self.key(name)).await {
                 Ok(got) => got,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -373,11 +455,33 @@ impl Bucket {
 
     /// Deletes `name`; an object already gone is not an error.
     pub fn delete(&self, name: &str) -> Result<()> {
-        self.counts.delete.fetch_add(1, Ordering::Relaxed);
         match self.runtime.block_on(self.store.delete(&self.key(name))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(format!("delete {name}"), e)),
         }
+    }
+
+    /// Deletes each of `names`, a thousand to a request (S3's
+    /// DeleteObjects); objects already gone are not an error.
+    pub fn delete_many(&self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<object_store::Result<Key>> =
+            names.iter().map(|name| Ok(self.key(name))).collect();
+        let result = self.runtime.block_on(async {
+            let mut deleted = self
+                .store
+                .delete_stream(futures::stream::iter(keys).boxed());
+            while let Some(one) = deleted.next().await {
+                match one {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        result.map_err(|e| self.error(format!("delete {} objects", names.len()), e))
     }
 
     /// Every object under the prefix (`sub`, when given, narrows it).
@@ -393,23 +497,14 @@ impl Bucket {
         let result = self.runtime.block_on(async {
             let mut stream = self.store.list(Some(&base));
             let mut out = Vec::new();
-            let mut n = 0usize;
             while let Some(meta) = stream.next().await {
                 let meta = meta?;
-                // A LIST page holds up to 1,000 keys.
-                if n.is_multiple_of(1000) {
-                    self.counts.list.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
                 let key = meta.location.to_string();
                 out.push(Listed {
                     name: key.strip_prefix(&strip).unwrap_or(&key).to_string(),
                     size: meta.size,
                     modified: meta.last_modified.into(),
                 });
-            }
-            if n == 0 {
-                self.counts.list.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, object_store::Error>(out)
         });

@@ -520,6 +520,11 @@ impl S3Store {
         })?;
         let root = self.local.path();
         let known = self.state().known_shared.clone();
+        // The meta file goes up beside the files it lists, not after them:
+        // a backup whose files are not all there is incomplete to a reader
+        // (see `list_store`), and followers go by `latest`, written last.
+        let meta_name = format!("{META_DIR}/{id}");
+        let meta_upload = (meta_name, meta_path.clone(), false);
         let files: Vec<(String, PathBuf, bool)> = parsed
             .files
             .iter()
@@ -531,17 +536,12 @@ impl S3Store {
                     f.path.starts_with(SHARED_DIR),
                 )
             })
+            .chain(std::iter::once(meta_upload))
             .collect();
-        let mut uploaded = self.bucket.upload(&files, PARALLEL)?;
+        let uploaded = self.bucket.upload(&files, PARALLEL)?;
         self.state()
             .known_shared
             .extend(files.iter().filter(|f| f.2).map(|f| f.0.clone()));
-        uploaded += meta_bytes.len() as u64;
-        self.bucket.put(
-            &format!("{META_DIR}/{id}"),
-            Bytes::from(meta_bytes),
-            Mode::Overwrite,
-        )?;
         let app = AppMetadata::parse(&parsed.app_metadata);
         let heartbeat = self.state().heartbeat.clone();
         self.commit(Latest {
@@ -626,19 +626,26 @@ impl S3Store {
             })
             .filter(|id| !kept_ids.contains(id) && *id < oldest_kept.max(1))
             .collect();
-        for id in &stale_ids {
-            self.bucket.delete(&format!("{META_DIR}/{id}"))?;
-        }
+        // In batches: the meta files first, so no reader takes a backup
+        // for complete while its files go.
+        let metas: Vec<String> = stale_ids
+            .iter()
+            .map(|id| format!("{META_DIR}/{id}"))
+            .collect();
+        self.bucket.delete_many(&metas)?;
         let in_store: HashSet<&str> = listed.iter().map(|o| o.name.as_str()).collect();
-        for object in &listed {
-            let private_of = backup_of(&object.name, PRIVATE_DIR);
-            let unused_shared = object.name.starts_with(SHARED_DIR)
-                && !needed.contains(&object.name)
-                && now.duration_since(object.modified).unwrap_or_default() > grace;
-            if private_of.is_some_and(|id| stale_ids.contains(&id)) || unused_shared {
-                self.bucket.delete(&object.name)?;
-            }
-        }
+        let unused: Vec<String> = listed
+            .iter()
+            .filter(|object| {
+                let private_of = backup_of(&object.name, PRIVATE_DIR);
+                let unused_shared = object.name.starts_with(SHARED_DIR)
+                    && !needed.contains(&object.name)
+                    && now.duration_since(object.modified).unwrap_or_default() > grace;
+                private_of.is_some_and(|id| stale_ids.contains(&id)) || unused_shared
+            })
+            .map(|object| object.name.clone())
+            .collect();
+        self.bucket.delete_many(&unused)?;
         let lost: Vec<(String, PathBuf, bool)> = kept_files
             .into_iter()
             .filter(|(name, _)| !in_store.contains(name.as_str()))
@@ -814,6 +821,8 @@ impl BackupSource for S3Store {
             puts: c.put.load(Relaxed),
             lists: c.list.load(Relaxed),
             deletes: c.delete.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            since_answer: c.since_answer(),
             bytes_up: c.bytes_up.load(Relaxed),
             bytes_down: c.bytes_down.load(Relaxed),
         })

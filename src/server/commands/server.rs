@@ -435,6 +435,7 @@ fn store_fields(traffic: Option<crate::status::StoreTraffic>) -> Vec<(String, St
         ("rkv_store_put_requests", t.puts),
         ("rkv_store_list_requests", t.lists),
         ("rkv_store_delete_requests", t.deletes),
+        ("rkv_store_failed_requests", t.failed),
         ("rkv_store_bytes_uploaded", t.bytes_up),
         ("rkv_store_bytes_downloaded", t.bytes_down),
     ]
