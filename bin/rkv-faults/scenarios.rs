@@ -32,6 +32,8 @@ pub const NAMES: &[&str] = &[
     "store-lost-reply",
     "store-slow-down",
     "store-hung",
+    "store-latency",
+    "store-partition",
     "fuzz",
     "floods",
     "big-request",
@@ -55,6 +57,8 @@ pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
             crate::store::bad_store(dir, "store-slow-down", "--slow-down", plan.store_fault)
         }
         "store-hung" => crate::store::bad_store(dir, "store-hung", "--hang", plan.store_fault),
+        "store-latency" => crate::store::latency(dir),
+        "store-partition" => crate::store::partition(dir),
         "fuzz" => crate::hostile::fuzz(dir, plan.fuzz_requests, rng),
         "floods" => crate::hostile::floods(dir, plan.connections),
         "big-request" => crate::hostile::big_request(dir, 1_000_000),

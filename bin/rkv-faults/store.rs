@@ -502,3 +502,201 @@ pub fn lost_replies(dir: &Path) -> Outcome {
         && backwards == 0;
     outcome(name, ok, line)
 }
+
+/// Every request to the store takes 500 ms more (a distant or overloaded
+/// store): how long a backup cycle takes, and whether writes go on.
+pub fn latency(dir: &Path) -> Outcome {
+    let name = "store-latency";
+    if !Moto::installed() {
+        return outcome(
+            name,
+            true,
+            format!("{name}: skipped (no moto server installed)"),
+        );
+    }
+    let mut s = setup(dir, &[]);
+    let load = Load::start(&s.master);
+    let checker = Checker::start(&s.follower);
+    let _ = wait_for(Duration::from_secs(120), || checker.served() > 100);
+    let before = s.master.info_num("rkv_last_backup_duration_ms");
+    s.master_proxy.swap(&["--delay", "500"]);
+    let refused_before = load.refused();
+    let done = s.master.info_num("rkv_backups_done");
+    let requests_before = requests(&s.master);
+    // Five backups taken wholly at the new latency.
+    let mut durations = Vec::new();
+    let mut seen = done + 1;
+    let all = wait_for(Duration::from_secs(300), || {
+        let now = s.master.info_num("rkv_backups_done");
+        if now > seen {
+            durations.push(s.master.info_num("rkv_last_backup_duration_ms"));
+            seen = now;
+        }
+        durations.len() >= 5
+    });
+    let backups = (s.master.info_num("rkv_backups_done") - done).max(1);
+    let per_backup = (requests(&s.master) - requests_before) / backups;
+    let refused = load.refused() - refused_before;
+    s.master_proxy.swap(&[]);
+    let target = load.acked();
+    let converged = wait_for(Duration::from_secs(120), || checker.served() >= target);
+    let acked = load.finish();
+    let lost = missing(&s.master, 0, acked);
+    let (torn, backwards) = checker.finish();
+    durations.sort_unstable();
+    let line = format!(
+        "{name}: 500 ms added to every request of the master's: a backup cycle took {} ms \
+         (median of {}; max {} ms; {before} ms before), about {per_backup} requests a backup \
+         (heartbeats included); writes refused {refused}; follower caught up {} after; \
+         acknowledged writes lost {lost} of {acked}; torn reads {torn}, backwards {backwards}",
+        durations.get(durations.len() / 2).copied().unwrap_or(-1),
+        durations.len(),
+        durations.last().copied().unwrap_or(-1),
+        secs(converged),
+    );
+    let ok = all.is_some()
+        && refused == 0
+        && converged.is_some()
+        && lost == 0
+        && torn == 0
+        && backwards == 0;
+    outcome(name, ok, line)
+}
+
+/// The master is cut off from the store (the follower is not) while
+/// clients write, and the follower is promoted with `rkv promote`: the old
+/// master stops acknowledging once its lease term has passed, the promotion
+/// waits that out, and no write the old master acknowledged after its
+/// first refusal is dropped. What the promotion does drop (acknowledged
+/// between the follower's backup and the term's end) is counted.
+pub fn partition(dir: &Path) -> Outcome {
+    let name = "store-partition";
+    if !Moto::installed() {
+        return outcome(
+            name,
+            true,
+            format!("{name}: skipped (no moto server installed)"),
+        );
+    }
+    let s = setup(dir, &[]);
+    let load = Load::start(&s.master);
+    let checker = Checker::start(&s.follower);
+    let _ = wait_for(Duration::from_secs(120), || checker.served() > 100);
+    let Setup {
+        _moto: moto,
+        master_proxy,
+        follower_proxy,
+        master,
+        follower,
+    } = s;
+    // Cut off: nothing answers on the master's proxy port.
+    let cut_at = load.acked();
+    let port = master_proxy.port;
+    let log_path = master_proxy.log.clone();
+    let refused_before = load.refused();
+    drop(master_proxy);
+    let cut = Instant::now();
+    // The follower, still in touch, applies the last backup the master
+    // published, and is then stopped, to be promoted; meanwhile the old
+    // master's first refusal is timed.
+    let (mut caught_up, mut first_refusal, mut acked_at_refusal) = (false, None, 0);
+    let _ = wait_for(Duration::from_secs(120), || {
+        if !caught_up {
+            let ids = follower.info_fields(&["rkv_applied_backup_id", "rkv_newest_backup_id"]);
+            caught_up = ids.is_some_and(|ids| ids[0].is_some() && ids[0] == ids[1]);
+        }
+        if first_refusal.is_none() && load.refused() > refused_before {
+            first_refusal = Some(cut.elapsed());
+            acked_at_refusal = load.acked();
+        }
+        caught_up && first_refusal.is_some()
+    });
+    let (torn, backwards) = checker.finish();
+    let _ = follower.stop();
+    drop(follower_proxy);
+    let reported = master.info("rkv_lease_held");
+
+    let promoting = Instant::now();
+    let out = Command::new(crate::process::sibling("rkv"))
+        .args([
+            format!("--db={}", dir.join("new").display()),
+            "promote".into(),
+            format!("--data={}", dir.join("follower").display()),
+            format!("--backup_dir=s3://{BUCKET}/prod"),
+            format!("--s3-endpoint={}", moto.endpoint()),
+        ])
+        .envs(STORE_ENV)
+        .output()
+        .expect("run rkv promote");
+    let promote_took = promoting.elapsed();
+    let promoted = out.status.success();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !promoted {
+        log(&format!(
+            "{name}: rkv promote failed: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let acked = load.acked();
+    let after_refusal = acked - acked_at_refusal;
+
+    // The promoted database: what of the old master's acknowledged writes
+    // it lacks.
+    let new = Proc::start(
+        "rkv-master",
+        [
+            "--db",
+            &dir.join("new").display().to_string(),
+            "--backup-dir",
+            &format!("s3://{BUCKET}/prod"),
+            "--s3-endpoint",
+            &moto.endpoint(),
+            "--interval",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        &STORE_ENV,
+        &dir.join("new"),
+        dir.join("new.log"),
+    );
+    let dropped = match &new {
+        Ok(new) => missing(new, 0, acked) as i64,
+        Err(e) => {
+            log(&format!("{name}: the promoted master did not start: {e}"));
+            -1
+        }
+    };
+    // Back in touch, the old master finds the store handed over.
+    let _back = Proxy::start(&moto.addr, port, &[], &log_path);
+    let fenced = wait_for(Duration::from_secs(120), || {
+        master.info("rkv_owns_backup_dir").as_deref() == Some("0")
+    });
+    let acked_total = load.finish();
+    let lost_on_old = missing(&master, 0, acked_total);
+    let line = format!(
+        "{name}: master cut off from the store under load, its follower promoted: the master \
+         refused writes {} after the cut (lease held: {}), acknowledged {after_refusal} after \
+         its first refusal; rkv promote took {:.1} s (waited out the term: {}); the promoted \
+         database lacks {dropped} of {acked} acknowledged writes (those after the follower's \
+         backup, {} acknowledged after the cut); old master fenced {} after it was back; \
+         acknowledged writes lost from the old master {lost_on_old}; torn reads {torn}, \
+         backwards {backwards}",
+        secs(first_refusal),
+        reported.as_deref().unwrap_or("?"),
+        promote_took.as_secs_f64(),
+        yes(said.contains("lease term")),
+        acked_at_refusal - cut_at,
+        secs(fenced),
+    );
+    let ok = caught_up
+        && first_refusal.is_some()
+        && after_refusal == 0
+        && promoted
+        && dropped >= 0
+        && fenced.is_some()
+        && lost_on_old == 0
+        && torn == 0
+        && backwards == 0;
+    outcome(name, ok, line)
+}

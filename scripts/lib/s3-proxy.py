@@ -13,10 +13,11 @@ forwards nothing and answers every request 503 SlowDown, as a store under
 strain, saying each on stderr ("s3-proxy: 503 METHOD PATH") before it
 answers, so a test can count what was sent; with --hang it reads each
 request and never answers (saying "s3-proxy: hung METHOD PATH"), as a store
-that has stopped responding.
+that has stopped responding; with --delay MS it holds each request that long
+before forwarding it, as a distant or overloaded store.
 
 Usage: s3-proxy.py --port PORT --upstream HOST:PORT [--drop-conditions]
-                   [--lose-replies N] [--slow-down | --hang]
+                   [--lose-replies N] [--slow-down | --hang] [--delay MS]
 Prints "listening on PORT" once it accepts connections.
 """
 
@@ -35,6 +36,7 @@ def main():
     parser.add_argument("--lose-replies", type=int, default=0)
     parser.add_argument("--slow-down", action="store_true")
     parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--delay", type=int, default=0)
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
     to_lose = [args.lose_replies]
@@ -57,6 +59,8 @@ def main():
         def forward(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            if args.delay:
+                threading.Event().wait(args.delay / 1000)
             if args.hang:
                 print(f"s3-proxy: hung {self.command} {self.path}", file=sys.stderr, flush=True)
                 threading.Event().wait()
