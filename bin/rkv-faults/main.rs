@@ -233,8 +233,9 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          (about 200 writes/s, one backup a second) and a reader of the follower that checks \
          every state it serves is whole and never goes back: replies lost after the store \
          applied a conditional write of `latest`, then every request answered 503 SlowDown \
-         for {}, then every request hung for as long. The master's `--lease-term` is the \
-         default 10 s, so past it writes are refused, as promised.\n\n\
+         for {}, then every request hung for as long, then 500 ms added to every request, \
+         then the master cut off while its follower is promoted. The master's \
+         `--lease-term` is the default 10 s, so past it writes are refused, as promised.\n\n\
          Every scenario also watches each daemon it starts: an exit it did not ask for (a \
          crash, a panic, a signal) or a stall (alive, and no reply to `PING` within 5 s) \
          fails the scenario and is logged with the end of the daemon's log.\n",

@@ -702,6 +702,69 @@ fn every_request_to_a_store_answering_slow_down_is_counted_retries_included() {
     assert_eq!(f.info("master_link_status").as_deref(), Some("down"));
 }
 
+#[test]
+fn a_backup_waiting_on_a_store_that_stopped_answering_is_reported_failing() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let proxy = Proxy::start(&moto, 0, &[]);
+    let port = proxy.port;
+    let m = master(&s, "db", &proxy.endpoint(), "hung", &["--interval", "0"]);
+    set(&m, "k", "v");
+    save(&m);
+    // Every request hangs from now on; a backup starts and waits on it.
+    drop(proxy);
+    let _hung = Proxy::start(&moto, port, &["--hang"]);
+    set(&m, "k", "w");
+    m.client().call(&[b"BGSAVE"]).unwrap();
+    // Reported while the requests still hang, not when they time out.
+    wait_until(GENEROUS, "the stalled backup reported", || {
+        m.info("rdb_last_bgsave_status").as_deref() == Some("err")
+            && m.info("rkv_last_backup_error")
+                .is_some_and(|e| e.contains("stalled") && e.contains("has not answered"))
+    });
+    assert_eq!(m.info("rdb_bgsave_in_progress").as_deref(), Some("1"));
+}
+
+#[test]
+fn the_purge_deletes_in_batches() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let m = master(
+        &s,
+        "db",
+        &moto.endpoint(),
+        "batch",
+        &["--interval", "0", "--keep", "1", "--keep-within", "10s"],
+    );
+    for i in 0..4 {
+        set(&m, "k", &i.to_string());
+        save(&m);
+    }
+    // Past --keep-within, the next backup purges the four before it.
+    std::thread::sleep(Duration::from_secs(11));
+    set(&m, "k", "last");
+    save(&m);
+    wait_until(GENEROUS, "the old backups gone from the store", || {
+        !moto
+            .keys(BUCKET, "batch/meta/")
+            .iter()
+            .any(|k| k == "batch/meta/1")
+    });
+    let requests = moto.requests();
+    let single = requests
+        .iter()
+        .filter(|r| r.method == "DELETE" && r.path.contains("/batch/"))
+        .count();
+    let batches = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("delete"))
+        .count();
+    assert!(
+        single == 0 && batches >= 1,
+        "{single} single deletes, {batches} batches: {requests:?}"
+    );
+}
+
 /// `rkv --db=new promote --data=chosen --backup_dir=s3://…/prod EXTRA…`.
 fn promote_chosen(s: &Sandbox, endpoint: &str, extra: &[&str]) -> std::process::Output {
     Command::new(crate::util::rkv_bin())
