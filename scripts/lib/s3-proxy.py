@@ -14,10 +14,14 @@ strain, saying each on stderr ("s3-proxy: 503 METHOD PATH") before it
 answers, so a test can count what was sent; with --hang it reads each
 request and never answers (saying "s3-proxy: hung METHOD PATH"), as a store
 that has stopped responding; with --delay MS it holds each request that long
-before forwarding it, as a distant or overloaded store.
+before forwarding it, as a distant or overloaded store; with --fail-get
+SUBSTR N it answers 500 to the first N GETs of the first object whose path
+contains SUBSTR (saying "s3-proxy: 500 GET PATH"), as a store that keeps
+failing one object.
 
 Usage: s3-proxy.py --port PORT --upstream HOST:PORT [--drop-conditions]
                    [--lose-replies N] [--slow-down | --hang] [--delay MS]
+                   [--fail-get SUBSTR N]
 Prints "listening on PORT" once it accepts connections.
 """
 
@@ -37,10 +41,24 @@ def main():
     parser.add_argument("--slow-down", action="store_true")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--delay", type=int, default=0)
+    parser.add_argument("--fail-get", nargs=2, metavar=("SUBSTR", "N"))
     args = parser.parse_args()
     host, port = args.upstream.rsplit(":", 1)
     to_lose = [args.lose_replies]
     lock = threading.Lock()
+    failing = {"path": None, "left": int(args.fail_get[1]) if args.fail_get else 0}
+
+    def fail(command, path):
+        """Whether to answer this GET 500 (counting it)."""
+        if command != "GET" or not args.fail_get or args.fail_get[0] not in path:
+            return False
+        with lock:
+            if failing["path"] is None:
+                failing["path"] = path
+            if failing["path"] != path or failing["left"] <= 0:
+                return False
+            failing["left"] -= 1
+            return True
 
     def lose(command, path, headers):
         """Whether to lose the reply to this request (counting it)."""
@@ -59,6 +77,14 @@ def main():
         def forward(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
+            if fail(self.command, self.path):
+                print(f"s3-proxy: 500 GET {self.path}", file=sys.stderr, flush=True)
+                reply = b"<Error><Code>InternalError</Code></Error>"
+                self.send_response(500)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                return
             if args.delay:
                 threading.Event().wait(args.delay / 1000)
             if args.hang:

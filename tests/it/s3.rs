@@ -726,6 +726,36 @@ fn a_backup_waiting_on_a_store_that_stopped_answering_is_reported_failing() {
 }
 
 #[test]
+fn files_that_arrived_whole_are_not_downloaded_again_when_another_failed() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let m = master(&s, "db", &moto.endpoint(), "retry", &["--interval", "0"]);
+    // Two flushes: at least two SST files in the backup.
+    fill(&m, "a", 2);
+    save(&m);
+    fill(&m, "b", 2);
+    save(&m);
+    // The store fails one SST eight times (two downloads' worth, with the
+    // client's retries); the others arrive whole the first time.
+    let proxy = Proxy::start(&moto, 0, &["--fail-get", ".sst", "8"]);
+    let f = follower(&s, "f", &proxy.endpoint(), "retry");
+    wait_until(GENEROUS, "the follower serves the backup", || {
+        matches!(get(&f, "b:000000:00"), Some(Reply::Bulk(Some(_))))
+    });
+    let mut gets: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in moto.requests() {
+        if r.method == "GET" && r.path.ends_with(".sst") {
+            *gets.entry(r.path).or_default() += 1;
+        }
+    }
+    assert!(gets.len() >= 2, "one SST file only: {gets:?}");
+    assert!(
+        gets.values().all(|&n| n == 1),
+        "SST files downloaded more than once: {gets:?}"
+    );
+}
+
+#[test]
 fn the_purge_deletes_in_batches() {
     let s = Sandbox::new();
     let moto = store(&s);

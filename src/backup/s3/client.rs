@@ -407,13 +407,14 @@ impl Bucket {
 
     /// Downloads each `(name, local path)` of `files`, at most `parallel`
     /// at a time, into the path with a `.download` suffix; returns for each
-    /// its size and crc32c, or `None` for an object that is not there.
-    /// The caller checks them and renames.
+    /// its size and crc32c, `None` for an object that is not there, or why
+    /// it failed. One failure does not stop the others: what arrived whole
+    /// is kept for the retry. The caller checks them and renames.
     pub fn download(
         &self,
         files: &[(String, std::path::PathBuf)],
         parallel: usize,
-    ) -> Result<Vec<Option<(u64, u32)>>> {
+    ) -> Vec<Result<Option<(u64, u32)>>> {
         let downloads = files.iter().map(|(name, path)| async move {
             let got = match self.store.get(&self.key(name)).await {
                 Ok(got) => got,
@@ -448,7 +449,7 @@ impl Bucket {
         self.runtime.block_on(async {
             futures::stream::iter(downloads)
                 .buffered(parallel.max(1))
-                .try_collect()
+                .collect()
                 .await
         })
     }

@@ -294,22 +294,22 @@ impl S3Store {
             .iter()
             .map(|f| (f.path.clone(), root.join(&f.path)))
             .collect();
-        // Files that arrived whole are kept even when another did not, so
-        // that a retry downloads only what is still missing.
+        // Files that arrived whole are kept even when another did not (the
+        // store failed it, or this host's disk filled), so that a retry
+        // downloads only what is still missing.
         let results = self.bucket.download(&requests, PARALLEL);
-        let results = match results {
-            Ok(results) => results,
-            Err(e) => {
-                for (_, path) in &requests {
-                    let _ = fs::remove_file(client::download_path(path));
-                }
-                return Err(e);
-            }
-        };
         let mut failure = None;
         for (file, result) in wanted.iter().zip(results) {
             let path = root.join(&file.path);
             let part = client::download_path(&path);
+            let result = match result {
+                Ok(result) => result,
+                Err(e) => {
+                    let _ = fs::remove_file(&part);
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
             let bad = match (result, file.size, file.crc32c) {
                 (None, ..) => Some(format!(
                     "{} is missing from the store (purged, or deleted by hand)",
