@@ -501,3 +501,103 @@ fn a_long_bootstrap_logs_its_progress() {
         log.matches("restoring backup").count()
     );
 }
+
+/// A probe that knows the true age of what a follower serves: a writer
+/// records when each write was acknowledged (on this host's clock, the
+/// daemons' too), and a reader pipelines INFO then GET: data that holds
+/// writes up to `n` is at least as old as the acknowledgment of `n + 1`.
+/// The reported staleness must never be below that, including right after
+/// the follower restarts (when it knows nothing of the master's clock yet,
+/// and so may claim no age at all, but never a small one).
+#[test]
+fn reported_staleness_is_never_below_the_true_age_across_restarts() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "300ms"]);
+    let flags = ["--poll-interval", "200ms"];
+    let mut follower = Daemon::follower(&s.path("backups"), &s.path("f"), &flags);
+
+    let acked: Arc<std::sync::Mutex<Vec<std::time::SystemTime>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (Arc::clone(&acked), Arc::clone(&stop));
+        let mut c = master.client();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = n.to_string();
+                c.call(&[b"SET", b"last", v.as_bytes()]).unwrap();
+                acked.lock().unwrap().push(std::time::SystemTime::now());
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (mut checked, mut unknown, mut worst_margin) = (0u64, 0u64, i64::MAX);
+    for round in 0..4 {
+        if round > 0 {
+            follower.stop();
+            follower = Daemon::follower(&s.path("backups"), &s.path("f"), &flags);
+        }
+        let mut c = follower.client();
+        let round_started = Instant::now();
+        let mut round_checked = 0;
+        while round_checked < 100 || round_started.elapsed() < Duration::from_secs(3) {
+            assert!(
+                round_started.elapsed() < GENEROUS,
+                "round {round}: {round_checked} reads checked in {GENEROUS:?}"
+            );
+            let sent = std::time::SystemTime::now();
+            let replies = c
+                .pipeline(&[
+                    vec![b"INFO".as_slice(), b"replication"],
+                    vec![b"GET", b"last"],
+                ])
+                .unwrap();
+            let Reply::Bulk(Some(info)) = &replies[0] else {
+                panic!("{:?}", replies[0])
+            };
+            let info = String::from_utf8_lossy(info);
+            let staleness = info
+                .lines()
+                .find_map(|l| l.strip_prefix("rkv_staleness_ms:"))
+                .map(str::trim)
+                .and_then(|v| v.parse::<i64>().ok())
+                .filter(|ms| *ms >= 0); // -1: unknown
+            let Reply::Bulk(Some(last)) = &replies[1] else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue; // nothing served yet
+            };
+            let served: usize = String::from_utf8_lossy(last).parse().unwrap();
+            let Some(staleness) = staleness else {
+                unknown += 1;
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            // The first write the served data lacks, if any was acknowledged
+            // before the read was sent.
+            let next = acked.lock().unwrap().get(served + 1).copied();
+            if let Some(next) = next.filter(|t| *t < sent) {
+                let true_age = sent.duration_since(next).unwrap().as_millis() as i64;
+                assert!(
+                    staleness >= true_age,
+                    "round {round}: staleness {staleness} ms reported for data {true_age} ms \
+                     old (serving last={served})"
+                );
+                worst_margin = worst_margin.min(staleness - true_age);
+            }
+            checked += 1;
+            round_checked += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        checked >= 400,
+        "{checked} reads checked, {unknown} of unknown age"
+    );
+    eprintln!(
+        "{checked} reads checked across 3 restarts ({unknown} of unknown age); the closest \
+         reported staleness was {worst_margin} ms above the true age"
+    );
+}
