@@ -6,9 +6,10 @@ It forwards every request as it is, so that a test can cut the store off
 the objects stay on the server behind it; with --drop-conditions it also
 removes If-None-Match and If-Match from writes, to play a store gateway
 that ignores conditional writes; with --lose-replies N it forwards the first
-N conditional writes of an object named `latest` and then drops the
-connection instead of replying, as a network that loses the reply after the
-store applied the write (each loss is said on stderr); with --slow-down it
+N conditional writes of an object named `latest` (or whose path contains
+--lose-on SUBSTR) and then drops the connection instead of replying, as a
+network that loses the reply after the store applied the write (each loss is
+said on stderr); with --slow-down it
 forwards nothing and answers every request 503 SlowDown, as a store under
 strain, saying each on stderr ("s3-proxy: 503 METHOD PATH") before it
 answers, so a test can count what was sent; with --hang it reads each
@@ -20,7 +21,8 @@ contains SUBSTR (saying "s3-proxy: 500 GET PATH"), as a store that keeps
 failing one object.
 
 Usage: s3-proxy.py --port PORT --upstream HOST:PORT [--drop-conditions]
-                   [--lose-replies N] [--slow-down | --hang] [--delay MS]
+                   [--lose-replies N [--lose-on SUBSTR]] [--slow-down | --hang]
+                   [--delay MS]
                    [--fail-get SUBSTR N]
 Prints "listening on PORT" once it accepts connections.
 """
@@ -38,6 +40,7 @@ def main():
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--drop-conditions", action="store_true")
     parser.add_argument("--lose-replies", type=int, default=0)
+    parser.add_argument("--lose-on")
     parser.add_argument("--slow-down", action="store_true")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--delay", type=int, default=0)
@@ -63,7 +66,9 @@ def main():
     def lose(command, path, headers):
         """Whether to lose the reply to this request (counting it)."""
         conditional = any(n.lower() in ("if-match", "if-none-match") for n in headers)
-        if command != "PUT" or not conditional or not path.split("?")[0].endswith("/latest"):
+        key = path.split("?")[0]
+        target = args.lose_on in key if args.lose_on else key.endswith("/latest")
+        if command != "PUT" or not conditional or not target:
             return False
         with lock:
             if to_lose[0] <= 0:

@@ -756,6 +756,20 @@ fn files_that_arrived_whole_are_not_downloaded_again_when_another_failed() {
 }
 
 #[test]
+fn a_lost_reply_to_the_start_up_probe_is_not_taken_for_a_broken_store() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    // The probe's first create-if-absent lands and its reply is lost: the
+    // client's retry is refused, by the master's own object.
+    let proxy = Proxy::start(&moto, 0, &["--lose-replies", "1", "--lose-on", "rkv-probe"]);
+    let m = master(&s, "db", &proxy.endpoint(), "probe", &["--interval", "0"]);
+    set(&m, "k", "v");
+    save(&m);
+    let f = follower(&s, "f", &moto.endpoint(), "probe");
+    replicated(&f, "k", "v");
+}
+
+#[test]
 fn the_purge_deletes_in_batches() {
     let s = Sandbox::new();
     let moto = store(&s);
