@@ -43,9 +43,18 @@ impl MasterClock {
 }
 
 impl Follower {
-    /// Milliseconds on this follower's monotonic clock.
+    /// Milliseconds on this follower's monotonic clock, rounded down (as
+    /// the reads the offset is sampled from: the offset errs high).
     pub(super) fn mono_ms(&self, at: Instant) -> i64 {
         at.saturating_duration_since(self.epoch).as_millis() as i64
+    }
+
+    /// Milliseconds on this follower's monotonic clock, rounded up (as the
+    /// "now" staleness is measured at: it never rounds below the truth).
+    fn mono_ms_ceil(&self, at: Instant) -> i64 {
+        at.saturating_duration_since(self.epoch)
+            .as_micros()
+            .div_ceil(1000) as i64
     }
 
     /// Takes in a heartbeat read at `read_at`: a changed one is a reading of
@@ -97,7 +106,7 @@ impl Follower {
                 current_as_of = current_as_of.max(heartbeat.ms as i64);
             }
         }
-        let now_on_master = self.mono_ms(Instant::now()) + offset;
+        let now_on_master = self.mono_ms_ceil(Instant::now()) + offset;
         Some(Duration::from_millis(
             now_on_master.saturating_sub(current_as_of).max(0) as u64,
         ))
