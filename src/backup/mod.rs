@@ -448,6 +448,9 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 }
 
 #[cfg(test)]
+mod contract;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -185,7 +185,9 @@ pub struct Listed {
 /// A bucket and prefix, with the runtime its requests run on.
 pub struct Bucket {
     config: S3Config,
-    store: Arc<AmazonS3>,
+    /// S3 over HTTP, or for the tests `object_store`'s in-memory store
+    /// (which honours the same conditional writes).
+    store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Runtime,
     /// What was asked of the store so far.
     pub counts: Arc<RequestCounts>,
@@ -245,11 +247,26 @@ impl Bucket {
         {
             builder = builder.with_region(shared_region().unwrap_or_else(|| "us-east-1".into()));
         }
-        let store = builder.build().map_err(|e| Error::Store {
+        let store: AmazonS3 = builder.build().map_err(|e| Error::Store {
             location: config.url(),
             context: "configure the client".into(),
             detail: e.to_string(),
         })?;
+        Bucket::on(config, Arc::new(store), counts)
+    }
+
+    /// A bucket on `object_store`'s in-memory store, for the tests: the
+    /// same requests, conditional writes included, with no server.
+    pub fn in_memory(config: S3Config) -> Result<Bucket> {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        Bucket::on(config, store, Arc::default())
+    }
+
+    fn on(
+        config: S3Config,
+        store: Arc<dyn ObjectStore>,
+        counts: Arc<RequestCounts>,
+    ) -> Result<Bucket> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("rkv-s3")
@@ -258,10 +275,15 @@ impl Bucket {
             .map_err(|e| Error::io("start the object store client's runtime", e))?;
         Ok(Bucket {
             config,
-            store: Arc::new(store),
+            store,
             runtime,
             counts,
         })
+    }
+
+    /// Another client of the same store (a second daemon on it, in a test).
+    pub fn clone_client(&self) -> Result<Bucket> {
+        Bucket::on(self.config.clone(), Arc::clone(&self.store), Arc::default())
     }
 
     /// `s3://BUCKET/PREFIX`.

@@ -134,14 +134,19 @@ impl S3Store {
     /// A follower's (or a tool's) view of the store, downloading into
     /// `cache`. Nothing is sent yet.
     pub fn reader(config: S3Config, cache: BackupDir) -> Result<S3Store> {
-        Ok(S3Store {
-            bucket: Bucket::new(config)?,
+        Ok(S3Store::reader_on(Bucket::new(config)?, cache))
+    }
+
+    /// [`S3Store::reader`] on a given client (an in-memory store, in tests).
+    pub fn reader_on(bucket: Bucket, cache: BackupDir) -> S3Store {
+        S3Store {
+            bucket,
             local: cache,
             role: Role::Reader,
             state: Mutex::default(),
             publishing: Mutex::new(()),
             _lock: None,
-        })
+        }
     }
 
     /// The master's store, staging backups in `staging`: locks the staging
@@ -150,11 +155,16 @@ impl S3Store {
     /// brings the staging directory to the store's newest backup so that
     /// new backups continue its ids and share its files.
     pub fn master(config: S3Config, staging: BackupDir, accept_unfenced: bool) -> Result<S3Store> {
+        S3Store::master_on(Bucket::new(config)?, staging, accept_unfenced)
+    }
+
+    /// [`S3Store::master`] on a given client (an in-memory store, in tests).
+    pub fn master_on(bucket: Bucket, staging: BackupDir, accept_unfenced: bool) -> Result<S3Store> {
         fs::create_dir_all(staging.path())
             .map_err(|e| Error::io(format!("create {}", staging.path().display()), e))?;
         let lock = staging.lock_for_master()?;
         let store = S3Store {
-            bucket: Bucket::new(config)?,
+            bucket,
             local: staging,
             role: Role::Master,
             state: Mutex::default(),

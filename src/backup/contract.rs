@@ -1,0 +1,308 @@
+//! The contract of [`BackupSource`] and [`BackupSink`], as one suite run
+//! against every store, in-process: a directory ([`BackupDir`]), and an
+//! object store ([`S3Store`]) on `object_store`'s in-memory store, which
+//! honours the same conditional writes as S3 (the moto tests in `tests/`
+//! keep the real HTTP path). What a caller may rely on, whichever store it
+//! was given.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::s3::{Bucket, S3Config};
+use super::{BackupDir, BackupSink, BackupSource, Heartbeat, RestoreMode, Retention, S3Store};
+use crate::db::{Db, OpenMode};
+use crate::error::Error;
+
+/// Opens a reader of the store, caching in the given directory.
+type OpenReader = Box<dyn Fn(&Path) -> Box<dyn BackupSource>>;
+/// Opens a second master on the store, staging in the given directory.
+type OpenSecond = Box<dyn Fn(&Path) -> crate::Result<Box<dyn BackupSink>>>;
+
+/// A store under test: a master's sink on it and a database to back up,
+/// and a reader of the same store, as a follower opens it.
+struct Fixture {
+    kind: &'static str,
+    /// A master holds the directory's lock for its lifetime.
+    _lock: Option<std::fs::File>,
+    tmp: tempfile::TempDir,
+    db: Db,
+    sink: Box<dyn BackupSink>,
+    reader: OpenReader,
+    /// A second master on the same store, as another host would open it.
+    second: OpenSecond,
+}
+
+fn database(tmp: &Path) -> Db {
+    Db::open(
+        &tmp.join("db"),
+        OpenMode::ReadWrite {
+            create_if_missing: true,
+        },
+    )
+    .unwrap()
+}
+
+fn directory() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("backups");
+    let sink = BackupDir::new(&path);
+    let lock = sink.lock_for_master().unwrap();
+    let (reader_path, second_path) = (path.clone(), path.clone());
+    Fixture {
+        kind: "directory",
+        _lock: lock,
+        db: database(tmp.path()),
+        tmp,
+        sink: Box::new(sink),
+        reader: Box::new(move |_| Box::new(BackupDir::new(&reader_path))),
+        second: Box::new(move |_| {
+            let second = BackupDir::new(&second_path);
+            second.lock_for_master()?;
+            Ok(Box::new(second) as Box<dyn BackupSink>)
+        }),
+    }
+}
+
+fn object_store() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = S3Config {
+        bucket: "contract".into(),
+        prefix: "prod".into(),
+        endpoint: None,
+        path_style: true,
+    };
+    let bucket = Bucket::in_memory(config).unwrap();
+    let (for_reader, for_second) = (
+        bucket.clone_client().unwrap(),
+        bucket.clone_client().unwrap(),
+    );
+    let sink =
+        S3Store::master_on(bucket, BackupDir::new(tmp.path().join("staging")), false).unwrap();
+    let for_reader = std::sync::Mutex::new(Some(for_reader));
+    let for_second = std::sync::Mutex::new(Some(for_second));
+    Fixture {
+        kind: "object store",
+        _lock: None,
+        db: database(tmp.path()),
+        tmp,
+        sink: Box::new(sink),
+        reader: Box::new(move |cache| {
+            let bucket = for_reader
+                .lock()
+                .unwrap()
+                .take()
+                .expect("one reader a test");
+            Box::new(S3Store::reader_on(bucket, BackupDir::new(cache)))
+        }),
+        second: Box::new(move |staging| {
+            let bucket = for_second
+                .lock()
+                .unwrap()
+                .take()
+                .expect("one second master");
+            Ok(
+                Box::new(S3Store::master_on(bucket, BackupDir::new(staging), false)?)
+                    as Box<dyn BackupSink>,
+            )
+        }),
+    }
+}
+
+/// Runs `test` against every store.
+fn each(test: impl Fn(Fixture)) {
+    test(directory());
+    test(object_store());
+}
+
+/// `n` keys of 1 KiB that do not compress, flushed into SST files by the
+/// backup.
+fn fill(db: &Db, n: usize) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..n {
+        let value: Vec<u8> = (0..1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        db.put(format!("fill:{i:06}").as_bytes(), &value).unwrap();
+    }
+}
+
+fn heartbeat(master: &str, token: &str, ms: u64) -> Heartbeat {
+    Heartbeat {
+        v: 1,
+        seq: 1,
+        ms,
+        master: master.into(),
+        db_id: None,
+        token: Some(token.into()),
+        pid: None,
+        keep_within_ms: None,
+        lease_term_ms: Some(10_000),
+        superseded: Vec::new(),
+        handover: false,
+    }
+}
+
+#[test]
+fn a_store_with_no_backup_names_none() {
+    each(|f| {
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        match reader.newest_id() {
+            Ok(None) | Err(Error::BackupDirMissing { .. }) => {}
+            other => panic!("{}: {other:?}", f.kind),
+        }
+        assert!(!reader.contains(1), "{}", f.kind);
+    });
+}
+
+#[test]
+fn a_backup_created_is_listed_described_and_newest_for_a_reader() {
+    each(|f| {
+        f.db.put(b"k", b"v1").unwrap();
+        let first = f.sink.create(&f.db, "h:/db").unwrap();
+        f.db.put(b"k", b"v2").unwrap();
+        let second = f.sink.create(&f.db, "h:/db").unwrap();
+        assert!(second.info.id > first.info.id, "{}", f.kind);
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        assert_eq!(
+            reader.newest_id().unwrap(),
+            Some(second.info.id),
+            "{}",
+            f.kind
+        );
+        let listed: Vec<u32> = reader.list().unwrap().iter().map(|b| b.id).collect();
+        assert_eq!(listed, [first.info.id, second.info.id], "{}", f.kind);
+        let described = reader.describe(second.info.id).unwrap();
+        let meta = described.metadata.expect("rkv's metadata");
+        assert_eq!(meta.seq, f.db.latest_sequence_number(), "{}", f.kind);
+        assert_eq!(meta.master, "h:/db", "{}", f.kind);
+        assert!(reader.contains(second.info.id), "{}", f.kind);
+        assert!(
+            matches!(
+                reader.describe(99),
+                Err(Error::BackupNotFound { id: 99, .. })
+            ),
+            "{}",
+            f.kind
+        );
+    });
+}
+
+#[test]
+fn a_reader_restores_what_the_master_backed_up_and_verifies_it() {
+    each(|f| {
+        f.db.put(b"k", b"v").unwrap();
+        let made = f.sink.create(&f.db, "h:/db").unwrap();
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        let dest = f.tmp.path().join("restored");
+        let restored = reader.restore(None, &dest, RestoreMode::Full).unwrap();
+        assert_eq!(restored.id, made.info.id, "{}", f.kind);
+        let db = Db::open(&dest, OpenMode::ReadOnly).unwrap();
+        assert_eq!(
+            db.get(b"k").unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "{}",
+            f.kind
+        );
+        reader
+            .verify(made.info.id, &crate::progress::Meter::default())
+            .unwrap();
+        assert_eq!(reader.find_damage(made.info.id), None, "{}", f.kind);
+    });
+}
+
+#[test]
+fn an_unchanged_database_shares_its_files_with_the_backup_before() {
+    each(|f| {
+        fill(&f.db, 2000);
+        let first = f.sink.create(&f.db, "h:/db").unwrap();
+        f.db.put(b"small", b"change").unwrap();
+        let second = f.sink.create(&f.db, "h:/db").unwrap();
+        assert!(
+            second.bytes_copied < first.bytes_copied / 4,
+            "{}: {} bytes copied after {}",
+            f.kind,
+            second.bytes_copied,
+            first.bytes_copied
+        );
+    });
+}
+
+#[test]
+fn retention_purges_the_oldest_and_never_the_newest() {
+    each(|f| {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            f.db.put(b"k", format!("v{i}").as_bytes()).unwrap();
+            ids.push(f.sink.create(&f.db, "h:/db").unwrap().info.id);
+        }
+        let keep_one = Retention {
+            keep: 1,
+            keep_within: Duration::ZERO,
+        };
+        let purged = f.sink.purge(&keep_one, SystemTime::now()).unwrap();
+        assert_eq!(purged, ids[..2], "{}", f.kind);
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        let listed: Vec<u32> = reader.list().unwrap().iter().map(|b| b.id).collect();
+        assert_eq!(listed, [ids[2]], "{}", f.kind);
+        assert!(!reader.contains(ids[0]), "{}", f.kind);
+        // What is left still restores whole.
+        let dest = f.tmp.path().join("restored");
+        reader.restore(None, &dest, RestoreMode::Full).unwrap();
+    });
+}
+
+#[test]
+fn a_heartbeat_written_is_what_a_reader_reads() {
+    each(|f| {
+        f.db.put(b"k", b"v").unwrap();
+        f.sink.create(&f.db, "h:/db").unwrap();
+        let beat = heartbeat("h:/db", "run-1", 42);
+        f.sink.write_heartbeat(&beat).unwrap();
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        assert_eq!(reader.read_heartbeat(), Some(beat), "{}", f.kind);
+    });
+}
+
+#[test]
+fn a_second_master_is_refused_or_fences_the_first() {
+    each(|f| {
+        f.db.put(b"k", b"v").unwrap();
+        f.sink.create(&f.db, "h:/a").unwrap();
+        f.sink
+            .write_heartbeat(&heartbeat("h:/a", "run-a", 1))
+            .unwrap();
+        match (f.second)(&f.tmp.path().join("staging-b")) {
+            // A directory: the lock refuses the second at once.
+            Err(Error::BackupDirLocked { .. }) => assert_eq!(f.kind, "directory"),
+            // An object store: the second's write of `latest` wins the
+            // race, and the first, writing next, finds itself fenced.
+            Ok(second) => {
+                assert_eq!(f.kind, "object store", "a second master was let in");
+                second
+                    .write_heartbeat(&heartbeat("h:/b", "run-b", 2))
+                    .unwrap();
+                let err = f
+                    .sink
+                    .write_heartbeat(&heartbeat("h:/a", "run-a", 3))
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, Error::Fenced { by } if by.contains("h:/b")),
+                    "{}: {err}",
+                    f.kind
+                );
+                f.db.put(b"k", b"w").unwrap();
+                assert!(
+                    matches!(f.sink.create(&f.db, "h:/a"), Err(Error::Fenced { .. })),
+                    "{}: a fenced master published",
+                    f.kind
+                );
+            }
+            Err(e) => panic!("{}: {e}", f.kind),
+        }
+    });
+}
