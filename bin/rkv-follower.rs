@@ -1,5 +1,5 @@
 //! `rkv-follower`: the read-only replica daemon. All of it lives in [`rkv::follower`].
 
-fn main() {
-    std::process::exit(rkv::follower::main());
+fn main() -> std::process::ExitCode {
+    rkv::follower::main()
 }

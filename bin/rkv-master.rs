@@ -1,5 +1,5 @@
 //! `rkv-master`: the write-side daemon. All of it lives in [`rkv::master`].
 
-fn main() {
-    std::process::exit(rkv::master::main());
+fn main() -> std::process::ExitCode {
+    rkv::master::main()
 }

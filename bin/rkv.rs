@@ -1,5 +1,5 @@
 //! `rkv`: the command line. All of it lives in [`rkv::cli`].
 
-fn main() {
-    std::process::exit(rkv::cli::main());
+fn main() -> std::process::ExitCode {
+    rkv::cli::main()
 }

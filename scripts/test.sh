@@ -36,7 +36,10 @@ trap summary EXIT
 # and fault scenarios of a master whose clock is hours off, python3's venv
 # for moto and redis-py (below), and prometheus for promtool, which lints the metrics.
 missing=()
-compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
+# libclang itself (libclang.so, libclang-14.so.1), not libclang-cpp, which
+# other packages bring and bindgen cannot use.
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
+    compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null || missing+=(libclang-dev)
 command -v clang >/dev/null || missing+=(clang)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v systemd-analyze >/dev/null || missing+=(systemd)

@@ -4,13 +4,15 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::resp::Limits;
 use crate::server::{ListenAddr, ServerConfig};
+
+mod daemon_file;
+pub use daemon_file::DaemonFile;
 
 /// The flags both daemons share: access control, limits and logging.
 #[derive(Debug, clap::Args)]
@@ -140,18 +142,18 @@ pub fn daemon_main<C>(
     umask: u32,
     config: Result<C, String>,
     run: impl FnOnce(C) -> anyhow::Result<()>,
-) -> i32 {
+) -> ExitCode {
     let config = match config {
         Ok(config) => config,
         Err(message) => {
             eprintln!("{name}: error: {message}");
-            return 2;
+            return ExitCode::from(2);
         }
     };
     set_umask(umask);
     init_logging(log_format);
     match run(config) {
-        Ok(()) => 0,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: error: {e:#}");
             if let Some(hint) = e
@@ -160,7 +162,7 @@ pub fn daemon_main<C>(
             {
                 eprintln!("Try: {hint}");
             }
-            1
+            ExitCode::FAILURE
         }
     }
 }
@@ -480,161 +482,5 @@ pub fn watch_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
-/// Whether process `pid` runs: it exists and has not exited (a child that
-/// exited stays a zombie until its parent reaps it).
-fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses.
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// The file a running daemon leaves in its directory so that `rkv --db=DIR`
-/// can reach it instead of failing on the database lock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonFile {
-    /// The daemon's process id.
-    pub pid: u32,
-    /// `master` or `follower`.
-    pub role: String,
-    /// Where it listens (`ListenAddr` spellings).
-    pub listen: Vec<String>,
-    /// Where it serves metrics (`--metrics-listen`), if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<String>,
-}
-
-impl DaemonFile {
-    /// The file's name inside the database or data directory.
-    pub const NAME: &'static str = "rkv-daemon.json";
-
-    /// Writes the file into `dir` atomically (temp file, then rename).
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!(".{}.tmp", Self::NAME));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializes"))?;
-        std::fs::rename(&tmp, dir.join(Self::NAME))
-    }
-
-    /// Removes the file from `dir`, if this process wrote it.
-    pub fn remove(dir: &Path) {
-        if let Some(file) = Self::read(dir) {
-            if file.pid == std::process::id() {
-                let _ = std::fs::remove_file(dir.join(Self::NAME));
-            }
-        }
-    }
-
-    /// Reads the file from `dir`.
-    pub fn read(dir: &Path) -> Option<DaemonFile> {
-        let bytes = std::fs::read(dir.join(Self::NAME)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Waits (up to `timeout`) for the file that process `pid` writes into
-    /// `dir` once it listens, and returns it: how a script or a test that
-    /// started a daemon on port 0 learns the address it got. `None` at the
-    /// timeout, or as soon as the process is gone (a refused start).
-    pub fn wait_for(dir: &Path, pid: u32, timeout: Duration) -> Option<DaemonFile> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(file) = Self::read(dir).filter(|f| f.pid == pid) {
-                return Some(file);
-            }
-            if !running(pid) || std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The first TCP address the file names, if any.
-    pub fn tcp_addr(&self) -> Option<ListenAddr> {
-        self.listen
-            .iter()
-            .filter_map(|a| a.parse::<ListenAddr>().ok())
-            .find(|a| matches!(a, ListenAddr::Tcp(_)))
-    }
-
-    /// The file in `dir`, if the daemon that wrote it is still running.
-    pub fn find_running(dir: &Path) -> Option<DaemonFile> {
-        let file = Self::read(dir)?;
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(file.pid as libc::pid_t, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        alive.then_some(file)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_take_binary_units() {
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("512kb"), Ok(512 << 10));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("lots").is_err() && parse_size("5 parsecs").is_err());
-    }
-
-    #[test]
-    fn protected_mode_refuses_open_binds_without_password() {
-        let open: Vec<ListenAddr> = vec!["0.0.0.0:6380".parse().unwrap()];
-        let local: Vec<ListenAddr> = vec!["127.0.0.1:6380".parse().unwrap()];
-        assert!(check_protected_mode(&open, false, true)
-            .unwrap_err()
-            .contains("protected mode"));
-        assert!(check_protected_mode(&open, true, true).is_ok());
-        assert!(check_protected_mode(&open, false, false).is_ok());
-        assert!(check_protected_mode(&local, false, true).is_ok());
-    }
-
-    #[test]
-    fn password_sources() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pw");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load_password(None, Some(&file))
-            .unwrap_err()
-            .contains("chmod 600"));
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert_eq!(
-            load_password(None, Some(&file)),
-            Ok(Some(b"s3cret".to_vec()))
-        );
-        assert_eq!(load_password(Some("x"), None), Ok(Some(b"x".to_vec())));
-        assert_eq!(load_password(None, None), Ok(None));
-        assert!(load_password(None, Some(&dir.path().join("missing")))
-            .unwrap_err()
-            .contains("cannot read"));
-        assert!(load_password(Some("x"), Some(&file)).is_err());
-    }
-
-    #[test]
-    fn resolve_handles_paths_that_do_not_exist_yet() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().canonicalize().unwrap();
-        assert_eq!(resolve(&dir.path().join("a/b")), real.join("a/b"));
-    }
-
-    #[test]
-    fn daemon_file_round_trips_and_finds_live_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = DaemonFile {
-            pid: std::process::id(),
-            role: "master".into(),
-            listen: vec!["127.0.0.1:6380".into()],
-            metrics: Some("127.0.0.1:9380".into()),
-        };
-        file.write(dir.path()).unwrap();
-        assert_eq!(DaemonFile::find_running(dir.path()), Some(file));
-        DaemonFile::remove(dir.path());
-        assert_eq!(DaemonFile::read(dir.path()), None);
-    }
-}
+mod tests;

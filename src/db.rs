@@ -21,30 +21,17 @@
 //! A follower's copy loses them with the first backup after the master's
 //! compaction did.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use std::iter::Peekable;
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::error::{Error, Result};
 
-/// How to open a database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpenMode {
-    /// Read-write, taking RocksDB's exclusive lock.
-    ReadWrite {
-        /// Create the database when the directory holds none.
-        create_if_missing: bool,
-    },
-    /// Read-only: no lock, no writes; sees the state as of opening.
-    ReadOnly,
-}
+mod open;
+pub use open::{holds_db, is_locked, BlockCache, OpenMode, OpenOptions};
 
 /// An open RocksDB database (its default column family).
 pub struct Db {
@@ -65,111 +52,6 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens the database at `path`.
-    ///
-    /// Errors: [`Error::DbNotFound`] when the directory holds no database (and
-    /// `create_if_missing` is off, or the mode is read-only),
-    /// [`Error::DbLocked`] when another process holds it read-write.
-    pub fn open(path: &Path, mode: OpenMode) -> Result<Db> {
-        Db::open_with_cache(path, mode, None)
-    }
-
-    /// [`Db::open`] with data blocks cached in `cache`, which several
-    /// databases may share. Blocks are keyed by the SST file's identity, so a
-    /// follower's new generation finds the blocks its SST files (hard links
-    /// of the previous generation's) already had cached.
-    pub fn open_with_cache(path: &Path, mode: OpenMode, cache: Option<&BlockCache>) -> Result<Db> {
-        Db::open_tuned(path, mode, cache, None)
-    }
-
-    /// [`Db::open_with_cache`] with RocksDB's cap on open files: past it,
-    /// RocksDB closes SST files and opens them again by path when read.
-    pub fn open_tuned(
-        path: &Path,
-        mode: OpenMode,
-        cache: Option<&BlockCache>,
-        max_open_files: Option<i32>,
-    ) -> Result<Db> {
-        let create_if_missing = matches!(
-            mode,
-            OpenMode::ReadWrite {
-                create_if_missing: true
-            }
-        );
-        if !create_if_missing && !holds_db(path) {
-            return Err(Error::DbNotFound {
-                path: path.to_path_buf(),
-            });
-        }
-        let mut options = Options::default();
-        options.create_if_missing(create_if_missing);
-        if let Some(n) = max_open_files {
-            options.set_max_open_files(n);
-        }
-        if matches!(mode, OpenMode::ReadWrite { .. }) {
-            // With an SST file manager RocksDB recovers by itself from a full
-            // disk: it polls free space and resumes writes once there is
-            // some. Without one, writes fail until a restart.
-            options.set_sst_file_manager(&rocksdb::SstFileManager::new());
-            tune_writes(&mut options);
-        }
-        let mut table = rocksdb::BlockBasedOptions::default();
-        // A bloom filter in every SST file the master writes: a follower's
-        // GET skips the files that cannot hold the key (a follower holds
-        // several overlapping ones) without reading their blocks.
-        table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
-        if let Some(cache) = cache {
-            table.set_block_cache(&cache.0);
-            // Index and filter blocks live in the shared cache too, so a new
-            // generation's open finds them there instead of reading every
-            // SST's index again: catch-up cost stays with the change.
-            table.set_cache_index_and_filter_blocks(true);
-            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        }
-        options.set_block_based_table_factory(&table);
-        // A database made elsewhere may have more column families than the
-        // default one; RocksDB refuses to open it unless all are named.
-        let mut column_families = if holds_db(path) {
-            DB::list_cf(&options, path).map_err(|e| classify_open_error(path, e))?
-        } else {
-            vec![rocksdb::DEFAULT_COLUMN_FAMILY_NAME.to_string()]
-        };
-        let writable = matches!(mode, OpenMode::ReadWrite { .. });
-        if writable && !column_families.iter().any(|cf| cf == EXPIRING) {
-            // A database of an earlier release gains it on its first
-            // read-write open; a read-only open does without.
-            options.create_missing_column_families(true);
-            column_families.push(EXPIRING.to_string());
-        }
-        let descriptors = column_families.iter().map(|name| {
-            let mut cf_options = options.clone();
-            if name == EXPIRING {
-                cf_options.set_compaction_filter("rkv.expired", drop_expired);
-            }
-            ColumnFamilyDescriptor::new(name, cf_options)
-        });
-        let opened = match mode {
-            OpenMode::ReadWrite { .. } => DB::open_cf_descriptors(&options, path, descriptors),
-            OpenMode::ReadOnly => {
-                DB::open_cf_descriptors_read_only(&options, path, descriptors, false)
-            }
-        };
-        let inner = opened.map_err(|e| classify_open_error(path, e))?;
-        let may_expire = inner.cf_handle(EXPIRING).is_some_and(|cf| {
-            let mut first = inner.iterator_cf(cf, IteratorMode::Start);
-            first.next().is_some()
-        });
-        Ok(Db {
-            may_expire: std::sync::atomic::AtomicBool::new(may_expire),
-            inner,
-            path: path.to_path_buf(),
-            write_options: WriteOptions::default(),
-            write_failure: std::sync::Mutex::new(None),
-            write_failed: std::sync::atomic::AtomicBool::new(false),
-            write_lock: std::sync::Mutex::new(()),
-        })
-    }
-
     /// Makes every later write fsync the WAL before it is acknowledged.
     pub fn set_sync_writes(&mut self, sync: bool) {
         self.write_options.set_sync(sync);
@@ -648,45 +530,6 @@ impl<A: Iterator<Item = Stored>, B: Iterator<Item = Stored>> Iterator for Merged
     }
 }
 
-/// A block cache shared by the databases opened with it.
-#[derive(Clone)]
-pub struct BlockCache(rocksdb::Cache);
-
-/// Bits per key of the bloom filters: about 1% false positives.
-const BLOOM_BITS_PER_KEY: f64 = 10.0;
-
-/// The memtable size: the master flushes it at every backup anyway, and a
-/// smaller skiplist is faster to insert into (64 MiB, RocksDB's default,
-/// made SETs with backups off slower than with backups on).
-const WRITE_BUFFER_BYTES: usize = 16 << 20;
-
-/// L0 files that start a compaction. A backup flushes the memtable, so at
-/// short intervals L0 files are small and many; each L0 compaction rewrites
-/// the overlapping base level, and every rewrite is new bytes the next
-/// backup copies and retention keeps until `--keep-within` passes. Waiting
-/// for more L0 files rewrites less often; bloom filters keep reads over
-/// several L0 files cheap.
-const L0_COMPACTION_TRIGGER: i32 = 8;
-
-/// The write path of a read-write database (the master's).
-fn tune_writes(options: &mut Options) {
-    options.set_write_buffer_size(WRITE_BUFFER_BYTES);
-    options.set_max_write_buffer_number(4);
-    options.set_level_zero_file_num_compaction_trigger(L0_COMPACTION_TRIGGER);
-    options.set_level_zero_slowdown_writes_trigger(L0_COMPACTION_TRIGGER * 4);
-    options.set_level_zero_stop_writes_trigger(L0_COMPACTION_TRIGGER * 6);
-    // Flushes and compactions on their own threads, so a compaction never
-    // holds up the flush a backup waits for.
-    options.set_max_background_jobs(4);
-}
-
-impl BlockCache {
-    /// An LRU cache of `bytes`.
-    pub fn new(bytes: usize) -> BlockCache {
-        BlockCache(rocksdb::Cache::new_lru_cache(bytes))
-    }
-}
-
 /// Key bounds for a scan: `from` inclusive, `to` exclusive, as in `ldb scan`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanRange {
@@ -694,220 +537,6 @@ pub struct ScanRange {
     pub from: Option<Vec<u8>>,
     /// First key to exclude; `None` runs to the end.
     pub to: Option<Vec<u8>>,
-}
-
-/// Whether `path` holds a RocksDB database (its `CURRENT` file).
-pub fn holds_db(path: &Path) -> bool {
-    path.join("CURRENT").is_file()
-}
-
-/// Whether another process holds the RocksDB lock of the database at `path`.
-///
-/// RocksDB locks `<db>/LOCK` with a POSIX record lock (`fcntl(F_SETLK)`), so a
-/// `F_GETLK` query sees it without taking it and without touching the database.
-pub fn is_locked(path: &Path) -> Result<bool> {
-    let lock_path = path.join("LOCK");
-    let file = match std::fs::File::open(&lock_path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(format!("open {}", lock_path.display()), e)),
-    };
-    // SAFETY: `flock` is plain data; all-zero is a valid value for it.
-    let mut query: libc::flock = unsafe { std::mem::zeroed() };
-    query.l_type = libc::F_WRLCK as libc::c_short;
-    query.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: the fd is open for the whole call and `query` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut query) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Error::io(
-            format!("query the lock on {}", lock_path.display()),
-            e,
-        ));
-    }
-    Ok(query.l_type != libc::F_UNLCK as libc::c_short)
-}
-
-/// Turns RocksDB's open errors into the meanings a user acts on.
-fn classify_open_error(path: &Path, error: rocksdb::Error) -> Error {
-    let message = error.to_string();
-    if message.contains("While lock file") || message.contains("lock hold by current process") {
-        Error::DbLocked {
-            path: path.to_path_buf(),
-        }
-    } else if message.contains("does not exist (create_if_missing is false)") {
-        Error::DbNotFound {
-            path: path.to_path_buf(),
-        }
-    } else {
-        Error::rocksdb(format!("open the database at {}", path.display()), error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rw(create_if_missing: bool) -> OpenMode {
-        OpenMode::ReadWrite { create_if_missing }
-    }
-
-    #[test]
-    fn missing_db_is_db_not_found_unless_created() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        assert!(matches!(
-            Db::open(&path, rw(false)),
-            Err(Error::DbNotFound { .. })
-        ));
-        assert!(matches!(
-            Db::open(&path, OpenMode::ReadOnly),
-            Err(Error::DbNotFound { .. })
-        ));
-        let db = Db::open(&path, rw(true)).unwrap();
-        db.put(b"k", b"v").unwrap();
-        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
-    }
-
-    #[test]
-    fn iter_honours_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), rw(true)).unwrap();
-        for k in ["a", "b", "c", "d"] {
-            db.put(k.as_bytes(), b"x").unwrap();
-        }
-        let range = ScanRange {
-            from: Some(b"b".to_vec()),
-            to: Some(b"d".to_vec()),
-        };
-        let keys: Vec<_> = db.iter(&range).map(|e| e.unwrap().0).collect();
-        assert_eq!(keys, [b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(db.iter(&ScanRange::default()).count(), 4);
-    }
-
-    /// Writes `key` with a deadline `ms_from_now` away.
-    fn put_expiring(db: &Db, key: &[u8], value: &[u8], ms_from_now: u64) {
-        let old = db.entry(key, now_ms()).unwrap();
-        let mut batch = db.batch();
-        batch.put(key, value, Some(now_ms() + ms_from_now), old.as_ref());
-        db.write(batch).unwrap();
-    }
-
-    #[test]
-    fn a_database_of_an_earlier_release_reads_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            // As rkv wrote databases before keys could expire: the default
-            // column family only.
-            let raw = DB::open_default(dir.path()).unwrap();
-            raw.put(b"a", b"1").unwrap();
-            raw.put(b"b", [0u8, 0, 0, 0, 0, 0, 0, 0, 9]).unwrap();
-        }
-        let ro = Db::open(dir.path(), OpenMode::ReadOnly).unwrap();
-        assert_eq!(
-            ro.get(b"b").unwrap(),
-            Some(vec![0u8, 0, 0, 0, 0, 0, 0, 0, 9])
-        );
-        assert_eq!(ro.iter(&ScanRange::default()).count(), 2);
-        drop(ro);
-        let rw = Db::open(dir.path(), rw(false)).unwrap();
-        assert_eq!(rw.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
-        put_expiring(&rw, b"c", b"3", 60_000);
-        let keys: Vec<_> = rw
-            .iter(&ScanRange::default())
-            .map(|e| e.unwrap().0)
-            .collect();
-        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-    }
-
-    #[test]
-    fn a_key_moves_between_the_families_and_reads_merge_them_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), rw(true)).unwrap();
-        db.put(b"a", b"1").unwrap();
-        put_expiring(&db, b"b", b"2", 60_000);
-        db.put(b"c", b"3").unwrap();
-        // b gets a plain value: its deadline goes with the old value.
-        db.put(b"b", b"plain").unwrap();
-        assert_eq!(db.expiring_entry(b"b").unwrap(), None);
-        // a gets a deadline: it leaves the default family.
-        put_expiring(&db, b"a", b"x", 60_000);
-        assert_eq!(db.inner.get(b"a").unwrap(), None);
-        let entries: Vec<_> = db
-            .entries(&ScanRange::default(), now_ms())
-            .map(|e| e.unwrap())
-            .collect();
-        let keys: Vec<_> = entries.iter().map(|(k, _)| k.clone()).collect();
-        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-        assert!(entries[0].1.expires_at.is_some());
-        assert_eq!(entries[1].1.expires_at, None);
-        db.delete(b"a").unwrap();
-        assert_eq!(db.get(b"a").unwrap(), None);
-        assert_eq!(db.expiring_entry(b"a").unwrap(), None);
-    }
-
-    #[test]
-    fn an_expired_key_is_invisible_at_once_and_compaction_reclaims_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), rw(true)).unwrap();
-        put_expiring(&db, b"soon", b"v", 150);
-        put_expiring(&db, b"later", b"w", 600_000);
-        db.put(b"plain", b"p").unwrap();
-        // Visible until its deadline (asked at a moment before it, as a
-        // slow machine may not get to ask in time), gone from then on.
-        let deadline = db
-            .expiring_entry(b"soon")
-            .unwrap()
-            .unwrap()
-            .expires_at
-            .unwrap();
-        let before = db.entry(b"soon", deadline - 1).unwrap().unwrap();
-        assert_eq!(before.value, b"v");
-        assert_eq!(db.entry(b"soon", deadline).unwrap(), None);
-        while now_ms() <= deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(db.get(b"soon").unwrap(), None);
-        let live: Vec<_> = db
-            .iter(&ScanRange::default())
-            .map(|e| e.unwrap().0)
-            .collect();
-        assert_eq!(live, [b"later".to_vec(), b"plain".to_vec()]);
-        // Still stored until compaction drops it.
-        assert!(db.expiring_entry(b"soon").unwrap().is_some());
-        db.compact().unwrap();
-        assert_eq!(db.expiring_entry(b"soon").unwrap(), None);
-        assert!(db.expiring_entry(b"later").unwrap().is_some());
-    }
-
-    #[test]
-    fn delete_all_removes_every_key_of_both_families() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), rw(true)).unwrap();
-        for k in [&b""[..], b"a", b"\xff\xff\xff"] {
-            db.put(k, b"v").unwrap();
-        }
-        put_expiring(&db, b"\xff\xff\xff\xff", b"v", 60_000);
-        let mut batch = db.batch();
-        db.delete_all(&mut batch).unwrap();
-        db.write(batch).unwrap();
-        assert_eq!(db.iter(&ScanRange::default()).count(), 0);
-        db.put(b"after", b"v").unwrap();
-        assert_eq!(db.iter(&ScanRange::default()).count(), 1);
-    }
-
-    #[test]
-    fn read_only_open_sees_data_and_does_not_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = Db::open(dir.path(), rw(true)).unwrap();
-            db.put(b"k", b"v").unwrap();
-        }
-        let ro = Db::open(dir.path(), OpenMode::ReadOnly).unwrap();
-        assert_eq!(ro.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
-        // A read-write open still works while a read-only one is open.
-        drop(Db::open(dir.path(), rw(false)).unwrap());
-    }
 }
 
 /// What [`Db::load_figures`] reads.
@@ -924,3 +553,6 @@ pub struct LoadFigures {
     /// Bytes of the block cache in use.
     pub block_cache_bytes: u64,
 }
+
+#[cfg(test)]
+mod tests;

@@ -285,10 +285,10 @@ struct Setup {
     follower: Proc,
 }
 
-fn setup(dir: &Path, master_mode: &[&str]) -> Setup {
+fn setup(dir: &Path) -> Setup {
     let moto = Moto::start(dir);
     moto.create_bucket(BUCKET);
-    let master_proxy = Proxy::start(&moto.addr, 0, master_mode, &dir.join("master-proxy.log"));
+    let master_proxy = Proxy::start(&moto.addr, 0, &[], &dir.join("master-proxy.log"));
     let follower_proxy = Proxy::start(&moto.addr, 0, &[], &dir.join("follower-proxy.log"));
     let url = format!("s3://{BUCKET}/prod");
     let db = dir.join("db");
@@ -340,6 +340,31 @@ fn setup(dir: &Path, master_mode: &[&str]) -> Setup {
     }
 }
 
+/// The daemons with the load on and the follower caught up; `Err` with the
+/// scenario's outcome when it cannot run (no moto, or no catching up).
+fn loaded(dir: &Path, name: &'static str) -> Result<(Setup, Load, Checker), Outcome> {
+    if !Moto::installed() {
+        return Err(outcome(
+            name,
+            true,
+            format!("{name}: skipped (no moto server installed)"),
+        ));
+    }
+    let s = setup(dir);
+    let load = Load::start(&s.master);
+    let checker = Checker::start(&s.follower);
+    if wait_for(Duration::from_secs(120), || checker.served() > 100).is_none() {
+        let acked = load.finish();
+        let _ = checker.finish();
+        return Err(outcome(
+            name,
+            false,
+            format!("{name}: the follower never caught up before the fault ({acked} acknowledged)"),
+        ));
+    }
+    Ok((s, load, checker))
+}
+
 fn secs(d: Option<Duration>) -> String {
     d.map_or("NO".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
@@ -347,25 +372,10 @@ fn secs(d: Option<Duration>) -> String {
 /// The store answers every request 503 SlowDown (`--slow-down`) or
 /// answers none (`--hang`) for `fault`, then comes back.
 pub fn bad_store(dir: &Path, name: &'static str, mode: &str, fault: Duration) -> Outcome {
-    if !Moto::installed() {
-        return outcome(
-            name,
-            true,
-            format!("{name}: skipped (no moto server installed)"),
-        );
-    }
-    let mut s = setup(dir, &[]);
-    let load = Load::start(&s.master);
-    let checker = Checker::start(&s.follower);
-    if wait_for(Duration::from_secs(120), || checker.served() > 100).is_none() {
-        let acked = load.finish();
-        let _ = checker.finish();
-        return outcome(
-            name,
-            false,
-            format!("{name}: the follower never caught up before the fault ({acked} acknowledged)"),
-        );
-    }
+    let (mut s, load, checker) = match loaded(dir, name) {
+        Ok(run) => run,
+        Err(outcome) => return outcome,
+    };
     // Requests per minute before the fault, as the daemons count them.
     let quiet = Duration::from_secs(10);
     let (m0, f0) = (requests(&s.master), requests(&s.follower));
@@ -463,17 +473,10 @@ pub fn bad_store(dir: &Path, name: &'static str, mode: &str, fault: Duration) ->
 /// take them for another master's.
 pub fn lost_replies(dir: &Path) -> Outcome {
     let name = "store-lost-reply";
-    if !Moto::installed() {
-        return outcome(
-            name,
-            true,
-            format!("{name}: skipped (no moto server installed)"),
-        );
-    }
-    let mut s = setup(dir, &[]);
-    let load = Load::start(&s.master);
-    let checker = Checker::start(&s.follower);
-    let _ = wait_for(Duration::from_secs(120), || checker.served() > 100);
+    let (mut s, load, checker) = match loaded(dir, name) {
+        Ok(run) => run,
+        Err(outcome) => return outcome,
+    };
     s.master_proxy.swap(&["--lose-replies", "5"]);
     let lost_all = wait_for(Duration::from_secs(120), || {
         s.master_proxy.said("lost the reply") >= 5
@@ -507,17 +510,10 @@ pub fn lost_replies(dir: &Path) -> Outcome {
 /// store): how long a backup cycle takes, and whether writes go on.
 pub fn latency(dir: &Path) -> Outcome {
     let name = "store-latency";
-    if !Moto::installed() {
-        return outcome(
-            name,
-            true,
-            format!("{name}: skipped (no moto server installed)"),
-        );
-    }
-    let mut s = setup(dir, &[]);
-    let load = Load::start(&s.master);
-    let checker = Checker::start(&s.follower);
-    let _ = wait_for(Duration::from_secs(120), || checker.served() > 100);
+    let (mut s, load, checker) = match loaded(dir, name) {
+        Ok(run) => run,
+        Err(outcome) => return outcome,
+    };
     let before = s.master.info_num("rkv_last_backup_duration_ms");
     s.master_proxy.swap(&["--delay", "500"]);
     let refused_before = load.refused();
@@ -571,17 +567,10 @@ pub fn latency(dir: &Path) -> Outcome {
 /// between the follower's backup and the term's end) is counted.
 pub fn partition(dir: &Path) -> Outcome {
     let name = "store-partition";
-    if !Moto::installed() {
-        return outcome(
-            name,
-            true,
-            format!("{name}: skipped (no moto server installed)"),
-        );
-    }
-    let s = setup(dir, &[]);
-    let load = Load::start(&s.master);
-    let checker = Checker::start(&s.follower);
-    let _ = wait_for(Duration::from_secs(120), || checker.served() > 100);
+    let (s, load, checker) = match loaded(dir, name) {
+        Ok(run) => run,
+        Err(outcome) => return outcome,
+    };
     let Setup {
         _moto: moto,
         master_proxy,

@@ -1,6 +1,6 @@
 //! The contract of [`BackupSource`] and [`BackupSink`], as one suite run
 //! against every store, in-process: a directory ([`BackupDir`]), and an
-//! object store ([`S3Store`]) on `object_store`'s in-memory store, which
+//! object store ([`S3Publisher`] and [`S3Reader`]) on `object_store`'s in-memory store, which
 //! honours the same conditional writes as S3 (the moto tests in `tests/`
 //! keep the real HTTP path). What a caller may rely on, whichever store it
 //! was given.
@@ -9,7 +9,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::s3::{Bucket, S3Config};
-use super::{BackupDir, BackupSink, BackupSource, Heartbeat, RestoreMode, Retention, S3Store};
+use super::{
+    BackupDir, BackupSink, BackupSource, Heartbeat, MasterLock, RestoreMode, Retention,
+    S3Publisher, S3Reader,
+};
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
 
@@ -17,19 +20,22 @@ use crate::error::Error;
 type OpenReader = Box<dyn Fn(&Path) -> Box<dyn BackupSource>>;
 /// Opens a second master on the store, staging in the given directory.
 type OpenSecond = Box<dyn Fn(&Path) -> crate::Result<Box<dyn BackupSink>>>;
+/// Deletes a file from the store, behind the master's back.
+type Lose = Box<dyn Fn(&str)>;
 
 /// A store under test: a master's sink on it and a database to back up,
 /// and a reader of the same store, as a follower opens it.
 struct Fixture {
     kind: &'static str,
     /// A master holds the directory's lock for its lifetime.
-    _lock: Option<std::fs::File>,
+    _lock: MasterLock,
     tmp: tempfile::TempDir,
     db: Db,
     sink: Box<dyn BackupSink>,
     reader: OpenReader,
     /// A second master on the same store, as another host would open it.
     second: OpenSecond,
+    lose: Lose,
 }
 
 fn database(tmp: &Path) -> Db {
@@ -47,7 +53,7 @@ fn directory() -> Fixture {
     let path = tmp.path().join("backups");
     let sink = BackupDir::new(&path);
     let lock = sink.lock_for_master().unwrap();
-    let (reader_path, second_path) = (path.clone(), path.clone());
+    let (reader_path, second_path, lose_path) = (path.clone(), path.clone(), path.clone());
     Fixture {
         kind: "directory",
         _lock: lock,
@@ -60,6 +66,7 @@ fn directory() -> Fixture {
             second.lock_for_master()?;
             Ok(Box::new(second) as Box<dyn BackupSink>)
         }),
+        lose: Box::new(move |name| std::fs::remove_file(lose_path.join(name)).unwrap()),
     }
 }
 
@@ -72,17 +79,17 @@ fn object_store() -> Fixture {
         path_style: true,
     };
     let bucket = Bucket::in_memory(config).unwrap();
-    let (for_reader, for_second) = (
+    let (for_reader, for_second, for_loss) = (
+        bucket.clone_client().unwrap(),
         bucket.clone_client().unwrap(),
         bucket.clone_client().unwrap(),
     );
-    let sink =
-        S3Store::master_on(bucket, BackupDir::new(tmp.path().join("staging")), false).unwrap();
+    let sink = S3Publisher::on(bucket, BackupDir::new(tmp.path().join("staging")), false).unwrap();
     let for_reader = std::sync::Mutex::new(Some(for_reader));
     let for_second = std::sync::Mutex::new(Some(for_second));
     Fixture {
         kind: "object store",
-        _lock: None,
+        _lock: MasterLock::none(),
         db: database(tmp.path()),
         tmp,
         sink: Box::new(sink),
@@ -92,7 +99,7 @@ fn object_store() -> Fixture {
                 .unwrap()
                 .take()
                 .expect("one reader a test");
-            Box::new(S3Store::reader_on(bucket, BackupDir::new(cache)))
+            Box::new(S3Reader::on(bucket, BackupDir::new(cache)))
         }),
         second: Box::new(move |staging| {
             let bucket = for_second
@@ -101,10 +108,11 @@ fn object_store() -> Fixture {
                 .take()
                 .expect("one second master");
             Ok(
-                Box::new(S3Store::master_on(bucket, BackupDir::new(staging), false)?)
+                Box::new(S3Publisher::on(bucket, BackupDir::new(staging), false)?)
                     as Box<dyn BackupSink>,
             )
         }),
+        lose: Box::new(move |name| for_loss.delete(name).unwrap()),
     }
 }
 
@@ -155,7 +163,7 @@ fn a_store_with_no_backup_names_none() {
             Ok(None) | Err(Error::BackupDirMissing { .. }) => {}
             other => panic!("{}: {other:?}", f.kind),
         }
-        assert!(!reader.contains(1), "{}", f.kind);
+        assert!(!reader.contains(1).unwrap(), "{}", f.kind);
     });
 }
 
@@ -180,7 +188,7 @@ fn a_backup_created_is_listed_described_and_newest_for_a_reader() {
         let meta = described.metadata.expect("rkv's metadata");
         assert_eq!(meta.seq, f.db.latest_sequence_number(), "{}", f.kind);
         assert_eq!(meta.master, "h:/db", "{}", f.kind);
-        assert!(reader.contains(second.info.id), "{}", f.kind);
+        assert!(reader.contains(second.info.id).unwrap(), "{}", f.kind);
         assert!(
             matches!(
                 reader.describe(99),
@@ -211,7 +219,12 @@ fn a_reader_restores_what_the_master_backed_up_and_verifies_it() {
         reader
             .verify(made.info.id, &crate::progress::Meter::default())
             .unwrap();
-        assert_eq!(reader.find_damage(made.info.id), None, "{}", f.kind);
+        assert_eq!(
+            reader.find_damage(made.info.id).unwrap(),
+            None,
+            "{}",
+            f.kind
+        );
     });
 }
 
@@ -249,7 +262,7 @@ fn retention_purges_the_oldest_and_never_the_newest() {
         let reader = (f.reader)(&f.tmp.path().join("cache"));
         let listed: Vec<u32> = reader.list().unwrap().iter().map(|b| b.id).collect();
         assert_eq!(listed, [ids[2]], "{}", f.kind);
-        assert!(!reader.contains(ids[0]), "{}", f.kind);
+        assert!(!reader.contains(ids[0]).unwrap(), "{}", f.kind);
         // What is left still restores whole.
         let dest = f.tmp.path().join("restored");
         reader.restore(None, &dest, RestoreMode::Full).unwrap();
@@ -304,5 +317,51 @@ fn a_second_master_is_refused_or_fences_the_first() {
             }
             Err(e) => panic!("{}: {e}", f.kind),
         }
+    });
+}
+
+#[test]
+fn a_file_the_store_lost_is_written_again_by_the_next_backup_cycle() {
+    each(|f| {
+        fill(&f.db, 500);
+        let first = f.sink.create(&f.db, "h:/db").unwrap();
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        let files = reader.files(&[first.info.id]).unwrap();
+        let lost = files
+            .keys()
+            .find(|name| name.starts_with("shared"))
+            .expect("a shared table file");
+        (f.lose)(lost);
+        // The master's cycle, as its backup step runs it: back up (again,
+        // without the damaged file, if the store says one is), then purge.
+        f.db.put(b"after", b"loss").unwrap();
+        let created = match f.sink.create(&f.db, "h:/db") {
+            Err(Error::DamagedFile { path, detail }) => {
+                let damage = super::Damage {
+                    path,
+                    detail,
+                    backups: Vec::new(),
+                };
+                f.sink.remove_damaged(&[damage]).unwrap();
+                f.sink.create(&f.db, "h:/db").unwrap()
+            }
+            other => other.unwrap(),
+        };
+        let keep_all = Retention {
+            keep: 10,
+            keep_within: Duration::ZERO,
+        };
+        f.sink.purge(&keep_all, SystemTime::now()).unwrap();
+        let dest = f.tmp.path().join("restored");
+        let restored = reader.restore(None, &dest, RestoreMode::Full).unwrap();
+        assert_eq!(restored.id, created.info.id, "{}", f.kind);
+        let db = Db::open(&dest, OpenMode::ReadOnly).unwrap();
+        assert!(db.get(b"fill:000000").unwrap().is_some(), "{}", f.kind);
+        assert_eq!(
+            db.get(b"after").unwrap().as_deref(),
+            Some(&b"loss"[..]),
+            "{}",
+            f.kind
+        );
     });
 }

@@ -8,21 +8,17 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rocksdb::backup::{
-    BackupEngine, BackupEngineOptions, CreateBackupOptions, RestoreMode as EngineRestoreMode,
-    RestoreOptions, ShareFilesNaming,
+    BackupEngine, BackupEngineOptions, RestoreMode as EngineRestoreMode, RestoreOptions,
+    ShareFilesNaming,
 };
 use rocksdb::Env;
 
-use super::heal::size_mismatch_file;
 use super::meta;
-use super::{
-    unix_ms, AppMetadata, BackupInfo, BackupSink, BackupSource, CreateStats, Damage, Heartbeat,
-    RestoreMode, RestoreStats, Retention, ScrubCursor,
-};
-use crate::db::{self, Db};
+use super::{AppMetadata, BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
+use crate::db::{self};
 use crate::error::{Error, Result};
 
 /// The sub-directory holding one meta file per complete backup.
@@ -283,8 +279,8 @@ impl BackupSource for BackupDir {
         Ok(files)
     }
 
-    fn find_damage(&self, id: u32) -> Option<String> {
-        self.damage_in(id)
+    fn find_damage(&self, id: u32) -> Result<Option<String>> {
+        Ok(self.damage_in(id))
     }
 
     fn watch_paths(&self) -> Vec<PathBuf> {
@@ -431,148 +427,18 @@ impl BackupSource for BackupDir {
         Ok(stats)
     }
 
-    fn contains(&self, id: u32) -> bool {
-        self.meta_path(id).exists()
+    fn contains(&self, id: u32) -> Result<bool> {
+        let path = self.meta_path(id);
+        match fs::metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("look for {}", path.display()), e)),
+        }
     }
 
     fn read_heartbeat(&self) -> Option<Heartbeat> {
         let bytes = fs::read(self.path.join(HEARTBEAT)).ok()?;
         serde_json::from_slice(&bytes).ok()
-    }
-}
-
-impl BackupSink for BackupDir {
-    fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
-        let started = Instant::now();
-        let result = self.create_with_writer(db, master, started);
-        if result.is_err() {
-            self.forget_writer();
-        }
-        result
-    }
-
-    fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>> {
-        let mut engine = self.writer()?;
-        let backups = infos(&engine);
-        let keep = retention.keep_count(&backups, now);
-        if keep >= backups.len() {
-            return Ok(Vec::new());
-        }
-        if let Err(e) = engine.purge_old_backups(keep) {
-            drop(engine);
-            self.forget_writer();
-            return Err(Error::rocksdb(
-                format!("purge old backups in {}", self.path.display()),
-                e,
-            ));
-        }
-        // The newest backup stays (keep is at least 1): the engine's view of
-        // the directory still matches its fingerprint.
-        Ok(backups[..backups.len() - keep]
-            .iter()
-            .map(|b| b.id)
-            .collect())
-    }
-
-    fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {
-        let path = self.path.join(HEARTBEAT);
-        let tmp = self.path.join(format!(".{HEARTBEAT}.tmp"));
-        let json = serde_json::to_vec(heartbeat).expect("heartbeat serializes");
-        fs::write(&tmp, json)
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))
-    }
-
-    fn lock_for_master(&self) -> Result<Option<fs::File>> {
-        self.take_master_lock()
-    }
-
-    fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
-        self.scrub_files(cursor, budget)
-    }
-
-    fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
-        self.forget_writer();
-        self.remove_damaged_files(damage)
-    }
-
-    fn drop_incomplete(&self) -> Result<Vec<u32>> {
-        self.forget_writer();
-        self.drop_incomplete_backups()
-    }
-}
-
-impl BackupDir {
-    /// [`BackupSink::create`] through the writer engine.
-    fn create_with_writer(&self, db: &Db, master: &str, started: Instant) -> Result<CreateStats> {
-        let mut engine = self.writer()?;
-        let shared_before = self.shared_files();
-        let metadata = AppMetadata {
-            v: AppMetadata::VERSION,
-            seq: db.latest_sequence_number(),
-            created_ms: unix_ms(SystemTime::now()),
-            master: master.to_string(),
-            db_id: db.identity(),
-        };
-        let json = serde_json::to_vec(&metadata).expect("metadata serializes");
-        let mut options = CreateBackupOptions::default();
-        options.set_flush_before_backup(true);
-        let id = engine
-            .create_new_backup_with_metadata(db.rocksdb(), &options, &json)
-            .map_err(|e| match (e.kind(), size_mismatch_file(e.as_ref())) {
-                // A shared file in the store no longer has the size its name
-                // records: every backup would fail on it until it is replaced.
-                (rocksdb::ErrorKind::Corruption, Some(path)) => Error::DamagedFile {
-                    path,
-                    detail: "its size differs from the size its name records".to_string(),
-                },
-                _ => Error::rocksdb(format!("create a backup in {}", self.path.display()), e),
-            })?;
-        engine.made(id);
-        let info = engine
-            .get_backup_info()
-            .into_iter()
-            .find(|info| info.backup_id == id)
-            .map(|info| BackupInfo {
-                id,
-                timestamp: info.timestamp.max(0) as u64,
-                size: info.size,
-                files: info.num_files,
-                metadata: Some(metadata),
-            })
-            .ok_or_else(|| Error::BackupNotFound {
-                id,
-                path: self.path.clone(),
-            })?;
-        let (mut bytes_copied, mut files_copied) = (0, 0);
-        for file in self.read_meta(id)?.files {
-            // Every file must be whole: RocksDB checks sizes only when an
-            // engine opens, and this engine stays open. A file this backup
-            // copied is also read back, so a copy damaged on its way to the
-            // store is found now, not by the follower that needs it.
-            let copied = !shared_before.contains(&file.path);
-            let damage = match self.present_size(&file) {
-                Ok(len) if copied => {
-                    files_copied += 1;
-                    bytes_copied += len;
-                    self.crc_mismatch(&file)
-                }
-                Ok(_) => None,
-                Err(detail) => Some(detail),
-            };
-            if let Some(detail) = damage {
-                return Err(Error::DamagedFile {
-                    path: file.path,
-                    detail,
-                });
-            }
-        }
-        Ok(CreateStats {
-            info,
-            bytes_copied,
-            files_copied,
-            duration: started.elapsed(),
-        })
     }
 }
 
@@ -657,6 +523,8 @@ fn snapshot(dir: &Path) -> HashMap<String, (u64, u64)> {
         })
         .collect()
 }
+
+mod write;
 
 #[cfg(test)]
 mod tests;

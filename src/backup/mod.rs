@@ -3,11 +3,13 @@
 //!
 //! [`BackupSource`] (what a follower may do: read) and [`BackupSink`] (what
 //! only a master may do: write) are the interface to it, so that where
-//! backups live (today a directory, next an object store) stays behind a
-//! small contract; [`BackupDir`] implements both on a local or NFS directory
-//! with RocksDB's BackupEngine, [`S3Store`] on an S3-compatible object store
-//! (through a local directory of the same layout), and nothing outside this
-//! module knows either layout. [`BackupLocation`] is what `--backup-dir`
+//! backups live stays behind a small contract, checked by one suite run
+//! against every store (`contract.rs`). [`BackupDir`] implements both on a
+//! local or NFS directory with RocksDB's BackupEngine; on an S3-compatible
+//! object store (through a local directory of the same layout),
+//! [`S3Reader`] is a follower's read-only view and [`S3Publisher`] the
+//! master's, so a follower's store cannot write by its type. Nothing outside
+//! this module knows either layout. [`BackupLocation`] is what `--backup-dir`
 //! names. The policy (when to back up, what to keep) lives
 //! with the callers; [`Retention`] only computes what a policy keeps.
 
@@ -27,7 +29,7 @@ use crate::error::Result;
 
 pub use dir::BackupDir;
 pub use location::{BackupLocation, StoreArgs};
-pub use s3::S3Store;
+pub use s3::{S3Publisher, S3Reader};
 
 /// The application metadata rkv stores with each backup, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,9 +218,10 @@ pub trait BackupSource: Send + Sync {
             })
     }
 
-    /// Whether backup `id` is still in the store (complete or not): `false`
-    /// once retention purged it.
-    fn contains(&self, id: u32) -> bool;
+    /// Whether backup `id` is still in the store (complete or not):
+    /// `Ok(false)` once retention purged it. An error when the store could
+    /// not be asked: then nothing is known either way.
+    fn contains(&self, id: u32) -> Result<bool>;
 
     /// The files backups `ids` list, each once with its size in bytes as
     /// stored (`rkv status` adds them up into shared and private bytes).
@@ -231,8 +234,10 @@ pub trait BackupSource: Send + Sync {
     /// is missing or differs.
     fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()>;
 
-    /// The first damaged file of backup `id`, described, if any.
-    fn find_damage(&self, id: u32) -> Option<String>;
+    /// The first damaged (or missing) file of backup `id`, described;
+    /// `Ok(None)` when every file is whole. An error when the store could
+    /// not be read: that says nothing of the backup.
+    fn find_damage(&self, id: u32) -> Result<Option<String>>;
 
     /// Restores backup `id` (the newest when `None`) into `dest`, a directory
     /// that need not exist, with one look at the store. [`Error::NoBackups`](crate::Error::NoBackups)
@@ -274,11 +279,12 @@ pub trait BackupSink: BackupSource {
     /// heartbeat atomically.
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()>;
 
-    /// Takes the lock a master holds on the store while it runs (`Ok(None)`
-    /// where the store has no working locks: the heartbeat lease still
-    /// fences); [`Error::BackupDirLocked`](crate::Error::BackupDirLocked) when
-    /// another holds it.
-    fn lock_for_master(&self) -> Result<Option<std::fs::File>>;
+    /// Takes the lock a master holds on the store while it runs;
+    /// [`Error::BackupDirLocked`](crate::Error::BackupDirLocked) when another
+    /// master holds it. Where the store has no working lock (an object
+    /// store, a filesystem without `flock`), the lock holds nothing and
+    /// the heartbeat's lease is what fences a second master.
+    fn lock_for_master(&self) -> Result<MasterLock>;
 
     /// Checks the next files of the retained backups, from `cursor`, reading
     /// at most `budget` bytes; returns what is damaged.
@@ -289,6 +295,26 @@ pub trait BackupSink: BackupSource {
 
     /// Drops backups (never the newest) that miss a file; returns their ids.
     fn drop_incomplete(&self) -> Result<Vec<u32>>;
+}
+
+/// The lock a master holds on its store while it runs, released when
+/// dropped (see [`BackupSink::lock_for_master`]).
+#[derive(Debug)]
+pub struct MasterLock {
+    /// The locked file, where the store has one.
+    _file: Option<std::fs::File>,
+}
+
+impl MasterLock {
+    /// A lock on `file`, or (`None`) one that holds nothing.
+    fn new(file: Option<std::fs::File>) -> MasterLock {
+        MasterLock { _file: file }
+    }
+
+    /// The lock of a store that has none to take.
+    pub fn none() -> MasterLock {
+        MasterLock::new(None)
+    }
 }
 
 /// The master's word that its database held no writes beyond sequence

@@ -3,18 +3,17 @@
 //! mode.
 
 use super::target::Remote;
-use super::{emit, Cli, CliError, Command};
+use std::path::Path;
+
+use super::{emit, CliError};
 use crate::resp::Reply;
 
 /// `rkv info [SECTION…]`: the daemon's INFO, line by line.
 pub(super) fn info(
-    cli: &Cli,
     daemon: &mut Remote<'_>,
+    section: Option<&str>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), CliError> {
-    let Command::Info { section } = &cli.command else {
-        return Err(CliError::Usage("`info` only".to_string()));
-    };
     let mut args: Vec<&[u8]> = vec![b"INFO"];
     args.extend(section.iter().map(|s| s.as_bytes()));
     match daemon.client()?.call(&args)? {
@@ -31,13 +30,10 @@ pub(super) fn info(
 /// `rkv backup` when a daemon owns the database: the daemon backs up (its
 /// own backup directory must be the one asked for).
 pub(super) fn backup(
-    cli: &Cli,
     daemon: &mut Remote<'_>,
+    backup_dir: Option<&Path>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), CliError> {
-    let Command::Backup { backup_dir } = &cli.command else {
-        return Err(CliError::Usage("`backup` only".to_string()));
-    };
     let addr = daemon.addr().clone();
     let client = daemon.client()?;
     let daemon_dir = client.info_field(Some("persistence"), "rkv_backup_dir")?;

@@ -1,8 +1,8 @@
 //! The follower: turns the master's backups into a read-only replica whose
 //! lag is bounded and reported.
 //!
-//! [`Follower::poll`] is one step: look at the backup store, and when a newer
-//! complete backup is there, apply it as a new generation (see
+//! [`Follower::poll`] is one step (see `poll.rs`): look at the backup store,
+//! and when a newer complete backup is there, apply it as a new generation (see
 //! [`generations`]) and swap the serving database handle atomically; readers
 //! holding the old handle finish on it. A failure leaves the serving
 //! generation untouched. [`run`] wraps the steps in the daemon: a watch on the
@@ -12,6 +12,7 @@ mod backend;
 mod clock;
 mod config;
 pub mod generations;
+mod poll;
 mod run;
 mod watch;
 
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 
 use crate::backup::{BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
-use crate::db::{BlockCache, Db, OpenMode};
+use crate::db::{BlockCache, Db, OpenMode, OpenOptions};
 use crate::error::{Error, Result};
 use crate::progress;
 use crate::status::{Copied, Durations, Failures};
@@ -194,12 +195,10 @@ impl Follower {
     }
 
     fn open_db(&self, path: &Path) -> Result<Db> {
-        Db::open_tuned(
-            path,
-            OpenMode::ReadOnly,
-            self.cache.as_ref(),
-            self.max_open_files,
-        )
+        OpenOptions::new(OpenMode::ReadOnly)
+            .cache(self.cache.as_ref())
+            .max_open_files(self.max_open_files)
+            .open(path)
     }
 
     /// Opens generation `id` at `path` read-only. Its backup's facts come
@@ -269,226 +268,6 @@ impl Follower {
                 )),
             ),
             None => (state.last_poll_ok, state.last_error.clone()),
-        }
-    }
-
-    /// One step: apply the newest complete backup if it is newer than the
-    /// one served, or if it is of another database than the one served.
-    pub fn poll(&self) -> PollOutcome {
-        let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
-        self.state().asking_since = Some(Instant::now());
-        let serving = self.serving.load_full();
-        let serving_id = serving.as_ref().map(|g| g.backup.id);
-        let heartbeat = self.store.read_heartbeat();
-        let read_at = Instant::now();
-        // Listing meta/ says whether anything is new; only then is the
-        // newest backup read, alone. Every backup is loaded (a BackupEngine
-        // open: every meta file read, every shared file listed) only when
-        // the newest cannot be, to find the newest that can.
-        let other_master = match (&heartbeat, serving.as_ref().and_then(|g| g.lineage())) {
-            (Some(h), Some(served)) => h.lineage() != served,
-            _ => false,
-        };
-        let listed = self.store.newest_id().and_then(|newest| match newest {
-            Some(id) if serving_id != Some(id) || other_master => match self.store.describe(id) {
-                Ok(info) => Ok((newest, vec![info])),
-                Err(Error::BackupCorrupt { .. } | Error::BackupNotFound { .. }) => {
-                    Ok((newest, self.store.list()?))
-                }
-                Err(e) => Err(e),
-            },
-            _ => Ok((newest, Vec::new())),
-        });
-        let mut state = self.state();
-        state.asking_since = None;
-        state.last_poll = Some(read_at);
-        if let Some(heartbeat) = heartbeat {
-            self.observe_heartbeat(&mut state, heartbeat, read_at);
-        }
-        let (newest_id, backups) = match listed {
-            Ok(listed) => {
-                state.last_poll_ok = true;
-                listed
-            }
-            Err(e) => {
-                state.last_poll_ok = false;
-                let message = e.to_string();
-                // Said once per distinct failure. A missing directory before
-                // the first backup is the normal start of a new deployment.
-                if state.last_error.as_deref() != Some(&message) {
-                    let first_wait = matches!(e, Error::BackupDirMissing { .. })
-                        && self.serving.load().is_none();
-                    if first_wait {
-                        tracing::info!("waiting for the backup directory to appear: {message}");
-                    } else if e.is_local_disk_full() {
-                        tracing::warn!(
-                            error = %message,
-                            "this host's disk is full (not the backup store): free space; still \
-                             serving"
-                        );
-                    } else {
-                        tracing::warn!(
-                            error = %message,
-                            "cannot read the backup directory; still serving"
-                        );
-                    }
-                }
-                state.last_error = Some(message);
-                return PollOutcome::Failed(e);
-            }
-        };
-        if newest_id.is_some() {
-            state.newest_seen = newest_id;
-        }
-        let Some(newest_id) = newest_id else {
-            return PollOutcome::UpToDate;
-        };
-        if serving_id == Some(newest_id) && !other_master {
-            if state.backoff.is_none() && state.skipped.is_none() {
-                state.last_error = None;
-            }
-            return PollOutcome::UpToDate;
-        }
-        // The newest backup RocksDB can load; a newer one it cannot is
-        // skipped, and said. (The store is asked without the state lock:
-        // INFO and reads take it, and a request may hang.)
-        let newest = backups.last().cloned();
-        if newest.as_ref().is_none_or(|b| b.id < newest_id) && state.skipped != Some(newest_id) {
-            drop(state);
-            let damage = self.store.contains(newest_id).then(|| {
-                self.store
-                    .find_damage(newest_id)
-                    .unwrap_or_else(|| "RocksDB cannot load it".to_string())
-            });
-            state = self.state();
-            if let Some(detail) = damage {
-                let message = format!("backup {newest_id} skipped: {detail}");
-                tracing::error!(backup_id = newest_id, detail = %detail, "skipping a backup that cannot be loaded");
-                state.failures.record("skipped");
-                state.skipped = Some(newest_id);
-                state.last_error = Some(message);
-            }
-        }
-        let Some(newest) = newest else {
-            return PollOutcome::UpToDate;
-        };
-        let lineage_change = match (&serving, newest.metadata.as_ref()) {
-            (Some(g), Some(meta)) if g.lineage().is_some_and(|l| l != meta.lineage()) => {
-                Some(format!(
-                    "the backup directory now holds another database's backups ({} at {}), \
-                     not the served one's ({}): re-bootstrapping from backup {}",
-                    meta.lineage(),
-                    meta.master,
-                    g.lineage().unwrap_or_default(),
-                    newest.id
-                ))
-            }
-            (Some(g), _) if newest.id < g.backup.id => Some(format!(
-                "the backup directory's ids went back (newest {}, served {}): it was replaced; \
-                 re-bootstrapping from backup {}",
-                newest.id, g.backup.id, newest.id
-            )),
-            _ => None,
-        };
-        match &lineage_change {
-            Some(why) => {
-                if state.lineage_change.as_deref() != Some(why) {
-                    tracing::error!("{why}");
-                }
-                state.lineage_change = Some(why.clone());
-                state.last_error = Some(why.clone());
-            }
-            None if serving_id.is_some_and(|id| id >= newest.id) => return PollOutcome::UpToDate,
-            None => {}
-        }
-        if let Some((id, retry_at, _)) = state.backoff {
-            if id == newest.id && Instant::now() < retry_at {
-                return PollOutcome::Waiting(id);
-            }
-        }
-        state.applying = true;
-        drop(state);
-
-        let started = Instant::now();
-        let result = self.apply(&newest, lineage_change.is_some());
-        // Gone from a store that is still there: purged. (Asked before the
-        // state lock is taken again, as above.)
-        let purged = result.is_err()
-            && !self.store.contains(newest.id)
-            && self.store.newest_id().is_ok_and(|n| n.is_some());
-        let mut state = self.state();
-        state.applying = false;
-        match result {
-            Ok(stats) => {
-                state.applies_done += 1;
-                state.durations.record(stats.duration);
-                state.copied.bytes += stats.bytes_copied;
-                state.copied.files += u64::from(stats.files_copied);
-                state.copied.files_kept += u64::from(stats.files_kept);
-                state.last_apply = Some(stats.clone());
-                state.backoff = None;
-                state.last_error = None;
-                state.purge_races = 0;
-                state.skipped = None;
-                if state.lineage_change.take().is_some() {
-                    // The old database's clock readings say nothing of the new.
-                    state.clock = MasterClock::default();
-                    tracing::warn!(
-                        backup_id = newest.id,
-                        "re-bootstrapped: serving the backup directory's database"
-                    );
-                }
-                drop(state);
-                self.release_retired();
-                PollOutcome::Applied(stats)
-            }
-            Err(e) => {
-                let e = match e {
-                    _ if purged => Error::BackupPurged {
-                        id: newest.id,
-                        ran: started.elapsed(),
-                        keep_within: state
-                            .heartbeat
-                            .as_ref()
-                            .and_then(|h| h.keep_within_ms)
-                            .map(Duration::from_millis),
-                    },
-                    e => e,
-                };
-                let mut message = format!("apply backup {}: {e}", newest.id);
-                state.failures.record(e.kind());
-                match e {
-                    Error::BackupCorrupt { .. } => {
-                        // Retry with backoff: a copy may still be arriving
-                        // (NFS), the master heals damaged files, and a newer
-                        // backup is tried as soon as it appears.
-                        let delay = match state.backoff {
-                            Some((id, _, delay)) if id == newest.id => {
-                                (delay * 2).min(Duration::from_secs(60))
-                            }
-                            _ => Duration::from_secs(1),
-                        };
-                        state.backoff = Some((newest.id, Instant::now() + delay, delay));
-                        tracing::error!(error = %message, retry_in = ?delay, "serving the previous data");
-                    }
-                    Error::BackupPurged { .. } => {
-                        state.purge_races += 1;
-                        if state.purge_races > 1 {
-                            message = format!(
-                                "{message}; {} restores in a row lost this race: raise \
-                                 --keep-within on the master above the time a restore takes",
-                                state.purge_races
-                            );
-                            tracing::error!(error = %message, "serving the previous data");
-                        } else {
-                            tracing::warn!(error = %message, "serving the previous data; trying the newest backup");
-                        }
-                    }
-                    _ => tracing::warn!(error = %message, "serving the previous data, will retry"),
-                }
-                state.last_error = Some(message);
-                PollOutcome::Failed(e)
-            }
         }
     }
 

@@ -14,7 +14,7 @@ use super::generations::DataDir;
 use super::watch::MetaWatcher;
 use super::{Follower, PollOutcome};
 use crate::backoff::Backoff;
-use crate::backup::{BackupDir, BackupLocation, BackupSource, S3Store};
+use crate::backup::{BackupDir, BackupLocation, BackupSource, S3Reader};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
 use crate::server::Server;
@@ -25,7 +25,7 @@ pub const S3_CACHE: &str = "s3-cache";
 
 /// `rkv-follower`'s entry point: returns the exit code (0 clean stop, 1
 /// failure, 2 bad configuration).
-pub fn main() -> i32 {
+pub fn main() -> std::process::ExitCode {
     let args = FollowerArgs::parse();
     let log_format = args.server.log_format;
     let umask = args.server.umask;
@@ -65,7 +65,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     let follower = match &config.backup_dir {
         BackupLocation::Dir(path) => open(&config, data, local(path))?,
         BackupLocation::S3(s3) => {
-            let store = S3Store::reader(s3.clone(), local(&config.data.join(S3_CACHE)))
+            let store = S3Reader::new(s3.clone(), local(&config.data.join(S3_CACHE)))
                 .with_context(|| format!("open the object store {}", s3.url()))?;
             open(&config, data, store)?
         }

@@ -10,14 +10,14 @@ use clap::Parser;
 
 use super::config::{MasterArgs, MasterConfig};
 use super::{Master, StepOutcome};
-use crate::backup::{BackupDir, BackupLocation, BackupSink, S3Store};
+use crate::backup::{BackupDir, BackupLocation, BackupSink, S3Publisher};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
 use crate::server::Server;
 
 /// `rkv-master`'s entry point: returns the exit code (0 clean stop, 1 failure,
 /// 2 bad configuration).
-pub fn main() -> i32 {
+pub fn main() -> std::process::ExitCode {
     let args = MasterArgs::parse();
     let log_format = args.server.log_format;
     let umask = args.server.umask;
@@ -48,7 +48,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
         BackupLocation::Dir(path) => open(&config, &cache, BackupDir::new(path))?,
         BackupLocation::S3(s3) => {
             let staging = BackupDir::new(&config.staging_dir);
-            let store = S3Store::master(s3.clone(), staging, config.accept_unfenced_store)
+            let store = S3Publisher::open(s3.clone(), staging, config.accept_unfenced_store)
                 .with_context(|| format!("open the object store {}", s3.url()))?;
             open(&config, &cache, store)?
         }
@@ -106,7 +106,9 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
                 tracing::info!("no changes since the last backup; no final backup")
             }
             StepOutcome::Created(stats) => tracing::info!("final backup {} taken", stats.info.id),
-            StepOutcome::Failed(e) => result = Err(anyhow::anyhow!("the final backup failed: {e}")),
+            StepOutcome::Failed(e) => {
+                result = Err(anyhow::Error::new(e).context("the final backup failed"))
+            }
         }
     }
     DaemonFile::remove(&config.db);

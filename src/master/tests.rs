@@ -6,18 +6,16 @@ use crate::backup::BackupDir;
 use crate::server::Backend;
 
 fn master(dir: &Path) -> Master {
+    master_on(dir, BackupDir::new(dir.join("backups")))
+}
+
+/// A master of the database in `dir` on `store`, keeping two backups.
+fn master_on(dir: &Path, store: impl BackupSink + 'static) -> Master {
     let retention = Retention {
         keep: 2,
         keep_within: Duration::ZERO,
     };
-    Master::open(
-        &dir.join("db"),
-        BackupDir::new(dir.join("backups")),
-        retention,
-        false,
-        None,
-    )
-    .unwrap()
+    Master::open(&dir.join("db"), store, retention, false, None).unwrap()
 }
 
 #[test]
@@ -133,7 +131,7 @@ impl backup::BackupSource for Arc<TakenOver> {
     fn newest_id(&self) -> Result<Option<u32>> {
         self.inner.newest_id()
     }
-    fn contains(&self, id: u32) -> bool {
+    fn contains(&self, id: u32) -> Result<bool> {
         self.inner.contains(id)
     }
     fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
@@ -142,7 +140,7 @@ impl backup::BackupSource for Arc<TakenOver> {
     fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
         self.inner.verify(id, meter)
     }
-    fn find_damage(&self, id: u32) -> Option<String> {
+    fn find_damage(&self, id: u32) -> Result<Option<String>> {
         self.inner.find_damage(id)
     }
     fn restore(
@@ -177,8 +175,8 @@ impl BackupSink for Arc<TakenOver> {
         self.refuse()?;
         self.inner.write_heartbeat(heartbeat)
     }
-    fn lock_for_master(&self) -> Result<Option<std::fs::File>> {
-        Ok(None)
+    fn lock_for_master(&self) -> Result<backup::MasterLock> {
+        Ok(backup::MasterLock::none())
     }
     fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
         self.inner.scrub(cursor, budget)
@@ -196,18 +194,7 @@ fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
     for refused_by in ["heartbeat", "backup"] {
         let tmp = tempfile::tempdir().unwrap();
         let store = TakenOver::new(&tmp.path().join("backups"));
-        let retention = Retention {
-            keep: 2,
-            keep_within: Duration::ZERO,
-        };
-        let m = Master::open(
-            &tmp.path().join("db"),
-            Arc::clone(&store),
-            retention,
-            false,
-            None,
-        )
-        .unwrap();
+        let m = master_on(tmp.path(), Arc::clone(&store));
         m.claim(false, Duration::from_secs(10)).unwrap();
         m.db().put(b"k", b"v").unwrap();
         assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
@@ -244,18 +231,7 @@ fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
 fn a_master_cut_off_from_the_store_past_its_term_refuses_writes_until_it_renews() {
     let tmp = tempfile::tempdir().unwrap();
     let store = TakenOver::new(&tmp.path().join("backups"));
-    let retention = Retention {
-        keep: 2,
-        keep_within: Duration::ZERO,
-    };
-    let m = Master::open(
-        &tmp.path().join("db"),
-        Arc::clone(&store),
-        retention,
-        false,
-        None,
-    )
-    .unwrap();
+    let m = master_on(tmp.path(), Arc::clone(&store));
     let term = Duration::from_millis(300);
     m.claim(false, term).unwrap();
     assert!(m.writer().is_ok(), "the first heartbeat landed");

@@ -2,7 +2,9 @@
 //! retention and errors.
 
 use super::*;
-use crate::db::OpenMode;
+use crate::backup::{BackupSink, Retention};
+use crate::db::{Db, OpenMode};
+use std::time::SystemTime;
 
 fn new_db(path: &Path) -> Db {
     Db::open(

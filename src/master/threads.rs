@@ -1,0 +1,158 @@
+//! The master's two threads: the backup loop (a step every interval, on
+//! request, and a scrub step every scrub interval) and the heartbeat (the
+//! lease's renewal), both stopped by [`Master::stop_loop`].
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Master, StepOutcome, HEARTBEAT_PERIOD};
+use crate::backoff::Backoff;
+use crate::master::lease::Term;
+
+impl Master {
+    /// Starts the heartbeat thread: a heartbeat every [`HEARTBEAT_PERIOD`]
+    /// until [`Master::stop_loop`]; after failures, less often (with
+    /// jitter, so a store answering SlowDown is not asked harder), but at
+    /// least four times a lease term, so it is renewed once the store is
+    /// back.
+    pub fn start_heartbeat(self: &Arc<Self>) -> JoinHandle<()> {
+        let master = Arc::clone(self);
+        let term = self.lease.get().map_or(HEARTBEAT_PERIOD, Term::term);
+        let mut backoff = Backoff::new(HEARTBEAT_PERIOD, term / 4);
+        std::thread::Builder::new()
+            .name("rkv-heartbeat".into())
+            .spawn(move || loop {
+                let wait = if master.heartbeat() {
+                    backoff.failed()
+                } else {
+                    backoff.succeeded();
+                    HEARTBEAT_PERIOD
+                };
+                let state = master.state();
+                let (state, _) = master
+                    .changed
+                    .wait_timeout_while(state, wait, |s| !s.stopping)
+                    .unwrap_or_else(|e| e.into_inner());
+                if state.stopping {
+                    return;
+                }
+            })
+            .expect("spawn heartbeat thread")
+    }
+
+    /// Asks the loop for a backup now; returns whether one is already running.
+    pub fn schedule_backup(&self) -> bool {
+        let mut state = self.state();
+        state.requested = true;
+        self.changed.notify_all();
+        state.in_progress
+    }
+
+    /// Starts the backup loop: a step every `interval` (never, when zero)
+    /// and whenever one is requested, and a scrub step every
+    /// `scrub_interval` (never, when zero), until [`Master::stop_loop`].
+    ///
+    /// With an interval, data no backup holds goes out at once. That is
+    /// decided here, before the caller starts serving: what the first
+    /// step backs up is the data found at start, whatever clients write
+    /// before the thread gets to run.
+    pub fn start_loop(
+        self: &Arc<Self>,
+        interval: Duration,
+        scrub_interval: Duration,
+    ) -> JoinHandle<()> {
+        if !interval.is_zero() && self.has_unbacked_changes() {
+            self.schedule_backup();
+        }
+        let master = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("rkv-backup".into())
+            .spawn(move || master.backup_loop(interval, scrub_interval))
+            .expect("spawn backup thread")
+    }
+
+    fn backup_loop(&self, interval: Duration, scrub_interval: Duration) {
+        // Data found at start is already requested (see `start_loop`).
+        let mut next = Instant::now() + interval;
+        // Failed backups are retried on the schedule, but no sooner than
+        // a wait that grows with each failure in a row (up to 15 s, or the interval):
+        // a store answering SlowDown is not asked harder.
+        let mut backoff = Backoff::new(
+            interval.max(HEARTBEAT_PERIOD),
+            interval.max(Duration::from_secs(15)),
+        );
+        let mut next_scrub = Instant::now() + scrub_interval;
+        let far = Duration::from_secs(3600);
+        loop {
+            let scrub;
+            {
+                let mut state = self.state();
+                loop {
+                    if state.stopping {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if state.requested || (!interval.is_zero() && now >= next) {
+                        scrub = false;
+                        break;
+                    }
+                    if !scrub_interval.is_zero() && now >= next_scrub {
+                        scrub = true;
+                        break;
+                    }
+                    let until_backup = if interval.is_zero() {
+                        far
+                    } else {
+                        next.saturating_duration_since(now)
+                    };
+                    let until_scrub = if scrub_interval.is_zero() {
+                        far
+                    } else {
+                        next_scrub.saturating_duration_since(now)
+                    };
+                    state = self
+                        .changed
+                        .wait_timeout(state, until_backup.min(until_scrub))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                if !scrub {
+                    state.requested = false;
+                    state.started += 1;
+                }
+            }
+            if scrub {
+                self.scrub_step();
+                next_scrub = Instant::now() + scrub_interval;
+                continue;
+            }
+            let started = Instant::now();
+            let outcome = self.backup_step();
+            let mut state = self.state();
+            state.finished = state.started;
+            self.changed.notify_all();
+            drop(state);
+            // A fixed schedule: the next backup is due one interval after
+            // this one was due, not after it finished (a slow backup would
+            // otherwise stretch every interval by its own time). One that
+            // overran its interval is followed at once, without a backlog.
+            if !interval.is_zero() {
+                while next <= started {
+                    next += interval;
+                }
+                match outcome {
+                    StepOutcome::Failed(_) => next = next.max(Instant::now() + backoff.failed()),
+                    _ => backoff.succeeded(),
+                }
+            }
+        }
+    }
+
+    /// Stops the loop after the step in progress, if any, and the
+    /// heartbeat thread.
+    pub fn stop_loop(&self) {
+        self.state().stopping = true;
+        self.changed.notify_all();
+    }
+}
