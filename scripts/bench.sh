@@ -65,7 +65,7 @@ fi
 
 if [[ -z ${RKV_BIN_DIR:-} ]]; then
     log "building (release)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
+    (cd "$ROOT" && cargo build --release --workspace --bins --quiet)
 fi
 [[ -x $BIN/rkv-bench ]] || die "$BIN/rkv-bench is missing"
 log "running rkv-bench ${QUICK[*]} into $OUT"

@@ -57,7 +57,7 @@ fi
 
 if [[ -z ${RKV_BIN_DIR:-} ]]; then
     log "building (release)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
+    (cd "$ROOT" && cargo build --release --workspace --bins --quiet)
 fi
 [[ -x $BIN/rkv-faults ]] || die "$BIN/rkv-faults is missing"
 log "running rkv-faults ${QUICK[*]} ${PASS[*]} into $OUT"

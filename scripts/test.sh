@@ -79,11 +79,11 @@ log "redis-py $("$REDIS_PY_VENV/bin/python" -c 'import redis; print(redis.__vers
 export RKV_REDIS_PY=$REDIS_PY_VENV/bin/python
 
 log "cargo fmt --check"
-cargo fmt --check
+cargo fmt --all --check
 log "building (release) into $CARGO_TARGET_DIR"
-cargo build --release --all-targets --locked
+cargo build --release --workspace --all-targets --locked
 log "running the tests"
-cargo test --release --locked 2>&1 | tee "$RESULTS"
+cargo test --release --workspace --locked 2>&1 | tee "$RESULTS"
 count() { awk -v what="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" what) n += $i } END { print n + 0 }' "$RESULTS"; }
 passed=$(count passed)
 failed=$(count failed)

@@ -10,23 +10,14 @@ use std::time::{Duration, Instant};
 use rkv::resp::Reply;
 
 use crate::util::{
-    fill, get, incompressible, refused, run_bin, serves, serves_fresh, wait_until, Daemon, Sandbox,
-    GENEROUS, SLOW_RESTORE,
+    fill, get, incompressible, partials, refused, run_bin, serves, serves_fresh, wait_until,
+    Daemon, Sandbox, GENEROUS, REFUSE_AFTER_3S, SLOW_RESTORE,
 };
 
 fn set(d: &Daemon, key: &str, value: &str) -> Reply {
     d.client()
         .call_raw(&[b"SET", key.as_bytes(), value.as_bytes()])
         .unwrap()
-}
-
-fn partials(data: &Path) -> usize {
-    std::fs::read_dir(data).map_or(0, |entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            .count()
-    })
 }
 
 fn shared_ssts(backups: &Path) -> Vec<std::path::PathBuf> {
@@ -321,18 +312,7 @@ fn staleness_holds_with_the_masters_clock_hours_off() {
             &["--interval", "200ms"],
             &env,
         );
-        let follower = Daemon::follower(
-            &s.path("backups"),
-            &s.path("f1"),
-            &[
-                "--poll-interval",
-                "100ms",
-                "--max-staleness",
-                "3s",
-                "--stale-reads",
-                "refuse",
-            ],
-        );
+        let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &REFUSE_AFTER_3S);
         set(&master, "k", "v");
         serves(&follower, "k", "v");
         // Past the first heartbeats, the master's clock being off must not

@@ -10,7 +10,7 @@ use rkv::resp::Reply;
 
 use crate::util::{
     bulk, corrupt_private_manifest, db_flag, fill, get, refused, rkv, serves, serves_fresh,
-    wait_until, Daemon, Sandbox, GENEROUS, SLOW_RESTORE,
+    wait_until, Daemon, Sandbox, GENEROUS, REFUSE_AFTER_3S, SLOW_RESTORE,
 };
 
 /// A master taking backups on request only, and a follower polling every
@@ -308,18 +308,7 @@ fn a_corrupt_backup_keeps_the_old_data_serving_until_an_intact_one() {
 fn stale_reads_are_refused_once_the_master_stops() {
     let s = Sandbox::new();
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "200ms"]);
-    let follower = Daemon::follower(
-        &s.path("backups"),
-        &s.path("f1"),
-        &[
-            "--poll-interval",
-            "100ms",
-            "--max-staleness",
-            "3s",
-            "--stale-reads",
-            "refuse",
-        ],
-    );
+    let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &REFUSE_AFTER_3S);
     let mut m = master.client();
     m.call(&[b"SET", b"k", b"v"]).unwrap();
     serves(&follower, "k", "v");

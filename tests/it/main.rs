@@ -10,18 +10,11 @@ mod master;
 mod metrics;
 mod netns;
 mod promote;
-// redis-server, the differential tests' peer.
-#[path = "../../bin/common/redis.rs"]
-mod redis;
-// The differential test's random source.
-#[path = "../../bin/common/rng.rs"]
-mod rng;
 mod s3;
-// The S3 server the object store tests run against.
-#[path = "../../bin/common/moto.rs"]
-mod moto;
 mod scripts;
-// The fault suite's small disk.
-#[path = "../../bin/common/tmpfs.rs"]
-mod tmpfs;
 mod util;
+
+// redis-server (the differential tests' peer), the differential test's
+// random source, the S3 server the object store tests run against, and
+// the small disk of the full-disk tests.
+use rkv_testkit::{moto, redis, rng, tmpfs};

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use rkv::resp::Reply;
 
 use crate::moto::Moto;
-use crate::procs::{wait_for, Proc};
+use crate::procs::Proc;
 use crate::scenarios::{missing, outcome, yes};
 use crate::{log, Outcome};
+use rkv_testkit::wait::time_until as wait_for;
 
-const PROXY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/s3-proxy.py");
+const PROXY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/lib/s3-proxy.py");
 const BUCKET: &str = "rkv-faults";
 const STORE_ENV: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "rkv-faults"),
@@ -62,7 +63,12 @@ impl Proxy {
             .rsplit(' ')
             .next()
             .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the fault proxy did not start: {line:?}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "the fault proxy did not start (it said {line:?}); its log is {}",
+                    log.display()
+                )
+            });
         Proxy {
             child,
             port,
@@ -606,7 +612,7 @@ pub fn partition(dir: &Path) -> Outcome {
     let reported = master.info("rkv_lease_held");
 
     let promoting = Instant::now();
-    let out = Command::new(crate::process::sibling("rkv"))
+    let out = Command::new(rkv_testkit::process::bin("rkv"))
         .args([
             format!("--db={}", dir.join("new").display()),
             "promote".into(),

@@ -5,8 +5,6 @@
 //! answers with this child's own pid, and a child that exits (the port was
 //! taken) is started again on another port.
 
-#![allow(dead_code)] // each includer uses its part
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

@@ -5,17 +5,10 @@
 //! here asserts a speed. Run it through `scripts/bench.sh`.
 
 mod daemons;
-#[path = "../common/moto.rs"]
-mod moto;
-#[path = "../common/process.rs"]
-mod process;
-#[path = "../common/redis.rs"]
-mod redis;
 mod report;
-// The workloads' random source.
-#[path = "../common/rng.rs"]
-mod rng;
 mod scenarios;
+
+use rkv_testkit::{moto, process, redis, rng};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use rkv::backup::{BackupDir, BackupSource};
 use rkv::resp::Reply;
 
-use crate::procs::{wait_for, Proc};
+use crate::procs::Proc;
 use crate::tmpfs::Tmpfs;
 use crate::{log, Outcome, Plan, Rng};
+use rkv_testkit::flags::{partials, REFUSE_AFTER_3S, SLOW_RESTORE};
+use rkv_testkit::wait::time_until as wait_for;
 
 /// Every scenario, in the order they run.
 pub const NAMES: &[&str] = &[
@@ -651,33 +653,18 @@ pub fn yes(b: bool) -> &'static str {
 
 fn fill(master: &Proc, mib: usize) {
     let mut c = master.client().unwrap();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    // Values that do not compress, so each MiB written is a MiB on disk.
+    let mut rng = rkv_testkit::rng::Rng(0x9E37_79B9_7F4A_7C15);
     for batch in 0..mib * 16 {
         let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
         for i in 0..16 {
-            let value: Vec<u8> = (0..4096)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let value = rng.bytes(4096);
             args.push(format!("big:{batch:06}:{i:02}").into_bytes());
             args.push(value);
         }
         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         c.call(&refs).unwrap();
     }
-}
-
-fn partials(data: &Path) -> usize {
-    std::fs::read_dir(data).map_or(0, |entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            .count()
-    })
 }
 
 fn short_retention(dir: &Path) -> Outcome {
@@ -695,14 +682,7 @@ fn short_retention(dir: &Path) -> Outcome {
         &data,
         // One file at a time: side by side, a backup's small files are
         // copied first and the race is rarer; lost, it must be said.
-        &[
-            "--poll-interval",
-            "100ms",
-            "--restore-rate-limit",
-            "1MiB",
-            "--restore-threads",
-            "1",
-        ],
+        &SLOW_RESTORE,
     );
     let writer = Writer::start(&master, 0, Duration::from_millis(100));
     let mut most = 0;
@@ -899,18 +879,7 @@ fn clock_skew(dir: &Path) -> Outcome {
         ];
         let backups = d.join("backups");
         let master = Proc::master(&d.join("db"), &backups, &["--interval", "200ms"], &env);
-        let follower = Proc::follower(
-            &backups,
-            &d.join("f1"),
-            &[
-                "--poll-interval",
-                "100ms",
-                "--max-staleness",
-                "3s",
-                "--stale-reads",
-                "refuse",
-            ],
-        );
+        let follower = Proc::follower(&backups, &d.join("f1"), &REFUSE_AFTER_3S);
         master
             .client()
             .unwrap()

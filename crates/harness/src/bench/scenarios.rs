@@ -45,7 +45,7 @@ impl Load {
                 }
                 let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..per_tick)
                     .map(|_| {
-                        let key = format!("key:{:012}", rng.next() % 100_000).into_bytes();
+                        let key = format!("key:{:012}", rng.next_u64() % 100_000).into_bytes();
                         (key, rng.bytes(100))
                     })
                     .collect();
@@ -288,7 +288,7 @@ pub fn lag_via(
 /// Litestream's lag, measured the same way by `scripts/lib/litestream-lag.py`
 /// at its fastest settings; `None` (said) when Litestream is not installed.
 pub fn litestream_lag(work: &Path, duration: Duration, rate: u32) -> Option<LagResult> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/litestream-lag.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/litestream-lag.py");
     let _ = std::fs::remove_dir_all(work);
     let out = std::process::Command::new("python3")
         .arg(&script)
@@ -579,7 +579,7 @@ fn transactions(port: u16, clients: usize, total: usize) -> f64 {
                 let value = vec![b'x'; 100];
                 for _ in 0..per_client {
                     let keys: Vec<String> = (0..10)
-                        .map(|_| format!("tx:{:06}", rng.next() % 100_000))
+                        .map(|_| format!("tx:{:06}", rng.next_u64() % 100_000))
                         .collect();
                     let mut commands: Vec<Vec<&[u8]>> = vec![vec![b"MULTI"]];
                     for key in &keys {
@@ -816,7 +816,7 @@ fn fill_db(path: &Path, mib: u64) {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let mut batch = db.batch();
     for i in 0..mib * 1024 {
-        let key = format!("k{:016x}", rng.next());
+        let key = format!("k{:016x}", rng.next_u64());
         batch.put(key.as_bytes(), &rng.bytes(1024), None, None);
         if i % 1000 == 999 {
             db.write(std::mem::replace(&mut batch, db.batch())).unwrap();
@@ -841,7 +841,7 @@ fn write_new_keys(client: &mut rkv::client::Client, rng: &mut Rng, mib: u64) {
     for _ in 0..mib * 16 {
         let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
         for _ in 0..64 {
-            args.push(format!("k{:016x}", rng.next()).into_bytes());
+            args.push(format!("k{:016x}", rng.next_u64()).into_bytes());
             args.push(rng.bytes(1024));
         }
         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();

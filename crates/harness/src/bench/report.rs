@@ -276,7 +276,7 @@ impl Report {
         self.store_section(&mut md);
         // What the figures mean where a target is not met: written by hand
         // against a full run, kept beside the code, and dated.
-        let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin/rkv-bench/ANALYSIS.md");
+        let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bench/ANALYSIS.md");
         if let (false, Ok(text)) = (self.quick, std::fs::read_to_string(analysis)) {
             md.push_str(&text);
         }

@@ -9,15 +9,11 @@
 //! served wrong or got stuck. Run it through `scripts/faults.sh`.
 
 mod hostile;
-#[path = "../common/moto.rs"]
-mod moto;
-#[path = "../common/process.rs"]
-mod process;
 mod procs;
 mod scenarios;
 mod store;
-#[path = "../common/tmpfs.rs"]
-mod tmpfs;
+
+use rkv_testkit::{moto, process, tmpfs};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,18 +1,25 @@
-//! What the benchmark and the fault suite both do with the daemons they
-//! start: find them, read their CPU time, stop them. Included by each
-//! binary with `#[path]`, as the two share no crate but the library.
+//! What the tests, the benchmark and the fault suite do with the processes
+//! they start: find rkv's binaries, read their CPU time and memory, stop
+//! them.
 
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// The binary `name` beside the running one (cargo builds them together).
-pub fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .expect("the running binary's path")
-        .parent()
-        .expect("the running binary's directory")
-        .join(name)
+/// rkv's binary `name` (`rkv`, `rkv-master`, `rkv-follower`): in
+/// `RKV_BIN_DIR` when set, else beside the running binary (cargo builds the
+/// workspace's binaries into one directory; a test binary runs from its
+/// `deps/` sub-directory).
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("RKV_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("the running binary's path");
+    let mut dir = exe.parent().expect("the running binary's directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the target directory");
+    }
+    dir.join(name)
 }
 
 /// CPU time (user + system) process `pid` used so far; zero once it is gone.

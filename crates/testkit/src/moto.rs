@@ -2,8 +2,6 @@
 //! `moto[server]`), which the test command installs into a virtualenv
 //! under the cache directory, started per test on a port of its choosing.
 
-#![allow(dead_code)] // each includer uses its part
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

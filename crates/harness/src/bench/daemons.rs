@@ -1,20 +1,40 @@
 //! The processes a benchmark drives: rkv-master, rkv-follower and
 //! redis-server on loopback, with their peak memory.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use rkv::client::Client;
+use rkv::server::ListenAddr;
+use rkv_testkit::daemon::{Daemon, Launch};
+pub use rkv_testkit::wait_until;
 
 use crate::process;
-use rkv::server::ListenAddr;
 
-/// A daemon started by the benchmark; killed when dropped.
+/// A daemon started by the benchmark (an rkv daemon, or redis-server);
+/// killed when dropped.
 pub struct Proc {
-    child: Option<Child>,
+    kind: Kind,
     pub addr: ListenAddr,
     pub port: u16,
+}
+
+enum Kind {
+    Rkv(Daemon),
+    Redis(Redis),
+}
+
+/// redis-server's process, killed when dropped.
+struct Redis(Option<Child>);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -27,26 +47,31 @@ pub fn free_port() -> u16 {
 
 impl Proc {
     pub fn master(db: &Path, backups: &Path, extra: &[&str]) -> Proc {
-        Proc::rkv(
-            "rkv-master",
-            ["--db", &path(db), "--backup-dir", &path(backups)],
-            extra,
-            db,
-        )
+        Proc::rkv(Launch::master(db, backups).args(extra))
     }
 
     pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Proc {
-        Proc::rkv(
-            "rkv-follower",
-            ["--backup-dir", &path(backups), "--data", &path(data)],
-            extra,
-            data,
-        )
+        Proc::rkv(Launch::follower(backups, data).args(extra))
     }
 
-    fn rkv(name: &str, dirs: [&str; 4], extra: &[&str], dir: &Path) -> Proc {
-        let args = dirs.iter().chain(extra).map(|s| s.to_string()).collect();
-        Proc::start(process::sibling(name), args, dir)
+    /// Starts an rkv daemon, its log on this process's stderr at
+    /// `RKV_BENCH_LOG` (default `warn`).
+    fn rkv(launch: Launch) -> Proc {
+        let level = std::env::var("RKV_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+        let daemon = launch
+            .log(None)
+            .log_level(&level)
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = match &daemon.addr {
+            ListenAddr::Tcp(socket) => socket.port(),
+            ListenAddr::Unix(_) => 0,
+        };
+        Proc {
+            addr: daemon.addr.clone(),
+            port,
+            kind: Kind::Rkv(daemon),
+        }
     }
 
     /// redis-server without persistence (the read baseline).
@@ -59,7 +84,7 @@ impl Proc {
     pub fn redis_server_with(appendonly: &str) -> Proc {
         let dir = std::env::temp_dir().join(format!("rkv-bench-redis-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
-        let dir = path(&dir);
+        let dir = dir.display().to_string();
         let (child, port) = crate::redis::start_redis_server(&[
             "--save",
             "",
@@ -73,49 +98,10 @@ impl Proc {
             "no",
         ]);
         Proc {
-            child: Some(child),
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             port,
+            kind: Kind::Redis(Redis(Some(child))),
         }
-    }
-
-    /// Starts the rkv daemon `program` (whose database or data directory is
-    /// `dir`): it picks its own port and names it in its daemon file.
-    fn start(program: PathBuf, mut args: Vec<String>, dir: &Path) -> Proc {
-        args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
-        let child = Command::new(&program)
-            .args(&args)
-            .env(
-                "RKV_LOG",
-                std::env::var("RKV_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let addr: ListenAddr =
-            rkv::daemon::DaemonFile::wait_for(dir, child.id(), Duration::from_secs(120))
-                .and_then(|f| f.tcp_addr())
-                .unwrap_or_else(|| panic!("{} did not start", program.display()));
-        let port = match &addr {
-            ListenAddr::Tcp(socket) => socket.port(),
-            ListenAddr::Unix(_) => 0,
-        };
-        let proc = Proc {
-            child: Some(child),
-            addr,
-            port,
-        };
-        wait_until(
-            Duration::from_secs(60),
-            &format!("{} to answer", program.display()),
-            || {
-                Client::connect(&proc.addr, None)
-                    .and_then(|mut c| c.call(&[b"PING"]))
-                    .is_ok()
-            },
-        );
-        proc
     }
 
     pub fn client(&self) -> Client {
@@ -138,7 +124,10 @@ impl Proc {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        match &self.kind {
+            Kind::Rkv(daemon) => daemon.pid(),
+            Kind::Redis(redis) => redis.0.as_ref().map_or(0, Child::id),
+        }
     }
 
     /// CPU time used so far (user and system), in seconds.
@@ -147,35 +136,17 @@ impl Proc {
     }
 
     /// SIGTERM and wait.
-    pub fn stop(mut self) {
-        if let Some(child) = self.child.take() {
-            process::terminate(child, Duration::from_secs(120));
+    pub fn stop(self) {
+        match self.kind {
+            Kind::Rkv(daemon) => {
+                daemon.stop();
+            }
+            Kind::Redis(mut redis) => {
+                if let Some(child) = redis.0.take() {
+                    process::terminate(child, Duration::from_secs(120));
+                }
+            }
         }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Polls `check` every 5 ms until it holds; panics after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -1,5 +1,5 @@
 //! A small disk for the full-disk faults: a tmpfs mounted for one test or
-//! scenario. Shared by the fault suite and the cargo tests with `#[path]`.
+//! scenario, for the fault suite and the cargo tests.
 
 use std::path::Path;
 

@@ -9,23 +9,22 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rkv::client::Client;
 
-use crate::process;
-use rkv::daemon::DaemonFile;
 use rkv::resp::Reply;
 use rkv::server::ListenAddr;
+use rkv_testkit::daemon::{Daemon, Launch};
+use rkv_testkit::process;
 
-/// A running daemon.
+/// A running daemon, watched.
 pub struct Proc {
-    child: Option<Child>,
+    /// Where it listens.
     pub addr: ListenAddr,
-    pub log: PathBuf,
+    daemon: Option<Daemon>,
     watchdog: Option<Watchdog>,
 }
 
@@ -135,148 +134,80 @@ fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
-
 impl Proc {
     pub fn master(db: &Path, backups: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut args = vec![
-            "--db".into(),
-            path(db),
-            "--backup-dir".into(),
-            path(backups),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start("rkv-master", args, env, db, db.with_extension("log"))
-            .unwrap_or_else(|e| panic!("{e}"))
+        let launch = Launch::master(db, backups).args(extra).env(env);
+        Proc::launch("rkv-master", launch).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn follower(backups: &Path, data: &Path, extra: &[&str]) -> Proc {
-        let mut args = vec![
-            "--backup-dir".into(),
-            path(backups),
-            "--data".into(),
-            path(data),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::start("rkv-follower", args, &[], data, data.with_extension("log"))
-            .unwrap_or_else(|e| panic!("{e}"))
+        let launch = Launch::follower(backups, data).args(extra);
+        Proc::launch("rkv-follower", launch).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts `name` (whose database or data directory is `dir`) on a port
-    /// of its choosing, learns the port from the daemon file it writes
-    /// there, and waits until it answers PING; `Err` with its log when it
-    /// exits first (a refused start).
+    /// Starts `name` (whose database or data directory is `dir`), logging
+    /// into `log`; `Err` with its log when it exits first (a refused
+    /// start).
     pub fn start(
         name: &str,
-        mut args: Vec<String>,
+        args: Vec<String>,
         env: &[(&str, &str)],
         dir: &Path,
         log: PathBuf,
     ) -> Result<Proc, String> {
-        args.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut child = Command::new(process::sibling(name))
-            .args(&args)
-            .envs(env.iter().copied())
-            .env("RKV_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let file = DaemonFile::wait_for(dir, child.id(), Duration::from_secs(60));
-        let Some(addr) = file.and_then(|f| f.tcp_addr()) else {
-            if child.try_wait().unwrap().is_none() {
-                let _ = child.kill();
-            }
-            let status = child.wait().unwrap();
-            let proc = Proc {
-                child: None,
-                addr: "127.0.0.1:1".parse().unwrap(),
-                log,
-                watchdog: None,
-            };
-            return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
-        };
-        let mut proc = Proc {
-            child: Some(child),
-            addr,
-            log,
-            watchdog: None,
-        };
-        loop {
-            if proc
-                .client()
-                // Any reply will do: with a password it is NOAUTH.
-                .is_some_and(|mut c| c.call_raw(&[b"PING"]).is_ok())
-            {
-                proc.watchdog = Some(Watchdog::start(
-                    name.to_string(),
-                    proc.pid(),
-                    proc.addr.clone(),
-                    proc.log.clone(),
-                ));
-                return Ok(proc);
-            }
-            if let Some(status) = proc.child.as_mut().unwrap().try_wait().unwrap() {
-                proc.child = None;
-                return Err(format!("{name} exited ({status}): {}", proc.log_tail()));
-            }
-            assert!(Instant::now() < deadline, "{name} did not answer");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let launch = Launch::program(process::bin(name), args, dir)
+            .env(env)
+            .log(Some(log));
+        Proc::launch(name, launch)
+    }
+
+    /// Starts the daemon (its log kept across restarts in one scenario)
+    /// and watches it from then on.
+    fn launch(name: &str, launch: Launch) -> Result<Proc, String> {
+        let daemon = launch.append_log().start()?;
+        let log = daemon.log.clone().unwrap_or_default();
+        let watchdog = Watchdog::start(name.to_string(), daemon.pid(), daemon.addr.clone(), log);
+        Ok(Proc {
+            addr: daemon.addr.clone(),
+            daemon: Some(daemon),
+            watchdog: Some(watchdog),
+        })
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("running")
     }
 
     pub fn client(&self) -> Option<Client> {
-        Client::connect(&self.addr, None).ok()
+        self.daemon().try_client()
     }
 
     /// One INFO field.
     pub fn info(&self, field: &str) -> Option<String> {
-        self.client()?.info_field(None, field).ok()?
+        self.daemon().info(field)
     }
 
     /// Several INFO fields read at one moment (one INFO), in the order
     /// asked; `None` for a field not there.
     pub fn info_fields(&self, fields: &[&str]) -> Option<Vec<Option<String>>> {
-        let Reply::Bulk(Some(text)) = self.client()?.call(&[b"INFO"]).ok()? else {
-            return None;
-        };
-        let text = String::from_utf8_lossy(&text);
-        Some(
-            fields
-                .iter()
-                .map(|field| {
-                    let prefix = format!("{field}:");
-                    text.lines()
-                        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
-                })
-                .collect(),
-        )
+        self.daemon().info_fields(fields)
     }
 
     pub fn info_num(&self, field: &str) -> i64 {
-        self.info(field).and_then(|v| v.parse().ok()).unwrap_or(-1)
+        self.daemon().info_num(field)
     }
 
     pub fn get(&self, key: &str) -> Option<Reply> {
-        self.client()?.call_raw(&[b"GET", key.as_bytes()]).ok()
+        self.daemon().get(key)
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
+        self.daemon().pid()
     }
 
-    /// The last lines of the daemon's log.
-    pub fn log_tail(&self) -> String {
-        log_tail(&self.log, 5)
+    /// CPU time (user + system) used so far.
+    pub fn cpu_time(&self) -> Duration {
+        self.daemon().cpu_time()
     }
 
     /// Tells the watchdog that what follows is on purpose.
@@ -286,53 +217,33 @@ impl Proc {
         }
     }
 
-    /// CPU time (user + system) used so far.
-    pub fn cpu_time(&self) -> Duration {
-        process::cpu_time(self.pid())
-    }
-
     /// kill -9, and reap.
     pub fn kill(mut self) {
         self.stand_down();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(daemon) = self.daemon.take() {
+            daemon.kill();
         }
     }
 
     /// SIGTERM; the exit code.
     pub fn stop(mut self) -> Option<i32> {
         self.stand_down();
-        process::terminate(self.child.take()?, Duration::from_secs(60))?.code()
+        self.daemon.take()?.stop()
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // The daemon, dropped after, is killed.
         self.stand_down();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
-}
-
-/// Polls `check` every 20 ms until it holds or `timeout` passes; returns
-/// how long it took, or `None` on timeout.
-pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
+    use std::time::Instant;
 
     #[test]
     fn an_exit_is_seen_without_reaping_the_child() {

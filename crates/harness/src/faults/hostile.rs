@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use rkv::resp::Reply;
 
-use crate::procs::{wait_for, Proc};
+use crate::procs::Proc;
 use crate::scenarios::outcome;
 use crate::{Outcome, Rng};
+use rkv_testkit::wait::time_until as wait_for;
 
 /// Peak resident memory a hostile scenario may drive a daemon to.
 pub const RSS_BOUND_MIB: f64 = 512.0;
