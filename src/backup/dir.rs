@@ -49,6 +49,9 @@ pub struct BackupDir {
     /// the directory, so its view stays true); it is dropped whenever rkv
     /// changes the directory behind it (healing) or it fails.
     writer: Arc<WriterEngine>,
+    /// Whether the master writing here was fenced off (by a heartbeat of
+    /// another's): shared by every clone.
+    fence: Arc<super::Fence>,
 }
 
 /// The cached writer engine (BackupEngine is `Send` but not `Sync`), with
@@ -81,6 +84,7 @@ impl BackupDir {
             restore_rate_limit: 0,
             copy_threads: DEFAULT_COPY_THREADS,
             writer: Arc::default(),
+            fence: Arc::default(),
         }
     }
 

@@ -295,6 +295,34 @@ pub trait BackupSink: BackupSource {
 
     /// Drops backups (never the newest) that miss a file; returns their ids.
     fn drop_incomplete(&self) -> Result<Vec<u32>>;
+
+    /// Whether, and by whom, this master was fenced off the store (see
+    /// [`Fence`]). Once set, [`BackupSink::create`] and
+    /// [`BackupSink::write_heartbeat`] refuse with
+    /// [`Error::Fenced`](crate::Error::Fenced).
+    fn fence(&self) -> &Fence;
+}
+
+/// That another master took the store over from this one: set once, by
+/// whichever step found out first (the store refusing a conditional write
+/// of this master's, or the master reading another's heartbeat), and read
+/// without a lock by the write path, INFO, `/metrics` and `/healthz`. The
+/// store owns it ([`BackupSink::fence`]), so every reader sees one answer.
+#[derive(Debug, Default)]
+pub struct Fence {
+    by: std::sync::OnceLock<String>,
+}
+
+impl Fence {
+    /// Records that `by` took the store over; `true` the first time.
+    pub fn set(&self, by: &str) -> bool {
+        self.by.set(by.to_string()).is_ok()
+    }
+
+    /// Who took the store over, once one did.
+    pub fn by(&self) -> Option<&str> {
+        self.by.get().map(String::as_str)
+    }
 }
 
 /// The lock a master holds on its store while it runs, released when

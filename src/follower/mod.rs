@@ -275,6 +275,7 @@ impl Follower {
     /// `rebootstrap` restores it whole, sharing nothing with the served
     /// generation (another database's). A failure removes what it made.
     fn apply(&self, backup: &BackupInfo, rebootstrap: bool) -> Result<RestoreStats> {
+        let _span = tracing::info_span!("apply", backup_id = backup.id, rebootstrap).entered();
         let started = Instant::now();
         let base = self.serving.load_full().filter(|_| !rebootstrap);
         let partial = self

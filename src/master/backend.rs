@@ -1,7 +1,6 @@
 //! The master as the server's backend: reads and writes on its database
 //! (writes refused once fenced), backups on request, and its status.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +27,8 @@ impl Backend for Master {
     }
 
     fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
-        if self.fenced.load(Ordering::Relaxed) {
-            let by = self.state().fenced_by.clone().unwrap_or_default();
-            return Err(Refusal::Fenced { by });
+        if let Some(by) = self.store.fence().by() {
+            return Err(Refusal::Fenced { by: by.to_string() });
         }
         if let Some((since, term)) = self.check_term() {
             return Err(Refusal::LeaseExpired { since, term });
@@ -126,7 +124,7 @@ impl Backend for Master {
             last_error,
             backup_dir: self.store.location(),
             db_error: state.db_error.clone(),
-            fenced_by: state.fenced_by.clone(),
+            fenced_by: self.store.fence().by().map(str::to_string),
             lease_term: self.lease.get().map(|l| l.term()),
             lease_renewed_ago: self.lease.get().map(|l| l.since_renewal()),
             lease_expired: self.lease_expired().is_some(),

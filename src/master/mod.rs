@@ -42,9 +42,9 @@ pub struct Master {
     changed: Condvar,
     /// This run's claim on the backup directory, once taken.
     claim: Mutex<Option<Claim>>,
-    /// Another master took the backup directory: no more backups, and
-    /// writes are refused (they would never reach a follower).
-    fenced: AtomicBool,
+    /// Whether this master said it was fenced (the store may have recorded
+    /// it first, while the master's step had not yet seen it).
+    fence_logged: AtomicBool,
     /// The lease's term, once claimed: past it without a renewal (cut off
     /// from the store), writes are refused, since a promotion may replace
     /// this master without them.
@@ -92,8 +92,6 @@ struct BackupState {
     /// Damage was found: after the next backup, drop what it left incomplete.
     heal_pending: bool,
     backups_dropped: u64,
-    /// Who holds the directory now, when another master took it.
-    fenced_by: Option<String>,
 }
 
 /// What one backup step did.
@@ -155,7 +153,7 @@ impl Master {
             state: Mutex::new(state),
             changed: Condvar::new(),
             claim: Mutex::new(None),
-            fenced: AtomicBool::new(false),
+            fence_logged: AtomicBool::new(false),
             lease: OnceLock::new(),
             lease_expired_noted: AtomicBool::new(false),
             step_lock: Mutex::new(()),
@@ -212,8 +210,8 @@ impl Master {
     /// A heartbeat without a token (or none at all: the directory was
     /// replaced) is not another master's.
     fn check_lease(&self) -> std::result::Result<(), String> {
-        if let Some(by) = &self.state().fenced_by {
-            return Err(by.clone());
+        if let Some(by) = self.store.fence().by() {
+            return Err(by.to_string());
         }
         let Some(token) = self.token() else {
             return Ok(());
@@ -230,11 +228,13 @@ impl Master {
 
     /// Another master holds the backup directory: from now on this one
     /// takes no backup and refuses writes, which would never reach a
-    /// follower. The one owner of that state (the write path, INFO,
-    /// /metrics and /healthz read it), whichever step found out: the
-    /// heartbeat read here, or the store refusing a write of this master's.
+    /// follower. Recorded in the store's [`Fence`](backup::Fence), the one
+    /// owner of that state (the write path, INFO, /metrics and /healthz
+    /// read it), whichever step found out: the heartbeat read here, or the
+    /// store refusing a write of this master's (which set it already).
     fn fence(&self, by: &str) {
-        if !self.fenced.swap(true, Ordering::SeqCst) {
+        self.store.fence().set(by);
+        if !self.fence_logged.swap(true, Ordering::SeqCst) {
             tracing::error!(
                 other = %by,
                 "another master took over the backup directory {}: this master stops \
@@ -242,7 +242,6 @@ impl Master {
                 self.store.location()
             );
         }
-        self.state().fenced_by = Some(by.to_string());
     }
 
     /// One step of the loop: back up if the database changed since the
@@ -258,6 +257,10 @@ impl Master {
         if !force && !self.has_unbacked_changes() {
             return StepOutcome::Unchanged;
         }
+        // Every line a backup logs carries the span's fields (`--log-format
+        // json` puts them in `span`/`spans`): filter a backup's story by them.
+        let span = tracing::info_span!("backup", backup_id = tracing::field::Empty);
+        let _in_span = span.enter();
         if let Err(by) = self.check_lease() {
             let error = Error::Fenced { by };
             let mut state = self.state();
@@ -289,6 +292,7 @@ impl Master {
         state.in_progress = false;
         let outcome = match result {
             Ok(stats) => {
+                span.record("backup_id", stats.info.id);
                 let seq = stats.info.metadata.as_ref().map_or(0, |m| m.seq);
                 tracing::info!(
                     backup_id = stats.info.id,
@@ -432,7 +436,7 @@ impl Master {
     pub fn heartbeat(&self) -> bool {
         self.check_db_recovered();
         self.check_term();
-        if self.fenced.load(Ordering::SeqCst) || self.check_lease().is_err() {
+        if self.check_lease().is_err() {
             return false;
         }
         !self.renew()
@@ -535,10 +539,10 @@ impl Master {
 
     /// A one-line summary for systemd's STATUS.
     pub fn status_line(&self) -> String {
-        let state = self.state();
-        if let Some(by) = &state.fenced_by {
+        if let Some(by) = self.store.fence().by() {
             return format!("FENCED: {by} took over the backup directory");
         }
+        let state = self.state();
         if let Some((since, _)) = self.lease_expired() {
             return format!(
                 "READ-ONLY: the lease on the backup store is not renewed for {:.0} s",

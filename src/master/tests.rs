@@ -178,6 +178,9 @@ impl BackupSink for Arc<TakenOver> {
     fn lock_for_master(&self) -> Result<backup::MasterLock> {
         Ok(backup::MasterLock::none())
     }
+    fn fence(&self) -> &backup::Fence {
+        self.inner.fence()
+    }
     fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
         self.inner.scrub(cursor, budget)
     }

@@ -187,7 +187,7 @@ impl Worker {
         let stream = match ready {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!("client {id}: cannot set up its socket: {e}");
+                tracing::warn!(client = id, error = %e, "cannot set up a client's socket");
                 let stats = &self.shared.stats;
                 stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
                 return;
@@ -348,7 +348,7 @@ impl Client {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!("client {}: protocol error: {}", self.conn.id, e.0);
+                    tracing::debug!(client = self.conn.id, error = %e.0, "protocol error");
                     group.flush(&mut self.conn, shared, &mut self.out);
                     e.reply().encode(&mut self.out);
                     self.state = State::Lingering(Instant::now() + LINGER);

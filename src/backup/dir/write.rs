@@ -10,14 +10,15 @@ use rocksdb::backup::CreateBackupOptions;
 use super::{infos, BackupDir, HEARTBEAT};
 use crate::backup::heal::size_mismatch_file;
 use crate::backup::{
-    unix_ms, AppMetadata, BackupInfo, BackupSink, CreateStats, Damage, Heartbeat, MasterLock,
-    Retention, ScrubCursor,
+    unix_ms, AppMetadata, BackupInfo, BackupSink, CreateStats, Damage, Fence, Heartbeat,
+    MasterLock, Retention, ScrubCursor,
 };
 use crate::db::Db;
 use crate::error::{Error, Result};
 
 impl BackupSink for BackupDir {
     fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
+        self.check_fence()?;
         let started = Instant::now();
         let result = self.create_with_writer(db, master, started);
         if result.is_err() {
@@ -50,6 +51,7 @@ impl BackupSink for BackupDir {
     }
 
     fn write_heartbeat(&self, heartbeat: &Heartbeat) -> Result<()> {
+        self.check_fence()?;
         let path = self.path.join(HEARTBEAT);
         let tmp = self.path.join(format!(".{HEARTBEAT}.tmp"));
         let json = serde_json::to_vec(heartbeat).expect("heartbeat serializes");
@@ -69,6 +71,10 @@ impl BackupSink for BackupDir {
     fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
         self.forget_writer();
         self.remove_damaged_files(damage)
+    }
+
+    fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     fn drop_incomplete(&self) -> Result<Vec<u32>> {
@@ -148,5 +154,15 @@ impl BackupDir {
             files_copied,
             duration: started.elapsed(),
         })
+    }
+}
+
+impl BackupDir {
+    /// [`Error::Fenced`] once the master writing here was fenced off.
+    fn check_fence(&self) -> Result<()> {
+        match self.fence.by() {
+            Some(by) => Err(Error::Fenced { by: by.to_string() }),
+            None => Ok(()),
+        }
     }
 }

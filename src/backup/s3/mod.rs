@@ -31,6 +31,58 @@
 //! and crc32c, writes `meta/<id>` into the cache last, and restores from the
 //! cache as from any backup directory. The cache keeps one backup.
 
+/// The [`BackupSource`] methods both ends answer alike: through their
+/// [`Remote`], and their own `fetch` (which a reader follows by dropping
+/// every other backup from its cache).
+macro_rules! source_through_remote {
+    () => {
+        fn location(&self) -> String {
+            self.remote.location()
+        }
+
+        fn newest_id(&self) -> Result<Option<u32>> {
+            self.remote.newest_id()
+        }
+
+        fn describe(&self, id: u32) -> Result<BackupInfo> {
+            self.fetch(id)?;
+            self.remote.local.describe(id)
+        }
+
+        fn contains(&self, id: u32) -> Result<bool> {
+            self.remote.contains(id)
+        }
+
+        fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
+            self.remote.files(ids)
+        }
+
+        fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
+            self.fetch(id)?;
+            self.remote.local.verify(id, meter)
+        }
+
+        fn find_damage(&self, id: u32) -> Result<Option<String>> {
+            match self.fetch(id) {
+                Err(e) => super::Remote::damage(e),
+                Ok(()) => self.remote.local.find_damage(id),
+            }
+        }
+
+        fn read_heartbeat(&self) -> Option<Heartbeat> {
+            self.remote.read_heartbeat()
+        }
+
+        fn watch_paths(&self) -> Vec<std::path::PathBuf> {
+            Vec::new()
+        }
+
+        fn traffic(&self) -> Option<crate::status::StoreTraffic> {
+            Some(self.remote.traffic())
+        }
+    };
+}
+
 pub mod client;
 mod counting;
 mod publisher;

@@ -3,7 +3,7 @@
 //! then `latest`, conditionally), purges, and renews the heartbeat in
 //! `latest`; a refused conditional write fences it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -17,7 +17,7 @@ use super::{
     PRIVATE_DIR, PROBE_DIR, SHARED_DIR, STORE_PURGE_PERIOD,
 };
 use crate::backup::{
-    meta, AppMetadata, BackupDir, BackupInfo, BackupSink, BackupSource, CreateStats, Damage,
+    meta, AppMetadata, BackupDir, BackupInfo, BackupSink, BackupSource, CreateStats, Damage, Fence,
     Heartbeat, MasterLock, RestoreMode, RestoreStats, Retention, ScrubCursor,
 };
 use crate::db::Db;
@@ -29,8 +29,6 @@ struct State {
     /// The last heartbeat this master wrote, which each publish carries
     /// (never another master's, read from the store).
     heartbeat: Option<Heartbeat>,
-    /// Set once this master lost the race on `latest`.
-    fenced_by: Option<String>,
     /// The shared files the store holds.
     known_shared: HashSet<String>,
     /// When a purge last looked at the store.
@@ -45,6 +43,9 @@ pub struct S3Publisher {
     state: Mutex<State>,
     /// One publish at a time (the backup loop and the heartbeat both publish).
     publishing: Mutex<()>,
+    /// Set once this master lost the race on `latest` (or the master read
+    /// another's heartbeat).
+    fence: Fence,
     /// The master's lock on its staging directory.
     _lock: MasterLock,
 }
@@ -72,6 +73,7 @@ impl S3Publisher {
             remote: Remote::new(bucket, staging),
             state: Mutex::default(),
             publishing: Mutex::new(()),
+            fence: Fence::default(),
             _lock: lock,
         };
         if let Err(behaviour) = store.probe_conditional_writes()? {
@@ -106,6 +108,7 @@ impl S3Publisher {
             remote: Remote::new(Bucket::new(config)?, staging),
             state: Mutex::default(),
             publishing: Mutex::new(()),
+            fence: Fence::default(),
             _lock: MasterLock::none(),
         };
         store.remote.refresh(true)?;
@@ -252,19 +255,20 @@ impl S3Publisher {
     /// Records that another writer replaced `latest`: a master stops
     /// publishing from now on.
     fn fenced(&self, by: String) -> Error {
-        tracing::error!(
-            other = %by,
-            "{LATEST} in {} changed behind this master: another master writes there. \
-             This master stops publishing",
-            self.location()
-        );
-        self.state().fenced_by = Some(by.clone());
+        if self.fence.set(&by) {
+            tracing::error!(
+                other = %by,
+                "{LATEST} in {} changed behind this master: another master writes there. \
+                 This master stops publishing",
+                self.location()
+            );
+        }
         Error::Fenced { by }
     }
 
     fn check_fenced(&self) -> Result<()> {
-        match &self.state().fenced_by {
-            Some(by) => Err(Error::Fenced { by: by.clone() }),
+        match self.fence.by() {
+            Some(by) => Err(Error::Fenced { by: by.to_string() }),
             None => Ok(()),
         }
     }
@@ -415,43 +419,12 @@ impl S3Publisher {
 }
 
 impl BackupSource for S3Publisher {
-    fn location(&self) -> String {
-        self.remote.location()
-    }
+    source_through_remote!();
 
     fn list(&self) -> Result<Vec<BackupInfo>> {
         // The staging directory is what this master published (and at most
         // one backup it is still publishing).
         self.remote.local.list()
-    }
-
-    fn newest_id(&self) -> Result<Option<u32>> {
-        self.remote.newest_id()
-    }
-
-    fn describe(&self, id: u32) -> Result<BackupInfo> {
-        self.fetch(id)?;
-        self.remote.local.describe(id)
-    }
-
-    fn contains(&self, id: u32) -> Result<bool> {
-        self.remote.contains(id)
-    }
-
-    fn files(&self, ids: &[u32]) -> Result<BTreeMap<String, u64>> {
-        self.remote.files(ids)
-    }
-
-    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
-        self.fetch(id)?;
-        self.remote.local.verify(id, meter)
-    }
-
-    fn find_damage(&self, id: u32) -> Result<Option<String>> {
-        match self.fetch(id) {
-            Err(e) => Remote::damage(e),
-            Ok(()) => self.remote.local.find_damage(id),
-        }
     }
 
     fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
@@ -464,18 +437,6 @@ impl BackupSource for S3Publisher {
             let _ = fs::remove_file(self.remote.local.meta_path(id));
         }
         result
-    }
-
-    fn read_heartbeat(&self) -> Option<Heartbeat> {
-        self.remote.read_heartbeat()
-    }
-
-    fn watch_paths(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    fn traffic(&self) -> Option<crate::status::StoreTraffic> {
-        Some(self.remote.traffic())
     }
 }
 
@@ -543,6 +504,10 @@ impl BackupSink for S3Publisher {
             state.known_shared.remove(&d.path);
         }
         Ok(())
+    }
+
+    fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     fn drop_incomplete(&self) -> Result<Vec<u32>> {

@@ -2,7 +2,7 @@
 //! reads `latest`, downloads a backup into its cache and restores from
 //! there; it has no method that writes to the store.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -70,41 +70,10 @@ impl S3Reader {
 }
 
 impl BackupSource for S3Reader {
-    fn location(&self) -> String {
-        self.remote.location()
-    }
+    source_through_remote!();
 
     fn list(&self) -> Result<Vec<BackupInfo>> {
         self.remote.list_store()
-    }
-
-    fn newest_id(&self) -> Result<Option<u32>> {
-        self.remote.newest_id()
-    }
-
-    fn describe(&self, id: u32) -> Result<BackupInfo> {
-        self.fetch(id)?;
-        self.remote.local.describe(id)
-    }
-
-    fn contains(&self, id: u32) -> Result<bool> {
-        self.remote.contains(id)
-    }
-
-    fn files(&self, ids: &[u32]) -> Result<BTreeMap<String, u64>> {
-        self.remote.files(ids)
-    }
-
-    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
-        self.fetch(id)?;
-        self.remote.local.verify(id, meter)
-    }
-
-    fn find_damage(&self, id: u32) -> Result<Option<String>> {
-        match self.fetch(id) {
-            Err(e) => Remote::damage(e),
-            Ok(()) => self.remote.local.find_damage(id),
-        }
     }
 
     fn restore(&self, id: Option<u32>, dest: &Path, mode: RestoreMode) -> Result<RestoreStats> {
@@ -117,17 +86,5 @@ impl BackupSource for S3Reader {
             let _ = self.remote.clear_local();
         }
         result
-    }
-
-    fn read_heartbeat(&self) -> Option<Heartbeat> {
-        self.remote.read_heartbeat()
-    }
-
-    fn watch_paths(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    fn traffic(&self) -> Option<crate::status::StoreTraffic> {
-        Some(self.remote.traffic())
     }
 }
