@@ -136,10 +136,12 @@ fn a_flipped_byte_in_a_shared_sst_is_found_by_the_scrub_and_healed() {
     let s = Sandbox::new();
     let (master, _follower) = damaged_setup(&s, "200ms");
     let sst = shared_ssts(&s.path("backups")).pop().unwrap();
-    let mut bytes = std::fs::read(&sst).unwrap();
+    // In place, one byte: rewriting the whole file would truncate it first,
+    // and a scrub reading in between would find a short file instead.
+    let bytes = std::fs::read(&sst).unwrap();
     let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&sst, bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&sst).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, &[bytes[middle] ^ 0x01], middle as u64).unwrap();
     wait_until(GENEROUS, "the damage found", || {
         master.info_num("rkv_damaged_files_found") >= 1
     });

@@ -69,13 +69,7 @@ impl S3Publisher {
         fs::create_dir_all(staging.path())
             .map_err(|e| Error::io(format!("create {}", staging.path().display()), e))?;
         let lock = staging.lock_for_master()?;
-        let store = S3Publisher {
-            remote: Remote::new(bucket, staging),
-            state: Mutex::default(),
-            publishing: Mutex::new(()),
-            fence: Fence::default(),
-            _lock: lock,
-        };
+        let store = S3Publisher::unopened(bucket, staging, lock);
         if let Err(behaviour) = store.probe_conditional_writes()? {
             if !accept_unfenced {
                 return Err(Error::StoreNotConditional {
@@ -104,15 +98,20 @@ impl S3Publisher {
     /// heartbeat (conditionally, as a master does) and publishes nothing,
     /// its `staging` being empty; no lock, no probe.
     pub fn for_hand_over(config: S3Config, staging: BackupDir) -> Result<S3Publisher> {
-        let store = S3Publisher {
-            remote: Remote::new(Bucket::new(config)?, staging),
+        let store = S3Publisher::unopened(Bucket::new(config)?, staging, MasterLock::none());
+        store.remote.refresh(true)?;
+        Ok(store)
+    }
+
+    /// A publisher that has sent nothing yet.
+    fn unopened(bucket: Bucket, staging: BackupDir, lock: MasterLock) -> S3Publisher {
+        S3Publisher {
+            remote: Remote::new(bucket, staging),
             state: Mutex::default(),
             publishing: Mutex::new(()),
             fence: Fence::default(),
-            _lock: MasterLock::none(),
-        };
-        store.remote.refresh(true)?;
-        Ok(store)
+            _lock: lock,
+        }
     }
 
     /// The object store client (its request counts, for the benchmark).
