@@ -33,5 +33,6 @@ pub mod progress;
 pub mod resp;
 pub mod server;
 pub mod status;
+pub mod stop;
 
 pub use error::{Error, Result};

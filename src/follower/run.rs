@@ -4,7 +4,7 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -18,6 +18,7 @@ use crate::backup::{BackupDir, BackupLocation, BackupSource, S3Reader};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
 use crate::server::Server;
+use crate::stop::Stop;
 
 /// Where a follower of an object store keeps the backup it downloads,
 /// inside its data directory.
@@ -85,16 +86,22 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     notifier.ready(&follower.status_line());
 
     let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let stop = Stop::new();
+    {
+        let wake_tx = wake_tx.clone();
+        stop.on_stop(move || {
+            let _ = wake_tx.send(());
+        });
+    }
     let mut watcher = MetaWatcher::new(follower.watch_paths(), wake_tx);
-    let worker = {
+    let apply = {
         let follower = Arc::clone(&follower);
         let poll_interval = config.poll_interval;
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let handle = std::thread::Builder::new()
+        let stop = stop.clone();
+        std::thread::Builder::new()
             .name("rkv-apply".into())
-            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &stop_rx))
-            .context("start the apply thread")?;
-        (handle, stop_tx)
+            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &stop))
+            .context("start the apply thread")?
     };
 
     daemon::serve_until_terminated(
@@ -108,32 +115,27 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: no new clients; finishing requests in flight");
     notifier.stopping();
     server.shutdown(Duration::from_secs(10));
-    let (handle, stop_tx) = worker;
-    drop(stop_tx);
-    watcher.wake();
-    let _ = handle.join();
+    stop.stop();
+    let _ = apply.join();
     DaemonFile::remove(&config.data);
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Polls on every filesystem event and at least every `poll_interval`,
-/// until `stop` closes. A failed backup is retried with its own backoff;
-/// a store that fails (503 SlowDown, unreachable) is asked again after a
+/// until `stop` (which wakes it through `wake`). A failed backup is
+/// retried with its own backoff; a store that fails (503 SlowDown, unreachable) is asked again after a
 /// wait that grows with each failure in a row, up to eight intervals (at
 /// most 30 s), so a struggling store is not asked harder.
 fn apply_loop(
     follower: &Follower,
     poll_interval: Duration,
     wake: &mpsc::Receiver<()>,
-    stop: &mpsc::Receiver<()>,
+    stop: &Stop,
 ) {
     let cap = (poll_interval * 8).min(Duration::from_secs(30));
     let mut backoff = Backoff::new(poll_interval, cap);
-    loop {
-        if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-            return;
-        }
+    while !stop.is_stopped() {
         let wait = match follower.poll() {
             // A newer backup may have landed during the apply.
             PollOutcome::Applied(_) => {
@@ -151,12 +153,12 @@ fn apply_loop(
                 poll_interval
             }
         };
-        let deadline = Instant::now() + wait;
         // Events come in bursts (a backup writes many files): drain them.
-        match wake.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match wake.recv_timeout(wait) {
             Ok(()) => while wake.try_recv().is_ok() {},
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+            // The stop holds a sender: not before the stop.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         follower.release_retired();
     }

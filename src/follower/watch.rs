@@ -73,10 +73,6 @@ impl MetaWatcher {
         tracing::debug!(paths = ?self.paths, "watching the backup store");
         self.watcher = Some(watcher);
     }
-
-    pub(super) fn wake(&self) {
-        let _ = self.wake.send(());
-    }
 }
 
 #[cfg(test)]

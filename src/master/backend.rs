@@ -62,7 +62,7 @@ impl Backend for Master {
             if state.backed_up_seq >= target {
                 return Ok(());
             }
-            if state.stopping {
+            if state.stopping() {
                 return Err(Refusal::ShuttingDown);
             }
             if state.finished >= first {

@@ -20,6 +20,7 @@ use crate::backup::{self, now_ms, BackupSink, CreateStats, Damage, Retention, Sc
 use crate::db::{Db, OpenMode, OpenOptions};
 use crate::error::{Error, Result};
 use crate::status::{Copied, Durations, Failures};
+use crate::stop::Stop;
 
 pub use config::{MasterArgs, MasterConfig, KEEP_WITHIN_FLOOR};
 use lease::{Claim, Identity, Term};
@@ -68,7 +69,8 @@ struct BackupState {
     /// an attempt that started after it failed.
     started: u64,
     finished: u64,
-    stopping: bool,
+    /// The loop's stop, once it started.
+    stop: Option<Stop>,
     last: Option<CreateStats>,
     /// Unix seconds of the newest backup, for LASTSAVE.
     last_save_unix: i64,
@@ -92,6 +94,13 @@ struct BackupState {
     /// Damage was found: after the next backup, drop what it left incomplete.
     heal_pending: bool,
     backups_dropped: u64,
+}
+
+impl BackupState {
+    /// Whether the loop was told to stop.
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(Stop::is_stopped)
+    }
 }
 
 /// What one backup step did.

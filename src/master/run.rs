@@ -14,6 +14,7 @@ use crate::backup::{BackupDir, BackupLocation, BackupSink, S3Publisher};
 use crate::daemon::{self, DaemonFile, Notifier};
 use crate::db::BlockCache;
 use crate::server::Server;
+use crate::stop::Stop;
 
 /// `rkv-master`'s entry point: returns the exit code (0 clean stop, 1 failure,
 /// 2 bad configuration).
@@ -56,11 +57,12 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     master.claim(config.take_over, config.lease_term)?;
     let master = Arc::new(master);
     // Before the server: the loop decides what the start-up backup holds.
-    let backup_loop = master.start_loop(config.interval, config.scrub_interval);
+    let stop = Stop::new();
+    let backup_loop = master.start_loop(config.interval, config.scrub_interval, &stop);
     let server = match Server::start(config.server.clone(), Arc::clone(&master) as _) {
         Ok(server) => server,
         Err(e) => {
-            master.stop_loop();
+            stop.stop();
             let _ = backup_loop.join();
             return Err(anyhow::Error::from(e).context("start the server"));
         }
@@ -68,7 +70,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     let addrs = daemon::announce(&config.db, "master", &server);
     // Not joined at exit: a heartbeat stuck on a stalled filesystem must not
     // hold up the shutdown.
-    let _heartbeat = master.start_heartbeat();
+    let _heartbeat = master.start_heartbeat(&stop);
     tracing::info!(
         "rkv-master serving {} on {}; backups to {} every {}",
         config.db.display(),
@@ -97,7 +99,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: no new clients; finishing requests in flight");
     notifier.stopping();
     server.shutdown(Duration::from_secs(10));
-    master.stop_loop();
+    stop.stop();
     let _ = backup_loop.join();
     let mut result = Ok(());
     if config.backup_on_exit {

@@ -1,23 +1,24 @@
 //! The master's two threads: the backup loop (a step every interval, on
 //! request, and a scrub step every scrub interval) and the heartbeat (the
-//! lease's renewal), both stopped by [`Master::stop_loop`].
+//! lease's renewal), both until the daemon's [`Stop`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Master, StepOutcome, HEARTBEAT_PERIOD};
 use crate::backoff::Backoff;
 use crate::master::lease::Term;
+use crate::stop::Stop;
 
 impl Master {
     /// Starts the heartbeat thread: a heartbeat every [`HEARTBEAT_PERIOD`]
-    /// until [`Master::stop_loop`]; after failures, less often (with
-    /// jitter, so a store answering SlowDown is not asked harder), but at
-    /// least four times a lease term, so it is renewed once the store is
-    /// back.
-    pub fn start_heartbeat(self: &Arc<Self>) -> JoinHandle<()> {
+    /// until `stop`; after failures, less often (with jitter, so a store
+    /// answering SlowDown is not asked harder), but at least four times a
+    /// lease term, so it is renewed once the store is back.
+    pub fn start_heartbeat(self: &Arc<Self>, stop: &Stop) -> JoinHandle<()> {
         let master = Arc::clone(self);
+        let stop = stop.clone();
         let term = self.lease.get().map_or(HEARTBEAT_PERIOD, Term::term);
         let mut backoff = Backoff::new(HEARTBEAT_PERIOD, term / 4);
         std::thread::Builder::new()
@@ -29,12 +30,7 @@ impl Master {
                     backoff.succeeded();
                     HEARTBEAT_PERIOD
                 };
-                let state = master.state();
-                let (state, _) = master
-                    .changed
-                    .wait_timeout_while(state, wait, |s| !s.stopping)
-                    .unwrap_or_else(|e| e.into_inner());
-                if state.stopping {
+                if stop.sleep(wait) {
                     return;
                 }
             })
@@ -51,7 +47,9 @@ impl Master {
 
     /// Starts the backup loop: a step every `interval` (never, when zero)
     /// and whenever one is requested, and a scrub step every
-    /// `scrub_interval` (never, when zero), until [`Master::stop_loop`].
+    /// `scrub_interval` (never, when zero), until `stop` (after the step in
+    /// progress, if any). A `SAVE` waiting on the loop is then answered
+    /// that the master is shutting down.
     ///
     /// With an interval, data no backup holds goes out at once. That is
     /// decided here, before the caller starts serving: what the first
@@ -61,10 +59,21 @@ impl Master {
         self: &Arc<Self>,
         interval: Duration,
         scrub_interval: Duration,
+        stop: &Stop,
     ) -> JoinHandle<()> {
         if !interval.is_zero() && self.has_unbacked_changes() {
             self.schedule_backup();
         }
+        // The loop and `SAVE` wait on `changed`, under the state's lock: the
+        // stop takes that lock before it notifies, so neither misses it.
+        self.state().stop = Some(stop.clone());
+        let master: Weak<Master> = Arc::downgrade(self);
+        stop.on_stop(move || {
+            if let Some(master) = master.upgrade() {
+                let _state = master.state();
+                master.changed.notify_all();
+            }
+        });
         let master = Arc::clone(self);
         std::thread::Builder::new()
             .name("rkv-backup".into())
@@ -89,7 +98,7 @@ impl Master {
             {
                 let mut state = self.state();
                 loop {
-                    if state.stopping {
+                    if state.stopping() {
                         return;
                     }
                     let now = Instant::now();
@@ -147,12 +156,5 @@ impl Master {
                 }
             }
         }
-    }
-
-    /// Stops the loop after the step in progress, if any, and the
-    /// heartbeat thread.
-    pub fn stop_loop(&self) {
-        self.state().stopping = true;
-        self.changed.notify_all();
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -75,6 +75,15 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+}
+
 impl Listener {
     /// Binds `addr`. A stale Unix socket file left by a dead process is
     /// replaced; one a live process answers on is not.
@@ -124,7 +133,16 @@ impl Listener {
         self.local_addr().map(|a| a.to_string()).unwrap_or_default()
     }
 
-    /// Waits for the next client.
+    /// Makes `accept` answer `WouldBlock` instead of waiting, for a
+    /// listener driven by a poll.
+    pub fn set_nonblocking(&self) -> std::io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l, _) => l.set_nonblocking(true),
+        }
+    }
+
+    /// Takes the next client waiting to be accepted.
     pub fn accept(&self) -> std::io::Result<Stream> {
         match self {
             Listener::Tcp(l) => {
@@ -134,25 +152,6 @@ impl Listener {
                 Ok(Stream::Tcp(stream))
             }
             Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
-        }
-    }
-}
-
-/// Unblocks a listener's `accept` by connecting to it once.
-pub(super) fn wake(addr: &ListenAddr) {
-    match addr {
-        ListenAddr::Tcp(socket) => {
-            let mut target = *socket;
-            if target.ip().is_unspecified() {
-                target.set_ip(match target {
-                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-                });
-            }
-            let _ = TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1));
-        }
-        ListenAddr::Unix(path) => {
-            let _ = UnixStream::connect(path);
         }
     }
 }

@@ -18,13 +18,14 @@ mod watch;
 mod worker;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::db::Db;
 use crate::resp::{Limits, Reply};
+use crate::stop::Stop;
 
 pub use listen::{ListenAddr, Listener, Stream};
 
@@ -234,7 +235,6 @@ pub(crate) struct Shared {
     pub(crate) cursors: commands::Cursors,
     /// Who watches which keys (`WATCH`).
     pub(crate) watches: watch::Watches,
-    shutting_down: AtomicBool,
     next_client_id: AtomicU64,
 }
 
@@ -256,10 +256,11 @@ impl Shared {
 
 /// A running server.
 pub struct Server {
-    shared: Arc<Shared>,
     local_addrs: Vec<ListenAddr>,
     metrics: Option<crate::metrics::MetricsServer>,
     acceptors: Vec<JoinHandle<()>>,
+    /// Stops the accept loops.
+    stop: Stop,
     workers: Vec<worker::Handle>,
 }
 
@@ -281,7 +282,6 @@ impl Server {
             started: Instant::now(),
             cursors: commands::Cursors::default(),
             watches: watch::Watches::default(),
-            shutting_down: AtomicBool::new(false),
             next_client_id: AtomicU64::new(1),
         });
         // One worker per core: the work is CPU (parsing, RocksDB reads from
@@ -292,17 +292,18 @@ impl Server {
             .collect::<std::io::Result<_>>()?;
         let senders: Arc<Vec<worker::Sender>> =
             Arc::new(workers.iter().map(worker::Handle::sender).collect());
+        let stop = Stop::new();
         let acceptors = listeners
             .into_iter()
             .map(|listener| {
+                let acceptor = Acceptor::new(listener, &stop)?;
                 let shared = Arc::clone(&shared);
                 let senders = Arc::clone(&senders);
                 std::thread::Builder::new()
                     .name("rkv-accept".into())
-                    .spawn(move || accept_loop(listener, &shared, &senders))
-                    .expect("spawn accept thread")
+                    .spawn(move || acceptor.run(&shared, &senders))
             })
-            .collect();
+            .collect::<std::io::Result<_>>()?;
         let metrics = match shared.config.metrics_listen {
             Some(addr) => {
                 let shared = Arc::clone(&shared);
@@ -312,10 +313,10 @@ impl Server {
             None => None,
         };
         Ok(Server {
-            shared,
             local_addrs,
             metrics,
             acceptors,
+            stop,
             workers,
         })
     }
@@ -334,10 +335,7 @@ impl Server {
     /// and receive their replies, closes every connection, and waits up to
     /// `grace` for all that.
     pub fn shutdown(self, grace: Duration) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        for addr in &self.local_addrs {
-            listen::wake(addr);
-        }
+        self.stop.stop();
         for acceptor in self.acceptors {
             let _ = acceptor.join();
         }
@@ -354,41 +352,103 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: Listener, shared: &Shared, workers: &[worker::Sender]) {
-    let mut next = 0;
-    loop {
-        let stream = match listener.accept() {
-            Ok(stream) => stream,
-            Err(e) => {
-                if shared.shutting_down.load(Ordering::SeqCst) {
+/// One listener's accept loop: waits on the listener and on the server's
+/// stop in one mio poll, and hands each client to the workers in turn.
+struct Acceptor {
+    listener: Listener,
+    poll: mio::Poll,
+    stop: Stop,
+    /// Owned here as well as by the stop's hook, which is dropped once it
+    /// ran: closing the waker's eventfd would take its pending wake-up off
+    /// the poll before this thread saw it.
+    _waker: Arc<mio::Waker>,
+}
+
+impl Acceptor {
+    const LISTENER: mio::Token = mio::Token(0);
+    const STOP: mio::Token = mio::Token(1);
+
+    fn new(listener: Listener, stop: &Stop) -> std::io::Result<Acceptor> {
+        use std::os::fd::AsRawFd;
+        listener.set_nonblocking()?;
+        let poll = mio::Poll::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&listener.as_raw_fd()),
+            Self::LISTENER,
+            mio::Interest::READABLE,
+        )?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Self::STOP)?);
+        let wake = Arc::clone(&waker);
+        stop.on_stop(move || {
+            let _ = wake.wake();
+        });
+        Ok(Acceptor {
+            listener,
+            poll,
+            stop: stop.clone(),
+            _waker: waker,
+        })
+    }
+
+    /// Accepts until the stop.
+    fn run(mut self, shared: &Shared, workers: &[worker::Sender]) {
+        let mut events = mio::Events::with_capacity(4);
+        let mut next = 0;
+        // After a failed accept (EMFILE and friends), retried after a pause
+        // instead of spinning; the poll's edge has passed, so the timeout
+        // is what brings the retry.
+        let mut pause = None;
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, pause) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "the accept loop cannot wait for clients");
                     return;
                 }
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept on {}: {e}", listener.describe());
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
             }
-        };
-        if shared.shutting_down.load(Ordering::SeqCst) {
-            return;
+            pause = None;
+            // Edge-triggered: take every waiting client.
+            while !self.stop.is_stopped() {
+                match self.listener.accept() {
+                    Ok(stream) => {
+                        admit(stream, shared, &workers[next % workers.len()]);
+                        next += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                        ) => {}
+                    Err(e) => {
+                        tracing::warn!(listener = %self.listener.describe(), error = %e, "accept failed");
+                        pause = Some(Duration::from_millis(100));
+                        break;
+                    }
+                }
+            }
+            if self.stop.is_stopped() {
+                return;
+            }
         }
-        let stats = &shared.stats;
-        stats.total_connections.fetch_add(1, Ordering::Relaxed);
-        if stats.connected_clients.load(Ordering::SeqCst) >= shared.config.max_clients {
-            stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-            let mut stream = stream;
-            let mut out = Vec::new();
-            Reply::error("ERR max number of clients reached").encode(&mut out);
-            let _ = stream.write_all(&out);
-            continue;
-        }
-        stats.connected_clients.fetch_add(1, Ordering::SeqCst);
-        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = workers[next % workers.len()].send(id, stream) {
-            tracing::warn!("cannot hand a new client to a worker: {e}");
-            stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
-        }
-        next += 1;
+    }
+}
+
+/// Gives a new client to `worker`, or turns it away when the server is full.
+fn admit(mut stream: Stream, shared: &Shared, worker: &worker::Sender) {
+    let stats = &shared.stats;
+    stats.total_connections.fetch_add(1, Ordering::Relaxed);
+    if stats.connected_clients.load(Ordering::SeqCst) >= shared.config.max_clients {
+        stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        Reply::error("ERR max number of clients reached").encode(&mut out);
+        let _ = stream.write_all(&out);
+        return;
+    }
+    stats.connected_clients.fetch_add(1, Ordering::SeqCst);
+    let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = worker.send(id, stream) {
+        tracing::warn!(error = %e, "cannot hand a new client to a worker");
+        stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

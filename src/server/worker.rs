@@ -52,6 +52,8 @@ impl Sender {
 pub(super) struct Handle {
     sender: Sender,
     thread: JoinHandle<()>,
+    /// Disconnected when the thread ends, however it ends.
+    finished: mpsc::Receiver<()>,
 }
 
 impl Handle {
@@ -60,9 +62,11 @@ impl Handle {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
+        let (finishing, finished) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("rkv-worker-{index}"))
             .spawn(move || {
+                let _finishing = finishing;
                 Worker {
                     poll,
                     rx,
@@ -76,6 +80,7 @@ impl Handle {
         Ok(Handle {
             sender: Sender { tx, waker },
             thread,
+            finished,
         })
     }
 
@@ -92,10 +97,8 @@ impl Handle {
 
     /// Waits for the worker until `deadline`.
     pub(super) fn join(self, deadline: Instant) {
-        while !self.thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if self.thread.is_finished() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = self.finished.recv_timeout(left) {
             let _ = self.thread.join();
         }
     }
