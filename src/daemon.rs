@@ -155,7 +155,7 @@ pub fn daemon_main<C>(
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{name}: error: {e:#}");
+            eprintln!("{name}: error: {}", crate::error::Report(e.as_ref()));
             if let Some(hint) = e
                 .downcast_ref::<crate::Error>()
                 .and_then(crate::Error::hint)

@@ -154,15 +154,19 @@ pub enum Error {
     },
 
     /// The object store failed a request (unreachable, refused, or an
-    /// answer rkv cannot use).
-    #[error("object store {location}: {context}: {detail}")]
+    /// answer rkv cannot use). The store's or the client's own error is the
+    /// source, printed by [`Report`].
+    #[error("object store {location}: {context}: {failure}")]
     Store {
         /// `s3://BUCKET/PREFIX`.
         location: String,
         /// What was being done, in lowercase ("read latest").
         context: String,
-        /// What the store (or the client) said.
-        detail: String,
+        /// What went wrong, as rkv acts on it.
+        failure: StoreFailure,
+        /// The error behind it, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// The object store does not honour conditional writes, which fence a
@@ -302,11 +306,7 @@ impl Error {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("check the permissions of the path, and which user rkv runs as".to_string())
             }
-            Error::Store { .. } => Some(
-                "check the endpoint (--s3-endpoint, AWS_ENDPOINT_URL), the credentials \
-                 (AWS_ACCESS_KEY_ID, ~/.aws/credentials), the bucket and the network"
-                    .to_string(),
-            ),
+            Error::Store { failure, .. } => failure.hint().map(str::to_string),
             Error::StoreNotConditional { .. } => Some(
                 "use a store that supports If-None-Match and If-Match on PUT (AWS S3, MinIO \
                  and Cloudflare R2 do), or pass --accept-unfenced-store and make sure \
@@ -331,6 +331,114 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// What a failed request to the object store means to rkv: the hint it
+/// gets, and whether waiting can mend it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// No connection could be made: the endpoint, its name, TLS, or the
+    /// network.
+    Unreachable,
+    /// The request was sent and no answer came in time.
+    TimedOut,
+    /// The connection broke during the request.
+    Broken,
+    /// The store refused the credentials, or what they may do.
+    Denied,
+    /// The store answered with an error (a 5xx, SlowDown, …), retries
+    /// included.
+    Failed,
+    /// An object rkv needs is not there.
+    Missing,
+    /// The store does not offer a request rkv needs.
+    Unsupported,
+    /// An answer rkv cannot use: not what rkv writes there, or cut short.
+    Unreadable,
+    /// `latest` changed between this master's own writes (a reply it did
+    /// not get); the next attempt writes it again.
+    Raced,
+    /// The client could not be set up from the settings given.
+    Misconfigured,
+}
+
+impl StoreFailure {
+    /// The next step for the operator, if any.
+    pub fn hint(self) -> Option<&'static str> {
+        match self {
+            StoreFailure::Unreachable => Some(
+                "check the endpoint (--s3-endpoint, AWS_ENDPOINT_URL) and the network between \
+                 this host and the store",
+            ),
+            StoreFailure::TimedOut | StoreFailure::Broken | StoreFailure::Failed => Some(
+                "the store or the network is failing; the daemons retry with a growing wait \
+                 (see rkv_store_failed_requests in /metrics)",
+            ),
+            StoreFailure::Denied => Some(
+                "check the credentials (AWS_ACCESS_KEY_ID, ~/.aws/credentials, AWS_PROFILE) \
+                 and what they may do on the bucket",
+            ),
+            StoreFailure::Missing | StoreFailure::Unreadable => Some(
+                "give rkv a prefix of its own: something other than rkv changed objects \
+                 under it",
+            ),
+            StoreFailure::Unsupported => Some(
+                "use an S3-compatible store with conditional PUTs and batch deletes (AWS S3, \
+                 MinIO, Cloudflare R2)",
+            ),
+            StoreFailure::Misconfigured => {
+                Some("check --s3-endpoint, AWS_REGION and the credentials' settings")
+            }
+            StoreFailure::Raced => None,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreFailure::Unreachable => "cannot connect",
+            StoreFailure::TimedOut => "no answer in time",
+            StoreFailure::Broken => "the connection broke",
+            StoreFailure::Denied => "access denied",
+            StoreFailure::Failed => "the store failed the request",
+            StoreFailure::Missing => "not found",
+            StoreFailure::Unsupported => "the store does not support the request",
+            StoreFailure::Unreadable => "an answer rkv cannot use",
+            StoreFailure::Raced => "it changed between this master's own writes; will try again",
+            StoreFailure::Misconfigured => "the client cannot be set up",
+        })
+    }
+}
+
+/// An error and its causes on one line (`error: cause: cause`), leaving
+/// out a cause whose text the error before it already holds: many errors
+/// (`object_store`'s, and [`Error::Io`]) print their source inside their
+/// own text. What the CLI and the daemons print and log.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !said.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            said = text;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// This error with its causes, for a log line or a message to a person.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
     }
 }
 

@@ -157,7 +157,7 @@ pub fn main() -> std::process::ExitCode {
     match run(&cli, &mut out) {
         Ok(()) => ExitCode::Ok.into(),
         Err(e) => {
-            eprintln!("rkv: error: {e}");
+            eprintln!("rkv: error: {}", crate::error::Report(&e));
             if let Some(hint) = e.hint() {
                 eprintln!("Try: {hint}");
             }

@@ -181,7 +181,7 @@ impl Follower {
                 // Kept on disk: the cause may pass (too many open files, a
                 // permission being fixed), and it is the only local copy.
                 Err(e) => tracing::error!(
-                    error = %e,
+                    error = %e.report(),
                     "cannot open the current generation {}; keeping it, and waiting for the \
                      next backup",
                     path.display()

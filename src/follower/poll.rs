@@ -208,11 +208,11 @@ impl ApplyState {
                 tracing::info!("waiting for the backup directory to appear: {message}");
             } else if e.is_local_disk_full() {
                 tracing::warn!(
-                    error = %message,
+                    error = %e.report(),
                     "this host's disk is full (not the backup store): free space; still serving"
                 );
             } else {
-                tracing::warn!(error = %message, "cannot read the backup directory; still serving");
+                tracing::warn!(error = %e.report(), "cannot read the backup directory; still serving");
             }
         }
         self.last_error = Some(message);
@@ -295,7 +295,9 @@ impl ApplyState {
     /// newer backup is tried as soon as it appears); a lost race with the
     /// purge is said louder each time in a row.
     fn record_failed(&mut self, id: u32, e: &Error) {
+        // INFO says what failed; the log says it with its causes.
         let mut message = format!("apply backup {id}: {e}");
+        let mut logged = format!("apply backup {id}: {}", e.report());
         self.failures.record(e.kind());
         match e {
             Error::BackupCorrupt { .. } => {
@@ -306,22 +308,24 @@ impl ApplyState {
                     _ => Duration::from_secs(1),
                 };
                 self.backoff = Some((id, Instant::now() + delay, delay));
-                tracing::error!(error = %message, retry_in = ?delay, "serving the previous data");
+                tracing::error!(error = %logged, retry_in = ?delay, "serving the previous data");
             }
             Error::BackupPurged { .. } => {
                 self.purge_races += 1;
                 if self.purge_races > 1 {
-                    message = format!(
-                        "{message}; {} restores in a row lost this race: raise --keep-within on \
-                         the master above the time a restore takes",
+                    let said = format!(
+                        "; {} restores in a row lost this race: raise --keep-within on the \
+                         master above the time a restore takes",
                         self.purge_races
                     );
-                    tracing::error!(error = %message, "serving the previous data");
+                    message.push_str(&said);
+                    logged.push_str(&said);
+                    tracing::error!(error = %logged, "serving the previous data");
                 } else {
-                    tracing::warn!(error = %message, "serving the previous data; trying the newest backup");
+                    tracing::warn!(error = %logged, "serving the previous data; trying the newest backup");
                 }
             }
-            _ => tracing::warn!(error = %message, "serving the previous data, will retry"),
+            _ => tracing::warn!(error = %logged, "serving the previous data, will retry"),
         }
         self.last_error = Some(message);
     }

@@ -327,7 +327,7 @@ impl Master {
                     Some(hint) => format!("{e} ({hint})"),
                     None => e.to_string(),
                 };
-                tracing::error!(error = %message, "backup failed, will retry");
+                tracing::error!(error = %e.report(), "backup failed, will retry");
                 state.last_ok = false;
                 state.failed.record(e.kind());
                 state.last_error = Some(message);
@@ -345,7 +345,7 @@ impl Master {
                     self.state().purged += purged.len() as u64;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "purging old backups failed");
+                    tracing::warn!(error = %e.report(), "purging old backups failed");
                     self.state().purge_failures += 1;
                 }
             }
@@ -370,7 +370,7 @@ impl Master {
                 state.backups_dropped += dropped.len() as u64;
                 state.heal_pending = false;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot drop incomplete backups"),
+            Err(e) => tracing::warn!(error = %e.report(), "cannot drop incomplete backups"),
         }
     }
 
@@ -405,13 +405,13 @@ impl Master {
             }
             self.record_damage(&damage);
             if let Err(e) = self.store.remove_damaged(&damage) {
-                tracing::error!(error = %e, "cannot remove the damaged files");
+                tracing::error!(error = %e.report(), "cannot remove the damaged files");
                 return damage;
             }
             damage
         };
         if let StepOutcome::Failed(e) = self.step(true) {
-            tracing::error!(error = %e, "the backup that heals the damage failed; will retry");
+            tracing::error!(error = %e.report(), "the backup that heals the damage failed; will retry");
             self.state().requested = true;
         }
         damage
@@ -472,7 +472,7 @@ impl Master {
                 return true;
             }
             Err(e) if !state.heartbeat_failing => {
-                tracing::warn!(error = %e, "cannot write the heartbeat");
+                tracing::warn!(error = %e.report(), "cannot write the heartbeat");
                 state.heartbeat_failing = true;
             }
             Err(_) => {}

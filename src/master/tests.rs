@@ -109,7 +109,8 @@ impl TakenOver {
             return Err(Error::Store {
                 location: "s3://bucket/cut".into(),
                 context: "write latest".into(),
-                detail: "connection timed out".into(),
+                failure: crate::error::StoreFailure::TimedOut,
+                source: None,
             });
         }
         match self.taken.load(Ordering::SeqCst) {

@@ -21,7 +21,7 @@ use object_store::{
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFailure};
 
 use super::counting::CountingConnector;
 pub use super::counting::RequestCounts;
@@ -151,7 +151,8 @@ impl Bucket {
         let store: AmazonS3 = builder.build().map_err(|e| Error::Store {
             location: config.url(),
             context: "configure the client".into(),
-            detail: e.to_string(),
+            failure: StoreFailure::Misconfigured,
+            source: Some(Box::new(e)),
         })?;
         Bucket::on(config, Arc::new(store), counts)
     }
@@ -203,7 +204,8 @@ impl Bucket {
         Error::Store {
             location: self.url(),
             context,
-            detail: store_detail(&e),
+            failure: classify(&e),
+            source: Some(Box::new(e)),
         }
     }
 
@@ -454,26 +456,34 @@ pub fn download_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// The store's error in one line, without what differs between two
-/// occurrences of the same failure (the request's duration), so that a
-/// failure repeated every poll is logged once.
-fn store_detail(e: &object_store::Error) -> String {
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let mut words = first.split(' ').peekable();
-    let mut kept = Vec::new();
-    while let Some(word) = words.next() {
-        let timing = words.peek().is_some_and(|next| {
-            next.starts_with(|c: char| c.is_ascii_digit())
-                && next.trim_end_matches(',').ends_with('s')
-        });
-        if word == "in" && timing {
-            words.next();
-            continue;
+/// What a failed request means, from `object_store`'s error variant and,
+/// for a request that failed on its way, the HTTP client's kind of failure
+/// (found among the error's causes).
+fn classify(e: &object_store::Error) -> StoreFailure {
+    use object_store::client::{HttpError, HttpErrorKind};
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => return StoreFailure::Denied,
+        object_store::Error::NotFound { .. } => return StoreFailure::Missing,
+        object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. } => {
+            return StoreFailure::Unsupported
         }
-        kept.push(word);
+        _ => {}
     }
-    kept.join(" ")
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(http) = error.downcast_ref::<HttpError>() {
+            return match http.kind() {
+                HttpErrorKind::Connect => StoreFailure::Unreachable,
+                HttpErrorKind::Timeout => StoreFailure::TimedOut,
+                HttpErrorKind::Request | HttpErrorKind::Interrupted => StoreFailure::Broken,
+                HttpErrorKind::Decode => StoreFailure::Unreadable,
+                _ => StoreFailure::Failed,
+            };
+        }
+        cause = error.source();
+    }
+    StoreFailure::Failed
 }
 
 /// The key, secret and session token of `AWS_PROFILE` (or `default`) in
@@ -542,18 +552,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failure_reads_the_same_each_time() {
-        let e = object_store::Error::Generic {
+    fn a_failure_is_classified_from_its_variant_and_its_http_cause() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let http = |kind| object_store::Error::Generic {
             store: "S3",
-            source: "Error performing GET http://h/b/latest in 637.585894ms, after 3 retries - \
-                     HTTP error: error sending request"
-                .into(),
+            source: Box::new(HttpError::new(kind, std::io::Error::other("refused"))),
         };
         assert_eq!(
-            store_detail(&e),
-            "Generic S3 error: Error performing GET http://h/b/latest after 3 retries - HTTP \
-             error: error sending request"
+            classify(&http(HttpErrorKind::Connect)),
+            StoreFailure::Unreachable
         );
+        assert_eq!(
+            classify(&http(HttpErrorKind::Timeout)),
+            StoreFailure::TimedOut
+        );
+        assert_eq!(
+            classify(&http(HttpErrorKind::Interrupted)),
+            StoreFailure::Broken
+        );
+        let denied = object_store::Error::PermissionDenied {
+            path: "latest".into(),
+            source: "403".into(),
+        };
+        assert_eq!(classify(&denied), StoreFailure::Denied);
+        let status = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 503 Service Unavailable".into(),
+        };
+        assert_eq!(classify(&status), StoreFailure::Failed);
+    }
+
+    #[test]
+    fn a_store_error_prints_its_cause_once() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let cause = HttpError::new(
+            HttpErrorKind::Connect,
+            std::io::Error::other("tcp connect error: Connection refused"),
+        );
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(cause),
+        };
+        let bucket = Bucket::in_memory(S3Config {
+            bucket: "b".into(),
+            prefix: "p".into(),
+            endpoint: None,
+            path_style: true,
+        })
+        .unwrap();
+        let error = bucket.error("read latest".into(), e);
+        assert_eq!(
+            error.to_string(),
+            "object store s3://b/p: read latest: cannot connect"
+        );
+        let report = error.report().to_string();
+        assert_eq!(
+            report,
+            "object store s3://b/p: read latest: cannot connect: Generic S3 error: HTTP error: \
+             tcp connect error: Connection refused"
+        );
+        assert!(error.hint().unwrap().contains("--s3-endpoint"));
     }
 
     #[test]

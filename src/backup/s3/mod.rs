@@ -103,7 +103,7 @@ pub use reader::S3Reader;
 
 use super::dir::{META_DIR, PRIVATE_DIR, SHARED_DIR};
 use super::{meta, AppMetadata, BackupDir, BackupInfo, Heartbeat};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFailure};
 
 /// The commit point's object name.
 pub const LATEST: &str = "latest";
@@ -197,8 +197,9 @@ impl Remote {
             Fetched::Object(bytes, etag) => {
                 let latest: Latest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
                     location: self.bucket.url(),
-                    context: format!("read {LATEST}"),
-                    detail: format!("it is not rkv's commit point: {e}"),
+                    context: format!("read {LATEST}, rkv's commit point"),
+                    failure: StoreFailure::Unreadable,
+                    source: Some(Box::new(e)),
                 })?;
                 seen.latest = Some((latest, etag));
             }

@@ -21,7 +21,7 @@ use crate::backup::{
     Heartbeat, MasterLock, RestoreMode, RestoreStats, Retention, ScrubCursor,
 };
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFailure};
 
 /// What the master knows of its own publishing between calls.
 #[derive(Debug, Default)]
@@ -247,7 +247,8 @@ impl S3Publisher {
         Err(Error::Store {
             location: self.remote.bucket.url(),
             context: format!("write {LATEST}"),
-            detail: "it changed between this master's own writes; will try again".into(),
+            failure: StoreFailure::Raced,
+            source: None,
         })
     }
 

@@ -424,7 +424,7 @@ pub(crate) fn refusal_reply(refusal: Refusal) -> Reply {
 }
 
 fn storage_error(e: crate::Error) -> Reply {
-    tracing::error!("{e}");
+    tracing::error!(error = %e.report(), "a command failed in the database");
     Reply::error(format!("ERR {e}"))
 }
 
