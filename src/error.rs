@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::backup::BackupLocation;
+
 /// A `Result` whose error is the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -24,27 +26,28 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// The backup directory does not exist or is not a BackupEngine directory.
-    #[error("no backup directory at {path}")]
+    /// The backup store does not exist (a directory that is missing or not
+    /// a BackupEngine directory).
+    #[error("no backup directory at {location}")]
     BackupDirMissing {
-        /// The path that was given as the backup directory.
-        path: PathBuf,
+        /// The backup location that was given.
+        location: BackupLocation,
     },
 
-    /// The backup directory exists but holds no complete backup.
-    #[error("the backup directory {path} holds no backups")]
+    /// The backup store exists but holds no complete backup.
+    #[error("the backup directory {location} holds no backups")]
     NoBackups {
-        /// The backup directory.
-        path: PathBuf,
+        /// The backup store.
+        location: BackupLocation,
     },
 
-    /// The requested backup id is not in the backup directory.
-    #[error("backup {id} does not exist in {path}")]
+    /// The requested backup id is not in the backup store.
+    #[error("backup {id} does not exist in {location}")]
     BackupNotFound {
         /// The requested backup id.
         id: u32,
-        /// The backup directory.
-        path: PathBuf,
+        /// The backup store.
+        location: BackupLocation,
     },
 
     /// A backup's files do not match what its meta file records.
@@ -98,22 +101,22 @@ pub enum Error {
     },
 
     /// Another master renews its lease on the backup directory.
-    #[error("another rkv-master ({owner}) holds the backup directory {path}: it keeps renewing its heartbeat there")]
+    #[error("another rkv-master ({owner}) holds the backup directory {location}: it keeps renewing its heartbeat there")]
     BackupDirLeased {
-        /// The backup directory.
-        path: PathBuf,
+        /// The backup store.
+        location: BackupLocation,
         /// The other master: `<host>:<db path>` and pid.
         owner: String,
     },
 
     /// The backup directory's newest backup is of another database.
     #[error(
-        "the newest backup in {path} (backup {id}) is of another database ({theirs}), not of \
-         this master's database ({ours})"
+        "the newest backup in {location} (backup {id}) is of another database ({theirs}), not \
+         of this master's database ({ours})"
     )]
     ForeignBackups {
-        /// The backup directory.
-        path: PathBuf,
+        /// The backup store.
+        location: BackupLocation,
         /// The newest backup.
         id: u32,
         /// Its database: identity and master label.
@@ -125,12 +128,12 @@ pub enum Error {
     /// A promotion replaced this master: its database lacks what the new
     /// master wrote.
     #[error(
-        "this master ({me}) was superseded by a promotion: the backup directory {path} now \
+        "this master ({me}) was superseded by a promotion: the backup directory {location} now \
          follows {by}"
     )]
     Superseded {
-        /// The backup directory.
-        path: PathBuf,
+        /// The backup store.
+        location: BackupLocation,
         /// This master.
         me: String,
         /// The master the directory follows now.
@@ -158,8 +161,8 @@ pub enum Error {
     /// source, printed by [`Report`].
     #[error("object store {location}: {context}: {failure}")]
     Store {
-        /// `s3://BUCKET/PREFIX`.
-        location: String,
+        /// The store.
+        location: BackupLocation,
         /// What was being done, in lowercase ("read latest").
         context: String,
         /// What went wrong, as rkv acts on it.
@@ -173,8 +176,8 @@ pub enum Error {
     /// second master off.
     #[error("object store {location} cannot fence a second master: {behaviour}")]
     StoreNotConditional {
-        /// `s3://BUCKET/PREFIX`.
-        location: String,
+        /// The store.
+        location: BackupLocation,
         /// What the store did.
         behaviour: String,
     },
@@ -254,9 +257,8 @@ impl Error {
             Error::NoBackups { .. } => {
                 Some("create one with `rkv --db=DIR backup --backup_dir=B`".to_string())
             }
-            Error::BackupNotFound { path, .. } => Some(format!(
-                "list the backups with `rkv backups --backup_dir={}`",
-                path.display()
+            Error::BackupNotFound { location, .. } => Some(format!(
+                "list the backups with `rkv backups --backup_dir={location}`"
             )),
             Error::BackupCorrupt { .. } => Some(
                 "restore an older backup (see `rkv backups`), and take a new backup from the \

@@ -17,7 +17,9 @@ use rocksdb::backup::{
 use rocksdb::Env;
 
 use super::meta;
-use super::{AppMetadata, BackupInfo, BackupSource, Heartbeat, RestoreMode, RestoreStats};
+use super::{
+    AppMetadata, BackupInfo, BackupLocation, BackupSource, Heartbeat, RestoreMode, RestoreStats,
+};
 use crate::db::{self};
 use crate::error::{Error, Result};
 
@@ -121,7 +123,7 @@ impl BackupDir {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::BackupNotFound {
                     id,
-                    path: self.path.clone(),
+                    location: self.location(),
                 }
             } else {
                 Error::io(format!("read {}", path.display()), e)
@@ -200,7 +202,7 @@ impl BackupDir {
             }
             let engine = self.engine(true)?;
             let seen = self.fingerprint().ok_or_else(|| Error::BackupDirMissing {
-                path: self.path.clone(),
+                location: self.location(),
             })?;
             *slot = Some((engine, seen));
         }
@@ -227,12 +229,12 @@ impl BackupDir {
     fn check_readable(&self) -> Result<()> {
         if !self.path.is_dir() {
             return Err(Error::BackupDirMissing {
-                path: self.path.clone(),
+                location: self.location(),
             });
         }
         if !self.path.join(META_DIR).is_dir() {
             return Err(Error::NoBackups {
-                path: self.path.clone(),
+                location: self.location(),
             });
         }
         Ok(())
@@ -265,8 +267,8 @@ impl BackupDir {
 }
 
 impl BackupSource for BackupDir {
-    fn location(&self) -> String {
-        self.path.display().to_string()
+    fn location(&self) -> BackupLocation {
+        BackupLocation::Dir(self.path.clone())
     }
 
     fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
@@ -343,7 +345,7 @@ impl BackupSource for BackupDir {
             }
             return Err(Error::BackupNotFound {
                 id,
-                path: self.path.clone(),
+                location: self.location(),
             });
         }
         engine.verify_backup(id).map_err(|e| Error::BackupCorrupt {
@@ -371,14 +373,14 @@ impl BackupSource for BackupDir {
                 .last()
                 .map(|b| b.id)
                 .ok_or_else(|| Error::NoBackups {
-                    path: self.path.clone(),
+                    location: self.location(),
                 })?,
             Some(id) if backups.iter().any(|b| b.id == id) => id,
             Some(id) if self.meta_path(id).is_file() => return Err(self.unloadable(id)),
             Some(id) => {
                 return Err(Error::BackupNotFound {
                     id,
-                    path: self.path.clone(),
+                    location: self.location(),
                 })
             }
         };

@@ -12,8 +12,9 @@ use super::s3::S3Config;
 pub enum BackupLocation {
     /// A directory.
     Dir(PathBuf),
-    /// A bucket and prefix of an object store.
-    S3(S3Config),
+    /// A bucket and prefix of an object store (boxed: a location travels
+    /// in errors, which stay small).
+    S3(Box<S3Config>),
 }
 
 impl fmt::Display for BackupLocation {
@@ -86,12 +87,12 @@ impl StoreArgs {
                         ));
                     }
                 }
-                Ok(BackupLocation::S3(S3Config {
+                Ok(BackupLocation::S3(Box::new(S3Config {
                     bucket: bucket.to_string(),
                     prefix: prefix.to_string(),
                     path_style: self.s3_path_style.unwrap_or(endpoint.is_some()),
                     endpoint,
-                }))
+                })))
             }
             other => Err(format!(
                 "--backup-dir {text}: unknown scheme {other}://; give a directory path or \

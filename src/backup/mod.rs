@@ -189,7 +189,7 @@ impl Retention {
 /// write anything by construction.
 pub trait BackupSource: Send + Sync {
     /// Where the store is, for messages and INFO (a path or a URL).
-    fn location(&self) -> String;
+    fn location(&self) -> BackupLocation;
 
     /// The complete backups, oldest first. An existing but empty store gives
     /// an empty list; [`Error::BackupDirMissing`](crate::Error::BackupDirMissing)

@@ -153,7 +153,7 @@ pub(super) fn backups(
     let backups = Source::open(backup_dir, store, cache)?.store.list()?;
     if backups.is_empty() {
         return Err(Error::NoBackups {
-            path: backup_dir.to_path_buf(),
+            location: BackupLocation::Dir(backup_dir.to_path_buf()),
         }
         .into());
     }
@@ -195,7 +195,7 @@ pub(super) fn verify(
             .last()
             .map(|b| b.id)
             .ok_or_else(|| Error::NoBackups {
-                path: backup_dir.to_path_buf(),
+                location: BackupLocation::Dir(backup_dir.to_path_buf()),
             })?,
     };
     let info = backups.iter().find(|b| b.id == id);
@@ -227,7 +227,7 @@ impl Source {
         let (store, cache): (Box<dyn BackupSource>, _) = match &location {
             BackupLocation::Dir(path) => (Box::new(BackupDir::new(path)), None),
             BackupLocation::S3(s3) => (
-                Box::new(S3Reader::new(s3.clone(), BackupDir::new(&cache))?),
+                Box::new(S3Reader::new((**s3).clone(), BackupDir::new(&cache))?),
                 Some(cache),
             ),
         };
@@ -247,7 +247,7 @@ impl Source {
                 // Staging nothing, it publishes no backup.
                 let cache = self.cache.clone().unwrap_or_else(std::env::temp_dir);
                 let staging = BackupDir::new(cache.join("hand-over"));
-                Box::new(S3Publisher::for_hand_over(s3.clone(), staging)?)
+                Box::new(S3Publisher::for_hand_over((**s3).clone(), staging)?)
             }
         })
     }
@@ -358,7 +358,7 @@ fn at_or_before(
             oldest_created: rfc3339(oldest.created()),
         }),
         None => Err(Error::NoBackups {
-            path: dir.to_path_buf(),
+            location: BackupLocation::Dir(dir.to_path_buf()),
         }
         .into()),
     }

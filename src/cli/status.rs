@@ -77,7 +77,7 @@ impl DirStatus {
             .collect();
         Ok(DirStatus {
             now,
-            location: store.location(),
+            location: store.location().to_string(),
             owner,
             files: sizes.len(),
             shared_bytes,

@@ -17,7 +17,7 @@ impl Backend for Follower {
     fn reader(&self) -> std::result::Result<Arc<Db>, Refusal> {
         let Some(generation) = self.serving.load_full() else {
             return Err(Refusal::NoDataYet {
-                store: self.store.location(),
+                store: self.store.location().to_string(),
             });
         };
         if self.stale_reads == StaleReads::Refuse && !self.healthy() {
@@ -73,7 +73,7 @@ impl Backend for Follower {
             link_up,
             last_poll_ago: state.last_poll.map(|t| t.elapsed()),
             applying: state.applying,
-            backup_dir: self.store.location(),
+            backup_dir: self.store.location().to_string(),
             applied_backup_id: serving.as_ref().map_or(0, |g| g.backup.id),
             applied_created_ms: serving.as_ref().map_or(0, |g| g.backup.created_ms()),
             applied_seq: meta.as_ref().map_or(0, |m| m.seq),

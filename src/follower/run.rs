@@ -66,7 +66,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
     let follower = match &config.backup_dir {
         BackupLocation::Dir(path) => open(&config, data, local(path))?,
         BackupLocation::S3(s3) => {
-            let store = S3Reader::new(s3.clone(), local(&config.data.join(S3_CACHE)))
+            let store = S3Reader::new((**s3).clone(), local(&config.data.join(S3_CACHE)))
                 .with_context(|| format!("open the object store {}", s3.url()))?;
             open(&config, data, store)?
         }

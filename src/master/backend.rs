@@ -122,7 +122,7 @@ impl Backend for Master {
             purge_failures: state.purge_failures,
             heartbeat_ago: state.last_heartbeat.map(|t| t.elapsed()),
             last_error,
-            backup_dir: self.store.location(),
+            backup_dir: self.store.location().to_string(),
             db_error: state.db_error.clone(),
             fenced_by: self.store.fence().by().map(str::to_string),
             lease_term: self.lease.get().map(|l| l.term()),

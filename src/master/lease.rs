@@ -192,7 +192,7 @@ pub fn claim(
         // second: watch on this host's clock, never compare timestamps.
         if let Some(now) = renewed(store, seen) {
             return Err(Error::BackupDirLeased {
-                path: store.location().into(),
+                location: store.location(),
                 owner: now.owner(),
             });
         }
@@ -211,7 +211,7 @@ pub fn claim(
         if superseded.contains(&me.label) {
             if !take_over {
                 return Err(Error::Superseded {
-                    path: store.location().into(),
+                    location: store.location(),
                     me: me.label.clone(),
                     by: by.master.clone(),
                 });
@@ -238,7 +238,7 @@ pub fn claim(
             };
             if !(take_over || handed_over) {
                 return Err(Error::ForeignBackups {
-                    path: store.location().into(),
+                    location: store.location(),
                     id: newest.map_or(0, |b| b.id),
                     theirs,
                     ours: me.describe(),
@@ -344,7 +344,7 @@ pub fn hand_over(
     {
         if !fence {
             return Err(Error::BackupDirLeased {
-                path: store.location().into(),
+                location: store.location(),
                 owner: now.owner(),
             });
         }
@@ -381,7 +381,7 @@ pub fn hand_over(
             Err(Error::Fenced { .. }) if fence => {}
             Err(Error::Fenced { by }) => {
                 return Err(Error::BackupDirLeased {
-                    path: store.location().into(),
+                    location: store.location(),
                     owner: by,
                 })
             }
@@ -393,7 +393,7 @@ pub fn hand_over(
         }
     }
     Err(Error::BackupDirLeased {
-        path: store.location().into(),
+        location: store.location(),
         owner: last.map_or_else(|| "another master".to_string(), Heartbeat::owner),
     })
 }

@@ -49,7 +49,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
         BackupLocation::Dir(path) => open(&config, &cache, BackupDir::new(path))?,
         BackupLocation::S3(s3) => {
             let staging = BackupDir::new(&config.staging_dir);
-            let store = S3Publisher::open(s3.clone(), staging, config.accept_unfenced_store)
+            let store = S3Publisher::open((**s3).clone(), staging, config.accept_unfenced_store)
                 .with_context(|| format!("open the object store {}", s3.url()))?;
             open(&config, &cache, store)?
         }

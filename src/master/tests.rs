@@ -107,7 +107,7 @@ impl TakenOver {
     fn refuse(&self) -> Result<()> {
         if self.cut.load(Ordering::SeqCst) {
             return Err(Error::Store {
-                location: "s3://bucket/cut".into(),
+                location: backup::BackupSource::location(&self.inner),
                 context: "write latest".into(),
                 failure: crate::error::StoreFailure::TimedOut,
                 source: None,
@@ -123,7 +123,7 @@ impl TakenOver {
 }
 
 impl backup::BackupSource for Arc<TakenOver> {
-    fn location(&self) -> String {
+    fn location(&self) -> backup::BackupLocation {
         self.inner.location()
     }
     fn list(&self) -> Result<Vec<backup::BackupInfo>> {

@@ -10,8 +10,8 @@ use rocksdb::backup::CreateBackupOptions;
 use super::{infos, BackupDir, HEARTBEAT};
 use crate::backup::heal::size_mismatch_file;
 use crate::backup::{
-    unix_ms, AppMetadata, BackupInfo, BackupSink, CreateStats, Damage, Fence, Heartbeat,
-    MasterLock, Retention, ScrubCursor,
+    unix_ms, AppMetadata, BackupInfo, BackupLocation, BackupSink, CreateStats, Damage, Fence,
+    Heartbeat, MasterLock, Retention, ScrubCursor,
 };
 use crate::db::Db;
 use crate::error::{Error, Result};
@@ -123,7 +123,7 @@ impl BackupDir {
             })
             .ok_or_else(|| Error::BackupNotFound {
                 id,
-                path: self.path.clone(),
+                location: BackupLocation::Dir(self.path.clone()),
             })?;
         let (mut bytes_copied, mut files_copied) = (0, 0);
         for file in self.read_meta(id)?.files {

@@ -21,6 +21,7 @@ use object_store::{
 };
 use tokio::io::AsyncWriteExt;
 
+use crate::backup::BackupLocation;
 use crate::error::{Error, Result, StoreFailure};
 
 use super::counting::CountingConnector;
@@ -149,7 +150,7 @@ impl Bucket {
             builder = builder.with_region(shared_region().unwrap_or_else(|| "us-east-1".into()));
         }
         let store: AmazonS3 = builder.build().map_err(|e| Error::Store {
-            location: config.url(),
+            location: BackupLocation::S3(Box::new(config.clone())),
             context: "configure the client".into(),
             failure: StoreFailure::Misconfigured,
             source: Some(Box::new(e)),
@@ -193,6 +194,11 @@ impl Bucket {
         self.config.url()
     }
 
+    /// The bucket and prefix, for errors and INFO.
+    pub fn location(&self) -> BackupLocation {
+        BackupLocation::S3(Box::new(self.config.clone()))
+    }
+
     fn key(&self, name: &str) -> Key {
         match self.config.prefix.as_str() {
             "" => Key::from(name),
@@ -202,7 +208,7 @@ impl Bucket {
 
     fn error(&self, context: String, e: object_store::Error) -> Error {
         Error::Store {
-            location: self.url(),
+            location: self.location(),
             context,
             failure: classify(&e),
             source: Some(Box::new(e)),

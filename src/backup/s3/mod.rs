@@ -36,7 +36,7 @@
 /// every other backup from its cache).
 macro_rules! source_through_remote {
     () => {
-        fn location(&self) -> String {
+        fn location(&self) -> $crate::backup::BackupLocation {
             self.remote.location()
         }
 
@@ -102,7 +102,7 @@ pub use publisher::S3Publisher;
 pub use reader::S3Reader;
 
 use super::dir::{META_DIR, PRIVATE_DIR, SHARED_DIR};
-use super::{meta, AppMetadata, BackupDir, BackupInfo, Heartbeat};
+use super::{meta, AppMetadata, BackupDir, BackupInfo, BackupLocation, Heartbeat};
 use crate::error::{Error, Result, StoreFailure};
 
 /// The commit point's object name.
@@ -170,8 +170,8 @@ impl Remote {
         }
     }
 
-    fn location(&self) -> String {
-        self.bucket.url()
+    fn location(&self) -> BackupLocation {
+        self.bucket.location()
     }
 
     fn seen(&self) -> MutexGuard<'_, Seen> {
@@ -196,7 +196,7 @@ impl Remote {
             Fetched::Missing => seen.latest = None,
             Fetched::Object(bytes, etag) => {
                 let latest: Latest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-                    location: self.bucket.url(),
+                    location: self.bucket.location(),
                     context: format!("read {LATEST}, rkv's commit point"),
                     failure: StoreFailure::Unreadable,
                     source: Some(Box::new(e)),
@@ -228,7 +228,7 @@ impl Remote {
             .get(&meta_name)?
             .ok_or_else(|| Error::BackupNotFound {
                 id,
-                path: self.location().into(),
+                location: self.location(),
             })?;
         let parsed = std::str::from_utf8(&text)
             .map_err(|e| e.to_string())
@@ -358,7 +358,7 @@ impl Remote {
         match self.refresh(false)? {
             Some(latest) => Ok(latest.backup.map(|b| b.id)),
             None => Err(Error::BackupDirMissing {
-                path: self.location().into(),
+                location: self.location(),
             }),
         }
     }
@@ -380,7 +380,7 @@ impl Remote {
                 .get(&name)?
                 .ok_or_else(|| Error::BackupNotFound {
                     id,
-                    path: self.location().into(),
+                    location: self.location(),
                 })?;
             let parsed =
                 meta::parse(&String::from_utf8_lossy(&text)).map_err(|e| Error::BackupCorrupt {
@@ -410,7 +410,7 @@ impl Remote {
         match id {
             Some(id) => Ok(id),
             None => self.newest_id()?.ok_or_else(|| Error::NoBackups {
-                path: self.location().into(),
+                location: self.location(),
             }),
         }
     }

@@ -245,7 +245,7 @@ impl S3Publisher {
             }
         }
         Err(Error::Store {
-            location: self.remote.bucket.url(),
+            location: self.remote.bucket.location(),
             context: format!("write {LATEST}"),
             failure: StoreFailure::Raced,
             source: None,

@@ -2,6 +2,7 @@
 //! that hang, backups purged mid-restore, a store that goes away.
 
 use super::*;
+use crate::backup::BackupLocation;
 
 /// A source with faults on demand, around a real directory: its restore
 /// fails, or the backup is purged between the list and the restore, or
@@ -38,13 +39,13 @@ impl FaultySource {
 
     fn missing(&self) -> Error {
         Error::BackupDirMissing {
-            path: self.inner.path().to_path_buf(),
+            location: self.inner.location(),
         }
     }
 }
 
 impl BackupSource for Arc<FaultySource> {
-    fn location(&self) -> String {
+    fn location(&self) -> BackupLocation {
         self.inner.location()
     }
     fn list(&self) -> Result<Vec<BackupInfo>> {
@@ -93,7 +94,7 @@ impl BackupSource for Arc<FaultySource> {
             self.purged.lock().unwrap().push(id);
             return Err(Error::BackupNotFound {
                 id,
-                path: self.inner.path().to_path_buf(),
+                location: self.inner.location(),
             });
         }
         self.inner.restore(id, dest, mode)
