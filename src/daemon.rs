@@ -11,7 +11,9 @@ use std::time::Duration;
 use crate::resp::Limits;
 use crate::server::{ListenAddr, ServerConfig};
 
+mod config_error;
 mod daemon_file;
+pub use config_error::ConfigError;
 pub use daemon_file::DaemonFile;
 
 /// The flags both daemons share: access control, limits and logging.
@@ -97,7 +99,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// The server's configuration for `listen`: reads the password and
     /// applies protected mode; the error is a sentence for the operator.
-    pub fn server_config(&self, listen: Vec<ListenAddr>) -> Result<ServerConfig, String> {
+    pub fn server_config(&self, listen: Vec<ListenAddr>) -> Result<ServerConfig, ConfigError> {
         let password = load_password(self.requirepass.as_deref(), self.password_file.as_deref())?;
         let from_environment = std::env::var("RKV_REQUIREPASS").ok() == self.requirepass;
         if self.requirepass.is_some() && !from_environment {
@@ -109,15 +111,15 @@ impl ServerArgs {
         check_protected_mode(&listen, password.is_some(), self.protected_mode)?;
         if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
             if self.protected_mode {
-                return Err(format!(
+                return Err(ConfigError::Unprotected(format!(
                     "refusing to serve metrics on {addr} (protected mode): the metrics endpoint \
                      has no password. Listen on a loopback address, or pass \
                      --protected-mode=no if the network is trusted"
-                ));
+                )));
             }
         }
         if self.max_clients == 0 {
-            return Err("--max-clients must be at least 1".to_string());
+            return Err(ConfigError::Flag("--max-clients must be at least 1".into()));
         }
         Ok(ServerConfig {
             listen,
@@ -140,7 +142,7 @@ pub fn daemon_main<C>(
     name: &str,
     log_format: LogFormat,
     umask: u32,
-    config: Result<C, String>,
+    config: Result<C, ConfigError>,
     run: impl FnOnce(C) -> anyhow::Result<()>,
 ) -> ExitCode {
     let config = match config {
@@ -230,32 +232,46 @@ pub fn init_logging(format: LogFormat) {
 pub fn load_password(
     requirepass: Option<&str>,
     password_file: Option<&Path>,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, ConfigError> {
     match (requirepass, password_file) {
-        (Some(_), Some(_)) => {
-            Err("give either --requirepass or --password-file, not both".to_string())
-        }
-        (Some(""), None) => Err("--requirepass is empty; give a password".to_string()),
+        (Some(_), Some(_)) => Err(ConfigError::Password(
+            "give either --requirepass or --password-file, not both".into(),
+        )),
+        (Some(""), None) => Err(ConfigError::Password(
+            "--requirepass is empty; give a password".into(),
+        )),
         (Some(p), None) => Ok(Some(p.as_bytes().to_vec())),
         (None, Some(path)) => {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?
+                .map_err(|e| {
+                    ConfigError::Password(format!(
+                        "cannot read the password file {}: {e}",
+                        path.display()
+                    ))
+                })?
                 .permissions()
                 .mode();
             if mode & 0o007 != 0 {
-                return Err(format!(
+                return Err(ConfigError::Password(format!(
                     "the password file {} can be read by every user (mode {:o}); make it \
                      private: chmod 600 {0}",
                     path.display(),
                     mode & 0o777
-                ));
+                )));
             }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Password(format!(
+                    "cannot read the password file {}: {e}",
+                    path.display()
+                ))
+            })?;
             let password = text.lines().next().unwrap_or("").trim();
             if password.is_empty() {
-                return Err(format!("the password file {} is empty", path.display()));
+                return Err(ConfigError::Password(format!(
+                    "the password file {} is empty",
+                    path.display()
+                )));
             }
             Ok(Some(password.as_bytes().to_vec()))
         }
@@ -269,16 +285,16 @@ pub fn check_protected_mode(
     listen: &[ListenAddr],
     has_password: bool,
     protected_mode: bool,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     if has_password || !protected_mode {
         return Ok(());
     }
     match listen.iter().find(|a| !a.is_local()) {
-        Some(addr) => Err(format!(
+        Some(addr) => Err(ConfigError::Unprotected(format!(
             "refusing to listen on {addr} without a password (protected mode): anyone who can \
              reach it could read the data. Set --requirepass or --password-file, listen on a \
              loopback address, or pass --protected-mode=no if the network is trusted"
-        )),
+        ))),
         None => Ok(()),
     }
 }

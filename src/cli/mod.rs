@@ -301,7 +301,7 @@ fn daemon_address(cli: &Cli) -> Result<Option<ListenAddr>, CliError> {
 /// The password for the daemon, from --password_file or RKV_PASSWORD.
 fn daemon_password(cli: &Cli) -> Result<Option<Vec<u8>>, CliError> {
     crate::daemon::load_password(cli.password.as_deref(), cli.password_file.as_deref())
-        .map_err(CliError::Usage)
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 /// Logs go to stderr, warnings and up unless `RKV_LOG` says otherwise.

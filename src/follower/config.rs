@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::backup::{BackupLocation, StoreArgs};
-use crate::daemon::{self, ServerArgs};
+use crate::daemon::{self, ConfigError, ServerArgs};
 use crate::server::{ListenAddr, ServerConfig};
 
 const AFTER_HELP: &str = "\
@@ -137,25 +137,32 @@ pub struct FollowerConfig {
 
 impl FollowerArgs {
     /// Checks the flags together; the error is a sentence for the operator.
-    pub fn validate(self) -> Result<FollowerConfig, String> {
-        let backup_dir = self.store.location(&self.backup_dir)?;
+    pub fn validate(self) -> Result<FollowerConfig, ConfigError> {
+        let backup_dir = self
+            .store
+            .location(&self.backup_dir)
+            .map_err(ConfigError::Location)?;
         let data = daemon::resolve(&self.data);
         let backups = match &backup_dir {
             BackupLocation::Dir(path) => Some(daemon::resolve(path)),
             BackupLocation::S3(_) => None,
         };
         if let Some(backups) = backups.filter(|b| data.starts_with(b) || b.starts_with(&data)) {
-            return Err(format!(
+            return Err(ConfigError::Overlap(format!(
                 "the data directory {} and the backup directory {} must not contain each other",
                 data.display(),
                 backups.display()
-            ));
+            )));
         }
         if self.poll_interval.is_zero() {
-            return Err("--poll-interval must be more than 0 (e.g. 1s)".to_string());
+            return Err(ConfigError::Flag(
+                "--poll-interval must be more than 0 (e.g. 1s)".into(),
+            ));
         }
         if self.stale_reads == StaleReads::Refuse && self.max_staleness.is_none() {
-            return Err("--stale-reads refuse needs --max-staleness DURATION".to_string());
+            return Err(ConfigError::Flag(
+                "--stale-reads refuse needs --max-staleness DURATION".into(),
+            ));
         }
         let server = self.server.server_config(self.listen)?;
         Ok(FollowerConfig {
@@ -182,7 +189,7 @@ mod tests {
         FollowerArgs::command().debug_assert();
     }
 
-    fn parse(extra: &[&str]) -> Result<FollowerConfig, String> {
+    fn parse(extra: &[&str]) -> Result<FollowerConfig, ConfigError> {
         let mut argv = vec![
             "rkv-follower",
             "--backup-dir",
@@ -203,14 +210,19 @@ mod tests {
             config.server.listen,
             vec!["127.0.0.1:6381".parse::<ListenAddr>().unwrap()]
         );
-        assert!(parse(&["--stale-reads", "refuse"])
-            .unwrap_err()
-            .contains("--max-staleness"));
+        assert!(matches!(
+            parse(&["--stale-reads", "refuse"]),
+            Err(ConfigError::Flag(m)) if m.contains("--max-staleness")
+        ));
         assert!(parse(&["--stale-reads", "refuse", "--max-staleness", "30s"]).is_ok());
-        assert!(parse(&["--listen", "0.0.0.0:6381"])
-            .unwrap_err()
-            .contains("protected mode"));
-        assert!(parse(&["--poll-interval", "0"]).is_err());
+        assert!(matches!(
+            parse(&["--listen", "0.0.0.0:6381"]),
+            Err(ConfigError::Unprotected(m)) if m.contains("protected mode")
+        ));
+        assert!(matches!(
+            parse(&["--poll-interval", "0"]),
+            Err(ConfigError::Flag(_))
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::backup::{BackupLocation, Retention, StoreArgs};
-use crate::daemon::{self, ServerArgs};
+use crate::daemon::{self, ConfigError, ServerArgs};
 use crate::server::{ListenAddr, ServerConfig};
 
 use super::lease::LEASE_TERM_FLOOR;
@@ -172,8 +172,11 @@ pub fn default_keep_within(interval: Duration) -> Duration {
 
 impl MasterArgs {
     /// Checks the flags together; the error is a sentence for the operator.
-    pub fn validate(self) -> Result<MasterConfig, String> {
-        let backup_dir = self.store.location(&self.backup_dir)?;
+    pub fn validate(self) -> Result<MasterConfig, ConfigError> {
+        let backup_dir = self
+            .store
+            .location(&self.backup_dir)
+            .map_err(ConfigError::Location)?;
         let db = daemon::resolve(&self.db);
         let staging_dir = self.staging_dir.clone().unwrap_or_else(|| {
             let mut name = db.file_name().unwrap_or_default().to_os_string();
@@ -185,7 +188,7 @@ impl MasterArgs {
             BackupLocation::S3(_) => ("staging directory", daemon::resolve(&staging_dir)),
         };
         if local.starts_with(&db) {
-            return Err(format!(
+            return Err(ConfigError::Overlap(format!(
                 "the {what} {} is inside the database directory {}: backups must live \
                  apart from the database (RocksDB owns every file in its directory). Choose a \
                  --{} outside it",
@@ -196,34 +199,34 @@ impl MasterArgs {
                 } else {
                     "staging-dir"
                 }
-            ));
+            )));
         }
         if db.starts_with(&local) {
-            return Err(format!(
+            return Err(ConfigError::Overlap(format!(
                 "the database directory {} is inside the {what} {}: the {what} \
                  holds only backups. Choose a --db outside it",
                 db.display(),
                 local.display()
-            ));
+            )));
         }
         let keep_within = self
             .keep_within
             .unwrap_or_else(|| default_keep_within(self.interval));
         if keep_within < KEEP_WITHIN_FLOOR {
-            return Err(format!(
+            return Err(ConfigError::Flag(format!(
                 "--keep-within {} is too short to protect a follower's restore from the purge; \
                  it must be at least {} (raise it above your slowest follower's restore time)",
                 humantime::format_duration(keep_within),
                 humantime::format_duration(KEEP_WITHIN_FLOOR)
-            ));
+            )));
         }
         if self.lease_term < LEASE_TERM_FLOOR {
-            return Err(format!(
+            return Err(ConfigError::Flag(format!(
                 "--lease-term {} is too short: one slow heartbeat would stop writes; it must be \
                  at least {}",
                 humantime::format_duration(self.lease_term),
                 humantime::format_duration(LEASE_TERM_FLOOR)
-            ));
+            )));
         }
         let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
@@ -293,18 +296,18 @@ mod tests {
             "/tmp/x/db/backups",
         ])
         .unwrap();
-        assert!(inside
-            .validate()
-            .unwrap_err()
-            .contains("inside the database directory"));
+        assert!(matches!(
+            inside.validate(),
+            Err(ConfigError::Overlap(m)) if m.contains("inside the database directory")
+        ));
         let same =
             MasterArgs::try_parse_from(["rkv-master", "--db", "/tmp/x", "--backup-dir", "/tmp/x"])
                 .unwrap();
-        assert!(same.validate().is_err());
-        assert!(args(&["--listen", "0.0.0.0:6380"])
-            .validate()
-            .unwrap_err()
-            .contains("protected mode"));
+        assert!(matches!(same.validate(), Err(ConfigError::Overlap(_))));
+        assert!(matches!(
+            args(&["--listen", "0.0.0.0:6380"]).validate(),
+            Err(ConfigError::Unprotected(m)) if m.contains("protected mode")
+        ));
         assert!(
             args(&["--listen", "0.0.0.0:6380", "--protected-mode", "no"])
                 .validate()
@@ -313,10 +316,10 @@ mod tests {
         assert!(args(&["--listen", "0.0.0.0:6380", "--requirepass", "pw"])
             .validate()
             .is_ok());
-        assert!(args(&["--password-file", "/nonexistent/pw"])
-            .validate()
-            .unwrap_err()
-            .contains("cannot read"));
+        assert!(matches!(
+            args(&["--password-file", "/nonexistent/pw"]).validate(),
+            Err(ConfigError::Password(m)) if m.contains("cannot read")
+        ));
         assert!(MasterArgs::try_parse_from([
             "rkv-master",
             "--db",
@@ -339,10 +342,16 @@ mod tests {
         .is_err());
         // Retention too short to protect a restore is refused, with the floor.
         let short = args(&["--keep-within", "0"]).validate().unwrap_err();
-        assert!(short.contains("at least 10s"), "{short}");
+        assert!(
+            matches!(&short, ConfigError::Flag(m) if m.contains("at least 10s")),
+            "{short}"
+        );
         assert!(args(&["--keep-within", "10s"]).validate().is_ok());
         let term = args(&["--lease-term", "1s"]).validate().unwrap_err();
-        assert!(term.contains("at least 3s"), "{term}");
+        assert!(
+            matches!(&term, ConfigError::Flag(m) if m.contains("at least 3s")),
+            "{term}"
+        );
     }
 
     #[test]
