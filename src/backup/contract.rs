@@ -145,13 +145,9 @@ fn heartbeat(master: &str, token: &str, ms: u64) -> Heartbeat {
         seq: 1,
         ms,
         master: master.into(),
-        db_id: None,
         token: Some(token.into()),
-        pid: None,
-        keep_within_ms: None,
         lease_term_ms: Some(10_000),
-        superseded: Vec::new(),
-        handover: false,
+        ..Heartbeat::default()
     }
 }
 

@@ -355,7 +355,7 @@ impl MasterLock {
 /// measure staleness on its own clock whatever the skew between hosts. And
 /// it is the master's lease on the directory: `token` names the one master
 /// that may write there, and a master that finds another's token stops.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Format version; 1.
     pub v: u32,

@@ -244,10 +244,11 @@ impl Source {
         Ok(match &self.location {
             BackupLocation::Dir(path) => Box::new(BackupDir::new(path)),
             BackupLocation::S3(s3) => {
-                // Staging nothing, it publishes no backup.
+                // Creating no backup, it publishes none.
                 let cache = self.cache.clone().unwrap_or_else(std::env::temp_dir);
                 let staging = BackupDir::new(cache.join("hand-over"));
-                Box::new(S3Publisher::for_hand_over((**s3).clone(), staging)?)
+                let bucket = crate::backup::s3::Bucket::new((**s3).clone())?;
+                Box::new(S3Publisher::for_hand_over(bucket, staging)?)
             }
         })
     }

@@ -52,6 +52,18 @@ impl S3Config {
     }
 }
 
+/// A local file to upload.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Its object name, relative to the prefix.
+    pub name: String,
+    /// The local file.
+    pub path: std::path::PathBuf,
+    /// Written only if absent: an object already there is the same file
+    /// (a shared file's name says what it holds).
+    pub create_only: bool,
+}
+
 /// The outcome of a conditional GET.
 #[derive(Debug)]
 pub enum Fetched {
@@ -206,7 +218,7 @@ impl Bucket {
         }
     }
 
-    fn error(&self, context: String, e: object_store::Error) -> Error {
+    pub(super) fn error(&self, context: String, e: object_store::Error) -> Error {
         Error::Store {
             location: self.location(),
             context,
@@ -290,16 +302,15 @@ impl Bucket {
         }
     }
 
-    /// Uploads the local file `path` as `name`, each in `files` at most
-    /// `parallel` at a time; `create_only` files are written only if absent
-    /// (an object already there is the same file: its name says what it
-    /// holds). Returns the bytes written.
-    pub fn upload(
-        &self,
-        files: &[(String, std::path::PathBuf, bool)],
-        parallel: usize,
-    ) -> Result<u64> {
-        let uploads = files.iter().map(|(name, path, create_only)| async move {
+    /// Uploads `files`, at most `parallel` at a time. Returns the bytes
+    /// written.
+    pub fn upload(&self, files: &[Upload], parallel: usize) -> Result<u64> {
+        let uploads = files.iter().map(|file| async move {
+            let Upload {
+                name,
+                path,
+                create_only,
+            } = file;
             let body = tokio::fs::read(path)
                 .await
                 .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
@@ -465,7 +476,7 @@ pub fn download_path(path: &Path) -> std::path::PathBuf {
 /// What a failed request means, from `object_store`'s error variant and,
 /// for a request that failed on its way, the HTTP client's kind of failure
 /// (found among the error's causes).
-fn classify(e: &object_store::Error) -> StoreFailure {
+pub(super) fn classify(e: &object_store::Error) -> StoreFailure {
     use object_store::client::{HttpError, HttpErrorKind};
     match e {
         object_store::Error::PermissionDenied { .. }
@@ -535,7 +546,7 @@ fn shared_region() -> Option<String> {
 }
 
 /// The `key = value` lines of section `[name]` of an AWS INI file.
-fn ini_section(text: &str, name: &str) -> Vec<(String, String)> {
+pub(super) fn ini_section(text: &str, name: &str) -> Vec<(String, String)> {
     let mut inside = false;
     let mut out = Vec::new();
     for line in text.lines().map(str::trim) {
@@ -551,91 +562,4 @@ fn ini_section(text: &str, name: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failure_is_classified_from_its_variant_and_its_http_cause() {
-        use object_store::client::{HttpError, HttpErrorKind};
-        let http = |kind| object_store::Error::Generic {
-            store: "S3",
-            source: Box::new(HttpError::new(kind, std::io::Error::other("refused"))),
-        };
-        assert_eq!(
-            classify(&http(HttpErrorKind::Connect)),
-            StoreFailure::Unreachable
-        );
-        assert_eq!(
-            classify(&http(HttpErrorKind::Timeout)),
-            StoreFailure::TimedOut
-        );
-        assert_eq!(
-            classify(&http(HttpErrorKind::Interrupted)),
-            StoreFailure::Broken
-        );
-        let denied = object_store::Error::PermissionDenied {
-            path: "latest".into(),
-            source: "403".into(),
-        };
-        assert_eq!(classify(&denied), StoreFailure::Denied);
-        let status = object_store::Error::Generic {
-            store: "S3",
-            source: "Server returned non-2xx status code: 503 Service Unavailable".into(),
-        };
-        assert_eq!(classify(&status), StoreFailure::Failed);
-    }
-
-    #[test]
-    fn a_store_error_prints_its_cause_once() {
-        use object_store::client::{HttpError, HttpErrorKind};
-        let cause = HttpError::new(
-            HttpErrorKind::Connect,
-            std::io::Error::other("tcp connect error: Connection refused"),
-        );
-        let e = object_store::Error::Generic {
-            store: "S3",
-            source: Box::new(cause),
-        };
-        let bucket = Bucket::in_memory(S3Config {
-            bucket: "b".into(),
-            prefix: "p".into(),
-            endpoint: None,
-            path_style: true,
-        })
-        .unwrap();
-        let error = bucket.error("read latest".into(), e);
-        assert_eq!(
-            error.to_string(),
-            "object store s3://b/p: read latest: cannot connect"
-        );
-        let report = error.report().to_string();
-        assert_eq!(
-            report,
-            "object store s3://b/p: read latest: cannot connect: Generic S3 error: HTTP error: \
-             tcp connect error: Connection refused"
-        );
-        assert!(error.hint().unwrap().contains("--s3-endpoint"));
-    }
-
-    #[test]
-    fn reads_a_profile_from_an_aws_ini_file() {
-        let text = "[default]\naws_access_key_id = A\n# comment\naws_secret_access_key=B\n\n\
-                    [profile x]\nregion = eu-west-1\n[other]\naws_access_key_id = C\n";
-        let default = ini_section(text, "default");
-        assert_eq!(
-            default,
-            vec![
-                ("aws_access_key_id".to_string(), "A".to_string()),
-                ("aws_secret_access_key".to_string(), "B".to_string())
-            ]
-        );
-        assert_eq!(
-            ini_section(text, "profile x"),
-            vec![("region".to_string(), "eu-west-1".to_string())]
-        );
-        assert!(ini_section(text, "missing").is_empty());
-    }
 }

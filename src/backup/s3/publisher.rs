@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::client::{Mode, Put};
+use super::client::{Mode, Put, Upload};
 use super::{
     backup_of, Bucket, Latest, LatestBackup, Remote, S3Config, LATEST, META_DIR, PARALLEL,
     PRIVATE_DIR, PROBE_DIR, SHARED_DIR, STORE_PURGE_PERIOD,
@@ -33,6 +33,10 @@ struct State {
     known_shared: HashSet<String>,
     /// When a purge last looked at the store.
     store_purged_at: Option<Instant>,
+    /// The newest backup this master staged that `latest` does not name
+    /// yet: the only one `publish` sends. Set by `create`, and at open by a
+    /// backup the previous run staged but did not publish.
+    unpublished: Option<u32>,
 }
 
 /// The object store as the master writes it (see the module docs of
@@ -91,14 +95,21 @@ impl S3Publisher {
             .collect();
         store.remote.refresh(true)?;
         store.align_staging()?;
+        // A backup the previous run staged after the store's newest, and
+        // did not publish (a crash, a store that was down), goes out with
+        // the first heartbeat: the master counts it as backed up.
+        let staged = store.remote.local.newest_id().ok().flatten();
+        if staged.is_some() && staged > store.remote.published() {
+            store.state().unpublished = staged;
+        }
         Ok(store)
     }
 
     /// A publisher for `rkv promote`'s hand-over alone: it writes the
-    /// heartbeat (conditionally, as a master does) and publishes nothing,
-    /// its `staging` being empty; no lock, no probe.
-    pub fn for_hand_over(config: S3Config, staging: BackupDir) -> Result<S3Publisher> {
-        let store = S3Publisher::unopened(Bucket::new(config)?, staging, MasterLock::none());
+    /// heartbeat (conditionally, as a master does) and never publishes a
+    /// backup, since it creates none; no lock, no probe.
+    pub fn for_hand_over(bucket: Bucket, staging: BackupDir) -> Result<S3Publisher> {
+        let store = S3Publisher::unopened(bucket, staging, MasterLock::none());
         store.remote.refresh(true)?;
         Ok(store)
     }
@@ -273,16 +284,17 @@ impl S3Publisher {
         }
     }
 
-    /// Publishes the staging directory's newest backup if `latest` does not
+    /// Publishes the backup this master staged last, if `latest` does not
     /// name it yet; returns the bytes uploaded, or `None` when there was
     /// nothing to publish.
     fn publish(&self) -> Result<Option<u64>> {
         let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         self.check_fenced()?;
-        let Some(id) = self.remote.local.newest_id().ok().flatten() else {
+        let Some(id) = self.state().unpublished else {
             return Ok(None);
         };
         if self.remote.published() == Some(id) {
+            self.state().unpublished = None;
             return Ok(None);
         }
         let meta_path = self.remote.local.meta_path(id);
@@ -300,24 +312,29 @@ impl S3Publisher {
         // a backup whose files are not all there is incomplete to a reader
         // (see `list_store`), and followers go by `latest`, written last.
         let meta_name = format!("{META_DIR}/{id}");
-        let meta_upload = (meta_name, meta_path.clone(), false);
-        let files: Vec<(String, PathBuf, bool)> = parsed
+        let meta_upload = Upload {
+            name: meta_name,
+            path: meta_path.clone(),
+            create_only: false,
+        };
+        let files: Vec<Upload> = parsed
             .files
             .iter()
             .filter(|f| !known.contains(&f.path))
-            .map(|f| {
-                (
-                    f.path.clone(),
-                    root.join(&f.path),
-                    f.path.starts_with(SHARED_DIR),
-                )
+            .map(|f| Upload {
+                name: f.path.clone(),
+                path: root.join(&f.path),
+                create_only: f.path.starts_with(SHARED_DIR),
             })
             .chain(std::iter::once(meta_upload))
             .collect();
         let uploaded = self.remote.bucket.upload(&files, PARALLEL)?;
-        self.state()
-            .known_shared
-            .extend(files.iter().filter(|f| f.2).map(|f| f.0.clone()));
+        self.state().known_shared.extend(
+            files
+                .iter()
+                .filter(|f| f.name.starts_with(SHARED_DIR))
+                .map(|f| f.name.clone()),
+        );
         let app = AppMetadata::parse(&parsed.app_metadata);
         let heartbeat = self.state().heartbeat.clone();
         self.commit(Latest {
@@ -386,10 +403,14 @@ impl S3Publisher {
             .map(|object| object.name.clone())
             .collect();
         self.remote.bucket.delete_many(&unused)?;
-        let lost: Vec<(String, PathBuf, bool)> = kept_files
+        let lost: Vec<Upload> = kept_files
             .into_iter()
             .filter(|(name, _)| !in_store.contains(name.as_str()))
-            .map(|(name, path)| (name, path, true))
+            .map(|(name, path)| Upload {
+                name,
+                path,
+                create_only: true,
+            })
             .collect();
         if !lost.is_empty() {
             tracing::warn!(
@@ -403,7 +424,7 @@ impl S3Publisher {
             .iter()
             .filter(|o| o.name.starts_with(SHARED_DIR) && needed.contains(&o.name))
             .map(|o| o.name.clone())
-            .chain(lost.into_iter().map(|f| f.0))
+            .chain(lost.into_iter().map(|f| f.name))
             .collect();
         state.store_purged_at = Some(Instant::now());
         Ok(())
@@ -444,6 +465,7 @@ impl BackupSink for S3Publisher {
     fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
         self.check_fenced()?;
         let mut stats = self.remote.local.create(db, master)?;
+        self.state().unpublished = Some(stats.info.id);
         let started = Instant::now();
         stats.bytes_copied = self.publish()?.unwrap_or(0);
         stats.duration += started.elapsed();
