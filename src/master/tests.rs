@@ -2,7 +2,9 @@
 //! failed backups.
 
 use super::*;
-use crate::backup::BackupDir;
+use crate::backup::s3::cut::Cut;
+use crate::backup::s3::{Bucket, S3Config};
+use crate::backup::{BackupDir, Heartbeat, S3Publisher};
 use crate::server::Backend;
 
 fn master(dir: &Path) -> Master {
@@ -82,129 +84,46 @@ fn a_failed_backup_is_counted_and_retried() {
     assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
 }
 
-/// A store that another master has taken over, as an object store finds
-/// out: its writes are refused (`Error::Fenced`, after reading back the
-/// other master's token), while reads of its heartbeat keep failing, so
-/// the master's own look at the heartbeat cannot tell. Or one the master
-/// is cut off from (`cut`): every write fails, nothing says why. Around a
-/// real directory.
-struct TakenOver {
-    inner: BackupDir,
-    taken: AtomicBool,
-    cut: AtomicBool,
-}
-
-impl TakenOver {
-    fn new(dir: &Path) -> Arc<TakenOver> {
-        std::fs::create_dir_all(dir).unwrap();
-        Arc::new(TakenOver {
-            inner: BackupDir::new(dir),
-            taken: AtomicBool::new(false),
-            cut: AtomicBool::new(false),
-        })
-    }
-
-    fn refuse(&self) -> Result<()> {
-        if self.cut.load(Ordering::SeqCst) {
-            return Err(Error::Store {
-                location: backup::BackupSource::location(&self.inner),
-                context: "write latest".into(),
-                failure: crate::error::StoreFailure::TimedOut,
-                source: None,
-            });
-        }
-        match self.taken.load(Ordering::SeqCst) {
-            true => Err(Error::Fenced {
-                by: "other:/db (pid 7)".into(),
-            }),
-            false => Ok(()),
-        }
-    }
-}
-
-impl backup::BackupSource for Arc<TakenOver> {
-    fn location(&self) -> backup::BackupLocation {
-        self.inner.location()
-    }
-    fn list(&self) -> Result<Vec<backup::BackupInfo>> {
-        self.inner.list()
-    }
-    fn newest_id(&self) -> Result<Option<u32>> {
-        self.inner.newest_id()
-    }
-    fn contains(&self, id: u32) -> Result<bool> {
-        self.inner.contains(id)
-    }
-    fn files(&self, ids: &[u32]) -> Result<std::collections::BTreeMap<String, u64>> {
-        self.inner.files(ids)
-    }
-    fn verify(&self, id: u32, meter: &crate::progress::Meter) -> Result<()> {
-        self.inner.verify(id, meter)
-    }
-    fn find_damage(&self, id: u32) -> Result<Option<String>> {
-        self.inner.find_damage(id)
-    }
-    fn restore(
-        &self,
-        id: Option<u32>,
-        dest: &Path,
-        mode: backup::RestoreMode,
-    ) -> Result<backup::RestoreStats> {
-        self.inner.restore(id, dest, mode)
-    }
-    fn read_heartbeat(&self) -> Option<backup::Heartbeat> {
-        // Reads fail once it is taken over: the refusal alone tells.
-        match self.taken.load(Ordering::SeqCst) {
-            true => None,
-            false => self.inner.read_heartbeat(),
-        }
-    }
-    fn watch_paths(&self) -> Vec<std::path::PathBuf> {
-        Vec::new()
-    }
-}
-
-impl BackupSink for Arc<TakenOver> {
-    fn create(&self, db: &Db, master: &str) -> Result<CreateStats> {
-        self.refuse()?;
-        self.inner.create(db, master)
-    }
-    fn purge(&self, retention: &Retention, now: SystemTime) -> Result<Vec<u32>> {
-        self.inner.purge(retention, now)
-    }
-    fn write_heartbeat(&self, heartbeat: &backup::Heartbeat) -> Result<()> {
-        self.refuse()?;
-        self.inner.write_heartbeat(heartbeat)
-    }
-    fn lock_for_master(&self) -> Result<backup::MasterLock> {
-        Ok(backup::MasterLock::none())
-    }
-    fn fence(&self) -> &backup::Fence {
-        self.inner.fence()
-    }
-    fn scrub(&self, cursor: &mut ScrubCursor, budget: u64) -> Vec<Damage> {
-        self.inner.scrub(cursor, budget)
-    }
-    fn remove_damaged(&self, damage: &[Damage]) -> Result<()> {
-        self.inner.remove_damaged(damage)
-    }
-    fn drop_incomplete(&self) -> Result<Vec<u32>> {
-        self.inner.drop_incomplete()
-    }
+/// A master on an object store (in memory, through the real publisher)
+/// that the test can cut it off from, and a second client of the store, as
+/// another host has.
+fn master_on_a_store(dir: &Path) -> (Master, Arc<Cut>, Bucket) {
+    let cut = Cut::in_memory();
+    let config = S3Config {
+        bucket: "b".into(),
+        prefix: "p".into(),
+        endpoint: None,
+        path_style: true,
+    };
+    let bucket = Bucket::cuttable(config, Arc::clone(&cut)).unwrap();
+    let other = bucket.clone_client().unwrap();
+    let store = S3Publisher::on(bucket, BackupDir::new(dir.join("staging")), false).unwrap();
+    (master_on(dir, store), cut, other)
 }
 
 #[test]
 fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
     for refused_by in ["heartbeat", "backup"] {
         let tmp = tempfile::tempdir().unwrap();
-        let store = TakenOver::new(&tmp.path().join("backups"));
-        let m = master_on(tmp.path(), Arc::clone(&store));
+        let (m, _, other) = master_on_a_store(tmp.path());
         m.claim(false, Duration::from_secs(10)).unwrap();
         m.db().put(b"k", b"v").unwrap();
         assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
         assert!(m.writer().is_ok());
 
-        store.taken.store(true, Ordering::SeqCst);
+        // Another master takes the store over: its heartbeat, its token.
+        let other_staging = BackupDir::new(tmp.path().join("other-staging"));
+        let other = S3Publisher::on(other, other_staging, false).unwrap();
+        let theirs = Heartbeat {
+            v: 1,
+            seq: 1,
+            ms: backup::now_ms(),
+            master: "other:/db".into(),
+            token: Some("theirs".into()),
+            pid: Some(7),
+            ..Heartbeat::default()
+        };
+        other.write_heartbeat(&theirs).unwrap();
         m.db().put(b"k", b"w").unwrap();
         match refused_by {
             "heartbeat" => {
@@ -234,8 +153,7 @@ fn a_store_that_refuses_this_masters_writes_fences_it_everywhere() {
 #[test]
 fn a_master_cut_off_from_the_store_past_its_term_refuses_writes_until_it_renews() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = TakenOver::new(&tmp.path().join("backups"));
-    let m = master_on(tmp.path(), Arc::clone(&store));
+    let (m, store, _) = master_on_a_store(tmp.path());
     let term = Duration::from_millis(300);
     m.claim(false, term).unwrap();
     assert!(m.writer().is_ok(), "the first heartbeat landed");
@@ -245,7 +163,7 @@ fn a_master_cut_off_from_the_store_past_its_term_refuses_writes_until_it_renews(
         "the heartbeat carries the term, for a promotion to wait out"
     );
 
-    store.cut.store(true, Ordering::SeqCst);
+    store.cut();
     let cut_at = Instant::now();
     // Heartbeats fail from now on; writes go on within the term, and stop
     // once it has passed since the last renewal.
@@ -277,7 +195,7 @@ fn a_master_cut_off_from_the_store_past_its_term_refuses_writes_until_it_renews(
     );
 
     // Back in touch: the next heartbeat renews, writes are taken again.
-    store.cut.store(false, Ordering::SeqCst);
+    store.mend();
     m.heartbeat();
     assert!(m.writer().is_ok(), "{:?}", m.lease_expired());
     assert!(crate::metrics::health(&m.status()).is_ok());

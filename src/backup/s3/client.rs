@@ -177,6 +177,12 @@ impl Bucket {
         Bucket::on(config, store, Arc::default())
     }
 
+    /// A bucket on a store a test can cut this host off from.
+    #[cfg(test)]
+    pub fn cuttable(config: S3Config, store: Arc<super::cut::Cut>) -> Result<Bucket> {
+        Bucket::on(config, store, Arc::default())
+    }
+
     fn on(
         config: S3Config,
         store: Arc<dyn ObjectStore>,

@@ -85,6 +85,8 @@ macro_rules! source_through_remote {
 
 pub mod client;
 mod counting;
+#[cfg(test)]
+pub mod cut;
 mod publisher;
 mod reader;
 
