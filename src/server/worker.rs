@@ -144,7 +144,7 @@ impl Worker {
                 let Some(client) = self.clients.get_mut(&token) else {
                     continue;
                 };
-                client.on_ready(&self.shared, &mut self.chunk);
+                client.serve(&self.shared, &mut self.chunk);
                 if client.finished() {
                     self.close(token);
                 }
@@ -196,7 +196,11 @@ impl Worker {
                 return;
             }
         };
+        // What is logged while serving this client carries its id and
+        // address (`--log-format json`: `.span.client`, `.span.addr`).
+        let span = tracing::info_span!("client", client = id, addr = %stream.peer());
         let client = Client {
+            span,
             stream,
             conn: Connection {
                 id,
@@ -220,7 +224,7 @@ impl Worker {
         self.clients.insert(token, client);
         // Bytes may have arrived before the registration: read them now.
         if let Some(client) = self.clients.get_mut(&token) {
-            client.on_ready(&self.shared, &mut self.chunk);
+            client.serve(&self.shared, &mut self.chunk);
             if client.finished() {
                 self.close(token);
             }
@@ -255,6 +259,7 @@ enum State {
 }
 
 struct Client {
+    span: tracing::Span,
     stream: NonBlocking,
     conn: Connection,
     /// Bytes read; `buf[start..]` is not parsed yet.
@@ -276,6 +281,14 @@ struct Client {
 }
 
 impl Client {
+    /// [`Client::on_ready`] inside the client's span (moved out and back,
+    /// so entering it costs no reference count).
+    fn serve(&mut self, shared: &Shared, chunk: &mut [u8]) {
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        span.in_scope(|| self.on_ready(shared, chunk));
+        self.span = span;
+    }
+
     /// Reads, answers and writes as far as the socket allows.
     fn on_ready(&mut self, shared: &Shared, chunk: &mut [u8]) {
         loop {
@@ -351,7 +364,7 @@ impl Client {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!(client = self.conn.id, error = %e.0, "protocol error");
+                    tracing::debug!(error = %e.0, "protocol error");
                     group.flush(&mut self.conn, shared, &mut self.out);
                     e.reply().encode(&mut self.out);
                     self.state = State::Lingering(Instant::now() + LINGER);
@@ -435,6 +448,14 @@ impl NonBlocking {
                 NonBlocking::Unix(mio::net::UnixStream::from_std(s))
             }
         })
+    }
+
+    /// The client's address, for the logs.
+    fn peer(&self) -> String {
+        match self {
+            NonBlocking::Tcp(s) => s.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            NonBlocking::Unix(_) => "unix".into(),
+        }
     }
 
     fn shutdown(&self, how: Shutdown) {
