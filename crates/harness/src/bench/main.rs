@@ -24,16 +24,8 @@ use report::{percentile, Report};
 #[derive(Debug, Parser)]
 #[command(name = "rkv-bench")]
 struct Args {
-    /// Small sizes and short runs (a few minutes): proves the benchmark
-    /// works, not how fast rkv is.
-    #[arg(long)]
-    quick: bool,
-    /// Where BENCHMARKS.md and the plots go.
-    #[arg(long, default_value = ".")]
-    out: PathBuf,
-    /// Where the scratch databases go (default: a temp dir).
-    #[arg(long)]
-    work: Option<PathBuf>,
+    #[command(flatten)]
+    run: rkv_harness::RunArgs,
     /// Run only these scenarios (for investigating one figure; the report
     /// then lacks the others).
     #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers", "store"])]
@@ -66,7 +58,7 @@ pub fn log(message: &str) {
 fn main() {
     let args = Args::parse();
     let ms = Duration::from_millis;
-    let plan = if args.quick {
+    let plan = if args.run.quick {
         Plan {
             idle_s: 10,
             lag_intervals: vec![ms(100), ms(1000)],
@@ -99,8 +91,8 @@ fn main() {
             store_idle: Duration::from_secs(120),
         }
     };
-    std::fs::create_dir_all(&args.out).expect("create --out");
-    let scratch = Scratch::new(args.work.clone().unwrap_or_else(std::env::temp_dir));
+    std::fs::create_dir_all(&args.run.out).expect("create --out");
+    let scratch = Scratch::new(args.run.work.clone().unwrap_or_else(std::env::temp_dir));
     let started = Instant::now();
     let load_before = load_average();
     let dir = |name: &str| {
@@ -111,7 +103,7 @@ fn main() {
     };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut report = Report {
-        quick: args.quick,
+        quick: args.run.quick,
         load: plan.load,
         ..Report::default()
     };
@@ -205,12 +197,12 @@ fn main() {
     report.elapsed = started.elapsed();
     report.load_average = (load_before, load_average());
     report.check();
-    let markdown = report.markdown(&args.out);
+    let markdown = report.markdown(&args.run.out);
     println!("{markdown}");
-    std::fs::write(args.out.join("BENCHMARKS.md"), &markdown).expect("write BENCHMARKS.md");
+    std::fs::write(args.run.out.join("BENCHMARKS.md"), &markdown).expect("write BENCHMARKS.md");
     log(&format!(
         "wrote {} in {}",
-        args.out.join("BENCHMARKS.md").display(),
+        args.run.out.join("BENCHMARKS.md").display(),
         humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
     ));
 }

@@ -16,7 +16,7 @@ mod store;
 use rkv_testkit::{moto, process, tmpfs};
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -25,16 +25,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "rkv-faults")]
 struct Args {
-    /// Few tries per scenario (about 3 minutes): proves every scenario
-    /// works; the full run's counts are the ones RELIABILITY.md reports.
-    #[arg(long)]
-    quick: bool,
-    /// Where RELIABILITY.md and the plot go.
-    #[arg(long, default_value = ".")]
-    out: PathBuf,
-    /// Where the scratch directories go (default: a temp dir).
-    #[arg(long)]
-    work: Option<PathBuf>,
+    #[command(flatten)]
+    run: rkv_harness::RunArgs,
     /// Seed of the random kill moments, so a failing run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -97,7 +89,7 @@ impl Rng {
 
 fn main() {
     let args = Args::parse();
-    let plan = if args.quick {
+    let plan = if args.run.quick {
         Plan {
             master_kills: 5,
             follower_kills: 5,
@@ -120,11 +112,11 @@ fn main() {
             store_fault: Duration::from_secs(30),
         }
     };
-    std::fs::create_dir_all(&args.out).expect("create --out");
-    let work = args
-        .work
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("rkv-faults-{}", std::process::id())));
+    std::fs::create_dir_all(&args.run.out).expect("create --out");
+    let work =
+        args.run.work.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("rkv-faults-{}", std::process::id()))
+        });
     let started = Instant::now();
     let mut rng = Rng::new(args.seed);
     let mut outcomes = Vec::new();
@@ -167,7 +159,7 @@ fn main() {
         log(&format!("scratch directories kept in {}", work.display()));
         std::process::exit(1);
     }
-    if args.work.is_none() {
+    if args.run.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
 }
@@ -203,7 +195,7 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          starts the real daemons on loopback and temp dirs and injects its fault; a line \
          counts what a user would see go wrong. Every count of lost, wrong or stuck must be \
          zero: the suite fails otherwise, and its quick mode runs in the test command.\n",
-        if args.quick { " --quick" } else { "" },
+        if args.run.quick { " --quick" } else { "" },
         &date[..10],
         machine(),
         humantime::format_duration(Duration::from_secs(took.as_secs())),
@@ -254,8 +246,8 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          serve the data of a backup whose file was damaged (the master finds the damage, \
          copies the file again in a new backup, and the follower applies that).\n"
     );
-    std::fs::write(args.out.join("RELIABILITY.md"), md).expect("write RELIABILITY.md");
-    plot(&args.out, outcomes);
+    std::fs::write(args.run.out.join("RELIABILITY.md"), md).expect("write RELIABILITY.md");
+    plot(&args.run.out, outcomes);
 }
 
 /// Plots the recovery times of the kill scenarios with gnuplot, if it is
