@@ -327,7 +327,12 @@ impl Master {
                     Some(hint) => format!("{e} ({hint})"),
                     None => e.to_string(),
                 };
-                tracing::error!(error = %e.report(), "backup failed, will retry");
+                match e.hint() {
+                    Some(hint) => {
+                        tracing::error!(error = %e.report(), hint, "backup failed, will retry")
+                    }
+                    None => tracing::error!(error = %e.report(), "backup failed, will retry"),
+                }
                 state.last_ok = false;
                 state.failed.record(e.kind());
                 state.last_error = Some(message);
