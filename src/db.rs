@@ -30,6 +30,7 @@ use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, Wr
 
 use crate::error::{Error, Result};
 
+mod log;
 mod open;
 pub use open::{holds_db, is_locked, BlockCache, OpenMode, OpenOptions};
 

@@ -147,6 +147,19 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The write-ahead log no longer holds the writes asked for (its files
+    /// were removed): only a backup bridges the gap.
+    #[error(
+        "the write-ahead log no longer starts at sequence {wanted}{found}",
+        found = found.map(|f| format!(" (its next write is {f})")).unwrap_or_default()
+    )]
+    LogGap {
+        /// The first sequence number wanted.
+        wanted: u64,
+        /// Where the log went on instead, if anywhere.
+        found: Option<u64>,
+    },
+
     /// A key or value given in hex could not be decoded.
     #[error("invalid hex string {input:?}: {reason}")]
     InvalidHex {
@@ -213,7 +226,8 @@ impl Error {
             Error::DbNotFound { .. }
             | Error::BackupDirMissing { .. }
             | Error::NoBackups { .. }
-            | Error::BackupNotFound { .. } => "missing",
+            | Error::BackupNotFound { .. }
+            | Error::LogGap { .. } => "missing",
             Error::Store { .. } | Error::StoreNotConditional { .. } => "store",
             Error::Io { .. } => "io",
             Error::RocksDb { .. } => "rocksdb",
@@ -313,6 +327,10 @@ impl Error {
                 "use a store that supports If-None-Match and If-Match on PUT (AWS S3, MinIO \
                  and Cloudflare R2 do), or pass --accept-unfenced-store and make sure \
                  only one master ever writes to this prefix"
+                    .to_string(),
+            ),
+            Error::LogGap { .. } => Some(
+                "take a backup (rkv backup, or BGSAVE on the master): the log resumes from it"
                     .to_string(),
             ),
             Error::RocksDb { .. } | Error::Io { .. } => None,

@@ -34,5 +34,6 @@ pub mod resp;
 pub mod server;
 pub mod status;
 pub mod stop;
+pub mod tail;
 
 pub use error::{Error, Result};
