@@ -38,16 +38,6 @@ struct Fixture {
     lose: Lose,
 }
 
-fn database(tmp: &Path) -> Db {
-    Db::open(
-        &tmp.join("db"),
-        OpenMode::ReadWrite {
-            create_if_missing: true,
-        },
-    )
-    .unwrap()
-}
-
 fn directory() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("backups");
@@ -57,7 +47,7 @@ fn directory() -> Fixture {
     Fixture {
         kind: "directory",
         _lock: lock,
-        db: database(tmp.path()),
+        db: Db::scratch(tmp.path()),
         tmp,
         sink: Box::new(sink),
         reader: Box::new(move |_| Box::new(BackupDir::new(&reader_path))),
@@ -72,13 +62,7 @@ fn directory() -> Fixture {
 
 fn object_store() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
-    let config = S3Config {
-        bucket: "contract".into(),
-        prefix: "prod".into(),
-        endpoint: None,
-        path_style: true,
-    };
-    let bucket = Bucket::in_memory(config).unwrap();
+    let bucket = Bucket::in_memory(S3Config::in_memory("contract", "prod")).unwrap();
     let (for_reader, for_second, for_loss) = (
         bucket.clone_client().unwrap(),
         bucket.clone_client().unwrap(),
@@ -90,7 +74,7 @@ fn object_store() -> Fixture {
     Fixture {
         kind: "object store",
         _lock: MasterLock::none(),
-        db: database(tmp.path()),
+        db: Db::scratch(tmp.path()),
         tmp,
         sink: Box::new(sink),
         reader: Box::new(move |cache| {

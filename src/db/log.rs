@@ -19,7 +19,14 @@ impl Db {
             wanted: after + 1,
             found,
         };
-        let updates = self.inner.get_updates_since(after).map_err(|_| gap(None))?;
+        let updates = self
+            .inner
+            .get_updates_since(after)
+            .map_err(|e| match e.kind() {
+                // RocksDB's word for "no log file holds that sequence".
+                rocksdb::ErrorKind::NotFound => gap(None),
+                _ => Error::rocksdb("read the write-ahead log", e),
+            })?;
         let mut batches: Vec<Batch> = Vec::new();
         for update in updates.take(limit.max(1)) {
             let (seq, batch) = update.map_err(|e| Error::rocksdb("read the write-ahead log", e))?;

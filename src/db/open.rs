@@ -31,6 +31,15 @@ impl Db {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Db> {
         OpenOptions::new(mode).open(path)
     }
+
+    /// A new database in `dir/db`, for the unit tests.
+    #[cfg(test)]
+    pub(crate) fn scratch(dir: &Path) -> Db {
+        let mode = OpenMode::ReadWrite {
+            create_if_missing: true,
+        };
+        Db::open(&dir.join("db"), mode).expect("open a scratch database")
+    }
 }
 
 /// How to open a database: the mode, and what a daemon tunes.

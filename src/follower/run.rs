@@ -124,7 +124,8 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
 
 /// Polls on every filesystem event and at least every `poll_interval`,
 /// until `stop` (which wakes it through `wake`). A failed backup is
-/// retried with its own backoff; a store that fails (503 SlowDown, unreachable) is asked again after a
+/// retried with its own backoff; a store that fails (503 SlowDown,
+/// unreachable) is asked again after a
 /// wait that grows with each failure in a row, up to eight intervals (at
 /// most 30 s), so a struggling store is not asked harder.
 fn apply_loop(

@@ -89,13 +89,7 @@ fn a_failed_backup_is_counted_and_retried() {
 /// another host has.
 fn master_on_a_store(dir: &Path) -> (Master, Arc<Cut>, Bucket) {
     let cut = Cut::in_memory();
-    let config = S3Config {
-        bucket: "b".into(),
-        prefix: "p".into(),
-        endpoint: None,
-        path_style: true,
-    };
-    let bucket = Bucket::cuttable(config, Arc::clone(&cut)).unwrap();
+    let bucket = Bucket::cuttable(S3Config::in_memory("b", "p"), Arc::clone(&cut)).unwrap();
     let other = bucket.clone_client().unwrap();
     let store = S3Publisher::on(bucket, BackupDir::new(dir.join("staging")), false).unwrap();
     (master_on(dir, store), cut, other)

@@ -255,6 +255,35 @@ fn an_unknown_scheme_is_an_error_not_a_directory() {
 }
 
 #[test]
+fn an_unreachable_store_is_said_so_with_its_cause_once_and_what_to_check() {
+    // A loopback port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("--s3-endpoint=http://127.0.0.1:{port}");
+    let rkv = crate::util::rkv_bin();
+    let backup_dir = format!("--backup_dir={}", url("p"));
+    let err = refused_with_env(
+        rkv.to_str().unwrap(),
+        &["backups", &backup_dir, &endpoint],
+        &store_env(),
+        1,
+    );
+    assert!(
+        err.contains(&format!("object store {}: ", url("p"))) && err.contains(": cannot connect: "),
+        "{err}"
+    );
+    // object_store's errors repeat their causes; rkv prints each once.
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    assert!(
+        err.contains("Try: check the endpoint (--s3-endpoint"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
     let s = Sandbox::new();
     let moto = store(&s);

@@ -43,6 +43,18 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// `s3://BUCKET/PREFIX` with no endpoint, for the unit tests' in-memory
+    /// stores.
+    #[cfg(test)]
+    pub(crate) fn in_memory(bucket: &str, prefix: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: None,
+            path_style: true,
+        }
+    }
+
     /// `s3://BUCKET/PREFIX` as given by the operator.
     pub fn url(&self) -> String {
         match self.prefix.as_str() {

@@ -91,13 +91,7 @@ fn a_store_error_prints_its_cause_once() {
         store: "S3",
         source: Box::new(cause),
     };
-    let bucket = Bucket::in_memory(S3Config {
-        bucket: "b".into(),
-        prefix: "p".into(),
-        endpoint: None,
-        path_style: true,
-    })
-    .unwrap();
+    let bucket = in_memory();
     let error = bucket.error("read latest".into(), e);
     assert_eq!(
         error.to_string(),
@@ -132,20 +126,7 @@ fn reads_a_profile_from_an_aws_ini_file() {
 }
 
 fn in_memory() -> Bucket {
-    Bucket::in_memory(S3Config {
-        bucket: "b".into(),
-        prefix: "p".into(),
-        endpoint: None,
-        path_style: true,
-    })
-    .unwrap()
-}
-
-fn database(dir: &Path) -> crate::db::Db {
-    let mode = crate::db::OpenMode::ReadWrite {
-        create_if_missing: true,
-    };
-    crate::db::Db::open(&dir.join("db"), mode).unwrap()
+    Bucket::in_memory(S3Config::in_memory("b", "p")).unwrap()
 }
 
 fn heartbeat() -> Heartbeat {
@@ -170,7 +151,7 @@ fn published(bucket: &Bucket, tmp: &Path) -> Option<u32> {
 fn a_hand_over_publishes_no_backup_even_with_one_in_its_staging_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let bucket = in_memory();
-    let db = database(tmp.path());
+    let db = crate::db::Db::scratch(tmp.path());
     db.put(b"k", b"v").unwrap();
     // Something left a backup where the hand-over stages: not its own.
     let staging = BackupDir::new(tmp.path().join("hand-over"));
@@ -188,7 +169,7 @@ fn a_hand_over_publishes_no_backup_even_with_one_in_its_staging_directory() {
 fn a_backup_the_last_run_staged_but_did_not_publish_goes_out_with_the_first_heartbeat() {
     let tmp = tempfile::tempdir().unwrap();
     let bucket = in_memory();
-    let db = database(tmp.path());
+    let db = crate::db::Db::scratch(tmp.path());
     let staging = tmp.path().join("staging");
     {
         let first = S3Publisher::on(

@@ -1,18 +1,10 @@
 use super::*;
-use crate::db::OpenMode;
 use crate::tail::Segment;
-
-fn open(dir: &std::path::Path) -> Db {
-    let mode = OpenMode::ReadWrite {
-        create_if_missing: true,
-    };
-    Db::open(&dir.join("db"), mode).unwrap()
-}
 
 #[test]
 fn the_log_gives_each_write_batch_whole_and_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = open(tmp.path());
+    let db = Db::scratch(tmp.path());
     db.put(b"a", b"1").unwrap();
     let mut group = db.batch();
     for key in [b"b", b"c", b"d"] {
@@ -40,7 +32,7 @@ fn the_log_gives_each_write_batch_whole_and_in_order() {
 #[test]
 fn a_point_inside_a_batch_is_a_gap_never_half_a_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = open(tmp.path());
+    let db = Db::scratch(tmp.path());
     let mut group = db.batch();
     for key in [b"a", b"b", b"c"] {
         group.put(key, b"1", None, None);
@@ -56,7 +48,7 @@ fn a_point_inside_a_batch_is_a_gap_never_half_a_batch() {
 #[test]
 fn writes_whose_log_files_were_removed_are_a_gap() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = open(tmp.path());
+    let db = Db::scratch(tmp.path());
     db.put(b"a", b"1").unwrap();
     let logs = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(tmp.path().join("db"))
