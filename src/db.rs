@@ -32,7 +32,9 @@ use crate::error::{Error, Result};
 
 mod log;
 mod open;
+mod view;
 pub use open::{holds_db, is_locked, BlockCache, OpenMode, OpenOptions};
+pub use view::View;
 
 /// An open RocksDB database (its default column family).
 pub struct Db {

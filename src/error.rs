@@ -160,6 +160,45 @@ pub enum Error {
         found: Option<u64>,
     },
 
+    /// A follower was given a write batch that does not continue its data
+    /// (or its data moved on by other than the batch): never applied.
+    #[error("a write batch at sequence {batch} does not follow the data, which stands at {at}")]
+    NotNext {
+        /// The sequence number the data holds.
+        at: u64,
+        /// The batch's first sequence number.
+        batch: u64,
+    },
+
+    /// Another master already shipped a different segment under the same
+    /// name: this one no longer owns the log.
+    #[error("log segment {name} was shipped by another master")]
+    SegmentExists {
+        /// The segment's name in the store.
+        name: String,
+    },
+
+    /// The master's history parted from the follower's data: a master of
+    /// the same database that recovered, or was promoted, at an earlier
+    /// point than the writes the follower applied.
+    #[error("the master's log parted from the served data at sequence {at}: {detail}")]
+    Diverged {
+        /// The sequence number the data stands at.
+        at: u64,
+        /// What showed it.
+        detail: String,
+    },
+
+    /// A log segment in the store fails its checks: never applied.
+    #[error("log segment {name}: {source}")]
+    BadSegment {
+        /// The segment's name in the store.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::tail::SegmentError,
+    },
+
     /// A key or value given in hex could not be decoded.
     #[error("invalid hex string {input:?}: {reason}")]
     InvalidHex {
@@ -221,13 +260,17 @@ impl Error {
     /// [`FAILURE_KINDS`](crate::status::FAILURE_KINDS).
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::BackupCorrupt { .. } | Error::DamagedFile { .. } => "corrupt",
+            Error::BackupCorrupt { .. } | Error::DamagedFile { .. } | Error::BadSegment { .. } => {
+                "corrupt"
+            }
             Error::BackupPurged { .. } => "purged",
             Error::DbNotFound { .. }
             | Error::BackupDirMissing { .. }
             | Error::NoBackups { .. }
             | Error::BackupNotFound { .. }
             | Error::LogGap { .. } => "missing",
+            Error::NotNext { .. } => "gap",
+            Error::Diverged { .. } => "diverged",
             Error::Store { .. } | Error::StoreNotConditional { .. } => "store",
             Error::Io { .. } => "io",
             Error::RocksDb { .. } => "rocksdb",
@@ -235,7 +278,8 @@ impl Error {
             | Error::BackupDirLocked { .. }
             | Error::BackupDirLeased { .. }
             | Error::ForeignBackups { .. }
-            | Error::Superseded { .. } => "fenced",
+            | Error::Superseded { .. }
+            | Error::SegmentExists { .. } => "fenced",
             Error::DbLocked { .. }
             | Error::RestoreTargetInUse { .. }
             | Error::InvalidHex { .. } => "other",
@@ -289,7 +333,8 @@ impl Error {
             }
             Error::BackupDirLocked { .. }
             | Error::BackupDirLeased { .. }
-            | Error::Fenced { .. } => Some(
+            | Error::Fenced { .. }
+            | Error::SegmentExists { .. } => Some(
                 "one master per backup directory: stop the other master, or give this one its \
                  own --backup-dir"
                     .to_string(),
@@ -331,6 +376,17 @@ impl Error {
             ),
             Error::LogGap { .. } => Some(
                 "take a backup (rkv backup, or BGSAVE on the master): the log resumes from it"
+                    .to_string(),
+            ),
+            Error::Diverged { .. } => Some(
+                "nothing is needed: the follower restores the master's newest backup; the \
+                 writes it held past the master's were lost with the old master's disk (or \
+                 left behind by the promotion)"
+                    .to_string(),
+            ),
+            Error::NotNext { .. } | Error::BadSegment { .. } => Some(
+                "nothing is needed: a follower restores the newest backup and follows the log \
+                 from there"
                     .to_string(),
             ),
             Error::RocksDb { .. } | Error::Io { .. } => None,

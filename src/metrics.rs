@@ -303,6 +303,35 @@ fn master(x: &mut Exposition, m: &MasterStatus) {
         "Writes not in any backup yet (sequence numbers since the newest backup).",
         m.seq.saturating_sub(m.backed_up_seq) as f64,
     );
+    if let Some(log) = &m.log {
+        x.gauge(
+            "master_log_shipped_sequence",
+            "The last sequence number the shipped write log holds.",
+            log.stats.shipped as f64,
+        );
+        x.counter(
+            "master_log_segments",
+            "Log segments shipped since start.",
+            log.stats.segments,
+        );
+        x.counter_in(
+            "master_log_shipped",
+            "Bytes of log segments shipped since start.",
+            Unit::Bytes,
+            log.stats.bytes,
+        );
+        x.counter(
+            "master_log_jumps",
+            "Times the write-ahead log no longer held the next writes to ship, so a backup \
+             bridged the log.",
+            log.stats.jumps,
+        );
+        x.gauge(
+            "master_log_failing",
+            "1 while shipping the write log fails.",
+            f64::from(u8::from(log.error.is_some())),
+        );
+    }
     x.histogram(
         "master_backup_duration",
         "How long backups took, publishing included.",
@@ -393,6 +422,41 @@ fn follower(x: &mut Exposition, f: &FollowerStatus) {
         "The id of the newest backup seen in the store.",
         f64::from(f.newest_backup_id),
     );
+    x.gauge(
+        "follower_applied_sequence",
+        "The master's sequence number the served data holds (its backup and the log since).",
+        f.applied_seq as f64,
+    );
+    if let Some(master) = f.master_seq {
+        x.gauge(
+            "follower_lag_sequence",
+            "Writes the master's latest heartbeat holds that the served data does not.",
+            master.saturating_sub(f.applied_seq) as f64,
+        );
+    }
+    if let Some(log) = &f.log {
+        x.counter(
+            "follower_log_segments",
+            "Log segments read since start.",
+            log.segments,
+        );
+        x.counter(
+            "follower_log_batches",
+            "Write batches of the log applied since start.",
+            log.batches,
+        );
+        x.counter(
+            "follower_log_fallbacks",
+            "Backups restored because the log could not bring the data on (a gap, a damaged \
+             or foreign segment, a stuck log).",
+            log.fallbacks,
+        );
+        x.gauge(
+            "follower_log_broken",
+            "1 while the log cannot be followed from the served data.",
+            f64::from(u8::from(log.broken.is_some())),
+        );
+    }
     if let Some(ago) = f.last_poll_ago {
         x.gauge_in(
             "follower_last_poll_age",

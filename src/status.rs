@@ -183,6 +183,17 @@ pub struct MasterStatus {
     pub keep_within: Duration,
     /// Requests to the object store, when backups go to one.
     pub store: Option<StoreTraffic>,
+    /// The live tail, when it ships.
+    pub log: Option<LogShipping>,
+}
+
+/// The master's live tail: what it shipped, and whether it fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogShipping {
+    /// What the shipper did since start.
+    pub stats: crate::tail::ship::ShipStats,
+    /// Why shipping fails, while it does.
+    pub error: Option<String>,
 }
 
 /// The last apply a follower made.
@@ -215,8 +226,13 @@ pub struct FollowerStatus {
     pub applied_backup_id: u32,
     /// The served backup's creation, in unix milliseconds (master clock).
     pub applied_created_ms: u64,
-    /// The served backup's sequence number.
+    /// The served data's sequence number: the backup's, and every batch of
+    /// the log applied since.
     pub applied_seq: u64,
+    /// The master's sequence number, as its latest heartbeat said.
+    pub master_seq: Option<u64>,
+    /// The live tail, when the store keeps a log.
+    pub log: Option<FollowedLog>,
     /// How old the served data is, on this host's clock; `None` unknown.
     pub staleness: Option<Duration>,
     /// The master's clock minus this host's, in ms, when measured.
@@ -252,6 +268,20 @@ pub struct FollowerStatus {
     pub last_save_unix: i64,
     /// Requests to the object store, when backups come from one.
     pub store: Option<StoreTraffic>,
+}
+
+/// A follower's live tail: what it applied, and whether it can go on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowedLog {
+    /// Segments read since start.
+    pub segments: u64,
+    /// Write batches applied since start.
+    pub batches: u64,
+    /// Why the log cannot be followed from the served data, until a backup
+    /// brings the follower past it.
+    pub broken: Option<String>,
+    /// Backups restored because the log could not bring the data on.
+    pub fallbacks: u64,
 }
 
 /// What a daemon reports about itself.

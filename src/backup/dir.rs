@@ -291,8 +291,13 @@ impl BackupSource for BackupDir {
 
     fn watch_paths(&self) -> Vec<PathBuf> {
         // A complete backup appears as a file renamed into meta/; the
-        // heartbeat is renamed into the directory itself.
-        vec![self.path.join(META_DIR), self.path.clone()]
+        // heartbeat is renamed into the directory itself; a segment is
+        // linked into log/.
+        vec![
+            self.path.join(META_DIR),
+            self.path.clone(),
+            self.path.join(log::LOG_DIR),
+        ]
     }
 
     fn list(&self) -> Result<Vec<BackupInfo>> {
@@ -442,6 +447,10 @@ impl BackupSource for BackupDir {
         }
     }
 
+    fn log(&self) -> Option<&dyn crate::tail::store::LogSource> {
+        Some(self)
+    }
+
     fn read_heartbeat(&self) -> Option<Heartbeat> {
         let bytes = fs::read(self.path.join(HEARTBEAT)).ok()?;
         serde_json::from_slice(&bytes).ok()
@@ -530,6 +539,7 @@ fn snapshot(dir: &Path) -> HashMap<String, (u64, u64)> {
         .collect()
 }
 
+mod log;
 mod write;
 
 #[cfg(test)]

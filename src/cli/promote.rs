@@ -57,20 +57,22 @@ pub(super) fn run(req: &Request, out: &mut dyn io::Write) -> Result<(), CliError
     let unit = systemd_unit(req.data);
     // Held to the end: the follower cannot start while its data is copied.
     let (_lock, generation, info) = stopped_follower(req, &unit, out)?;
+    // The writes the data holds: its backup's, and the log's applied since.
+    let seq =
+        crate::db::Db::open(&generation, crate::db::OpenMode::ReadOnly)?.latest_sequence_number();
     check_target(req)?;
     let checked = match req.backup_dir {
         Some(dir) => {
             let store = open_store(dir, req.store, req.db)?;
-            let held = check_store(&store, &info, req, out)?;
+            let held = check_store(&store, &info, seq, req, out)?;
             Some((store, held))
         }
         None => None,
     };
-    let seq = info.metadata.as_ref().map_or(0, |m| m.seq);
     emit(
         out,
         &format!(
-            "promoting backup {} (created {}, seq {seq}) from {}",
+            "promoting backup {} (created {}) and the log applied since, seq {seq}, from {}",
             info.id,
             humantime::format_rfc3339_seconds(info.created()),
             generation.display()
@@ -142,6 +144,7 @@ fn stopped_follower(
 fn check_store(
     store: &Source,
     info: &BackupInfo,
+    seq: u64,
     req: &Request,
     out: &mut dyn io::Write,
 ) -> Result<lease::Holder, CliError> {
@@ -183,7 +186,7 @@ fn check_store(
         )?,
         (None, _) => emit(out, "checked:  no master has written a heartbeat there")?,
     }
-    check_newer_backups(store.store.as_ref(), info, req)?;
+    check_newer_backups(store.store.as_ref(), info, seq, req)?;
     wait_out_term(&held, info, out)?;
     Ok(held)
 }
@@ -344,11 +347,14 @@ fn open_store(raw: &Path, args: &StoreArgs, db: &Path) -> Result<Source, CliErro
     Ok(source)
 }
 
-/// Refuses when the store's newest backup is newer than the generation, or
-/// of another database: the promoted master would lack what it holds.
+/// Refuses when the store's newest backup holds writes the follower's data
+/// (at sequence number `seq`: its backup's and the log's applied since)
+/// does not, or is of another database: the promoted master would lack
+/// what it holds.
 fn check_newer_backups(
     store: &dyn BackupSource,
     info: &BackupInfo,
+    seq: u64,
     req: &Request,
 ) -> Result<(), CliError> {
     let newest = match store.list() {
@@ -368,7 +374,11 @@ fn check_newer_backups(
             humantime::format_rfc3339_seconds(newest.created()),
             info.id
         ))
-    } else if newest.id > info.id {
+    } else if newest
+        .metadata
+        .as_ref()
+        .map_or(newest.id > info.id, |m| m.seq > seq)
+    {
         Some(format!(
             "the backup directory holds backup {} (created {}), newer than this follower's \
              backup {}: promoting it loses the writes in between",
@@ -383,10 +393,11 @@ fn check_newer_backups(
         Some(what) if !req.discard_newer_backups => Err(refused(
             what,
             &format!(
-                "promote a follower that applied backup {} (INFO replication: \
-                 rkv_applied_backup_id), or pass --discard-newer-backups to promote this one \
-                 anyway",
-                newest.id
+                "promote a follower that holds backup {}'s writes (INFO replication: \
+                 rkv_applied_seq at least {}), or pass --discard-newer-backups to promote this \
+                 one anyway",
+                newest.id,
+                newest.metadata.as_ref().map_or(0, |m| m.seq)
             ),
         )),
         Some(what) => emit(

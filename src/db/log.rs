@@ -1,5 +1,10 @@
-//! Reading the database's own write-ahead log, for the live tail: the
-//! batches after a sequence number, whole, or a clear gap.
+//! The database's own write-ahead log, for the live tail. On the master:
+//! the batches after a sequence number, whole, or a clear gap, and a sync
+//! so that only durable writes are shipped. On a follower: a master's
+//! batch applied so that the database's own sequence number is the record
+//! of how far the log was applied.
+
+use rocksdb::{AsColumnFamilyRef, WriteBatch, WriteBatchIteratorCf};
 
 use super::Db;
 use crate::error::{Error, Result};
@@ -43,6 +48,81 @@ impl Db {
             return Err(gap(None));
         }
         Ok(batches)
+    }
+
+    /// Makes every write acknowledged so far durable (fsyncs the
+    /// write-ahead log): what is shipped after this call is never a write
+    /// the master could lose in a power cut.
+    pub fn sync_log(&self) -> Result<()> {
+        // Not a write: its success says nothing of whether writes are
+        // accepted again (a full disk still refuses them), so it leaves
+        // the database's write failure as it is.
+        self.inner
+            .flush_wal(true)
+            .map_err(|e| Error::rocksdb("sync the write-ahead log", e))
+    }
+
+    /// Applies one of the master's write batches to this copy of its
+    /// database, atomically. The batch must start just after the data's own
+    /// sequence number, and the write advances that number by exactly the
+    /// batch's operations: so the database's sequence number always equals
+    /// the master's at the same point, and is the record of how far the
+    /// log was applied, written in the same atomic write as the data (a
+    /// restart resumes exactly, from what RocksDB recovered).
+    /// [`Error::NotNext`] when the batch does not follow the data, or the
+    /// data moved by other than the batch: nothing is applied then, or the
+    /// copy can no longer be trusted to match the master.
+    pub fn apply(&self, batch: &Batch) -> Result<()> {
+        let at = self.inner.latest_sequence_number();
+        if batch.seq() != at + 1 {
+            return Err(Error::NotNext {
+                at,
+                batch: batch.seq(),
+            });
+        }
+        let write = WriteBatch::from_data(batch.data());
+        if !self.may_expire.load(std::sync::atomic::Ordering::SeqCst) {
+            // Before the write, as `Db::write` does: a reader that sees an
+            // entry with a deadline looks for it there.
+            let mut finder = ExpiringPut {
+                cf: self.expiring().map(|cf| cf.id()),
+                found: false,
+            };
+            write.iterate_cf(&mut finder);
+            if finder.found {
+                self.may_expire
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let result = self.inner.write_opt(&write, &self.write_options);
+        self.track(result, "apply a write batch")?;
+        let now = self.inner.latest_sequence_number();
+        if now != *batch.seqs().end() {
+            return Err(Error::NotNext {
+                at: now,
+                batch: batch.seq(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Finds whether a batch puts an entry into the column family of keys
+/// with a deadline.
+struct ExpiringPut {
+    cf: Option<u32>,
+    found: bool,
+}
+
+impl WriteBatchIteratorCf for ExpiringPut {
+    fn put_cf(&mut self, cf_id: u32, _key: &[u8], _value: &[u8]) {
+        self.found |= Some(cf_id) == self.cf;
+    }
+
+    fn delete_cf(&mut self, _cf_id: u32, _key: &[u8]) {}
+
+    fn merge_cf(&mut self, cf_id: u32, _key: &[u8], _value: &[u8]) {
+        self.found |= Some(cf_id) == self.cf;
     }
 }
 

@@ -40,6 +40,19 @@ impl Db {
         };
         Db::open(&dir.join("db"), mode).expect("open a scratch database")
     }
+
+    /// [`Db::scratch`] keeping its write-ahead log a minute past a flush,
+    /// as a master that ships its log does.
+    #[cfg(test)]
+    pub(crate) fn scratch_keeping_log(dir: &Path) -> Db {
+        let mode = OpenMode::ReadWrite {
+            create_if_missing: true,
+        };
+        OpenOptions::new(mode)
+            .keep_log(Some(std::time::Duration::from_secs(60)))
+            .open(&dir.join("db"))
+            .expect("open a scratch database")
+    }
 }
 
 /// How to open a database: the mode, and what a daemon tunes.
@@ -48,6 +61,7 @@ pub struct OpenOptions<'a> {
     mode: OpenMode,
     cache: Option<&'a BlockCache>,
     max_open_files: Option<i32>,
+    keep_log: Option<std::time::Duration>,
 }
 
 impl<'a> OpenOptions<'a> {
@@ -57,7 +71,18 @@ impl<'a> OpenOptions<'a> {
             mode,
             cache: None,
             max_open_files: None,
+            keep_log: None,
         }
+    }
+
+    /// Keeps write-ahead log files for `ttl` after RocksDB no longer needs
+    /// them (in the database's `archive/`), so the live tail can still read
+    /// writes a flush has made obsolete: a shipper that fell behind, or a
+    /// restart, resumes from the log rather than from a new backup.
+    /// RocksDB checks every `ttl / 2`, so a file stays up to 1.5 × `ttl`.
+    pub fn keep_log(mut self, ttl: Option<std::time::Duration>) -> OpenOptions<'a> {
+        self.keep_log = ttl;
+        self
     }
 
     /// Caches data blocks in `cache`, which several databases may share.
@@ -82,6 +107,7 @@ impl<'a> OpenOptions<'a> {
             mode,
             cache,
             max_open_files,
+            keep_log,
         } = *self;
         let create_if_missing = matches!(
             mode,
@@ -105,6 +131,9 @@ impl<'a> OpenOptions<'a> {
             // some. Without one, writes fail until a restart.
             options.set_sst_file_manager(&rocksdb::SstFileManager::new());
             tune_writes(&mut options);
+            if let Some(ttl) = keep_log {
+                options.set_wal_ttl_seconds(ttl.as_secs().max(1));
+            }
         }
         let mut table = rocksdb::BlockBasedOptions::default();
         // A bloom filter in every SST file the master writes: a follower's

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Follower, StaleReads};
 use crate::db::Db;
 use crate::server::{Backend, BackupRequest, Refusal, Role};
-use crate::status::{DaemonStatus, FollowerStatus, LastApply};
+use crate::status::{DaemonStatus, FollowedLog, FollowerStatus, LastApply};
 
 impl Backend for Follower {
     fn role_name(&self) -> &'static str {
@@ -76,7 +76,19 @@ impl Backend for Follower {
             backup_dir: self.store.location().to_string(),
             applied_backup_id: serving.as_ref().map_or(0, |g| g.backup.id),
             applied_created_ms: serving.as_ref().map_or(0, |g| g.backup.created_ms()),
-            applied_seq: meta.as_ref().map_or(0, |m| m.seq),
+            applied_seq: serving
+                .as_ref()
+                .map_or(0, |g| g.db.latest_sequence_number()),
+            master_seq: state.heartbeat.as_ref().map(|h| h.seq),
+            log: serving
+                .as_ref()
+                .filter(|g| g.writable)
+                .map(|_| FollowedLog {
+                    segments: state.log.segments,
+                    batches: state.log.batches,
+                    broken: state.log.broken.clone(),
+                    fallbacks: state.log.fallbacks,
+                }),
             staleness: self.staleness(),
             clock_skew_ms: self.clock_skew_ms(),
             newest_backup_id: state.newest_seen.unwrap_or(0),

@@ -92,7 +92,8 @@ impl Follower {
     /// How old the served data is, on this follower's clock: now minus the
     /// moment it was last known to be the master's whole state. That is the
     /// served backup's creation, or the master's latest heartbeat when the
-    /// master had written nothing beyond that backup; both are master
+    /// master had written nothing beyond the data (the backup's writes and
+    /// the log's applied since); both are master
     /// timestamps, converted with the offset heartbeats measured (see
     /// [`MasterClock`]). `None` until a heartbeat was seen to change: an
     /// unknown age is not a fresh one.
@@ -101,8 +102,11 @@ impl Follower {
         let state = self.state();
         let offset = state.clock.offset()?;
         let mut current_as_of = generation.backup.created_ms() as i64;
+        // The data's own sequence number: the backup's, and every batch of
+        // the log applied since.
+        let data_seq = generation.db.latest_sequence_number();
         if let (Some(meta), Some(heartbeat)) = (&generation.backup.metadata, &state.heartbeat) {
-            if heartbeat.seq <= meta.seq && heartbeat.lineage() == meta.lineage() {
+            if heartbeat.seq <= data_seq && heartbeat.lineage() == meta.lineage() {
                 current_as_of = current_as_of.max(heartbeat.ms as i64);
             }
         }

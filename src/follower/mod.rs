@@ -14,6 +14,7 @@ mod config;
 pub mod generations;
 mod poll;
 mod run;
+mod tail;
 mod watch;
 
 use std::collections::HashMap;
@@ -39,10 +40,14 @@ pub use run::{main, run};
 pub struct Generation {
     /// The backup it was restored from.
     pub backup: BackupInfo,
-    /// The database, open read-only.
+    /// The database: open read-write when the store keeps a log, which
+    /// the follower alone applies into it (clients still cannot write);
+    /// read-only otherwise.
     pub db: Arc<Db>,
     /// Its directory.
     pub path: PathBuf,
+    /// Whether the log can be applied into it.
+    pub writable: bool,
 }
 
 impl Generation {
@@ -79,6 +84,8 @@ pub struct Follower {
     /// Reads refused as stale since start (counted apart from the state:
     /// readers should not wait on the apply's lock).
     reads_refused_stale: AtomicU64,
+    /// Where the served generation stands in the store's log.
+    place: Mutex<Option<tail::Place>>,
 }
 
 /// What the follower has seen and done, for `INFO replication`.
@@ -114,6 +121,8 @@ struct ApplyState {
     /// When the poll in progress started asking the store what it holds
     /// (heartbeat, newest backup), until it has the answer.
     asking_since: Option<Instant>,
+    /// The live tail.
+    log: tail::LogState,
 }
 
 /// How long a poll may wait on the store before the link counts as down,
@@ -170,6 +179,7 @@ impl Follower {
             reads_refused_stale: AtomicU64::new(0),
             polling: Mutex::new(()),
             link_timeout: LINK_TIMEOUT,
+            place: Mutex::new(None),
         };
         let current = follower.data.current();
         if let Some((id, path)) = &current {
@@ -194,18 +204,28 @@ impl Follower {
         Ok(follower)
     }
 
-    fn open_db(&self, path: &Path) -> Result<Db> {
-        OpenOptions::new(OpenMode::ReadOnly)
+    /// Opens a generation's database: read-write when the store keeps a
+    /// log to apply into it, else read-only.
+    fn open_db(&self, path: &Path) -> Result<(Db, bool)> {
+        let writable = self.store.log().is_some();
+        let mode = match writable {
+            true => OpenMode::ReadWrite {
+                create_if_missing: false,
+            },
+            false => OpenMode::ReadOnly,
+        };
+        let db = OpenOptions::new(mode)
             .cache(self.cache.as_ref())
             .max_open_files(self.max_open_files)
-            .open(path)
+            .open(path)?;
+        Ok((db, writable))
     }
 
     /// Opens generation `id` at `path` read-only. Its backup's facts come
     /// from the record the apply left beside it, else from the store (which
     /// costs a BackupEngine open, and may have purged the backup).
     fn open_generation(&self, id: u32, path: &Path) -> Result<Generation> {
-        let db = self.open_db(path)?;
+        let (db, writable) = self.open_db(path)?;
         let backup = read_generation_info(path)
             .filter(|b| b.id == id)
             .or_else(|| {
@@ -223,6 +243,7 @@ impl Follower {
             backup,
             db: Arc::new(db),
             path: path.to_path_buf(),
+            writable,
         })
     }
 
@@ -285,11 +306,12 @@ impl Follower {
         if result.is_err() {
             self.data.discard(&partial);
         }
-        let (mut stats, db, path) = result?;
+        let (mut stats, (db, writable), path) = result?;
         let generation = Arc::new(Generation {
             backup: backup.clone(),
             db: Arc::new(db),
             path,
+            writable,
         });
         if let Some(old) = self.serving.swap(Some(generation)) {
             self.retired
@@ -319,7 +341,7 @@ impl Follower {
         partial: &Path,
         started: Instant,
         whole: bool,
-    ) -> Result<(RestoreStats, Db, PathBuf)> {
+    ) -> Result<(RestoreStats, (Db, bool), PathBuf)> {
         let linked = started.elapsed();
         let restore = || {
             self.store
@@ -370,7 +392,8 @@ impl Follower {
         // become `current`. RocksDB keeps paths, so it is opened where it
         // will stay: renamed first, published after the check.
         let path = self.data.finish(partial)?;
-        let db = check(self.open_db(&path)?, backup)?;
+        let (db, writable) = self.open_db(&path)?;
+        let db = (check(db, backup)?, writable);
         let opened = started.elapsed();
         self.data.publish(&path)?;
         tracing::debug!(

@@ -43,6 +43,9 @@ impl Follower {
         let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
         let serving = self.serving.load_full();
         let observed = self.observe(serving.as_deref());
+        if let Some(serving) = serving.as_deref() {
+            self.follow_log(serving);
+        }
         let (backup, lineage_change) = match self.decide(observed, serving.as_deref()) {
             Decision::Done(outcome) => return outcome,
             Decision::Apply {
@@ -71,6 +74,7 @@ impl Follower {
     fn observe(&self, serving: Option<&Generation>) -> Observed {
         self.state().asking_since = Some(Instant::now());
         let serving_id = serving.map(|g| g.backup.id);
+        let covered = self.state().log.covered;
         let heartbeat = self.store.read_heartbeat();
         let read_at = Instant::now();
         let other_master = match (&heartbeat, serving.and_then(|g| g.lineage())) {
@@ -78,13 +82,15 @@ impl Follower {
             _ => false,
         };
         let listed = self.store.newest_id().and_then(|newest| match newest {
-            Some(id) if serving_id != Some(id) || other_master => match self.store.describe(id) {
-                Ok(info) => Ok((newest, vec![info])),
-                Err(Error::BackupCorrupt { .. } | Error::BackupNotFound { .. }) => {
-                    Ok((newest, self.store.list()?))
+            Some(id) if (serving_id != Some(id) && covered != Some(id)) || other_master => {
+                match self.store.describe(id) {
+                    Ok(info) => Ok((newest, vec![info])),
+                    Err(Error::BackupCorrupt { .. } | Error::BackupNotFound { .. }) => {
+                        Ok((newest, self.store.list()?))
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             _ => Ok((newest, Vec::new())),
         });
         Observed {
@@ -122,7 +128,8 @@ impl Follower {
         let Some(newest_id) = newest_id else {
             return Decision::Done(PollOutcome::UpToDate);
         };
-        if serving_id == Some(newest_id) && !observed.other_master {
+        let covered = state.log.covered == Some(newest_id);
+        if (serving_id == Some(newest_id) || covered) && !observed.other_master {
             if state.backoff.is_none() && state.skipped.is_none() {
                 state.last_error = None;
             }
@@ -144,6 +151,10 @@ impl Follower {
         match &lineage_change {
             Some(why) => state.record_lineage_change(why),
             None if serving_id.is_some_and(|id| id >= newest.id) => {
+                return Decision::Done(PollOutcome::UpToDate)
+            }
+            // The log brings the served data past the backup: no restore.
+            None if serving.is_some_and(|g| self.log_covers(&mut state, g, &newest)) => {
                 return Decision::Done(PollOutcome::UpToDate)
             }
             None => {}
@@ -280,6 +291,13 @@ impl ApplyState {
         self.last_error = None;
         self.purge_races = 0;
         self.skipped = None;
+        let broken = self.log.broken.take().is_some();
+        self.log.diverged = None;
+        let behind = self.log.behind_since.take().is_some();
+        if broken || behind {
+            self.log.fallbacks += 1;
+        }
+        self.log.covered = None;
         if self.lineage_change.take().is_some() {
             // The old database's clock readings say nothing of the new.
             self.clock = MasterClock::default();

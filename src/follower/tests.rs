@@ -15,13 +15,7 @@ struct Setup {
 
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let master = Db::open(
-        &tmp.path().join("db"),
-        OpenMode::ReadWrite {
-            create_if_missing: true,
-        },
-    )
-    .unwrap();
+    let master = Db::scratch_keeping_log(tmp.path());
     let store = BackupDir::new(tmp.path().join("backups"));
     let data = tmp.path().join("data");
     Setup {
@@ -389,3 +383,4 @@ fn staleness_is_measured_on_the_followers_clock_whatever_the_masters() {
 }
 
 mod faults;
+mod tail;

@@ -6,20 +6,26 @@ use std::sync::mpsc;
 
 /// A filesystem watch on the directories the backup store names (for a
 /// directory store: `meta/`, where a complete backup appears as a renamed
-/// file, and the directory itself, where the heartbeat is renamed into
-/// place). Set up once they all exist.
+/// file, the directory itself, where the heartbeat is renamed into place,
+/// and `log/`, where each log segment is linked into place). Each is
+/// watched once it exists: a store without a log never has `log/`, and a
+/// new store gains `meta/` with its first backup (an event in the
+/// directory itself, which wakes the follower to look again).
 pub(super) struct MetaWatcher {
     paths: Vec<PathBuf>,
+    watched: Vec<PathBuf>,
     wake: mpsc::Sender<()>,
     watcher: Option<notify::RecommendedWatcher>,
+    /// The watcher could not be made: polling alone finds news.
+    unavailable: bool,
 }
 
-/// Whether a filesystem event can mean a new backup or heartbeat: a file
-/// created or renamed. Opens and reads are not: the follower's own listing
-/// of `meta/` is one, and waking on it would make an idle follower poll
-/// itself in a loop. Nor is a dot-file appearing: BackupEngine's
-/// `meta/.<id>.tmp` and the heartbeat's temporary file are written first and
-/// renamed into place, and only the rename is news.
+/// Whether a filesystem event can mean a new backup, segment or heartbeat:
+/// a file created or renamed. Opens and reads are not: the follower's own
+/// listing of `meta/` is one, and waking on it would make an idle follower
+/// poll itself in a loop. Nor is a dot-file appearing: BackupEngine's
+/// `meta/.<id>.tmp`, a segment's and the heartbeat's temporary files are
+/// written first and put in place under their names, and only that is news.
 fn is_news(event: &notify::Event) -> bool {
     use notify::event::{EventKind, ModifyKind};
     let kind = matches!(
@@ -37,41 +43,60 @@ impl MetaWatcher {
     pub(super) fn new(paths: Vec<PathBuf>, wake: mpsc::Sender<()>) -> MetaWatcher {
         let mut watcher = MetaWatcher {
             paths,
+            watched: Vec::new(),
             wake,
             watcher: None,
+            unavailable: false,
         };
         watcher.ensure();
         watcher
     }
 
-    /// Starts watching once every path exists, if no watch is on yet.
+    /// Watches each path that exists and is not watched yet.
     pub(super) fn ensure(&mut self) {
         use notify::Watcher;
-        if self.watcher.is_some() || self.paths.is_empty() || !self.paths.iter().all(|p| p.is_dir())
-        {
+        if self.unavailable || self.watched.len() == self.paths.len() {
             return;
         }
-        let wake = self.wake.clone();
-        let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| is_news(&e)) {
-                let _ = wake.send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(error = %e, "no filesystem watcher; relying on polling");
-                return;
-            }
-        };
-        for dir in &self.paths {
-            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(error = %e, "cannot watch {}; relying on polling", dir.display());
-                return;
+        let pending: Vec<PathBuf> = self
+            .paths
+            .iter()
+            .filter(|p| !self.watched.contains(p) && p.is_dir())
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        if self.watcher.is_none() {
+            let wake = self.wake.clone();
+            let handler = move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| is_news(&e)) {
+                    let _ = wake.send(());
+                }
+            };
+            match notify::recommended_watcher(handler) {
+                Ok(watcher) => self.watcher = Some(watcher),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no filesystem watcher; relying on polling");
+                    self.unavailable = true;
+                    return;
+                }
             }
         }
-        tracing::debug!(paths = ?self.paths, "watching the backup store");
-        self.watcher = Some(watcher);
+        let watcher = self.watcher.as_mut().expect("made above");
+        for dir in pending {
+            match watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::debug!(path = %dir.display(), "watching the backup store");
+                    self.watched.push(dir);
+                }
+                Err(e) => {
+                    // Not asked again: polling finds what it would have.
+                    tracing::warn!(error = %e, "cannot watch {}; relying on polling", dir.display());
+                    self.watched.push(dir);
+                }
+            }
+        }
     }
 }
 

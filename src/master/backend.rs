@@ -84,6 +84,8 @@ impl Backend for Master {
     }
 
     fn status(&self) -> DaemonStatus {
+        // Before the state's lock: the shipper holds its own across a sync.
+        let log = self.log_status();
         let state = self.state();
         let store = self.store.traffic();
         // A backup that waits on a store which has stopped answering is
@@ -136,6 +138,7 @@ impl Backend for Master {
             keep: self.retention.keep,
             keep_within: self.retention.keep_within,
             store,
+            log,
         })
     }
 }

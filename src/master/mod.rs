@@ -9,6 +9,7 @@ mod backend;
 mod config;
 pub mod lease;
 mod run;
+mod tail;
 mod threads;
 
 use std::path::Path;
@@ -55,6 +56,8 @@ pub struct Master {
     /// Serialises backup steps, whoever runs them (the loop, the final
     /// backup at exit, a test): a mutex is a guarantee, a comment a wish.
     step_lock: Mutex<()>,
+    /// The live tail's shipper, once started (see `start_log`).
+    tail: Mutex<Option<tail::Tail>>,
 }
 
 /// What the backup loop has done and been asked to do.
@@ -123,11 +126,15 @@ impl Master {
         retention: Retention,
         sync_writes: bool,
         cache: Option<&crate::db::BlockCache>,
+        keep_log: Option<Duration>,
     ) -> Result<Master> {
         let mode = OpenMode::ReadWrite {
             create_if_missing: true,
         };
-        let mut db = OpenOptions::new(mode).cache(cache).open(db_path)?;
+        let mut db = OpenOptions::new(mode)
+            .cache(cache)
+            .keep_log(keep_log)
+            .open(db_path)?;
         db.set_sync_writes(sync_writes);
         let newest = match store.list() {
             Ok(backups) => backups.last().cloned(),
@@ -166,6 +173,7 @@ impl Master {
             lease: OnceLock::new(),
             lease_expired_noted: AtomicBool::new(false),
             step_lock: Mutex::new(()),
+            tail: Mutex::new(None),
         })
     }
 
@@ -348,6 +356,9 @@ impl Master {
                         tracing::info!(?purged, "purged backups");
                     }
                     self.state().purged += purged.len() as u64;
+                    if !purged.is_empty() {
+                        self.purge_log();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e.report(), "purging old backups failed");

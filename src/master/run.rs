@@ -25,6 +25,11 @@ pub fn main() -> std::process::ExitCode {
     daemon::daemon_main("rkv-master", log_format, umask, args.validate(), run)
 }
 
+/// How long the database keeps write-ahead log files it no longer needs,
+/// while the log ships: longer than any stall of the shipper or restart of
+/// the master the log should ride out without a backup.
+const KEEP_LOG: Duration = Duration::from_secs(60);
+
 /// Opens the database with its backup store.
 fn open(
     config: &MasterConfig,
@@ -37,6 +42,7 @@ fn open(
         config.retention,
         config.sync_writes,
         Some(cache),
+        config.log_interval.map(|_| KEEP_LOG),
     )
     .with_context(|| format!("open the database at {}", config.db.display()))
 }
@@ -59,6 +65,17 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     // Before the server: the loop decides what the start-up backup holds.
     let stop = Stop::new();
     let backup_loop = master.start_loop(config.interval, config.scrub_interval, &stop);
+    let log_thread = match config.log_interval {
+        Some(interval) => master
+            .start_log(interval, &stop)
+            .context("start shipping the write log")?,
+        None => {
+            master
+                .remove_log()
+                .context("remove the store's write log")?;
+            None
+        }
+    };
     let server = match Server::start(config.server.clone(), Arc::clone(&master) as _) {
         Ok(server) => server,
         Err(e) => {
@@ -101,6 +118,9 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     server.shutdown(Duration::from_secs(10));
     stop.stop();
     let _ = backup_loop.join();
+    if let Some(log_thread) = log_thread {
+        let _ = log_thread.join();
+    }
     let mut result = Ok(());
     if config.backup_on_exit {
         match master.backup_step() {

@@ -17,7 +17,7 @@ fn master_on(dir: &Path, store: impl BackupSink + 'static) -> Master {
         keep: 2,
         keep_within: Duration::ZERO,
     };
-    Master::open(&dir.join("db"), store, retention, false, None).unwrap()
+    Master::open(&dir.join("db"), store, retention, false, None, None).unwrap()
 }
 
 #[test]
@@ -69,6 +69,7 @@ fn a_failed_backup_is_counted_and_retried() {
         BackupDir::new(tmp.path().join("backups")),
         retention,
         false,
+        None,
         None,
     );
     let m = match m {

@@ -54,6 +54,8 @@ fn follower_status() -> FollowerStatus {
         applied_backup_id: 7,
         applied_created_ms: 0,
         applied_seq: 42,
+        master_seq: Some(45),
+        log: None,
         staleness: Some(Duration::from_millis(1500)),
         clock_skew_ms: None,
         newest_backup_id: 8,
@@ -192,6 +194,7 @@ fn master_status() -> MasterStatus {
         backups_dropped: 0,
         keep: 20,
         keep_within: Duration::from_secs(10),
+        log: None,
         store: Some(StoreTraffic::default()),
     }
 }

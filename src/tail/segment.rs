@@ -5,6 +5,7 @@
 //! magic     8 bytes  "RKVLOG\0\x01" (the last byte is the format version)
 //! lineage   u16 length + UTF-8   the database the writes are of
 //! token     u16 length + UTF-8   the master (its lease token) that shipped them
+//! since     u64                  the first sequence number that master shipped
 //! batches   u32 count, then per batch: u32 length + RocksDB WriteBatch bytes
 //! crc32c    u32 of every byte before it
 //! ```
@@ -15,6 +16,12 @@
 //! batches, and decoding checks that each batch starts where the one
 //! before it ends. So a segment cannot claim writes it does not hold, and
 //! cannot hide a gap.
+//!
+//! `since` lets a follower tell a master that goes on from the log it
+//! applied from one that does not: a segment of another token than the one
+//! before it must be that master's first (`since` is its own first
+//! sequence number), else the new master's history parted from the
+//! follower's data (it recovered, or was promoted, at an earlier point).
 
 use std::ops::RangeInclusive;
 
@@ -71,6 +78,9 @@ pub struct Segment {
     pub lineage: String,
     /// The master that shipped them (its lease token).
     pub token: String,
+    /// The first sequence number that master shipped (at or before this
+    /// segment's first).
+    pub since: u64,
     batches: Vec<Batch>,
 }
 
@@ -104,6 +114,24 @@ pub enum SegmentError {
     /// A batch too short to be one, or with no operation.
     #[error("batch {0} is not a RocksDB write batch")]
     BadBatch(usize),
+    /// The segment says its master shipped from a point after it.
+    #[error("it says its master shipped from sequence {0}, after its own first")]
+    BadSince(u64),
+    /// The segment does not start where its name in the store says.
+    #[error("it starts at sequence {starts}, not where its name says")]
+    Misnamed {
+        /// Where it starts.
+        starts: u64,
+    },
+    /// The segment is another database's.
+    #[error("it is of another database ({lineage})")]
+    OtherDatabase {
+        /// The lineage it carries.
+        lineage: String,
+    },
+    /// More bytes than any segment holds (see [`super::store::MAX_SEGMENT_BYTES`]).
+    #[error("larger than a segment may be ({0} bytes)")]
+    TooLarge(u64),
     /// A batch does not start where the one before it ends.
     #[error("batch {index} starts at sequence {found}, not at {expected}: a gap or an overlap")]
     NotContiguous {
@@ -133,8 +161,16 @@ impl Segment {
         Ok(Segment {
             lineage,
             token,
+            since: batches[0].seq(),
             batches,
         })
+    }
+
+    /// The same segment, of a master that shipped from `since` on (at or
+    /// before the segment's first sequence number).
+    pub fn shipped_since(mut self, since: u64) -> Segment {
+        self.since = since.min(self.first_seq());
+        self
     }
 
     /// The batches, in sequence order.
@@ -155,12 +191,14 @@ impl Segment {
     /// The segment's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let size = self.batches.iter().map(|b| 4 + b.data.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(8 + 4 + self.lineage.len() + self.token.len() + 8 + size);
+        let mut out =
+            Vec::with_capacity(8 + 4 + self.lineage.len() + self.token.len() + 8 + 4 + size + 4);
         out.extend_from_slice(&MAGIC);
         for label in [&self.lineage, &self.token] {
             out.extend_from_slice(&(label.len() as u16).to_le_bytes());
             out.extend_from_slice(label.as_bytes());
         }
+        out.extend_from_slice(&self.since.to_le_bytes());
         out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
         for batch in &self.batches {
             out.extend_from_slice(&(batch.data.len() as u32).to_le_bytes());
@@ -207,6 +245,7 @@ fn parse(bytes: &[u8]) -> Result<(Segment, usize), SegmentError> {
     r.take(MAGIC.len())?;
     let lineage = r.label("lineage")?;
     let token = r.label("token")?;
+    let since = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
     let count = r.u32()? as usize;
     // Each batch takes at least its length and its header.
     if count > r.left() / (4 + BATCH_HEADER) + 1 {
@@ -219,10 +258,14 @@ fn parse(bytes: &[u8]) -> Result<(Segment, usize), SegmentError> {
         batches.push(Batch::from_data(data).ok_or(SegmentError::BadBatch(index))?);
     }
     check_contiguous(&batches)?;
+    if since > batches[0].seq() {
+        return Err(SegmentError::BadSince(since));
+    }
     Ok((
         Segment {
             lineage,
             token,
+            since,
             batches,
         },
         r.at,

@@ -13,15 +13,20 @@ use crate::util::{
     wait_until, Daemon, Sandbox, GENEROUS, REFUSE_AFTER_3S, SLOW_RESTORE,
 };
 
-/// A master taking backups on request only, and a follower polling every
-/// 100 ms, with `extra` flags for the follower.
+/// A master taking backups on request only, without the log (these tests
+/// are of the backup path: restores, generations, swaps; `tail.rs` has the
+/// log's), and a follower polling every 100 ms, with `extra` flags for the
+/// follower.
 fn pair(s: &Sandbox, extra: &[&str]) -> (Daemon, Daemon) {
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &BACKUPS_ONLY);
     let mut flags = vec!["--poll-interval", "100ms"];
     flags.extend_from_slice(extra);
     let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &flags);
     (master, follower)
 }
+
+/// The master's flags for backups on request only, without the log.
+const BACKUPS_ONLY: [&str; 4] = ["--interval", "0", "--log-interval", "0"];
 
 /// Sets `key` on the master, backs up, and waits for the follower to serve it.
 fn set_and_replicate(master: &Daemon, follower: &Daemon, key: &str, value: &str) {
@@ -228,7 +233,7 @@ fn a_small_change_copies_a_small_fraction_of_the_database() {
 #[test]
 fn kill_9_during_a_restore_then_restart_serves_at_once_and_catches_up() {
     let s = Sandbox::new();
-    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &BACKUPS_ONLY);
     // A slow restore (2 MiB/s) makes the window to kill in wide.
     let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "2MiB"];
     let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &slow);
@@ -394,7 +399,16 @@ fn a_backup_purged_during_its_restore_gives_way_to_the_newest() {
     let master = Daemon::master(
         &s.path("db"),
         &s.path("backups"),
-        &["--interval", "0", "--keep", "1", "--keep-within", "10s"],
+        &[
+            "--interval",
+            "0",
+            "--log-interval",
+            "0",
+            "--keep",
+            "1",
+            "--keep-within",
+            "10s",
+        ],
     );
     let slow = ["--poll-interval", "100ms", "--restore-rate-limit", "1MiB"];
     let follower = Daemon::follower(&s.path("backups"), &s.path("f1"), &slow);

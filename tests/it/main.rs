@@ -12,6 +12,7 @@ mod netns;
 mod promote;
 mod s3;
 mod scripts;
+mod tail;
 mod util;
 
 // redis-server (the differential tests' peer), the differential test's

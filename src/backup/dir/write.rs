@@ -77,6 +77,10 @@ impl BackupSink for BackupDir {
         &self.fence
     }
 
+    fn log_sink(&self) -> Option<&dyn crate::tail::store::LogSink> {
+        Some(self)
+    }
+
     fn drop_incomplete(&self) -> Result<Vec<u32>> {
         self.forget_writer();
         self.drop_incomplete_backups()
@@ -159,7 +163,7 @@ impl BackupDir {
 
 impl BackupDir {
     /// [`Error::Fenced`] once the master writing here was fenced off.
-    fn check_fence(&self) -> Result<()> {
+    pub(super) fn check_fence(&self) -> Result<()> {
         match self.fence.by() {
             Some(by) => Err(Error::Fenced { by: by.to_string() }),
             None => Ok(()),

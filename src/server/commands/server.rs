@@ -353,11 +353,24 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
             ];
             let mut persistence = persistence;
             persistence.extend(store_fields(m.store));
-            let replication = vec![
+            let mut replication = vec![
                 kv("role", "master".into()),
                 kv("connected_slaves", "0".into()),
                 kv("master_repl_offset", m.seq.to_string()),
+                kv("rkv_log_shipping", u8::from(m.log.is_some()).to_string()),
             ];
+            if let Some(log) = m.log {
+                let stats = log.stats;
+                replication.extend([
+                    kv("rkv_log_shipped_seq", stats.shipped.to_string()),
+                    kv("rkv_log_segments", stats.segments.to_string()),
+                    kv("rkv_log_batches", stats.batches.to_string()),
+                    kv("rkv_log_bytes", stats.bytes.to_string()),
+                    kv("rkv_log_jumps", stats.jumps.to_string()),
+                    kv("rkv_log_last_ship_ms", ms(stats.last_duration)),
+                    kv("rkv_log_error", text(log.error)),
+                ]);
+            }
             vec![("persistence", persistence), ("replication", replication)]
         }
         DaemonStatus::Follower(f) => {
@@ -385,6 +398,32 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                 kv("rkv_applied_backup_id", f.applied_backup_id.to_string()),
                 kv("rkv_applied_created_ms", f.applied_created_ms.to_string()),
                 kv("rkv_applied_seq", f.applied_seq.to_string()),
+                kv(
+                    "rkv_master_seq",
+                    f.master_seq.map_or_else(String::new, |s| s.to_string()),
+                ),
+                kv(
+                    "rkv_lag_seq",
+                    f.master_seq
+                        .map_or_else(String::new, |s| s.saturating_sub(f.applied_seq).to_string()),
+                ),
+                kv("rkv_log_following", u8::from(f.log.is_some()).to_string()),
+                kv(
+                    "rkv_log_segments_applied",
+                    f.log.as_ref().map_or(0, |l| l.segments).to_string(),
+                ),
+                kv(
+                    "rkv_log_batches_applied",
+                    f.log.as_ref().map_or(0, |l| l.batches).to_string(),
+                ),
+                kv(
+                    "rkv_log_fallbacks",
+                    f.log.as_ref().map_or(0, |l| l.fallbacks).to_string(),
+                ),
+                kv(
+                    "rkv_log_error",
+                    text(f.log.as_ref().and_then(|l| l.broken.clone())),
+                ),
                 kv("rkv_staleness_ms", ms(f.staleness)),
                 kv(
                     "rkv_master_clock_skew_ms",

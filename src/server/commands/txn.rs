@@ -4,19 +4,23 @@
 //! no key expires halfway through. A write command runs under the
 //! database's write lock from its first read to its commit, which makes
 //! every read-modify-write (`INCR`, `SET … NX`, `RENAME`) atomic against
-//! every other write.
+//! every other write. Reads of keys go through one view of the database
+//! (a snapshot, taken at the first read), so a command reading several
+//! keys sees one moment, even on a follower applying the log meanwhile.
 
 use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::btree_map::{self, BTreeMap};
 use std::iter::Peekable;
 
-use crate::db::{Db, Entry, ScanRange};
+use crate::db::{Db, Entry, ScanRange, View};
 use crate::error::Result;
 
 /// Pending reads and writes against one database.
 pub(crate) struct Txn<'a> {
     db: &'a Db,
+    /// The moment the reads see, from the first read on.
+    view: std::cell::OnceCell<View<'a>>,
     now: u64,
     /// Keys written: their entry now (`None`: deleted), and their live
     /// entry in the database before (`None` inside: absent; outer `None`:
@@ -42,6 +46,7 @@ impl<'a> Txn<'a> {
     pub fn new(db: &'a Db, now: u64) -> Txn<'a> {
         Txn {
             db,
+            view: std::cell::OnceCell::new(),
             now,
             pending: BTreeMap::new(),
             flushed: false,
@@ -66,7 +71,10 @@ impl<'a> Txn<'a> {
         let entry = match self.pending.get(key) {
             Some(p) => p.now.clone(),
             None if self.flushed => None,
-            None => self.db.entry(key, self.now)?,
+            None => self
+                .view
+                .get_or_init(|| self.db.view())
+                .entry(key, self.now)?,
         };
         let counter = if entry.is_some() {
             &self.hits

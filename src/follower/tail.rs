@@ -1,0 +1,206 @@
+//! The follower's live tail: each poll applies the store's log segments
+//! after the served data into the served database (see
+//! [`crate::tail::follow`]), and decides whether a newer backup is needed
+//! at all: only when the log cannot bring the data there.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{ApplyState, Follower, Generation};
+use crate::backup::{BackupInfo, Heartbeat};
+use crate::error::{Error, Result};
+use crate::tail::follow::{Follow, Progress};
+
+/// The most segments one poll applies, so a follower far behind still
+/// answers INFO's questions about its state between polls.
+const SEGMENTS_PER_POLL: usize = 256;
+
+/// How long a newer backup may wait for the log to bring the data to it.
+/// The shipper ships every few milliseconds: a log that has not got there
+/// in this long is stuck (the master jumped its log, or stopped shipping),
+/// and the backup is restored instead.
+pub(super) const LOG_GRACE: Duration = Duration::from_secs(3);
+
+/// The log's place and how it fares, for INFO and /metrics.
+#[derive(Debug, Default, Clone)]
+pub(super) struct LogState {
+    /// Segments and batches applied since start.
+    pub segments: u64,
+    pub batches: u64,
+    /// When a batch was last applied.
+    pub last_applied: Option<Instant>,
+    /// Why the log cannot be followed from the served data (a gap, a
+    /// damaged segment, another database's), until a backup brings the
+    /// follower past it.
+    pub broken: Option<String>,
+    /// The break is a divergence: the master's history parted from the
+    /// data, which then holds writes the master does not. The newest backup
+    /// replaces it even if it is older, but only one at or below this
+    /// sequence number (the master's, when its heartbeat showed it): a
+    /// backup above it holds writes the master lost too.
+    pub diverged: Option<u64>,
+    /// Backups restored because the log could not bring the data on.
+    pub fallbacks: u64,
+    /// Since when a newer backup than the data waits for the log.
+    pub behind_since: Option<Instant>,
+    /// The newest backup the served data is known to hold every write of
+    /// (so it is neither read again nor restored).
+    pub covered: Option<u32>,
+}
+
+/// Where the follower stands in the log: of which generation.
+pub(super) struct Place {
+    generation: PathBuf,
+    follow: Follow,
+}
+
+impl Follower {
+    /// Whether the follower has joined the store's log from `serving`.
+    fn joined(&self, serving: &Generation) -> bool {
+        let place = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        place
+            .as_ref()
+            .is_some_and(|p| p.generation == serving.path && p.follow.joined())
+    }
+
+    /// Applies the log after the served data, when the store keeps one and
+    /// the served backup says which database it is of.
+    pub(super) fn follow_log(&self, serving: &Generation) {
+        let Some(log) = self.store.log() else {
+            return;
+        };
+        let Some(lineage) = serving.lineage() else {
+            return;
+        };
+        if !serving.writable {
+            return;
+        }
+        let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
+        if place.as_ref().is_none_or(|p| p.generation != serving.path) {
+            *place = Some(Place {
+                generation: serving.path.clone(),
+                follow: Follow::new(lineage.to_string()),
+            });
+        }
+        let follow = &mut place.as_mut().expect("set above").follow;
+        let (behind, heartbeat) = {
+            let state = self.state();
+            (state.log.behind_since.is_some(), state.heartbeat.clone())
+        };
+        let result = check_master(follow, heartbeat.as_ref(), serving)
+            .and_then(|()| follow.step(&serving.db, log, SEGMENTS_PER_POLL))
+            .and_then(|progress| {
+                // A newer backup waits and the log does not move: has it
+                // gone on without this follower?
+                if behind && progress.batches == 0 {
+                    follow.check_stranded(log)?;
+                }
+                Ok(progress)
+            });
+        drop(place);
+        let mut state = self.state();
+        match result {
+            Ok(Progress { segments, batches }) => {
+                state.log.segments += segments;
+                state.log.batches += batches;
+                if batches > 0 {
+                    state.log.last_applied = Some(Instant::now());
+                }
+            }
+            // The store could not be asked, or this database refused the
+            // write (a full disk, which RocksDB recovers from by itself):
+            // the next poll tries again from where the data stands.
+            Err(e) if !matches!(e.kind(), "gap" | "corrupt" | "diverged") => {
+                let message = e.to_string();
+                if state.last_error.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %e.report(), "cannot apply the log yet; will retry");
+                    state.last_error = Some(message);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if let Error::Diverged { .. } = e {
+                    let bound = heartbeat
+                        .as_ref()
+                        .filter(|h| h.seq < serving.db.latest_sequence_number())
+                        .map_or(u64::MAX, |h| h.seq);
+                    state.log.diverged = Some(bound);
+                }
+                if state.log.broken.as_deref() != Some(message.as_str()) {
+                    tracing::error!(
+                        error = %e.report(),
+                        seq = serving.db.latest_sequence_number(),
+                        "the log cannot be followed from the served data; nothing of it was \
+                         applied: the follower restores a newer backup and follows the log \
+                         from there"
+                    );
+                    state.log.broken = Some(message);
+                }
+            }
+        }
+    }
+
+    /// Whether the served data needs nothing of `newest`, a newer backup of
+    /// the same database: it already holds every write the backup holds, or
+    /// the log is still expected to bring it there (the follower follows a
+    /// log, which is not broken, and it is within [`LOG_GRACE`] of first
+    /// seeing the backup). A store without a log, or whose master stopped
+    /// shipping, never holds a backup back longer than that.
+    pub(super) fn log_covers(
+        &self,
+        state: &mut ApplyState,
+        serving: &Generation,
+        newest: &BackupInfo,
+    ) -> bool {
+        if self.store.log().is_none() || !serving.writable {
+            return false;
+        }
+        let Some(meta) = &newest.metadata else {
+            return false;
+        };
+        if let Some(bound) = state.log.diverged {
+            // Waits for a backup the master's history holds.
+            return meta.seq > bound;
+        }
+        if serving.db.latest_sequence_number() >= meta.seq {
+            state.log.behind_since = None;
+            state.log.covered = Some(newest.id);
+            return true;
+        }
+        if state.log.broken.is_some() || !self.joined(serving) {
+            return false;
+        }
+        let since = *state.log.behind_since.get_or_insert_with(Instant::now);
+        since.elapsed() < LOG_GRACE
+    }
+}
+
+/// [`Error::Diverged`] when the master's heartbeat says its history parted
+/// from the data: a master run other than the one whose segment was applied
+/// last (another lease token) whose database stands below the data. A
+/// master's own restart never does (segments hold only writes it synced),
+/// and one heartbeat older than the data is no sign while the token is
+/// the same (it may be from before the last segment).
+fn check_master(
+    follow: &Follow,
+    heartbeat: Option<&Heartbeat>,
+    serving: &Generation,
+) -> Result<()> {
+    let (Some(applied), Some(heartbeat)) = (follow.token(), heartbeat) else {
+        return Ok(());
+    };
+    let at = serving.db.latest_sequence_number();
+    let other_run = heartbeat.token.as_deref().is_some_and(|t| t != applied);
+    if other_run && heartbeat.seq < at && Some(heartbeat.lineage()) == serving.lineage() {
+        return Err(Error::Diverged {
+            at,
+            detail: format!(
+                "the master {} (another run than the one whose log was applied) stands at \
+                 sequence {}",
+                heartbeat.owner(),
+                heartbeat.seq
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The follower on the live tail: writes between backups arrive through
+//! the log into the served database, without a new generation; a log that
+//! cannot be followed falls back to the newest backup.
+
+use super::*;
+use crate::status::DaemonStatus;
+use crate::tail::ship::Shipper;
+use crate::tail::store::{LogSink, LogSource};
+
+/// The master's shipper, tagging segments as the master does.
+fn shipper(s: &Setup) -> Shipper {
+    let lineage = s.master.identity().expect("the master has an identity");
+    Shipper::resume(&s.master, &s.store, lineage, 0).unwrap().0
+}
+
+fn ship(s: &Setup, shipper: &mut Shipper) {
+    shipper.ship(&s.master, &s.store, "t").unwrap();
+}
+
+#[test]
+fn writes_between_backups_arrive_through_the_log_into_the_served_database() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    s.back_up(b"a", b"1");
+    let f = follower(&s);
+    assert!(matches!(f.poll(), PollOutcome::Applied(_)));
+    let generation = f.serving().unwrap();
+    assert!(generation.writable);
+
+    s.master.put(b"a", b"2").unwrap();
+    s.master.put(b"b", b"1").unwrap();
+    ship(&s, &mut shipper);
+    assert!(matches!(f.poll(), PollOutcome::UpToDate));
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    assert_eq!(get(&f, b"b").as_deref(), Some(&b"1"[..]));
+    // The same generation, the same open database: no swap.
+    let now = f.serving().unwrap();
+    assert!(Arc::ptr_eq(&generation.db, &now.db));
+    assert_eq!(
+        now.db.latest_sequence_number(),
+        s.master.latest_sequence_number()
+    );
+
+    // A newer backup the log already brought the data past is not restored.
+    s.back_up(b"c", b"1");
+    ship(&s, &mut shipper);
+    assert!(matches!(f.poll(), PollOutcome::UpToDate));
+    assert!(Arc::ptr_eq(&generation.db, &f.serving().unwrap().db));
+    assert_eq!(get(&f, b"c").as_deref(), Some(&b"1"[..]));
+    let DaemonStatus::Follower(status) = f.status() else {
+        panic!("a follower's status")
+    };
+    let log = status.log.expect("the log is followed");
+    // a=2, b=1 and c=1; the backup held a=1 already.
+    assert_eq!((log.batches, log.fallbacks), (3, 0));
+    assert_eq!(status.applied_seq, s.master.latest_sequence_number());
+}
+
+#[test]
+fn a_restarted_follower_resumes_the_log_where_its_data_stands() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    s.back_up(b"a", b"1");
+    {
+        let f = follower(&s);
+        f.poll();
+        s.master.put(b"a", b"2").unwrap();
+        ship(&s, &mut shipper);
+        f.poll();
+        assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    }
+    s.master.put(b"a", b"3").unwrap();
+    ship(&s, &mut shipper);
+    let f = follower(&s);
+    // Served at once from what it applied before; then the log goes on.
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    assert!(matches!(f.poll(), PollOutcome::UpToDate));
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"3"[..]));
+}
+
+#[test]
+fn a_log_that_went_on_without_the_follower_falls_back_to_the_newest_backup() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    s.back_up(b"a", b"1");
+    let f = follower(&s);
+    f.poll();
+    s.master.put(b"a", b"2").unwrap();
+    ship(&s, &mut shipper);
+    f.poll();
+    let joined = f.serving().unwrap();
+
+    // The next segment is lost; the log goes on after it.
+    s.master.put(b"a", b"3").unwrap();
+    ship(&s, &mut shipper);
+    let lost = shipper.shipped();
+    s.store.remove_segment(lost).unwrap();
+    s.master.put(b"a", b"4").unwrap();
+    ship(&s, &mut shipper);
+    assert!(matches!(f.poll(), PollOutcome::UpToDate));
+    assert_eq!(
+        get(&f, b"a").as_deref(),
+        Some(&b"2"[..]),
+        "nothing crossed the gap"
+    );
+
+    // The newest backup bridges it; the log goes on from there.
+    s.back_up(b"b", b"1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Arc::ptr_eq(&joined.db, &f.serving().unwrap().db) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never fell back to the backup"
+        );
+        f.poll();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"4"[..]));
+    s.master.put(b"a", b"5").unwrap();
+    ship(&s, &mut shipper);
+    f.poll();
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"5"[..]));
+    let DaemonStatus::Follower(status) = f.status() else {
+        panic!("a follower's status")
+    };
+    let log = status.log.expect("the log is followed");
+    assert_eq!(log.fallbacks, 1);
+    assert_eq!(log.broken, None);
+}
+
+#[test]
+fn a_damaged_segment_is_reported_never_applied_and_a_backup_recovers() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    s.back_up(b"a", b"1");
+    let f = follower(&s);
+    f.poll();
+    s.master.put(b"a", b"2").unwrap();
+    ship(&s, &mut shipper);
+    let newest = *s.store.segments().unwrap().last().unwrap();
+    let name = s.store.segment_name(newest);
+    let mut bytes = std::fs::read(&name).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&name, &bytes).unwrap();
+    f.poll();
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"1"[..]));
+    let DaemonStatus::Follower(status) = f.status() else {
+        panic!("a follower's status")
+    };
+    let broken = status.log.unwrap().broken.expect("the damage is reported");
+    assert!(broken.contains("checksum"), "{broken}");
+
+    s.back_up(b"b", b"1");
+    f.poll();
+    assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    assert_eq!(get(&f, b"b").as_deref(), Some(&b"1"[..]));
+}

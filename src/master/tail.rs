@@ -1,0 +1,200 @@
+//! The master's live tail: a thread that ships the write log to the store
+//! every `--log-interval` (see [`crate::tail::ship`]), and what it reports.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::Master;
+use crate::error::{Error, Result};
+use crate::status::LogShipping;
+use crate::stop::Stop;
+use crate::tail::ship::{Resumed, Shipped, Shipper};
+use crate::tail::store::purge_before;
+
+/// The shipper and how it fares.
+pub(super) struct Tail {
+    shipper: Shipper,
+    /// Why the last step failed, until one succeeds (said once in the log).
+    failing: Option<String>,
+}
+
+impl Master {
+    /// Starts shipping the write log every `interval` until `stop`; `None`
+    /// when the store keeps no log (then followers follow backups alone,
+    /// which the log says). The log goes on from the store's, or from the
+    /// newest backup this master made.
+    pub fn start_log(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: &Stop,
+    ) -> Result<Option<JoinHandle<()>>> {
+        let Some(sink) = self.store.log_sink() else {
+            tracing::warn!(
+                "the backup store {} keeps no log yet: followers follow backups alone",
+                self.store.location()
+            );
+            return Ok(None);
+        };
+        let backed_up = self.state().backed_up_seq;
+        let lineage = self.lineage();
+        let (shipper, resumed) = Shipper::resume(&self.db, sink, lineage, backed_up)?;
+        if let Resumed::Diverged { latest, shipped } = resumed {
+            tracing::error!(
+                latest,
+                shipped,
+                "the store's log held writes this database does not (it recovered to an earlier \
+                 point than it had shipped): those segments are removed, and followers that \
+                 applied them hold writes this master lost; a backup is taken now"
+            );
+            self.schedule_backup();
+        }
+        tracing::info!(
+            shipped = shipper.shipped(),
+            interval_ms = interval.as_millis() as u64,
+            "shipping the write log"
+        );
+        *self.tail_state() = Some(Tail {
+            shipper,
+            failing: None,
+        });
+        // What an earlier run left past retention.
+        self.purge_log();
+        let master = Arc::clone(self);
+        let stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("rkv-log".into())
+            .spawn(move || {
+                while !stop.is_stopped() {
+                    master.ship_step();
+                    if stop.sleep(interval) {
+                        break;
+                    }
+                }
+                // What was acknowledged before the stop goes out too.
+                master.ship_step();
+            })
+            .expect("spawn the log thread");
+        Ok(Some(handle))
+    }
+
+    /// The database's identity as segments carry it: the same a backup's
+    /// metadata records, so a follower checks one against the other.
+    fn lineage(&self) -> String {
+        self.identity
+            .db_id
+            .clone()
+            .unwrap_or_else(|| self.identity.label.clone())
+    }
+
+    fn tail_state(&self) -> std::sync::MutexGuard<'_, Option<Tail>> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ships the writes since the last segment; `None` when the log is off
+    /// or this master no longer owns the store. A jump (the write-ahead log
+    /// no longer held what was next) takes a backup at once.
+    pub fn ship_step(&self) -> Option<Shipped> {
+        let sink = self.store.log_sink()?;
+        if self.store.fence().by().is_some() {
+            return None;
+        }
+        let token = self.token().unwrap_or_default();
+        let mut guard = self.tail_state();
+        let tail = guard.as_mut()?;
+        let result = tail.shipper.ship(&self.db, sink, &token);
+        match result {
+            Ok(shipped) => {
+                if tail.failing.take().is_some() {
+                    tracing::info!("the write log ships again");
+                }
+                if let Shipped::Jumped {
+                    from,
+                    resumed_after,
+                } = shipped
+                {
+                    tracing::warn!(
+                        from,
+                        resumed_after,
+                        "the write-ahead log no longer holds the next writes to ship (the log \
+                         fell behind, or the master was stopped long): taking a backup, which \
+                         followers restore to join the log again"
+                    );
+                    drop(guard);
+                    self.schedule_backup();
+                }
+                Some(shipped)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if tail.failing.as_deref() != Some(message.as_str()) {
+                    tracing::error!(error = %e.report(), "cannot ship the write log; will retry");
+                    tail.failing = Some(message);
+                }
+                drop(guard);
+                if let Error::SegmentExists { .. } = e {
+                    // Another master ships this log: find out who.
+                    let _ = self.check_lease();
+                }
+                None
+            }
+        }
+    }
+
+    /// Removes the segments no retained backup needs (see
+    /// [`crate::tail::store::purge_before`]), after retention purged
+    /// backups.
+    pub(super) fn purge_log(&self) {
+        let Some(sink) = self.store.log_sink() else {
+            return;
+        };
+        if self.tail_state().is_none() {
+            return;
+        }
+        let oldest = match self.store.list() {
+            Ok(backups) => backups
+                .first()
+                .and_then(|b| b.metadata.as_ref().map(|m| m.seq)),
+            Err(e) => {
+                tracing::warn!(error = %e.report(), "cannot list the backups to purge the log");
+                return;
+            }
+        };
+        let Some(oldest) = oldest else {
+            return;
+        };
+        match purge_before(sink, oldest) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "purged log segments"),
+            Err(e) => tracing::warn!(error = %e.report(), "purging the log failed"),
+        }
+    }
+
+    /// With the log off: removes a log an earlier run shipped, which would
+    /// keep followers waiting on segments that no longer come.
+    pub fn remove_log(&self) -> Result<()> {
+        let Some(sink) = self.store.log_sink() else {
+            return Ok(());
+        };
+        let firsts = sink.segments()?;
+        if firsts.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            segments = firsts.len(),
+            "the write log is off: removing the store's log, so followers follow backups"
+        );
+        for first in firsts {
+            sink.remove_segment(first)?;
+        }
+        Ok(())
+    }
+
+    /// The log's state, when it is on.
+    pub fn log_status(&self) -> Option<LogShipping> {
+        self.tail_state().as_ref().map(|t| LogShipping {
+            stats: t.shipper.stats().clone(),
+            error: t.failing.clone(),
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The follower's side of the live tail: the segments after the served
+//! data, applied batch by batch into the database it serves.
+//!
+//! Where the data stands is the database's own sequence number: a restored
+//! backup holds exactly the writes up to it (RocksDB recovers whole batches
+//! only), and [`Db::apply`] advances it by exactly each batch. So a
+//! follower never needs a record of its own that could disagree with its
+//! data, and a restart resumes from what RocksDB recovered.
+//!
+//! A follower that keeps up reads one segment by name: the one starting
+//! just after the last it read. Only to join the log (after a restore or a
+//! start) does it list the store, to find the segment holding the write
+//! after its data; a backup's data usually ends inside a segment, whose
+//! earlier batches it already holds and skips.
+
+use super::store::LogSource;
+use super::{Segment, SegmentError};
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+/// A follower's place in the store's log.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    lineage: String,
+    /// The name of the next segment to read; `None` until joined.
+    next: Option<u64>,
+    /// The token of the master whose segment was applied last.
+    token: Option<String>,
+}
+
+/// What one [`Follow::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Segments read (each applied whole, save what the data held).
+    pub segments: u64,
+    /// Batches applied.
+    pub batches: u64,
+}
+
+impl Follow {
+    /// Follows the log of the database `lineage` names, from wherever the
+    /// served data stands.
+    pub fn new(lineage: String) -> Follow {
+        Follow {
+            lineage,
+            next: None,
+            token: None,
+        }
+    }
+
+    /// Whether the follower has found its place in the store's log: it
+    /// read a segment, and knows the next one's name. A store without a
+    /// log (or one whose log has not reached the data yet) is never joined.
+    pub fn joined(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// The token of the master whose segment was read last, once joined.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The database the log must be of.
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
+    /// Applies the segments the store holds after `db`'s data, up to
+    /// `max_segments` of them, in order. An error says why the log cannot
+    /// be followed from here ([`Error::NotNext`]: it does not continue the
+    /// data; [`Error::BadSegment`]: a segment fails its checks), and
+    /// nothing of the offending segment was applied: only a backup brings
+    /// the follower on. A store error leaves the place unchanged, to retry.
+    pub fn step(&mut self, db: &Db, log: &dyn LogSource, max_segments: usize) -> Result<Progress> {
+        let mut progress = Progress::default();
+        while (progress.segments as usize) < max_segments {
+            let at = db.latest_sequence_number();
+            let found = match self.next {
+                Some(next) => log.read_segment(next)?.map(|bytes| (next, bytes)),
+                None => join(log, at)?,
+            };
+            let Some((first, bytes)) = found else {
+                break;
+            };
+            let segment = self.check(log, first, &bytes)?;
+            if let Some(token) = self.token.as_deref() {
+                // Another master's segment must be its first: one that
+                // shipped from earlier holds other writes than ours there.
+                if token != segment.token && segment.since != segment.first_seq() {
+                    return Err(Error::Diverged {
+                        at,
+                        detail: format!(
+                            "segment {} is of another master, which shipped from sequence {} on",
+                            log.segment_name(first),
+                            segment.since
+                        ),
+                    });
+                }
+            }
+            if segment.last_seq() > at {
+                for batch in segment.batches() {
+                    if *batch.seqs().end() > db.latest_sequence_number() {
+                        db.apply(batch)?;
+                        progress.batches += 1;
+                    }
+                }
+            }
+            self.next = Some(segment.last_seq() + 1);
+            self.token = Some(segment.token);
+            progress.segments += 1;
+        }
+        Ok(progress)
+    }
+
+    /// Whether the log went on without the segment this follower waits
+    /// for: [`Error::NotNext`] when a later segment is in the store and the
+    /// awaited one is not (the master's log jumped, or the segment was
+    /// purged while this follower was away). Segments are committed in
+    /// order, so the awaited one is read again after the listing: one that
+    /// landed just before a later one is not a gap. A listing, so asked
+    /// only when there is reason to (a newer backup waits).
+    pub fn check_stranded(&self, log: &dyn LogSource) -> Result<()> {
+        let Some(next) = self.next else {
+            return Ok(());
+        };
+        let later = log.segments()?.into_iter().find(|&f| f > next);
+        match later {
+            Some(later) if log.read_segment(next)?.is_none() => Err(Error::NotNext {
+                at: next - 1,
+                batch: later,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The segment named `first`, decoded and checked: of this database,
+    /// starting where its name says.
+    fn check(&self, log: &dyn LogSource, first: u64, bytes: &[u8]) -> Result<Segment> {
+        let bad = |source| Error::BadSegment {
+            name: log.segment_name(first),
+            source,
+        };
+        let segment = Segment::decode(bytes).map_err(bad)?;
+        if segment.first_seq() != first {
+            return Err(bad(SegmentError::Misnamed {
+                starts: segment.first_seq(),
+            }));
+        }
+        if segment.lineage != self.lineage {
+            return Err(bad(SegmentError::OtherDatabase {
+                lineage: segment.lineage,
+            }));
+        }
+        Ok(segment)
+    }
+}
+
+/// The segment holding write `at + 1`, found by listing: the last one that
+/// starts at or before it. `None` when the log has not reached it yet;
+/// [`Error::NotNext`] when the log goes on past it without it (a jump: only
+/// a backup bridges that).
+fn join(log: &dyn LogSource, at: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    let firsts = log.segments()?;
+    let holding = firsts.iter().rev().find(|&&f| f <= at + 1).copied();
+    let Some(first) = holding else {
+        return match firsts.first() {
+            Some(&past) => Err(Error::NotNext { at, batch: past }),
+            None => Ok(None),
+        };
+    };
+    // Purged since the listing: the log moved on without this follower.
+    Ok(log.read_segment(first)?.map(|bytes| (first, bytes)))
+}
+
+#[cfg(test)]
+mod tests;
