@@ -285,7 +285,13 @@ fn prefix(follower: &Proc) -> Option<u64> {
 
 fn follower_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
     let backups = dir.join("backups");
-    let master = Proc::master(&dir.join("db"), &backups, &["--interval", "200ms"], &[]);
+    // Of the backup path (restores, generations): without the log.
+    let master = Proc::master(
+        &dir.join("db"),
+        &backups,
+        &["--interval", "200ms", "--log-interval", "0"],
+        &[],
+    );
     let writer = Writer::start(&master, 0, Duration::from_micros(500));
     let data = dir.join("f1");
     let flags = ["--poll-interval", "100ms"];
@@ -354,7 +360,13 @@ fn follower_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
 
 fn swaps(dir: &Path, swaps: usize) -> Outcome {
     let backups = dir.join("backups");
-    let master = Proc::master(&dir.join("db"), &backups, &["--interval", "100ms"], &[]);
+    // Of the backup path (generation swaps): without the log.
+    let master = Proc::master(
+        &dir.join("db"),
+        &backups,
+        &["--interval", "100ms", "--log-interval", "0"],
+        &[],
+    );
     let writer = Writer::start(&master, 0, Duration::from_millis(2));
     let follower = Proc::follower(&backups, &dir.join("f1"), &["--poll-interval", "50ms"]);
     wait_for(Duration::from_secs(60), || prefix(&follower).is_some());
@@ -479,7 +491,16 @@ fn corruption(dir: &Path, tries: usize) -> Outcome {
     let master = Proc::master(
         &dir.join("db"),
         &backups,
-        &["--interval", "0", "--scrub-interval", "500ms"],
+        // Damaged backups: without the log, which would bring the
+        // follower the writes without them.
+        &[
+            "--interval",
+            "0",
+            "--scrub-interval",
+            "500ms",
+            "--log-interval",
+            "0",
+        ],
         &[],
     );
     let data = dir.join("f1");
@@ -672,7 +693,18 @@ fn short_retention(dir: &Path) -> Outcome {
     let master = Proc::master(
         &dir.join("db"),
         &backups,
-        &["--interval", "1s", "--keep", "1", "--keep-within", "10s"],
+        // Restores racing the purge: without the log, which would spare
+        // the follower the restores.
+        &[
+            "--interval",
+            "1s",
+            "--keep",
+            "1",
+            "--keep-within",
+            "10s",
+            "--log-interval",
+            "0",
+        ],
         &[],
     );
     fill(&master, 16);
