@@ -389,7 +389,13 @@ pub struct CatchupResult {
 pub fn catchup(work: &Path, db_mib: u64, change_mib: u64) -> CatchupResult {
     let (db_path, backups, data) = (work.join("db"), work.join("backups"), work.join("f"));
     fill_db(&db_path, db_mib);
-    let master = Proc::master(&db_path, &backups, &["--interval", "0"]);
+    // The cost of an incremental restore: without the log, which would
+    // bring the change instead.
+    let master = Proc::master(
+        &db_path,
+        &backups,
+        &["--interval", "0", "--log-interval", "0"],
+    );
     master.client().call(&[b"SAVE"]).unwrap();
     let follower = Proc::follower(&backups, &data, &["--poll-interval", "50ms"]);
     wait_until(LONG, "the first apply", || {
@@ -635,10 +641,12 @@ pub fn follower_reads(
     requests: usize,
     rounds: usize,
 ) -> (Vec<ThroughputResult>, Vec<ThroughputResult>) {
+    // GETs right after a generation swap: without the log, which would
+    // spare the follower the swaps.
     let master = Proc::master(
         &work.join("db"),
         &work.join("backups"),
-        &["--interval", "0"],
+        &["--interval", "0", "--log-interval", "0"],
     );
     let redis = Proc::redis_server();
     load_keys(&master, keys, 4, || {
