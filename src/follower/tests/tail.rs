@@ -17,6 +17,35 @@ fn ship(s: &Setup, shipper: &mut Shipper) {
     shipper.ship(&s.master, &s.store, "t").unwrap();
 }
 
+/// Sets `a` on the master and ships it.
+fn write_a(s: &Setup, shipper: &mut Shipper, value: &[u8]) {
+    s.master.put(b"a", value).unwrap();
+    ship(s, shipper);
+}
+
+fn a(f: &Follower) -> Option<Vec<u8>> {
+    get(f, b"a")
+}
+
+/// A follower of `a = 1`, backed up, that took `a = 2` from the log.
+fn following(s: &Setup, shipper: &mut Shipper) -> Follower {
+    s.back_up(b"a", b"1");
+    let f = follower(s);
+    f.poll();
+    write_a(s, shipper, b"2");
+    f.poll();
+    assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
+    f
+}
+
+/// The follower's status: its log's, and where its data stands.
+fn log_status(f: &Follower) -> (crate::status::FollowedLog, u64) {
+    let DaemonStatus::Follower(status) = f.status() else {
+        panic!("a follower's status")
+    };
+    (status.log.expect("the log is followed"), status.applied_seq)
+}
+
 #[test]
 fn writes_between_backups_arrive_through_the_log_into_the_served_database() {
     let s = setup();
@@ -31,7 +60,7 @@ fn writes_between_backups_arrive_through_the_log_into_the_served_database() {
     s.master.put(b"b", b"1").unwrap();
     ship(&s, &mut shipper);
     assert!(matches!(f.poll(), PollOutcome::UpToDate));
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&f, b"b").as_deref(), Some(&b"1"[..]));
     // The same generation, the same open database: no swap.
     let now = f.serving().unwrap();
@@ -47,62 +76,39 @@ fn writes_between_backups_arrive_through_the_log_into_the_served_database() {
     assert!(matches!(f.poll(), PollOutcome::UpToDate));
     assert!(Arc::ptr_eq(&generation.db, &f.serving().unwrap().db));
     assert_eq!(get(&f, b"c").as_deref(), Some(&b"1"[..]));
-    let DaemonStatus::Follower(status) = f.status() else {
-        panic!("a follower's status")
-    };
-    let log = status.log.expect("the log is followed");
+    let (log, applied) = log_status(&f);
     // a=2, b=1 and c=1; the backup held a=1 already.
     assert_eq!((log.batches, log.fallbacks), (3, 0));
-    assert_eq!(status.applied_seq, s.master.latest_sequence_number());
+    assert_eq!(applied, s.master.latest_sequence_number());
 }
 
 #[test]
 fn a_restarted_follower_resumes_the_log_where_its_data_stands() {
     let s = setup();
     let mut shipper = shipper(&s);
-    s.back_up(b"a", b"1");
-    {
-        let f = follower(&s);
-        f.poll();
-        s.master.put(b"a", b"2").unwrap();
-        ship(&s, &mut shipper);
-        f.poll();
-        assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
-    }
-    s.master.put(b"a", b"3").unwrap();
-    ship(&s, &mut shipper);
+    drop(following(&s, &mut shipper));
+    write_a(&s, &mut shipper, b"3");
     let f = follower(&s);
     // Served at once from what it applied before; then the log goes on.
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
     assert!(matches!(f.poll(), PollOutcome::UpToDate));
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"3"[..]));
+    assert_eq!(a(&f).as_deref(), Some(&b"3"[..]));
 }
 
 #[test]
 fn a_log_that_went_on_without_the_follower_falls_back_to_the_newest_backup() {
     let s = setup();
     let mut shipper = shipper(&s);
-    s.back_up(b"a", b"1");
-    let f = follower(&s);
-    f.poll();
-    s.master.put(b"a", b"2").unwrap();
-    ship(&s, &mut shipper);
-    f.poll();
+    let f = following(&s, &mut shipper);
     let joined = f.serving().unwrap();
 
     // The next segment is lost; the log goes on after it.
-    s.master.put(b"a", b"3").unwrap();
-    ship(&s, &mut shipper);
+    write_a(&s, &mut shipper, b"3");
     let lost = shipper.shipped();
     s.store.remove_segment(lost).unwrap();
-    s.master.put(b"a", b"4").unwrap();
-    ship(&s, &mut shipper);
+    write_a(&s, &mut shipper, b"4");
     assert!(matches!(f.poll(), PollOutcome::UpToDate));
-    assert_eq!(
-        get(&f, b"a").as_deref(),
-        Some(&b"2"[..]),
-        "nothing crossed the gap"
-    );
+    assert_eq!(a(&f).as_deref(), Some(&b"2"[..]), "nothing crossed the gap");
 
     // The newest backup bridges it; the log goes on from there.
     s.back_up(b"b", b"1");
@@ -115,15 +121,11 @@ fn a_log_that_went_on_without_the_follower_falls_back_to_the_newest_backup() {
         f.poll();
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"4"[..]));
-    s.master.put(b"a", b"5").unwrap();
-    ship(&s, &mut shipper);
+    assert_eq!(a(&f).as_deref(), Some(&b"4"[..]));
+    write_a(&s, &mut shipper, b"5");
     f.poll();
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"5"[..]));
-    let DaemonStatus::Follower(status) = f.status() else {
-        panic!("a follower's status")
-    };
-    let log = status.log.expect("the log is followed");
+    assert_eq!(a(&f).as_deref(), Some(&b"5"[..]));
+    let (log, _) = log_status(&f);
     assert_eq!(log.fallbacks, 1);
     assert_eq!(log.broken, None);
 }
@@ -135,8 +137,7 @@ fn a_damaged_segment_is_reported_never_applied_and_a_backup_recovers() {
     s.back_up(b"a", b"1");
     let f = follower(&s);
     f.poll();
-    s.master.put(b"a", b"2").unwrap();
-    ship(&s, &mut shipper);
+    write_a(&s, &mut shipper, b"2");
     let newest = *s.store.segments().unwrap().last().unwrap();
     let name = s.store.segment_name(newest);
     let mut bytes = std::fs::read(&name).unwrap();
@@ -144,15 +145,12 @@ fn a_damaged_segment_is_reported_never_applied_and_a_backup_recovers() {
     bytes[last] ^= 0xff;
     std::fs::write(&name, &bytes).unwrap();
     f.poll();
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"1"[..]));
-    let DaemonStatus::Follower(status) = f.status() else {
-        panic!("a follower's status")
-    };
-    let broken = status.log.unwrap().broken.expect("the damage is reported");
+    assert_eq!(a(&f).as_deref(), Some(&b"1"[..]));
+    let broken = log_status(&f).0.broken.expect("the damage is reported");
     assert!(broken.contains("checksum"), "{broken}");
 
     s.back_up(b"b", b"1");
     f.poll();
-    assert_eq!(get(&f, b"a").as_deref(), Some(&b"2"[..]));
+    assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&f, b"b").as_deref(), Some(&b"1"[..]));
 }

@@ -46,6 +46,18 @@ fn restore(store: &BackupDir, dest: &std::path::Path) -> Db {
     Db::open(dest, mode).unwrap()
 }
 
+/// `a = 1` backed up, then `a = 2` shipped: a follower restoring the
+/// backup (returned, restored) joins the log inside its one segment.
+fn one_write_past_a_backup() -> (Setup, Db) {
+    let mut s = setup();
+    s.master.put(b"a", b"1").unwrap();
+    s.store.create(&s.master, "m").unwrap();
+    s.master.put(b"a", b"2").unwrap();
+    s.ship();
+    let follower = s.restore("f");
+    (s, follower)
+}
+
 fn value(db: &Db, key: &[u8]) -> Option<String> {
     db.get(key).unwrap().map(|v| String::from_utf8(v).unwrap())
 }
@@ -150,18 +162,13 @@ fn a_restored_backup_holds_exactly_the_writes_up_to_its_sequence_number() {
 
 #[test]
 fn a_damaged_segment_is_never_applied() {
-    let mut s = setup();
-    s.master.put(b"a", b"1").unwrap();
-    s.store.create(&s.master, "m").unwrap();
-    s.master.put(b"a", b"2").unwrap();
-    s.ship();
+    let (s, follower) = one_write_past_a_backup();
     let path = s.store.path().join("log/00000000000000000001.seg");
     let mut bytes = std::fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
 
-    let follower = s.restore("f");
     let mut follow = Follow::new("db-1".into());
     match follow.step(&follower, &s.store, 100) {
         Err(Error::BadSegment {
@@ -175,12 +182,7 @@ fn a_damaged_segment_is_never_applied() {
 
 #[test]
 fn another_databases_segment_is_never_applied() {
-    let mut s = setup();
-    s.master.put(b"a", b"1").unwrap();
-    s.store.create(&s.master, "m").unwrap();
-    s.master.put(b"a", b"2").unwrap();
-    s.ship();
-    let follower = s.restore("f");
+    let (s, follower) = one_write_past_a_backup();
     let mut follow = Follow::new("db-2".into());
     match follow.step(&follower, &s.store, 100) {
         Err(Error::BadSegment {
@@ -247,12 +249,7 @@ fn a_follower_ahead_of_the_log_waits_for_it() {
 
 #[test]
 fn another_masters_segment_is_applied_only_where_its_log_begins() {
-    let mut s = setup();
-    s.master.put(b"a", b"1").unwrap();
-    s.store.create(&s.master, "m").unwrap();
-    s.master.put(b"a", b"2").unwrap();
-    s.ship();
-    let follower = s.restore("f");
+    let (s, follower) = one_write_past_a_backup();
     let mut follow = Follow::new("db-1".into());
     follow.step(&follower, &s.store, 100).unwrap();
     assert_eq!(follow.token(), Some("t"));
