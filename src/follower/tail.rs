@@ -24,11 +24,10 @@ pub(super) const LOG_GRACE: Duration = Duration::from_secs(3);
 /// The log's place and how it fares, for INFO and /metrics.
 #[derive(Debug, Default, Clone)]
 pub(super) struct LogState {
-    /// Segments and batches applied since start.
+    /// Segments read since start.
     pub segments: u64,
+    /// Write batches applied since start.
     pub batches: u64,
-    /// When a batch was last applied.
-    pub last_applied: Option<Instant>,
     /// Why the log cannot be followed from the served data (a gap, a
     /// damaged segment, another database's), until a backup brings the
     /// follower past it.
@@ -75,6 +74,12 @@ impl Follower {
         if !serving.writable {
             return;
         }
+        // Read before the place is locked: `log_covers` takes the place
+        // under the state's lock, so the two are never taken the other way.
+        let (behind, heartbeat) = {
+            let state = self.state();
+            (state.log.behind_since.is_some(), state.heartbeat.clone())
+        };
         let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
         if place.as_ref().is_none_or(|p| p.generation != serving.path) {
             *place = Some(Place {
@@ -83,10 +88,6 @@ impl Follower {
             });
         }
         let follow = &mut place.as_mut().expect("set above").follow;
-        let (behind, heartbeat) = {
-            let state = self.state();
-            (state.log.behind_since.is_some(), state.heartbeat.clone())
-        };
         let result = check_master(follow, heartbeat.as_ref(), serving)
             .and_then(|()| follow.step(&serving.db, log, SEGMENTS_PER_POLL))
             .and_then(|progress| {
@@ -103,9 +104,6 @@ impl Follower {
             Ok(Progress { segments, batches }) => {
                 state.log.segments += segments;
                 state.log.batches += batches;
-                if batches > 0 {
-                    state.log.last_applied = Some(Instant::now());
-                }
             }
             // The store could not be asked, or this database refused the
             // write (a full disk, which RocksDB recovers from by itself):
@@ -124,7 +122,9 @@ impl Follower {
                         .as_ref()
                         .filter(|h| h.seq < serving.db.latest_sequence_number())
                         .map_or(u64::MAX, |h| h.seq);
-                    state.log.diverged = Some(bound);
+                    // The first sight of it holds: the master's writes
+                    // since may lift its heartbeat above the data.
+                    state.log.diverged.get_or_insert(bound);
                 }
                 if state.log.broken.as_deref() != Some(message.as_str()) {
                     tracing::error!(
