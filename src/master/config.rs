@@ -306,6 +306,26 @@ mod tests {
         );
         assert!(config.backup_on_exit && !config.sync_writes);
         assert_eq!(config.lease_term, Duration::from_secs(10));
+        assert_eq!(config.log_interval, Some(DEFAULT_LOG_INTERVAL));
+    }
+
+    #[test]
+    fn the_log_ships_on_a_directory_unless_turned_off_and_not_yet_on_an_object_store() {
+        let log = |extra: &[&str]| args(extra).validate().unwrap().log_interval;
+        assert_eq!(
+            log(&["--log-interval", "5ms"]),
+            Some(Duration::from_millis(5))
+        );
+        assert_eq!(log(&["--log-interval", "0"]), None);
+        let s3 = MasterArgs::try_parse_from([
+            "rkv-master",
+            "--db",
+            "/tmp/x/db",
+            "--backup-dir",
+            "s3://bucket/prefix",
+        ])
+        .unwrap();
+        assert_eq!(s3.validate().unwrap().log_interval, None);
     }
 
     #[test]

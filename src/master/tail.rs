@@ -37,7 +37,7 @@ impl Master {
             return Ok(None);
         };
         let backed_up = self.state().backed_up_seq;
-        let lineage = self.lineage();
+        let lineage = self.identity.lineage().to_string();
         let (shipper, resumed) = Shipper::resume(&self.db, sink, lineage, backed_up)?;
         if let Resumed::Diverged { latest, shipped } = resumed {
             tracing::error!(
@@ -76,15 +76,6 @@ impl Master {
             })
             .expect("spawn the log thread");
         Ok(Some(handle))
-    }
-
-    /// The database's identity as segments carry it: the same a backup's
-    /// metadata records, so a follower checks one against the other.
-    fn lineage(&self) -> String {
-        self.identity
-            .db_id
-            .clone()
-            .unwrap_or_else(|| self.identity.label.clone())
     }
 
     fn tail_state(&self) -> std::sync::MutexGuard<'_, Option<Tail>> {

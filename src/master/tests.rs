@@ -195,3 +195,43 @@ fn a_master_cut_off_from_the_store_past_its_term_refuses_writes_until_it_renews(
     assert!(m.writer().is_ok(), "{:?}", m.lease_expired());
     assert!(crate::metrics::health(&m.status()).is_ok());
 }
+
+#[test]
+fn the_log_ships_what_no_backup_holds_and_a_master_without_it_removes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = Stop::new();
+    {
+        let m = Arc::new(master(tmp.path()));
+        m.db().put(b"a", b"1").unwrap();
+        // A long interval: the steps below are the test's own.
+        let thread = m.start_log(Duration::from_secs(3600), &stop).unwrap();
+        m.db().put(b"b", b"2").unwrap();
+        let shipped = m.ship_step();
+        assert!(
+            matches!(
+                shipped,
+                Some(crate::tail::ship::Shipped::Segment {
+                    first: 1,
+                    last: 2,
+                    ..
+                })
+            ),
+            "{shipped:?}"
+        );
+        let log = m.log_status().expect("the log is on");
+        assert_eq!(
+            (log.stats.shipped, log.stats.segments, log.error),
+            (2, 1, None)
+        );
+        stop.stop();
+        thread.expect("a directory keeps a log").join().unwrap();
+    }
+    let log = BackupDir::new(tmp.path().join("backups"));
+    assert_eq!(crate::tail::store::LogSource::segments(&log).unwrap(), [1]);
+    // Started again with the log off: the old log would keep followers
+    // waiting on segments that no longer come.
+    master(tmp.path()).remove_log().unwrap();
+    assert!(crate::tail::store::LogSource::segments(&log)
+        .unwrap()
+        .is_empty());
+}
