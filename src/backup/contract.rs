@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use super::s3::client::Mode;
 use super::s3::{Bucket, S3Config};
 use super::{
     BackupDir, BackupSink, BackupSource, Heartbeat, MasterLock, RestoreMode, Retention,
@@ -15,6 +16,10 @@ use super::{
 };
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
+use crate::tail::follow::{Follow, Join};
+use crate::tail::ship::Shipper;
+use crate::tail::store::{purge_before, segment_object, Committed, MAX_SEGMENT_BYTES};
+use crate::tail::{Segment, SegmentError};
 
 /// Opens a reader of the store, caching in the given directory.
 type OpenReader = Box<dyn Fn(&Path) -> Box<dyn BackupSource>>;
@@ -22,6 +27,8 @@ type OpenReader = Box<dyn Fn(&Path) -> Box<dyn BackupSource>>;
 type OpenSecond = Box<dyn Fn(&Path) -> crate::Result<Box<dyn BackupSink>>>;
 /// Deletes a file from the store, behind the master's back.
 type Lose = Box<dyn Fn(&str)>;
+/// Writes a file into the store, behind the master's back.
+type Plant = Box<dyn Fn(&str, &[u8])>;
 
 /// A store under test: a master's sink on it and a database to back up,
 /// and a reader of the same store, as a follower opens it.
@@ -36,6 +43,7 @@ struct Fixture {
     /// A second master on the same store, as another host would open it.
     second: OpenSecond,
     lose: Lose,
+    plant: Plant,
 }
 
 fn directory() -> Fixture {
@@ -43,7 +51,8 @@ fn directory() -> Fixture {
     let path = tmp.path().join("backups");
     let sink = BackupDir::new(&path);
     let lock = sink.lock_for_master().unwrap();
-    let (reader_path, second_path, lose_path) = (path.clone(), path.clone(), path.clone());
+    let (reader_path, second_path, lose_path, plant_path) =
+        (path.clone(), path.clone(), path.clone(), path.clone());
     Fixture {
         kind: "directory",
         _lock: lock,
@@ -57,13 +66,19 @@ fn directory() -> Fixture {
             Ok(Box::new(second) as Box<dyn BackupSink>)
         }),
         lose: Box::new(move |name| std::fs::remove_file(lose_path.join(name)).unwrap()),
+        plant: Box::new(move |name, bytes| {
+            let path = plant_path.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }),
     }
 }
 
 fn object_store() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let bucket = Bucket::in_memory(S3Config::in_memory("contract", "prod")).unwrap();
-    let (for_reader, for_second, for_loss) = (
+    let (for_reader, for_second, for_loss, for_plant) = (
+        bucket.clone_client().unwrap(),
         bucket.clone_client().unwrap(),
         bucket.clone_client().unwrap(),
         bucket.clone_client().unwrap(),
@@ -97,6 +112,10 @@ fn object_store() -> Fixture {
             )
         }),
         lose: Box::new(move |name| for_loss.delete(name).unwrap()),
+        plant: Box::new(move |name, bytes| {
+            let body = bytes::Bytes::copy_from_slice(bytes);
+            for_plant.put(name, body, Mode::Overwrite).unwrap();
+        }),
     }
 }
 
@@ -343,5 +362,118 @@ fn a_file_the_store_lost_is_written_again_by_the_next_backup_cycle() {
             "{}",
             f.kind
         );
+    });
+}
+
+#[test]
+fn the_log_a_master_ships_brings_a_readers_restored_backup_to_the_masters_state() {
+    each(|f| {
+        let sink = f.sink.log_sink().expect("the store keeps a log");
+        let (mut shipper, _) = Shipper::resume(&f.db, sink, "db-1".into(), 0).unwrap();
+        f.db.put(b"k", b"1").unwrap();
+        shipper.ship(&f.db, sink, "t").unwrap();
+        f.sink.create(&f.db, "h:/db").unwrap();
+        for i in 2..5 {
+            f.db.put(b"k", format!("{i}").as_bytes()).unwrap();
+            f.db.put(format!("key{i}").as_bytes(), b"x").unwrap();
+            shipper.ship(&f.db, sink, "t").unwrap();
+        }
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        let log = reader.log().expect("a reader of the store reads its log");
+        assert_eq!(log.segments().unwrap(), [1, 2, 4, 6], "{}", f.kind);
+        let segment = Segment::decode(&log.read_segment(4).unwrap().unwrap()).unwrap();
+        assert_eq!((segment.first_seq(), segment.last_seq()), (4, 5));
+        assert_eq!(log.read_segment(8).unwrap(), None, "{}", f.kind);
+
+        let dest = f.tmp.path().join("restored");
+        reader.restore(None, &dest, RestoreMode::Full).unwrap();
+        let mode = OpenMode::ReadWrite {
+            create_if_missing: false,
+        };
+        let follower = Db::open(&dest, mode).unwrap();
+        assert_eq!(follower.latest_sequence_number(), 1, "{}", f.kind);
+        let progress = Follow::new("db-1".into())
+            .step(&follower, log, 100, Join::ByListing)
+            .unwrap();
+        assert_eq!(progress.batches, 6, "{}", f.kind);
+        assert_eq!(
+            follower.latest_sequence_number(),
+            f.db.latest_sequence_number()
+        );
+        assert_eq!(follower.get(b"k").unwrap().as_deref(), Some(&b"4"[..]));
+    });
+}
+
+#[test]
+fn a_segment_is_committed_once_and_never_replaced() {
+    each(|f| {
+        let sink = f.sink.log_sink().expect("the store keeps a log");
+        assert_eq!(sink.write_segment(5, b"first").unwrap(), Committed::New);
+        // A retry whose reply was lost.
+        assert_eq!(
+            sink.write_segment(5, b"first").unwrap(),
+            Committed::AlreadyThere,
+            "{}",
+            f.kind
+        );
+        let err = sink.write_segment(5, b"other").unwrap_err();
+        assert!(
+            matches!(err, Error::SegmentExists { .. }),
+            "{}: {err}",
+            f.kind
+        );
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        let log = reader.log().unwrap();
+        assert_eq!(log.read_segment(5).unwrap().as_deref(), Some(&b"first"[..]));
+
+        f.sink.fence().set("h:/other");
+        let err = sink.write_segment(9, b"late").unwrap_err();
+        assert!(matches!(err, Error::Fenced { .. }), "{}: {err}", f.kind);
+        assert_eq!(
+            log.segments().unwrap(),
+            [5],
+            "{}: a fenced master shipped",
+            f.kind
+        );
+    });
+}
+
+#[test]
+fn a_segment_too_large_is_refused_without_being_read_whole() {
+    each(|f| {
+        (f.plant)(&segment_object(1), &vec![0; MAX_SEGMENT_BYTES as usize + 1]);
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        let err = reader.log().unwrap().read_segment(1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BadSegment {
+                    source: SegmentError::TooLarge(_),
+                    ..
+                }
+            ),
+            "{}: {err}",
+            f.kind
+        );
+    });
+}
+
+#[test]
+fn the_log_keeps_what_the_oldest_backup_needs_and_the_newest_segment() {
+    each(|f| {
+        let sink = f.sink.log_sink().unwrap();
+        for first in [1, 4, 9] {
+            sink.write_segment(first, format!("{first}").as_bytes())
+                .unwrap();
+        }
+        // A follower restoring a backup of 5 needs the segment from 4 on.
+        assert_eq!(purge_before(sink, 5).unwrap(), 1, "{}", f.kind);
+        let reader = (f.reader)(&f.tmp.path().join("cache"));
+        assert_eq!(reader.log().unwrap().segments().unwrap(), [4, 9]);
+        assert_eq!(purge_before(sink, 100).unwrap(), 1, "{}", f.kind);
+        assert_eq!(sink.segments().unwrap(), [9], "{}", f.kind);
+        sink.remove_segment(9).unwrap();
+        sink.remove_segment(9).unwrap();
+        assert!(sink.segments().unwrap().is_empty(), "{}", f.kind);
     });
 }

@@ -296,7 +296,7 @@ impl BackupSource for BackupDir {
         vec![
             self.path.join(META_DIR),
             self.path.clone(),
-            self.path.join(log::LOG_DIR),
+            self.path.join(crate::tail::store::LOG_DIR),
         ]
     }
 

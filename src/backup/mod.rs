@@ -396,6 +396,11 @@ pub struct Heartbeat {
     /// long after it last saw the heartbeat change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_term_ms: Option<u64>,
+    /// The master's `--log-interval`, in milliseconds, while it ships the
+    /// write log: followers look for segments only then (no request for a
+    /// log that no master ships).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_interval_ms: Option<u64>,
     /// Masters (`<host>:<db path>`) that a promotion replaced: each refuses
     /// to start on this store (their databases lack what the new master
     /// wrote), unless given `--take-over`. Every heartbeat carries the list

@@ -44,7 +44,7 @@ impl Follower {
         let serving = self.serving.load_full();
         let observed = self.observe(serving.as_deref());
         if let Some(serving) = serving.as_deref() {
-            self.follow_log(serving);
+            self.follow_log(serving, observed.heartbeat.as_ref());
         }
         let (backup, lineage_change) = match self.decide(observed, serving.as_deref()) {
             Decision::Done(outcome) => return outcome,

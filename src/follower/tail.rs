@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{ApplyState, Follower, Generation};
 use crate::backup::{BackupInfo, Heartbeat};
 use crate::error::{Error, Result};
-use crate::tail::follow::{Follow, Progress};
+use crate::tail::follow::{Follow, Join, Progress};
 
 /// The most segments one poll applies, so a follower far behind still
 /// answers INFO's questions about its state between polls.
@@ -47,10 +47,16 @@ pub(super) struct LogState {
     pub covered: Option<u32>,
 }
 
+/// The least time between two listings of the log by a follower looking
+/// for its place in it (a LIST request on an object store).
+const RELIST: Duration = Duration::from_secs(1);
+
 /// Where the follower stands in the log: of which generation.
 pub(super) struct Place {
     generation: PathBuf,
     follow: Follow,
+    /// When the log was last listed to join it.
+    listed_at: Option<Instant>,
 }
 
 impl Follower {
@@ -62,9 +68,14 @@ impl Follower {
             .is_some_and(|p| p.generation == serving.path && p.follow.joined())
     }
 
-    /// Applies the log after the served data, when the store keeps one and
-    /// the served backup says which database it is of.
-    pub(super) fn follow_log(&self, serving: &Generation) {
+    /// Applies the log after the served data, when the store keeps one, the
+    /// master's heartbeat says it ships one, and the served backup says
+    /// which database it is of. Joining the log lists it only when the
+    /// master stands past the data (so a segment the data ends inside may
+    /// hold what comes next), and at most once per [`RELIST`]: otherwise
+    /// the next segment is the one starting just after the data, asked for
+    /// by name.
+    pub(super) fn follow_log(&self, serving: &Generation, heartbeat: Option<&Heartbeat>) {
         let Some(log) = self.store.log() else {
             return;
         };
@@ -76,20 +87,34 @@ impl Follower {
         }
         // Read before the place is locked: `log_covers` takes the place
         // under the state's lock, so the two are never taken the other way.
-        let (behind, heartbeat) = {
-            let state = self.state();
-            (state.log.behind_since.is_some(), state.heartbeat.clone())
+        let behind = self.state().log.behind_since.is_some();
+        let Some(master_seq) = heartbeat
+            .filter(|h| h.log_interval_ms.is_some())
+            .map(|h| h.seq)
+        else {
+            return;
         };
         let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
         if place.as_ref().is_none_or(|p| p.generation != serving.path) {
             *place = Some(Place {
                 generation: serving.path.clone(),
                 follow: Follow::new(lineage.to_string()),
+                listed_at: None,
             });
         }
-        let follow = &mut place.as_mut().expect("set above").follow;
-        let result = check_master(follow, heartbeat.as_ref(), serving)
-            .and_then(|()| follow.step(&serving.db, log, SEGMENTS_PER_POLL))
+        let place_ref = place.as_mut().expect("set above");
+        let how = if !place_ref.follow.joined()
+            && master_seq > serving.db.latest_sequence_number()
+            && place_ref.listed_at.is_none_or(|t| t.elapsed() >= RELIST)
+        {
+            place_ref.listed_at = Some(Instant::now());
+            Join::ByListing
+        } else {
+            Join::ByName
+        };
+        let follow = &mut place_ref.follow;
+        let result = check_master(follow, heartbeat, serving)
+            .and_then(|()| follow.step(&serving.db, log, SEGMENTS_PER_POLL, how))
             .and_then(|progress| {
                 // A newer backup waits and the log does not move: has it
                 // gone on without this follower?
@@ -119,7 +144,6 @@ impl Follower {
                 let message = e.to_string();
                 if let Error::Diverged { .. } = e {
                     let bound = heartbeat
-                        .as_ref()
                         .filter(|h| h.seq < serving.db.latest_sequence_number())
                         .map_or(u64::MAX, |h| h.seq);
                     // The first sight of it holds: the master's writes

@@ -163,6 +163,7 @@ fn heartbeat(s: &Setup, ms: u64, seq: u64) -> Heartbeat {
         pid: None,
         keep_within_ms: None,
         lease_term_ms: None,
+        log_interval_ms: None,
         superseded: Vec::new(),
         handover: false,
     }

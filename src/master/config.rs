@@ -75,7 +75,9 @@ pub struct MasterArgs {
     /// followers apply it between backups: their lag is about this plus
     /// their own wake-up, not a backup interval. 0 turns the log off
     /// (followers then follow backups alone). Default: 10ms on a directory;
-    /// off on an object store, which keeps no log yet.
+    /// 1s on an object store, where each shipment is a request (PUT) paid
+    /// for; lower it for less lag (e.g. 100ms: at most 10 PUTs a second,
+    /// and only while there are writes).
     #[arg(long = "log-interval", env = "RKV_LOG_INTERVAL", value_parser = daemon::parse_duration)]
     pub log_interval: Option<Duration>,
 
@@ -181,6 +183,10 @@ pub struct MasterConfig {
 /// writes.
 pub const DEFAULT_LOG_INTERVAL: Duration = Duration::from_millis(10);
 
+/// `--log-interval` on an object store when not given: a segment costs a
+/// PUT request (and a follower's GET), so at most one a second.
+pub const DEFAULT_OBJECT_STORE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `--keep-within` when not given: 20 intervals, at least the floor.
 pub fn default_keep_within(interval: Duration) -> Duration {
     (interval * 20).max(KEEP_WITHIN_FLOOR)
@@ -247,7 +253,7 @@ impl MasterArgs {
         let log_interval = match (self.log_interval, &backup_dir) {
             (Some(interval), _) => Some(interval).filter(|i| !i.is_zero()),
             (None, BackupLocation::Dir(_)) => Some(DEFAULT_LOG_INTERVAL),
-            (None, BackupLocation::S3(_)) => None,
+            (None, BackupLocation::S3(_)) => Some(DEFAULT_OBJECT_STORE_LOG_INTERVAL),
         };
         let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
@@ -310,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn the_log_ships_on_a_directory_unless_turned_off_and_not_yet_on_an_object_store() {
+    fn the_log_ships_on_both_stores_unless_turned_off() {
         let log = |extra: &[&str]| args(extra).validate().unwrap().log_interval;
         assert_eq!(
             log(&["--log-interval", "5ms"]),
@@ -325,7 +331,10 @@ mod tests {
             "s3://bucket/prefix",
         ])
         .unwrap();
-        assert_eq!(s3.validate().unwrap().log_interval, None);
+        assert_eq!(
+            s3.validate().unwrap().log_interval,
+            Some(DEFAULT_OBJECT_STORE_LOG_INTERVAL)
+        );
     }
 
     #[test]

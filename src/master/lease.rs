@@ -367,6 +367,7 @@ pub fn hand_over(
         pid: None,
         keep_within_ms: last.and_then(|h| h.keep_within_ms),
         lease_term_ms: None,
+        log_interval_ms: None,
         superseded,
         handover: true,
     };

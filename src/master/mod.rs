@@ -56,8 +56,14 @@ pub struct Master {
     /// Serialises backup steps, whoever runs them (the loop, the final
     /// backup at exit, a test): a mutex is a guarantee, a comment a wish.
     step_lock: Mutex<()>,
-    /// The live tail's shipper, once started (see `start_log`).
+    /// The live tail's shipper, once started (see `start_log`): held while
+    /// a segment goes out, which may wait on the store.
     tail: Mutex<Option<tail::Tail>>,
+    /// How the shipper fares, for INFO and /metrics: never waits on the
+    /// store.
+    log_report: Mutex<Option<crate::status::LogShipping>>,
+    /// `--log-interval`, once the log ships; heartbeats say it.
+    log_interval: std::sync::OnceLock<Duration>,
 }
 
 /// What the backup loop has done and been asked to do.
@@ -174,6 +180,8 @@ impl Master {
             lease_expired_noted: AtomicBool::new(false),
             step_lock: Mutex::new(()),
             tail: Mutex::new(None),
+            log_report: Mutex::new(None),
+            log_interval: std::sync::OnceLock::new(),
         })
     }
 
@@ -444,6 +452,7 @@ impl Master {
             pid: Some(std::process::id()),
             keep_within_ms: Some(self.retention.keep_within.as_millis() as u64),
             lease_term_ms: self.lease.get().map(|l| l.term().as_millis() as u64),
+            log_interval_ms: self.log_interval.get().map(|i| i.as_millis() as u64),
             superseded: self
                 .held_claim()
                 .as_ref()

@@ -12,11 +12,9 @@ use crate::stop::Stop;
 use crate::tail::ship::{Resumed, Shipped, Shipper};
 use crate::tail::store::purge_before;
 
-/// The shipper and how it fares.
+/// The shipper.
 pub(super) struct Tail {
     shipper: Shipper,
-    /// Why the last step failed, until one succeeds (said once in the log).
-    failing: Option<String>,
 }
 
 impl Master {
@@ -54,10 +52,12 @@ impl Master {
             interval_ms = interval.as_millis() as u64,
             "shipping the write log"
         );
-        *self.tail_state() = Some(Tail {
-            shipper,
-            failing: None,
+        *self.log_report() = Some(LogShipping {
+            stats: shipper.stats().clone(),
+            error: None,
         });
+        *self.tail_state() = Some(Tail { shipper });
+        let _ = self.log_interval.set(interval);
         // What an earlier run left past retention.
         self.purge_log();
         let master = Arc::clone(self);
@@ -66,13 +66,14 @@ impl Master {
             .name("rkv-log".into())
             .spawn(move || {
                 while !stop.is_stopped() {
-                    master.ship_step();
+                    // A segment cut short by its size goes on at once.
+                    while let Some(Shipped::Segment { more: true, .. }) = master.ship_step() {}
                     if stop.sleep(interval) {
                         break;
                     }
                 }
                 // What was acknowledged before the stop goes out too.
-                master.ship_step();
+                while let Some(Shipped::Segment { more: true, .. }) = master.ship_step() {}
             })
             .expect("spawn the log thread");
         Ok(Some(handle))
@@ -80,6 +81,10 @@ impl Master {
 
     fn tail_state(&self) -> std::sync::MutexGuard<'_, Option<Tail>> {
         self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log_report(&self) -> std::sync::MutexGuard<'_, Option<LogShipping>> {
+        self.log_report.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ships the writes since the last segment; `None` when the log is off
@@ -94,11 +99,34 @@ impl Master {
         let mut guard = self.tail_state();
         let tail = guard.as_mut()?;
         let result = tail.shipper.ship(&self.db, sink, &token);
+        let stats = tail.shipper.stats().clone();
+        let shipped = stats.shipped;
+        drop(guard);
+        {
+            let mut report = self.log_report();
+            let report = report.get_or_insert_with(|| LogShipping {
+                stats: stats.clone(),
+                error: None,
+            });
+            report.stats = stats;
+            match &result {
+                Ok(_) => {
+                    if report.error.take().is_some() {
+                        tracing::info!("the write log ships again");
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let new = report.error.as_deref() != Some(message.as_str());
+                    if new {
+                        tracing::error!(error = %e.report(), "cannot ship the write log; will retry");
+                    }
+                    report.error = Some(message);
+                }
+            }
+        }
         match result {
             Ok(shipped) => {
-                if tail.failing.take().is_some() {
-                    tracing::info!("the write log ships again");
-                }
                 if let Shipped::Jumped {
                     from,
                     resumed_after,
@@ -111,24 +139,32 @@ impl Master {
                          fell behind, or the master was stopped long): taking a backup, which \
                          followers restore to join the log again"
                     );
-                    drop(guard);
                     self.schedule_backup();
                 }
                 Some(shipped)
             }
-            Err(e) => {
-                let message = e.to_string();
-                if tail.failing.as_deref() != Some(message.as_str()) {
-                    tracing::error!(error = %e.report(), "cannot ship the write log; will retry");
-                    tail.failing = Some(message);
-                }
-                drop(guard);
-                if let Error::SegmentExists { .. } = e {
-                    // Another master ships this log: find out who.
-                    let _ = self.check_lease();
+            Err(Error::SegmentExists { name }) => {
+                // Another master shipped where this one's log goes on:
+                // either it owns the store now (this master is fenced), or
+                // it was fenced itself and shipped once more before it
+                // knew. Only the lease, read back and found to be this
+                // master's own, says it is the second.
+                let owned = self.check_lease().is_ok()
+                    && self.token().is_some()
+                    && self.store.read_heartbeat().and_then(|h| h.token) == self.token();
+                if owned {
+                    tracing::warn!(
+                        segment = %name,
+                        "a segment of a master fenced off this store stands where this master's \
+                         log goes on: removing it (followers that applied it restore a backup)"
+                    );
+                    if let Err(e) = sink.remove_segment(shipped + 1) {
+                        tracing::warn!(error = %e.report(), "cannot remove the segment");
+                    }
                 }
                 None
             }
+            Err(_) => None,
         }
     }
 
@@ -139,7 +175,7 @@ impl Master {
         let Some(sink) = self.store.log_sink() else {
             return;
         };
-        if self.tail_state().is_none() {
+        if self.log_report().is_none() {
             return;
         }
         let oldest = match self.store.list() {
@@ -183,9 +219,6 @@ impl Master {
 
     /// The log's state, when it is on.
     pub fn log_status(&self) -> Option<LogShipping> {
-        self.tail_state().as_ref().map(|t| LogShipping {
-            stats: t.shipper.stats().clone(),
-            error: t.failing.clone(),
-        })
+        self.log_report().clone()
     }
 }

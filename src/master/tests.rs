@@ -235,3 +235,45 @@ fn the_log_ships_what_no_backup_holds_and_a_master_without_it_removes_it() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_segment_a_fenced_master_left_where_the_log_goes_on_is_removed_by_the_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = Stop::new();
+    let m = Arc::new(master(tmp.path()));
+    m.claim(false, Duration::from_secs(10)).unwrap();
+    // Stopped at once, after its last step: the steps below are the test's.
+    stop.stop();
+    let thread = m.start_log(Duration::from_secs(3600), &stop).unwrap();
+    thread.unwrap().join().unwrap();
+    m.db().put(b"a", b"1").unwrap();
+    let log = BackupDir::new(tmp.path().join("backups"));
+    // What a master fenced off the store shipped before it knew.
+    let stray = crate::tail::Segment::new(
+        "another".into(),
+        "fenced-token".into(),
+        vec![crate::tail::Batch::from_data({
+            let other = crate::db::Db::scratch(&tmp.path().join("other"));
+            other.put(b"x", b"1").unwrap();
+            other.updates_since(0, 1).unwrap().remove(0).data().to_vec()
+        })
+        .unwrap()],
+    )
+    .unwrap();
+    crate::tail::store::LogSink::write_segment(&log, 1, &stray.encode()).unwrap();
+    assert_eq!(m.ship_step(), None, "refused: a segment is there");
+    let error = m.log_status().unwrap().error.unwrap_or_default();
+    assert!(error.contains("another master"), "{error}");
+    assert!(m.store.fence().by().is_none(), "the owner is not fenced");
+    assert!(matches!(
+        m.ship_step(),
+        Some(crate::tail::ship::Shipped::Segment { first: 1, .. })
+    ));
+    let shipped = crate::tail::Segment::decode(
+        &crate::tail::store::LogSource::read_segment(&log, 1)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(Some(shipped.token), m.token());
+}

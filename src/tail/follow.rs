@@ -28,6 +28,18 @@ pub struct Follow {
     token: Option<String>,
 }
 
+/// How a follower that has not found its place in the log may look for
+/// it: the segment starting just after its data is asked for by name (one
+/// request); a listing, which finds the segment its data ends inside, costs
+/// a LIST on an object store, so the caller says when it is worth one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// By name only.
+    ByName,
+    /// By name, else by listing the log.
+    ByListing,
+}
+
 /// What one [`Follow::step`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -71,13 +83,19 @@ impl Follow {
     /// data; [`Error::BadSegment`]: a segment fails its checks), and
     /// nothing of the offending segment was applied: only a backup brings
     /// the follower on. A store error leaves the place unchanged, to retry.
-    pub fn step(&mut self, db: &Db, log: &dyn LogSource, max_segments: usize) -> Result<Progress> {
+    pub fn step(
+        &mut self,
+        db: &Db,
+        log: &dyn LogSource,
+        max_segments: usize,
+        how: Join,
+    ) -> Result<Progress> {
         let mut progress = Progress::default();
         while (progress.segments as usize) < max_segments {
             let at = db.latest_sequence_number();
             let found = match self.next {
                 Some(next) => log.read_segment(next)?.map(|bytes| (next, bytes)),
-                None => join(log, at)?,
+                None => join(log, at, how)?,
             };
             let Some((first, bytes)) = found else {
                 break;
@@ -155,11 +173,18 @@ impl Follow {
     }
 }
 
-/// The segment holding write `at + 1`, found by listing: the last one that
+/// The segment holding write `at + 1`: the one starting there, asked for
+/// by name; else (when `how` allows) found by listing, the last one that
 /// starts at or before it. `None` when the log has not reached it yet;
 /// [`Error::NotNext`] when the log goes on past it without it (a jump: only
 /// a backup bridges that).
-fn join(log: &dyn LogSource, at: u64) -> Result<Option<(u64, Vec<u8>)>> {
+fn join(log: &dyn LogSource, at: u64, how: Join) -> Result<Option<(u64, Vec<u8>)>> {
+    if let Some(bytes) = log.read_segment(at + 1)? {
+        return Ok(Some((at + 1, bytes)));
+    }
+    if how == Join::ByName {
+        return Ok(None);
+    }
     let firsts = log.segments()?;
     let holding = firsts.iter().rev().find(|&&f| f <= at + 1).copied();
     let Some(first) = holding else {

@@ -40,6 +40,9 @@ pub enum Shipped {
         bytes: u64,
         /// How many write batches it holds.
         batches: u64,
+        /// Whether writes the sync covered remain after it (the segment was
+        /// cut at its size): the next step need not wait.
+        more: bool,
     },
     /// The write-ahead log no longer held the next write: the log resumes
     /// after `resumed_after`, and a backup must bridge the jump.
@@ -235,6 +238,7 @@ impl Shipper {
             last: segment.last_seq(),
             bytes: bytes.len() as u64,
             batches: count,
+            more: segment.last_seq() < target,
         })
     }
 

@@ -10,6 +10,23 @@ use crate::error::Result;
 /// damaged or hostile store cannot make a follower allocate without bound.
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 
+/// The directory of the log's segments in a store, beside the backups.
+pub const LOG_DIR: &str = "log";
+
+/// A segment's name in the store: `log/<first, 20 digits>.seg`, so that
+/// names sort as their sequence numbers do and the next one's is known.
+pub fn segment_object(first: u64) -> String {
+    format!("{LOG_DIR}/{first:020}.seg")
+}
+
+/// The first sequence number of the segment named `name` (the file name,
+/// without `log/`); `None` for any other name (a dot-file being written).
+pub fn parse_segment_file(name: &str) -> Option<u64> {
+    name.strip_suffix(".seg")
+        .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+}
+
 /// The log as a follower reads it.
 pub trait LogSource: Send + Sync {
     /// The bytes of the segment whose first batch starts at `first`, or

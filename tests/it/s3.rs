@@ -284,7 +284,57 @@ fn an_unreachable_store_is_said_so_with_its_cause_once_and_what_to_check() {
 }
 
 #[test]
-fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
+fn writes_reach_a_follower_through_the_stores_log_without_a_backup() {
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let endpoint = moto.endpoint();
+    let m = master(
+        &s,
+        "db",
+        &endpoint,
+        "tail",
+        &["--interval", "0", "--log-interval", "100ms"],
+    );
+    set(&m, "k", "0");
+    save(&m);
+    let f = follower(&s, "f", &endpoint, "tail");
+    replicated(&f, "k", "0");
+    let mut c = m.client();
+    for i in 1..=50 {
+        let i = i.to_string();
+        c.call(&[b"SET", b"k", i.as_bytes()]).unwrap();
+    }
+    replicated(&f, "k", "50");
+    // Through the log alone: no backup since the first, no new generation.
+    // The counters follow the data they count.
+    wait_for(
+        GENEROUS,
+        "the follower to count the batches it applied",
+        || match f.info_num("rkv_log_batches_applied") {
+            50.. => Ok(()),
+            fewer => Err(fewer),
+        },
+    );
+    assert_eq!(f.info_num("rkv_applied_backup_id"), 1, "{}", f.log());
+    assert_eq!(
+        f.info_num("rkv_applied_seq"),
+        m.info_num("rkv_log_shipped_seq")
+    );
+    assert_eq!(f.info("rkv_log_error").as_deref(), Some(""));
+    let keys = moto.keys(BUCKET, "tail/");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("tail/log/") && k.ends_with(".seg")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("tail/meta/")).count(),
+        1
+    );
+}
+
+#[test]
+fn an_idle_follower_reads_latest_and_the_next_segment_once_per_poll_and_never_lists() {
     let s = Sandbox::new();
     let moto = store(&s);
     let endpoint = moto.endpoint();
@@ -305,6 +355,7 @@ fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
     // second (a busy machine only spaces them out), so they take at least
     // the nine seconds between them.
     let latest = format!("/{BUCKET}/idle/latest");
+    let segment = format!("/{BUCKET}/idle/log/");
     let (before, started) = (moto.requests().len(), Instant::now());
     let requests = wait_for(GENEROUS, "ten polls of the idle follower", || {
         let requests = moto.requests().split_off(before);
@@ -318,11 +369,21 @@ fn an_idle_follower_reads_latest_once_per_poll_and_never_lists() {
         took >= Duration::from_secs(9),
         "ten polls in {took:?}: more than one GET of latest a second: {requests:?}"
     );
+    // Each poll: latest, unchanged, and the segment after the data, which
+    // is not there; never a listing.
     assert!(
-        requests
-            .iter()
-            .all(|r| r.method == "GET" && r.path == latest && r.status == 304),
-        "nothing but unchanged reads of latest (no LIST): {requests:?}"
+        requests.iter().all(|r| r.method == "GET"
+            && ((r.path == latest && r.status == 304)
+                || (r.path.starts_with(&segment) && r.status == 404))),
+        "nothing but unchanged reads of latest and of the next segment (no LIST): {requests:?}"
+    );
+    let segment_reads = requests
+        .iter()
+        .filter(|r| r.path.starts_with(&segment))
+        .count();
+    assert!(
+        (9..=11).contains(&segment_reads),
+        "one read of the next segment per poll, {segment_reads} in ten polls: {requests:?}"
     );
 }
 

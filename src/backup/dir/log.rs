@@ -9,16 +9,13 @@ use std::path::PathBuf;
 
 use super::BackupDir;
 use crate::error::{Error, Result};
-use crate::tail::store::{Committed, LogSink, LogSource, MAX_SEGMENT_BYTES};
-
-/// The sub-directory of the log's segments.
-pub(super) const LOG_DIR: &str = "log";
-/// The suffix of a segment's file.
-const SUFFIX: &str = ".seg";
+use crate::tail::store::{
+    parse_segment_file, segment_object, Committed, LogSink, LogSource, LOG_DIR, MAX_SEGMENT_BYTES,
+};
 
 impl BackupDir {
     fn segment_path(&self, first: u64) -> PathBuf {
-        self.path.join(LOG_DIR).join(format!("{first:020}{SUFFIX}"))
+        self.path.join(segment_object(first))
     }
 }
 
@@ -55,13 +52,7 @@ impl LogSource for BackupDir {
         let mut firsts = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
-            let name = entry.file_name();
-            let first = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SUFFIX))
-                .filter(|n| n.len() == 20)
-                .and_then(|n| n.parse::<u64>().ok());
-            firsts.extend(first);
+            firsts.extend(entry.file_name().to_str().and_then(parse_segment_file));
         }
         firsts.sort_unstable();
         Ok(firsts)

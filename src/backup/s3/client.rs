@@ -87,6 +87,15 @@ pub enum Fetched {
     Object(Bytes, String),
 }
 
+/// The outcome of a GET with a size limit.
+#[derive(Debug)]
+pub enum Capped {
+    /// The object's content, within the limit.
+    Object(Bytes),
+    /// The object's size, over the limit: its content was not read.
+    TooLarge(u64),
+}
+
 /// The outcome of a conditional PUT.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Put {
@@ -275,6 +284,32 @@ impl Bucket {
         match self.get_if_changed(name, None)? {
             Fetched::Object(bytes, _) => Ok(Some(bytes)),
             Fetched::Missing | Fetched::Unchanged => Ok(None),
+        }
+    }
+
+    /// Reads `name` if it holds at most `max` bytes (its size is known
+    /// before its content is read, so a larger object costs no memory);
+    /// `None` when there is no such object.
+    pub fn get_at_most(&self, name: &str, max: u64) -> Result<Option<Capped>> {
+        let key = self.key(name);
+        let result = self.runtime.block_on(async {
+            let got = self.store.get(&key).await?;
+            if got.meta.size > max {
+                return Ok(Capped::TooLarge(got.meta.size));
+            }
+            Ok::<_, object_store::Error>(Capped::Object(got.bytes().await?))
+        });
+        match result {
+            Ok(capped) => {
+                if let Capped::Object(bytes) = &capped {
+                    self.counts
+                        .bytes_down
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
+                Ok(Some(capped))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(format!("read {name}"), e)),
         }
     }
 

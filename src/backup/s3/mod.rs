@@ -14,6 +14,8 @@
 //!                          sizes and crc32c checksums
 //! latest                   rkv's commit point: the newest published backup
 //!                          and the master's heartbeat, as JSON
+//! log/<first>.seg          the live tail's segments (see `log.rs`), each
+//!                          created once, named by its first sequence number
 //! ```
 //!
 //! **The master** backs up into its staging directory as before, then
@@ -80,6 +82,10 @@ macro_rules! source_through_remote {
         fn traffic(&self) -> Option<crate::status::StoreTraffic> {
             Some(self.remote.traffic())
         }
+
+        fn log(&self) -> Option<&dyn crate::tail::store::LogSource> {
+            Some(self)
+        }
     };
 }
 
@@ -87,6 +93,7 @@ pub mod client;
 mod counting;
 #[cfg(test)]
 pub mod cut;
+mod log;
 mod publisher;
 mod reader;
 

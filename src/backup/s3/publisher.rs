@@ -43,7 +43,7 @@ struct State {
 /// [`super`]).
 #[derive(Debug)]
 pub struct S3Publisher {
-    remote: Remote,
+    pub(super) remote: Remote,
     state: Mutex<State>,
     /// One publish at a time (the backup loop and the heartbeat both publish).
     publishing: Mutex<()>,
@@ -277,7 +277,7 @@ impl S3Publisher {
         Error::Fenced { by }
     }
 
-    fn check_fenced(&self) -> Result<()> {
+    pub(super) fn check_fenced(&self) -> Result<()> {
         match self.fence.by() {
             Some(by) => Err(Error::Fenced { by: by.to_string() }),
             None => Ok(()),
@@ -534,5 +534,9 @@ impl BackupSink for S3Publisher {
 
     fn drop_incomplete(&self) -> Result<Vec<u32>> {
         self.remote.local.drop_incomplete()
+    }
+
+    fn log_sink(&self) -> Option<&dyn crate::tail::store::LogSink> {
+        Some(self)
     }
 }

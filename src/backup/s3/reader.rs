@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// backup (see the module docs of [`super`]).
 #[derive(Debug)]
 pub struct S3Reader {
-    remote: Remote,
+    pub(super) remote: Remote,
 }
 
 impl S3Reader {

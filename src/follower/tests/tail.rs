@@ -13,8 +13,20 @@ fn shipper(s: &Setup) -> Shipper {
     Shipper::resume(&s.master, &s.store, lineage, 0).unwrap().0
 }
 
+/// Ships the master's writes, and says so in its heartbeat, as the master
+/// does.
 fn ship(s: &Setup, shipper: &mut Shipper) {
     shipper.ship(&s.master, &s.store, "t").unwrap();
+    let heartbeat = Heartbeat {
+        token: Some("t".into()),
+        log_interval_ms: Some(10),
+        ..super::heartbeat(
+            s,
+            crate::backup::now_ms(),
+            s.master.latest_sequence_number(),
+        )
+    };
+    s.store.write_heartbeat(&heartbeat).unwrap();
 }
 
 /// Sets `a` on the master and ships it.

@@ -100,6 +100,7 @@ fn a_renewed_heartbeat_of_another_master_refuses_even_without_locks() {
         pid: Some(1),
         keep_within_ms: None,
         lease_term_ms: None,
+        log_interval_ms: None,
         superseded: Vec::new(),
         handover: false,
     };
@@ -143,6 +144,7 @@ fn a_hand_over_lets_the_successor_in_and_keeps_the_superseded_out() {
             pid: Some(1),
             keep_within_ms: Some(60_000),
             lease_term_ms: Some(10_000),
+            log_interval_ms: None,
             superseded: vec!["h:/older".into()],
             handover: false,
         })
@@ -188,6 +190,7 @@ fn a_hand_over_is_refused_when_a_master_wrote_since_the_check() {
         pid: Some(1),
         keep_within_ms: None,
         lease_term_ms: None,
+        log_interval_ms: None,
         superseded: Vec::new(),
         handover: false,
     };

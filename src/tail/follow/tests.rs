@@ -5,7 +5,7 @@ use super::*;
 use crate::backup::{BackupDir, BackupSink, BackupSource, RestoreMode};
 use crate::db::OpenMode;
 use crate::tail::ship::Shipper;
-use crate::tail::store::LogSink;
+use crate::tail::store::{LogSink, LogSource};
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -76,7 +76,9 @@ fn a_follower_joins_the_log_inside_a_segment_and_ends_where_the_master_is() {
     let follower = s.restore("f");
     assert_eq!(follower.latest_sequence_number(), 2);
     let mut follow = Follow::new("db-1".into());
-    let progress = follow.step(&follower, &s.store, 100).unwrap();
+    let progress = follow
+        .step(&follower, &s.store, 100, Join::ByListing)
+        .unwrap();
     assert_eq!(
         progress,
         Progress {
@@ -94,7 +96,9 @@ fn a_follower_joins_the_log_inside_a_segment_and_ends_where_the_master_is() {
     s.ship();
     s.master.delete(b"a").unwrap();
     s.ship();
-    let progress = follow.step(&follower, &s.store, 100).unwrap();
+    let progress = follow
+        .step(&follower, &s.store, 100, Join::ByListing)
+        .unwrap();
     assert_eq!(
         progress,
         Progress {
@@ -109,9 +113,74 @@ fn a_follower_joins_the_log_inside_a_segment_and_ends_where_the_master_is() {
     assert_eq!(value(&follower, b"a"), None);
     assert_eq!(value(&follower, b"c").as_deref(), Some("2"));
     assert_eq!(
-        follow.step(&follower, &s.store, 100).unwrap(),
+        follow
+            .step(&follower, &s.store, 100, Join::ByListing)
+            .unwrap(),
         Progress::default()
     );
+}
+
+/// A store that counts its listings.
+struct Listings {
+    log: BackupDir,
+    count: std::sync::atomic::AtomicU32,
+}
+
+impl Listings {
+    fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl LogSource for Listings {
+    fn read_segment(&self, first: u64) -> crate::Result<Option<Vec<u8>>> {
+        self.log.read_segment(first)
+    }
+
+    fn segments(&self) -> crate::Result<Vec<u64>> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.log.segments()
+    }
+
+    fn segment_name(&self, first: u64) -> String {
+        self.log.segment_name(first)
+    }
+}
+
+#[test]
+fn a_follower_joins_by_name_where_the_log_goes_on_from_its_data_and_lists_only_when_allowed() {
+    let mut s = setup();
+    s.master.put(b"a", b"1").unwrap();
+    s.ship();
+    s.store.create(&s.master, "m").unwrap();
+    let follower = s.restore("f");
+    let log = Listings {
+        log: BackupDir::new(s.store.path()),
+        count: Default::default(),
+    };
+    let mut follow = Follow::new("db-1".into());
+    // Nothing after the data yet: one request by name, no listing.
+    let progress = follow.step(&follower, &log, 100, Join::ByName).unwrap();
+    assert_eq!((progress, follow.joined()), (Progress::default(), false));
+    s.master.put(b"a", b"2").unwrap();
+    s.ship();
+    let progress = follow.step(&follower, &log, 100, Join::ByName).unwrap();
+    assert_eq!((progress.batches, follow.joined()), (1, true));
+    assert_eq!(value(&follower, b"a").as_deref(), Some("2"));
+    assert_eq!(log.count(), 0, "joined by name");
+
+    // Data that ends inside a segment is joined by a listing only.
+    s.master.put(b"b", b"1").unwrap();
+    s.store.create(&s.master, "m").unwrap();
+    s.master.put(b"b", b"2").unwrap();
+    s.ship();
+    let inside = s.restore("g");
+    let mut follow = Follow::new("db-1".into());
+    let progress = follow.step(&inside, &log, 100, Join::ByName).unwrap();
+    assert_eq!((progress, log.count()), (Progress::default(), 0));
+    let progress = follow.step(&inside, &log, 100, Join::ByListing).unwrap();
+    assert_eq!((progress.batches, log.count()), (1, 1));
+    assert_eq!(value(&inside, b"b").as_deref(), Some("2"));
 }
 
 /// The claim the whole tail rests on: a restored backup's sequence number
@@ -170,7 +239,7 @@ fn a_damaged_segment_is_never_applied() {
     std::fs::write(&path, &bytes).unwrap();
 
     let mut follow = Follow::new("db-1".into());
-    match follow.step(&follower, &s.store, 100) {
+    match follow.step(&follower, &s.store, 100, Join::ByListing) {
         Err(Error::BadSegment {
             source: SegmentError::Checksum { .. },
             ..
@@ -184,7 +253,7 @@ fn a_damaged_segment_is_never_applied() {
 fn another_databases_segment_is_never_applied() {
     let (s, follower) = one_write_past_a_backup();
     let mut follow = Follow::new("db-2".into());
-    match follow.step(&follower, &s.store, 100) {
+    match follow.step(&follower, &s.store, 100, Join::ByListing) {
         Err(Error::BadSegment {
             source: SegmentError::OtherDatabase { .. },
             ..
@@ -211,7 +280,7 @@ fn a_log_that_goes_on_past_the_data_without_it_is_a_gap() {
 
     let follower = s.restore("f");
     let mut follow = Follow::new("db-1".into());
-    match follow.step(&follower, &s.store, 100) {
+    match follow.step(&follower, &s.store, 100, Join::ByListing) {
         Err(Error::NotNext { at: 1, batch: 3 }) => {}
         other => panic!("expected a gap after 1, got {other:?}"),
     }
@@ -229,7 +298,9 @@ fn a_follower_ahead_of_the_log_waits_for_it() {
     let mut follow = Follow::new("db-1".into());
     // Segment 1 is behind the data: read, nothing applied.
     assert_eq!(
-        follow.step(&follower, &s.store, 100).unwrap(),
+        follow
+            .step(&follower, &s.store, 100, Join::ByListing)
+            .unwrap(),
         Progress {
             segments: 1,
             batches: 0
@@ -238,7 +309,9 @@ fn a_follower_ahead_of_the_log_waits_for_it() {
     s.master.put(b"a", b"3").unwrap();
     s.ship();
     assert_eq!(
-        follow.step(&follower, &s.store, 100).unwrap(),
+        follow
+            .step(&follower, &s.store, 100, Join::ByListing)
+            .unwrap(),
         Progress {
             segments: 1,
             batches: 1
@@ -251,7 +324,9 @@ fn a_follower_ahead_of_the_log_waits_for_it() {
 fn another_masters_segment_is_applied_only_where_its_log_begins() {
     let (s, follower) = one_write_past_a_backup();
     let mut follow = Follow::new("db-1".into());
-    follow.step(&follower, &s.store, 100).unwrap();
+    follow
+        .step(&follower, &s.store, 100, Join::ByListing)
+        .unwrap();
     assert_eq!(follow.token(), Some("t"));
 
     // Another master (a new lease token) whose log began before write 3:
@@ -262,7 +337,7 @@ fn another_masters_segment_is_applied_only_where_its_log_begins() {
     s.store
         .write_segment(3, &other.clone().shipped_since(2).encode())
         .unwrap();
-    match follow.step(&follower, &s.store, 100) {
+    match follow.step(&follower, &s.store, 100, Join::ByListing) {
         Err(Error::Diverged { at: 2, .. }) => {}
         other => panic!("expected a divergence at 2, got {other:?}"),
     }
@@ -271,7 +346,9 @@ fn another_masters_segment_is_applied_only_where_its_log_begins() {
     // One whose log begins just after the follower's data goes on from it.
     s.store.remove_segment(3).unwrap();
     s.store.write_segment(3, &other.encode()).unwrap();
-    follow.step(&follower, &s.store, 100).unwrap();
+    follow
+        .step(&follower, &s.store, 100, Join::ByListing)
+        .unwrap();
     assert_eq!(value(&follower, b"a").as_deref(), Some("3"));
     assert_eq!(follow.token(), Some("t2"));
 }

@@ -60,6 +60,34 @@ fn segments_tile_the_sequence_and_hold_every_write_once() {
 }
 
 #[test]
+fn writes_past_a_segments_size_go_on_in_the_next_segment_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Db::scratch(tmp.path());
+    let log = BackupDir::new(tmp.path().join("backups"));
+    let mut shipper = shipper(&db, &log);
+    let value = vec![7u8; 1 << 20];
+    for i in 0..6u8 {
+        db.put(&[i], &value).unwrap();
+    }
+    let mut steps = Vec::new();
+    loop {
+        match shipper.ship(&db, &log, "t1").unwrap() {
+            Shipped::Segment { batches, more, .. } => {
+                steps.push((batches, more));
+                if !more {
+                    break;
+                }
+            }
+            other => panic!("a segment was due, got {other:?} after {steps:?}"),
+        }
+    }
+    assert!(steps.len() >= 2, "6 MiB fit one segment: {steps:?}");
+    assert!(steps[..steps.len() - 1].iter().all(|&(_, more)| more));
+    assert_eq!(steps.iter().map(|&(b, _)| b).sum::<u64>(), 6);
+    assert_eq!(shipper.shipped(), db.latest_sequence_number());
+}
+
+#[test]
 fn a_restarted_master_goes_on_from_the_end_of_the_stores_log() {
     let tmp = tempfile::tempdir().unwrap();
     let db = Db::scratch(tmp.path());
