@@ -3,7 +3,9 @@
 # injects the faults an operator meets (kill -9 of the master during backups
 # and of followers during applies, damaged backup files, full disks,
 # retention shorter than a restore, two masters on one directory, a replaced
-# directory, a master clock hours off, an idle follower) and hostile clients
+# directory, a master clock hours off, an idle follower; the live tail's
+# master and follower kills while it ships and applies, damaged and removed
+# segments, a shipper stalled past --keep-log) and hostile clients
 # (a seeded RESP fuzzer, thousands of connections, unauthenticated floods,
 # slow and non-reading clients, a 100,000-command pipeline, a
 # million-argument request), prints one line of figures per scenario and

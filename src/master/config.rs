@@ -81,6 +81,15 @@ pub struct MasterArgs {
     #[arg(long = "log-interval", env = "RKV_LOG_INTERVAL", value_parser = daemon::parse_duration)]
     pub log_interval: Option<Duration>,
 
+    /// How long the database keeps write-ahead log files a flush made
+    /// obsolete, while the log ships (whole seconds, at least 1s): a
+    /// shipper that stalls (the store unreachable) or a master stopped for
+    /// less than this goes on from the log; past it the log jumps ahead
+    /// and a backup, taken at once, bridges the jump. Costs the disk the
+    /// writes of that long take in the write-ahead log.
+    #[arg(long = "keep-log", env = "RKV_KEEP_LOG", default_value = "60s", value_parser = daemon::parse_duration)]
+    pub keep_log: Duration,
+
     /// Keep at least this many of the newest backups.
     #[arg(long, env = "RKV_KEEP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: u32,
@@ -160,6 +169,8 @@ pub struct MasterConfig {
     pub interval: Duration,
     /// How often the write log ships; `None` when it is off.
     pub log_interval: Option<Duration>,
+    /// How long obsolete write-ahead log files are kept while it ships.
+    pub keep_log: Duration,
     /// What to keep.
     pub retention: Retention,
     /// Scrub timer; zero is off.
@@ -255,9 +266,17 @@ impl MasterArgs {
             (None, BackupLocation::Dir(_)) => Some(DEFAULT_LOG_INTERVAL),
             (None, BackupLocation::S3(_)) => Some(DEFAULT_OBJECT_STORE_LOG_INTERVAL),
         };
+        if self.keep_log < Duration::from_secs(1) {
+            return Err(ConfigError::Flag(format!(
+                "--keep-log {} is too short: RocksDB keeps write-ahead log files for whole \
+                 seconds; give at least 1s",
+                humantime::format_duration(self.keep_log)
+            )));
+        }
         let server = self.server.server_config(self.listen)?;
         Ok(MasterConfig {
             log_interval,
+            keep_log: self.keep_log,
             db: self.db,
             backup_dir,
             staging_dir,
@@ -323,6 +342,12 @@ mod tests {
             Some(Duration::from_millis(5))
         );
         assert_eq!(log(&["--log-interval", "0"]), None);
+        assert_eq!(
+            args(&[]).validate().unwrap().keep_log,
+            Duration::from_secs(60)
+        );
+        let short = args(&["--keep-log", "500ms"]).validate().unwrap_err();
+        assert!(short.to_string().contains("--keep-log"), "{short}");
         let s3 = MasterArgs::try_parse_from([
             "rkv-master",
             "--db",

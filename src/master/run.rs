@@ -25,11 +25,6 @@ pub fn main() -> std::process::ExitCode {
     daemon::daemon_main("rkv-master", log_format, umask, args.validate(), run)
 }
 
-/// How long the database keeps write-ahead log files it no longer needs,
-/// while the log ships: longer than any stall of the shipper or restart of
-/// the master the log should ride out without a backup.
-const KEEP_LOG: Duration = Duration::from_secs(60);
-
 /// Opens the database with its backup store.
 fn open(
     config: &MasterConfig,
@@ -42,7 +37,7 @@ fn open(
         config.retention,
         config.sync_writes,
         Some(cache),
-        config.log_interval.map(|_| KEEP_LOG),
+        config.log_interval.map(|_| config.keep_log),
     )
     .with_context(|| format!("open the database at {}", config.db.display()))
 }

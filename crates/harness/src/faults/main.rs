@@ -12,6 +12,7 @@ mod hostile;
 mod procs;
 mod scenarios;
 mod store;
+mod tail;
 
 use rkv_testkit::{moto, process, tmpfs};
 
@@ -223,7 +224,20 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          applied a conditional write of `latest`, then every request answered 503 SlowDown \
          for {}, then every request hung for as long, then 500 ms added to every request, \
          then the master cut off while its follower is promoted. The master's \
-         `--lease-term` is the default 10 s, so past it writes are refused, as promised.\n\n\
+         `--lease-term` is the default 10 s, so past it writes are refused, as promised. \
+         With the object store, the master ships the write log every second (its default \
+         there) and the follower applies it between backups.\n\n\
+         The live tail's scenarios (`log-*`) run the master shipping its write log every \
+         10 ms under a steady writer (each write one batch: `w:N` and `last = N`) and a \
+         follower woken by each segment, with a reader of the follower checking every state \
+         it serves (`last = N` comes with `w:N`, and never goes below what was read before): \
+         the master killed at random moments while it ships, the follower killed while it \
+         applies (each restart must serve at once, never less than before), a segment ahead \
+         of a stopped follower flipped, cut in half or removed (the follower must say so, \
+         apply nothing of it, and go on from the next backup), and the shipper stalled (its \
+         directory made a file) until the write-ahead log it needs is gone (`--keep-log 1s`, \
+         backups each second): the log must jump and a backup bridge it. At the end each \
+         follower must hold every acknowledged write.\n\n\
          Every scenario also watches each daemon it starts: an exit it did not ask for (a \
          crash, a panic, a signal) or a stall (alive, and no reply to `PING` within 5 s) \
          fails the scenario and is logged with the end of the daemon's log.\n",

@@ -36,6 +36,10 @@ pub const NAMES: &[&str] = &[
     "store-hung",
     "store-latency",
     "store-partition",
+    "log-master-kill",
+    "log-follower-kill",
+    "log-damage",
+    "log-stalled-shipper",
     "fuzz",
     "floods",
     "big-request",
@@ -61,6 +65,10 @@ pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
         "store-hung" => crate::store::bad_store(dir, "store-hung", "--hang", plan.store_fault),
         "store-latency" => crate::store::latency(dir),
         "store-partition" => crate::store::partition(dir),
+        "log-master-kill" => crate::tail::master_kill(dir, plan.master_kills, rng),
+        "log-follower-kill" => crate::tail::follower_kill(dir, plan.follower_kills, rng),
+        "log-damage" => crate::tail::damage(dir, plan.corruptions.div_ceil(4)),
+        "log-stalled-shipper" => crate::tail::stalled_shipper(dir),
         "fuzz" => crate::hostile::fuzz(dir, plan.fuzz_requests, rng),
         "floods" => crate::hostile::floods(dir, plan.connections),
         "big-request" => crate::hostile::big_request(dir, 1_000_000),
@@ -85,14 +93,14 @@ fn ms(d: Duration) -> f64 {
 /// A writer that SETs `w:<n>` for n = 0, 1, 2… (with `last` = n in the same
 /// MSET, so any state holding `last = n` holds every key up to n) and
 /// counts what was acknowledged. Stops at the first error or at `stop`.
-struct Writer {
+pub struct Writer {
     acked: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start(master: &Proc, from: u64, pause: Duration) -> Writer {
+    pub fn start(master: &Proc, from: u64, pause: Duration) -> Writer {
         Writer::start_sized(master, from, pause, 0)
     }
 
@@ -144,7 +152,7 @@ impl Writer {
     }
 
     /// Stops it; the count of acknowledged writes (keys `w:0..count`).
-    fn finish(mut self) -> u64 {
+    pub fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             let _ = h.join();

@@ -673,8 +673,9 @@ pub fn partition(dir: &Path) -> Outcome {
         "{name}: master cut off from the store under load, its follower promoted: the master \
          refused writes {} after the cut (lease held: {}), acknowledged {after_refusal} after \
          its first refusal; rkv promote took {:.1} s (waited out the term: {}); the promoted \
-         database lacks {dropped} of {acked} acknowledged writes (those after the follower's \
-         backup, {} acknowledged after the cut); old master fenced {} after it was back; \
+         database lacks {dropped} of {acked} acknowledged writes (those past what the follower \
+         held: its backup and the log it applied; {} acknowledged after the cut); old master \
+         fenced {} after it was back; \
          acknowledged writes lost from the old master {lost_on_old}; torn reads {torn}, \
          backwards {backwards}",
         secs(first_refusal),
