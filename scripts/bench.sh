@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # rkv's benchmark, target by target against its peers measured in the same
-# run, in alternation: idle CPU; lag under 5,000 SET/s against Litestream
-# (restore -f at its fastest settings), and over 10 minutes; the backup
-# directory's size; master SET and follower GET throughput against
-# redis-server; a new follower's bootstrap against cp -r; catch-up against
-# database size; 20 followers. Prints the report and writes BENCHMARKS.md
-# plus two PNG plots (lag CDF, catch-up time against size).
+# run, in alternation: idle CPU; the live tail's lag under 5,000 SET/s
+# against Litestream (restore -f at its fastest settings), beside two CPU
+# hogs, and over 10 minutes of tailing (with the backup directory's size and
+# a follower's GETs before and after); master SET throughput against
+# redis-server and against rkv without the log, with write amplification;
+# follower GET throughput against redis-server; a new follower's bootstrap
+# against cp -r; catch-up against database size; 20 followers; lag through
+# an object store and an idle follower's requests. Prints the report and
+# writes BENCHMARKS.md plus two PNG plots (lag CDF, catch-up time).
 #
 # Usage: scripts/bench.sh [--quick] [--out DIR]
 #

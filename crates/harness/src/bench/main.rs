@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use report::{percentile, Report};
+use scenarios::LagSetup;
 
-/// Benchmarks rkv against its peers, target by target (issue 12): idle
-/// CPU, lag under load against Litestream, retention, write and read
-/// throughput against redis-server, bootstrap against cp -r, catch-up
-/// against database size, and many followers.
+/// Benchmarks rkv against its peers, target by target: idle CPU; the live
+/// tail's lag under load against Litestream (beside CPU hogs, over a long
+/// run, with many followers, through an object store); the backup store's
+/// size; write and read throughput against redis-server and against rkv
+/// without the log; reads after long tailing; bootstrap against cp -r; and
+/// catch-up against database size.
 #[derive(Debug, Parser)]
 #[command(name = "rkv-bench")]
 struct Args {
@@ -34,7 +37,6 @@ struct Args {
 
 struct Plan {
     idle_s: u64,
-    lag_intervals: Vec<Duration>,
     lag_run: Duration,
     flat_run: Duration,
     load: u32,
@@ -57,11 +59,9 @@ pub fn log(message: &str) {
 
 fn main() {
     let args = Args::parse();
-    let ms = Duration::from_millis;
     let plan = if args.run.quick {
         Plan {
             idle_s: 10,
-            lag_intervals: vec![ms(100), ms(1000)],
             lag_run: Duration::from_secs(12),
             flat_run: Duration::from_secs(30),
             load: 5000,
@@ -77,7 +77,6 @@ fn main() {
     } else {
         Plan {
             idle_s: 60,
-            lag_intervals: vec![ms(100), ms(1000), ms(10_000)],
             lag_run: Duration::from_secs(30),
             flat_run: Duration::from_secs(600),
             load: 5000,
@@ -114,16 +113,26 @@ fn main() {
     }
     if wanted("lag") {
         // Interleaved: every configuration once per round.
+        let backups_only = LagSetup {
+            master: vec!["--log-interval", "0", "--interval", "100ms"],
+            ..LagSetup::defaults("rkv, backups only (--log-interval 0 --interval 100ms)")
+        };
+        let hogged = LagSetup {
+            hogs: 2,
+            ..LagSetup::defaults("rkv, defaults, 2 CPU hogs beside it")
+        };
+        let setups = [LagSetup::defaults("rkv, defaults"), hogged, backups_only];
         for round in 0..plan.rounds {
-            for &interval in &plan.lag_intervals {
+            for setup in &setups {
                 log(&format!(
-                    "2. lag, round {}: rkv --interval {} under {} SET/s",
+                    "2. lag, round {}: {} under {} SET/s",
                     round + 1,
-                    humantime::format_duration(interval),
+                    setup.label,
                     plan.load
                 ));
-                let run = scenarios::lag(&dir("lag"), interval, plan.lag_run, plan.load, 1);
-                report.lag.push(run);
+                report
+                    .lag
+                    .push(scenarios::lag(&dir("lag"), setup, plan.lag_run, plan.load));
             }
             log(&format!("2. lag, round {}: Litestream", round + 1));
             match scenarios::litestream_lag(&dir("litestream"), plan.lag_run, plan.load) {
@@ -134,20 +143,25 @@ fn main() {
     }
     if wanted("flat") {
         log(&format!(
-            "2. lag over {} at --interval 100ms",
-            humantime::format_duration(plan.flat_run)
+            "3. {} of tailing under {} SET/s: lag, and follower GETs before and after",
+            humantime::format_duration(plan.flat_run),
+            plan.load
         ));
-        report.flat = Some(scenarios::lag(
+        let (lag, reads) = scenarios::tailing(
             &dir("flat"),
-            ms(100),
+            plan.read_keys,
+            plan.requests,
             plan.flat_run,
             plan.load,
-            1,
-        ));
+            plan.rounds,
+        );
+        report.flat = Some(lag);
+        report.tailing_reads = Some(reads);
     }
     if wanted("writes") {
         log("4. master write throughput");
-        report.writes = scenarios::master_writes(&dir("writes"), plan.requests, plan.rounds);
+        (report.writes, report.amplification) =
+            scenarios::master_writes(&dir("writes"), plan.requests, plan.rounds);
     }
     if wanted("reads") {
         log("5. follower read throughput");
@@ -179,7 +193,11 @@ fn main() {
         for round in 0..plan.rounds {
             for n in [1, plan.followers] {
                 log(&format!("8. lag with {n} followers, round {}", round + 1));
-                let run = scenarios::lag(&dir("followers"), ms(1000), plan.lag_run, plan.load, n);
+                let setup = LagSetup {
+                    followers: n,
+                    ..LagSetup::defaults("rkv, defaults")
+                };
+                let run = scenarios::lag(&dir("followers"), &setup, plan.lag_run, plan.load);
                 report.many.push(run);
             }
         }
@@ -207,9 +225,9 @@ fn main() {
     ));
 }
 
-/// The object store case: lag at --interval 1s through moto's S3 server
-/// and through a local directory, interleaved; bytes moved per 1 MiB
-/// change; an idle follower's requests.
+/// The object store case: lag through moto's S3 server (the master
+/// shipping its log every 100 ms, the follower polling every 200 ms);
+/// bytes moved per 1 MiB change; an idle follower's requests.
 fn object_store(plan: &Plan, dir: &dyn Fn(&str) -> PathBuf, report: &mut Report) {
     if !moto::Moto::installed() {
         log("moto is not installed: the object store case is not measured");
@@ -222,14 +240,7 @@ fn object_store(plan: &Plan, dir: &dyn Fn(&str) -> PathBuf, report: &mut Report)
     std::env::set_var("AWS_ACCESS_KEY_ID", "rkv-bench");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "rkv-bench");
     std::env::set_var("AWS_REGION", "us-east-1");
-    let interval = Duration::from_secs(1);
     for round in 0..plan.rounds {
-        log(&format!(
-            "9. object store, round {}: lag through a directory",
-            round + 1
-        ));
-        let local = scenarios::lag(&dir("store-dir"), interval, plan.lag_run, plan.load, 1);
-        report.store_lag.push(local);
         log(&format!(
             "9. object store, round {}: lag through S3",
             round + 1
@@ -238,14 +249,13 @@ fn object_store(plan: &Plan, dir: &dyn Fn(&str) -> PathBuf, report: &mut Report)
             endpoint: moto.endpoint(),
             url: format!("s3://rkv-bench/lag{round}"),
         };
-        let via = scenarios::lag_via(
-            &dir("store-s3"),
-            interval,
-            plan.lag_run,
-            plan.load,
-            1,
-            Some(&store),
-        );
+        let setup = LagSetup {
+            master: vec!["--log-interval", "100ms"],
+            follower: vec!["--poll-interval", "200ms"],
+            store: Some(&store),
+            ..LagSetup::defaults("rkv via S3, --log-interval 100ms, --poll-interval 200ms")
+        };
+        let via = scenarios::lag(&dir("store-s3"), &setup, plan.lag_run, plan.load);
         report.store_lag.push(via);
     }
     log("9. object store: bytes per 1 MiB change, and an idle follower's requests");

@@ -81,7 +81,6 @@ impl Drop for Load {
 /// follower, under a background load, for every probe write.
 pub struct LagResult {
     pub label: String,
-    pub interval: Duration,
     /// (seconds since the start when written, lag in ms), in write order.
     pub samples: Vec<(f64, f64)>,
     pub duration: Duration,
@@ -142,18 +141,6 @@ fn live_sst_bytes(db: &Path) -> u64 {
     })
 }
 
-/// rkv's lag at `interval` with `followers` followers under `rate` SETs a
-/// second; the lag is the first follower's.
-pub fn lag(
-    work: &Path,
-    interval: Duration,
-    duration: Duration,
-    rate: u32,
-    followers: usize,
-) -> LagResult {
-    lag_via(work, interval, duration, rate, followers, None)
-}
-
 /// An object store to replicate through: its endpoint and the
 /// `s3://BUCKET/PREFIX` to use.
 pub struct Store {
@@ -161,33 +148,118 @@ pub struct Store {
     pub url: String,
 }
 
-/// [`lag`], through an object store when `store` is given.
-pub fn lag_via(
-    work: &Path,
-    interval: Duration,
-    duration: Duration,
-    rate: u32,
-    followers: usize,
-    store: Option<&Store>,
-) -> LagResult {
-    let _ = std::fs::remove_dir_all(work);
-    let db = work.join("db");
-    let (backups, staged, extra) = match store {
-        Some(s) => (
-            std::path::PathBuf::from(&s.url),
-            work.join("db.s3-staging"),
-            vec!["--s3-endpoint", s.endpoint.as_str()],
-        ),
-        None => (work.join("backups"), work.join("backups"), Vec::new()),
-    };
-    let interval_flag = fmt_dur(interval);
-    let mut master_flags = vec!["--interval", interval_flag.as_str()];
-    master_flags.extend(&extra);
-    let master = Proc::master(&db, &backups, &master_flags);
-    let followers: Vec<Proc> = (0..followers)
-        .map(|i| Proc::follower(&backups, &work.join(format!("f{i}")), &extra))
-        .collect();
+/// How a lag run is set up: the daemons' flags beside their defaults.
+pub struct LagSetup<'a> {
+    pub label: String,
+    pub master: Vec<&'a str>,
+    pub follower: Vec<&'a str>,
+    pub followers: usize,
+    /// Threads spinning on the CPU beside the daemons for the whole run.
+    pub hogs: usize,
+    pub store: Option<&'a Store>,
+}
+
+impl<'a> LagSetup<'a> {
+    /// rkv at its defaults (the log every 10 ms on a directory), one
+    /// follower.
+    pub fn defaults(label: &str) -> LagSetup<'a> {
+        LagSetup {
+            label: label.to_string(),
+            master: Vec::new(),
+            follower: Vec::new(),
+            followers: 1,
+            hogs: 0,
+            store: None,
+        }
+    }
+}
+
+/// Threads that keep the CPU busy until dropped (as `stress-ng --cpu N`).
+pub struct Hogs(Arc<AtomicBool>);
+
+impl Hogs {
+    pub fn start(n: usize) -> Hogs {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..n {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            });
+        }
+        Hogs(stop)
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The daemons of a lag run: a master and its followers, started.
+pub struct Pair {
+    pub master: Proc,
+    pub followers: Vec<Proc>,
+    pub db: std::path::PathBuf,
+    /// Where the master's backups are on this host (the staging directory
+    /// for an object store).
+    pub staged: std::path::PathBuf,
+}
+
+impl Pair {
+    pub fn start(work: &Path, setup: &LagSetup) -> Pair {
+        let _ = std::fs::remove_dir_all(work);
+        let db = work.join("db");
+        let (backups, staged, extra) = match setup.store {
+            Some(s) => (
+                std::path::PathBuf::from(&s.url),
+                work.join("db.s3-staging"),
+                vec!["--s3-endpoint", s.endpoint.as_str()],
+            ),
+            None => (work.join("backups"), work.join("backups"), Vec::new()),
+        };
+        let master_flags: Vec<&str> = setup.master.iter().chain(&extra).copied().collect();
+        let follower_flags: Vec<&str> = setup.follower.iter().chain(&extra).copied().collect();
+        let master = Proc::master(&db, &backups, &master_flags);
+        let followers = (0..setup.followers)
+            .map(|i| Proc::follower(&backups, &work.join(format!("f{i}")), &follower_flags))
+            .collect();
+        Pair {
+            master,
+            followers,
+            db,
+            staged,
+        }
+    }
+
+    pub fn stop(self) {
+        for f in self.followers {
+            f.stop();
+        }
+        self.master.stop();
+    }
+}
+
+/// rkv's lag as `setup` says, under `rate` SETs a second; the lag is the
+/// first follower's.
+pub fn lag(work: &Path, setup: &LagSetup, duration: Duration, rate: u32) -> LagResult {
+    let pair = Pair::start(work, setup);
+    let result = probe_lag(&pair, setup, duration, rate);
+    pair.stop();
+    result
+}
+
+/// Probes the lag of `pair`'s first follower for `duration` under `rate`
+/// SETs a second.
+pub fn probe_lag(pair: &Pair, setup: &LagSetup, duration: Duration, rate: u32) -> LagResult {
+    let (master, followers, db) = (&pair.master, &pair.followers, &pair.db);
+    let _hogs = Hogs::start(setup.hogs);
     let load = Load::start(&master.addr, rate);
+    // A first backup to start from, whatever the interval.
+    master.client().call(&[b"SAVE"]).unwrap();
     // Measure the steady state: every follower has applied a backup.
     wait_until(LONG, "every follower's first apply", || {
         followers
@@ -253,7 +325,7 @@ pub fn lag_via(
             next_sample += Duration::from_secs(5);
             if started.elapsed() >= duration / 2 {
                 let live = live_sst_bytes(&db).max(1);
-                dir_ratio = dir_ratio.max(dir_bytes(&staged) as f64 / live as f64);
+                dir_ratio = dir_ratio.max(dir_bytes(&pair.staged) as f64 / live as f64);
             }
         }
     }
@@ -263,13 +335,8 @@ pub fn lag_via(
     done.store(true, Ordering::SeqCst);
     let lags = reader.join().unwrap();
     load.stop();
-    let result = LagResult {
-        label: format!(
-            "rkv{}, --interval {}",
-            if store.is_some() { " via S3" } else { "" },
-            humantime::format_duration(interval)
-        ),
-        interval,
+    LagResult {
+        label: setup.label.clone(),
         samples: offsets.into_iter().zip(lags).collect(),
         duration,
         backups_taken: master.info_num("rkv_backups_done"),
@@ -277,12 +344,7 @@ pub fn lag_via(
         master_cpu,
         follower_cpu,
         followers: followers.len(),
-    };
-    for f in followers {
-        f.stop();
     }
-    master.stop();
-    result
 }
 
 /// Litestream's lag, measured the same way by `scripts/lib/litestream-lag.py`
@@ -323,7 +385,6 @@ pub fn litestream_lag(work: &Path, duration: Duration, rate: u32) -> Option<LagR
         .collect();
     Some(LagResult {
         label: format!("Litestream {version}, restore -f, 10 ms sync/monitor/follow"),
-        interval: Duration::from_millis(10),
         samples,
         duration,
         backups_taken: 0,
@@ -492,64 +553,102 @@ impl ThroughputResult {
     }
 }
 
-/// Target 4: SET throughput of rkv-master (backups every second, and off)
-/// against redis-server with `appendonly everysec`; and INCR and a
-/// MULTI/EXEC of 10 SETs against the same redis-server, in the same
-/// rounds.
-pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<ThroughputResult> {
+/// What a SET of redis-benchmark's writes: a 16-byte key and a 100-byte
+/// value.
+const SET_BYTES: f64 = 116.0;
+
+/// Bytes the process `pid` caused to be written to storage so far
+/// (`write_bytes` of /proc/PID/io).
+fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The master's write amplification in a SET run: bytes it wrote to its
+/// disk (write-ahead log, tables, backups, log segments) per byte of keys
+/// and values written, min / median / max over the rounds.
+pub struct Amplification {
+    pub label: String,
+    pub pipeline: usize,
+    pub ratio: Spread,
+}
+
+/// Target 4: SET throughput of rkv-master at its defaults (the log every
+/// 10 ms, backups every 10 s) against redis-server with `appendonly
+/// everysec` and against itself with the log off, with the master's write
+/// amplification in each; and INCR and a MULTI/EXEC of 10 SETs against the
+/// same redis-server, in the same rounds.
+pub fn master_writes(
+    work: &Path,
+    requests: usize,
+    rounds: usize,
+) -> (Vec<ThroughputResult>, Vec<Amplification>) {
     let mut rows = Vec::new();
+    let mut amplification = Vec::new();
     for pipeline in [1, 16] {
         let mut on_vs_redis = Vec::new();
-        let mut off_vs_on = Vec::new();
+        let mut on_vs_off = Vec::new();
         let mut incr = Vec::new();
         let mut multi = Vec::new();
+        let (mut amp_on, mut amp_off, mut amp_redis) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            // INCR and the transactions run on the master of backups every
-            // second, after its SETs; the transactions unpipelined only.
-            let measure = |port: u16, more: bool| {
+            // INCR and the transactions run on the master with the log,
+            // after its SETs; the transactions unpipelined only.
+            let measure = |port: u16, pid: u32, more: bool| {
+                let before = write_bytes(pid);
                 let set = redis_benchmark(port, "set", requests, 50, pipeline);
+                let amp = (write_bytes(pid) - before) as f64 / (requests as f64 * SET_BYTES);
                 let incr = more.then(|| redis_benchmark(port, "incr", requests, 50, pipeline));
                 let multi = (more && pipeline == 1).then(|| transactions(port, 50, requests / 10));
-                (set, incr, multi)
+                (set, incr, multi, amp)
             };
-            let rkv = |tag: &str, interval: &str, more: bool| {
+            let rkv = |tag: &str, flags: &[&str], more: bool| {
                 let dir = work.join(format!("{tag}-{pipeline}-{round}"));
-                let master = Proc::master(
-                    &dir.join("db"),
-                    &dir.join("backups"),
-                    &["--interval", interval, "--backup-on-exit", "no"],
-                );
-                let rates = measure(master.port, more);
+                let mut all = vec!["--backup-on-exit", "no"];
+                all.extend_from_slice(flags);
+                let master = Proc::master(&dir.join("db"), &dir.join("backups"), &all);
+                let rates = measure(master.port, master.pid(), more);
                 master.stop();
                 let _ = std::fs::remove_dir_all(&dir);
                 rates
             };
             let redis = Proc::redis_server_with("yes");
-            let baseline = measure(redis.port, true);
+            let baseline = measure(redis.port, redis.pid(), true);
             redis.stop();
-            let on = rkv("on", "1s", true);
-            let off = rkv("off", "0", false);
+            let on = rkv("on", &[], true);
+            let off = rkv("off", &["--log-interval", "0"], false);
             on_vs_redis.push((on.0, baseline.0));
-            off_vs_on.push((off.0, on.0));
+            on_vs_off.push((on.0, off.0));
             incr.extend(on.1.zip(baseline.1));
             multi.extend(on.2.zip(baseline.2));
+            amp_on.push(on.3);
+            amp_off.push(off.3);
+            amp_redis.push(baseline.3);
         }
         rows.push(ThroughputResult::new(
-            "SET, rkv-master (backups every 1s) vs redis-server (appendonly everysec)".into(),
+            "SET, rkv-master (defaults: the log every 10 ms) vs redis-server (appendonly \
+             everysec)"
+                .into(),
             (50, pipeline),
             &on_vs_redis,
             "redis-server, appendonly everysec",
             1.0,
         ));
         rows.push(ThroughputResult::new(
-            "SET, rkv-master backups off vs backups every 1s".into(),
+            "SET, rkv-master with the log vs without (--log-interval 0)".into(),
             (50, pipeline),
-            &off_vs_on,
-            "rkv-master, backups every 1s",
-            1.0,
+            &on_vs_off,
+            "rkv-master, --log-interval 0",
+            0.95,
         ));
         rows.push(ThroughputResult::new(
-            "INCR, rkv-master (backups every 1s) vs redis-server (appendonly everysec)".into(),
+            "INCR, rkv-master (defaults) vs redis-server (appendonly everysec)".into(),
             (50, pipeline),
             &incr,
             "redis-server, appendonly everysec",
@@ -557,7 +656,7 @@ pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<Through
         ));
         if !multi.is_empty() {
             rows.push(ThroughputResult::new(
-                "MULTI, 10 SETs, EXEC (transactions/s), rkv-master (backups every 1s) vs \
+                "MULTI, 10 SETs, EXEC (transactions/s), rkv-master (defaults) vs \
                  redis-server (appendonly everysec)"
                     .into(),
                 (50, 1),
@@ -566,8 +665,23 @@ pub fn master_writes(work: &Path, requests: usize, rounds: usize) -> Vec<Through
                 0.0,
             ));
         }
+        amplification.push(Amplification {
+            label: "rkv-master, the log every 10 ms (defaults)".into(),
+            pipeline,
+            ratio: Spread::of(amp_on),
+        });
+        amplification.push(Amplification {
+            label: "rkv-master, --log-interval 0".into(),
+            pipeline,
+            ratio: Spread::of(amp_off),
+        });
+        amplification.push(Amplification {
+            label: "redis-server, appendonly everysec".into(),
+            pipeline,
+            ratio: Spread::of(amp_redis),
+        });
     }
-    rows
+    (rows, amplification)
 }
 
 /// Transactions per second: `clients` connections each sending `MULTI`,
@@ -712,6 +826,53 @@ pub fn follower_reads(
     (rows, after_swap)
 }
 
+/// Follower GETs (pipelined 16, over `keys` keys in several SST files)
+/// before and after `duration` of tailing under `rate` SETs a second, and
+/// the lag over that run: the warm cache the log keeps (no swap, no new
+/// engine) and whether the lag stays flat.
+pub fn tailing(
+    work: &Path,
+    keys: usize,
+    requests: usize,
+    duration: Duration,
+    rate: u32,
+    rounds: usize,
+) -> (LagResult, ThroughputResult) {
+    let label = format!(
+        "rkv, defaults, {} of tailing",
+        humantime::format_duration(Duration::from_secs(duration.as_secs()))
+    );
+    let setup = LagSetup::defaults(&label);
+    let pair = Pair::start(work, &setup);
+    load_keys(&pair.master, keys, 4, || {
+        pair.master.client().call(&[b"SAVE"]).unwrap();
+    });
+    let follower = &pair.followers[0];
+    let at = pair.master.info_num("rkv_log_shipped_seq");
+    wait_until(LONG, "the follower to hold every key", || {
+        follower.info_num("rkv_applied_seq") >= at
+    });
+    let get = || redis_benchmark_keys(follower.port, "get", requests, 50, 16, keys);
+    let before: Vec<f64> = (0..rounds).map(|_| get()).collect();
+    let lag = probe_lag(&pair, &setup, duration, rate);
+    let after: Vec<f64> = (0..rounds).map(|_| get()).collect();
+    let swaps = follower.info_num("rkv_applies_done");
+    pair.stop();
+    let pairs: Vec<(f64, f64)> = after.into_iter().zip(before).collect();
+    let reads = ThroughputResult::new(
+        format!(
+            "GET, rkv-follower after {} of tailing vs before it ({keys} keys; {swaps} \
+             restores in all)",
+            humantime::format_duration(Duration::from_secs(duration.as_secs()))
+        ),
+        (50, 16),
+        &pairs,
+        "the same follower, before",
+        1.0,
+    );
+    (lag, reads)
+}
+
 /// Target 6: a new follower's first restore of `mib` MiB against `cp -r`
 /// of the same backup directory, in alternation.
 pub struct BootstrapResult {
@@ -786,7 +947,7 @@ pub fn writes_with_followers(
             let master = Proc::master(
                 &dir.join("db"),
                 &dir.join("backups"),
-                &["--interval", "1s", "--backup-on-exit", "no"],
+                &["--backup-on-exit", "no"],
             );
             master.client().call(&[b"SAVE"]).unwrap();
             let procs: Vec<Proc> = (0..n)
@@ -803,7 +964,7 @@ pub fn writes_with_followers(
         measured.push((rate(followers), rate(0)));
     }
     ThroughputResult::new(
-        format!("SET, rkv-master with {followers} followers vs none (backups every 1s)"),
+        format!("SET, rkv-master with {followers} followers of its log vs none (defaults)"),
         (50, 1),
         &measured,
         "rkv-master, no follower",
@@ -832,10 +993,6 @@ fn fill_db(path: &Path, mib: u64) {
     }
     db.write(batch).unwrap();
     db.compact().unwrap();
-}
-
-fn fmt_dur(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
 }
 
 /// Bytes as MiB with one decimal.
@@ -881,7 +1038,9 @@ pub fn store_cost(work: &Path, store: &Store, base_mib: u64, idle_window: Durati
     // A compacted database, as in the catch-up case: the change then costs
     // what it adds, not a compaction it happens to trigger.
     fill_db(&db, base_mib);
-    let mut master_flags = vec!["--interval", "0"];
+    // The change goes by a backup: the log, which would bring it instead,
+    // is off here, and on (the default) for the idle follower below.
+    let mut master_flags = vec!["--interval", "0", "--log-interval", "0"];
     master_flags.extend(endpoint);
     let master = Proc::master(&db, &backups, &master_flags);
     let mut client = master.client();
@@ -902,8 +1061,12 @@ pub fn store_cost(work: &Path, store: &Store, base_mib: u64, idle_window: Durati
     let change_up = master.info_num("rkv_store_bytes_uploaded") - up;
     let change_down = follower.info_num("rkv_store_bytes_downloaded") - down;
 
-    // Idle: nothing written; the master's heartbeat still renews `latest`.
-    std::thread::sleep(Duration::from_secs(2));
+    // Idle: nothing written; the master, at its defaults (the log on), is
+    // alive and its heartbeat renews `latest`; the follower reads `latest`
+    // and the next segment each poll.
+    master.stop();
+    let master = Proc::master(&db, &backups, &endpoint);
+    std::thread::sleep(Duration::from_secs(3));
     let count = |f: &str| follower.info_num(f);
     let before = [
         count("rkv_store_get_requests"),
