@@ -78,6 +78,15 @@ fn spread(s: Spread, digits: usize) -> String {
     )
 }
 
+/// A target ratio as written: 1.0, 1.2, 0.95.
+fn ratio(r: f64) -> String {
+    if (r * 10.0).fract().abs() < 1e-9 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
 fn met(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -201,9 +210,9 @@ impl Report {
         for (n, t) in rows.filter(|(_, t)| t.target > 0.0) {
             let _ = writeln!(
                 md,
-                "| {n} | {} ≥ {:.1}×, pipeline {} | {}× | {} |",
+                "| {n} | {} ≥ {}×, pipeline {} | {}× | {} |",
                 t.label,
-                t.target,
+                ratio(t.target),
                 t.pipeline,
                 spread(t.ratio, 2),
                 met(t.ratio.median >= t.target)
@@ -634,7 +643,7 @@ fn throughput_table(md: &mut String, rows: &[ThroughputResult]) {
             spread(r.baseline, 0),
             spread(r.ratio, 2),
             if r.target > 0.0 {
-                format!("≥ {:.1}", r.target)
+                format!("≥ {}", ratio(r.target))
             } else {
                 "—".to_string()
             }
