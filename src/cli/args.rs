@@ -154,7 +154,9 @@ pub enum Command {
     /// Restore a backup into the --db directory, replacing what it holds (as
     /// `ldb restore` does). Restores the newest backup unless --backup_id is given.
     #[command(
-        after_help = "Example:\n  rkv --db=/tmp/restored restore --backup_dir=/tmp/backups --backup_id=3"
+        after_help = "Examples:\n  rkv --db=/tmp/restored restore --backup_dir=/tmp/backups --backup_id=3\n  \
+                      rkv --db=/tmp/restored restore --backup_dir=/tmp/backups --at=2026-11-24T10:14:00Z\n  \
+                      rkv --db=/tmp/restored restore --backup_dir=/tmp/backups --seq=1200345"
     )]
     Restore {
         /// The backup directory, or s3://BUCKET/PREFIX.
@@ -167,11 +169,19 @@ pub enum Command {
         #[arg(long = "backup_id", visible_alias = "backup-id", value_name = "ID")]
         backup_id: Option<u32>,
         /// Restore the database as it was at TIME: the newest backup created
-        /// at or before it. TIME is RFC 3339 (`2026-11-24T10:14:00Z`) or an
-        /// age (`15m`, `2h 30m`: that long ago).
+        /// at or before it, then the write log the master shipped up to
+        /// TIME (to the segment: within --log-interval of it). TIME is RFC
+        /// 3339 (`2026-11-24T10:14:00Z`) or an age (`15m`, `2h 30m`: that
+        /// long ago).
         #[arg(long, value_name = "TIME", value_parser = backup::PointInTime::parse,
               conflicts_with = "backup_id")]
         at: Option<backup::PointInTime>,
+        /// Restore the database as it was at sequence number N (see `rkv
+        /// backups` and the master's `INFO`): the newest backup at or before
+        /// it, then the write log up to N, in whole write batches (a
+        /// transaction is never cut: N inside one stops before it).
+        #[arg(long, value_name = "N", conflicts_with_all = ["backup_id", "at"])]
+        seq: Option<u64>,
     },
     /// List the backups in a backup directory: id, creation time (UTC) and
     /// age, size, file count, and the sequence number each holds.

@@ -14,6 +14,7 @@ use crate::backup::{
 use crate::db::{Db, OpenMode};
 use crate::error::Error;
 use crate::progress::{human, Amount, Meter};
+use crate::tail::follow::{Follow, Until};
 
 /// `rkv backup --backup-dir DIR`: backs the database at `db_path` up into
 /// a backup directory.
@@ -64,6 +65,7 @@ pub(super) struct Restore<'a> {
     pub store: &'a StoreArgs,
     pub backup_id: Option<u32>,
     pub at: Option<PointInTime>,
+    pub seq: Option<u64>,
 }
 
 /// `rkv restore`: restores a backup into `db_path`, replacing what it holds.
@@ -78,6 +80,7 @@ pub(super) fn restore(
         store,
         backup_id,
         at,
+        seq,
     } = *req;
     if crate::follower::generations::DataDir::is_data_dir(db_path) {
         return Err(CliError::Usage(format!(
@@ -89,13 +92,13 @@ pub(super) fn restore(
     cache.push(".s3-download");
     let source = Source::open(backup_dir, store, PathBuf::from(cache))?;
     let mut bars = Bars::new(quiet);
-    let listed = match at.is_some() || bars.shown() {
+    let listed = match at.is_some() || seq.is_some() || bars.shown() {
         true => source.store.list()?,
         false => Vec::new(),
     };
-    let chosen = match at {
-        Some(at) => {
-            let at = at.resolve(SystemTime::now());
+    let at = at.map(|at| at.resolve(SystemTime::now()));
+    let chosen = match (at, seq) {
+        (Some(at), _) => {
             let picked = at_or_before(&listed, at, backup_dir)?;
             emit(
                 out,
@@ -108,7 +111,19 @@ pub(super) fn restore(
             )?;
             Some(picked.id)
         }
-        None => backup_id,
+        (None, Some(n)) => {
+            let picked = seq_or_before(&listed, n, backup_dir)?;
+            emit(
+                out,
+                &format!(
+                    "backup {} (sequence {}) is the newest at or before sequence {n}",
+                    picked.id,
+                    picked.metadata.as_ref().map_or(0, |m| m.seq)
+                ),
+            )?;
+            Some(picked.id)
+        }
+        (None, None) => backup_id,
     };
     let shown = match chosen {
         Some(id) => listed.iter().find(|b| b.id == id),
@@ -138,7 +153,148 @@ pub(super) fn restore(
             stats.files_copied,
             human(stats.bytes_copied),
         ),
-    )
+    )?;
+    let restored = match listed.iter().find(|b| b.id == stats.id) {
+        Some(info) => info.clone(),
+        None => source.store.describe(stats.id)?,
+    };
+    let until = match (at, seq) {
+        (Some(at), _) => Until::Time(crate::backup::unix_ms(at)),
+        (None, Some(n)) => Until::Seq(n),
+        (None, None) => return log_past(&*source.store, &restored, out),
+    };
+    replay_log(&*source.store, &restored, db_path, until, out)
+}
+
+/// After a restore of a backup alone: says so when the store's log holds
+/// writes past it, and how to restore them too.
+fn log_past(
+    store: &dyn BackupSource,
+    backup: &BackupInfo,
+    out: &mut dyn std::io::Write,
+) -> Result<(), CliError> {
+    let (Some(log), Some(meta)) = (store.log(), backup.metadata.as_ref()) else {
+        return Ok(());
+    };
+    match crate::tail::store::range(log) {
+        Ok(Some(range)) if range.last_seq.is_some_and(|last| last > meta.seq) => {
+            let last = range.last_seq.unwrap_or_default();
+            emit(
+                out,
+                &format!(
+                    "note: the store's log holds writes past this backup (sequence {} to \
+                     {last}): restore with --seq={last} to have them too",
+                    meta.seq
+                ),
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+/// After a restore to a point (`--at`, `--seq`): the write log the store
+/// holds after `backup`, replayed into the restored database up to it.
+fn replay_log(
+    store: &dyn BackupSource,
+    backup: &BackupInfo,
+    db_path: &Path,
+    until: Until,
+    out: &mut dyn std::io::Write,
+) -> Result<(), CliError> {
+    let (Some(log), Some(meta)) = (store.log(), backup.metadata.as_ref()) else {
+        return match until {
+            // The backup is the point, or there is no log to reach it.
+            Until::Seq(n) if backup.metadata.as_ref().is_none_or(|m| m.seq != n) => {
+                Err(CliError::Refused {
+                    what: format!(
+                        "the backup store keeps no write log after backup {}: the database \
+                         holds the backup's writes, not those up to sequence {n}",
+                        backup.id
+                    ),
+                    hint: "restore to a backup's own sequence number (see `rkv backups`)".into(),
+                })
+            }
+            _ => Ok(()),
+        };
+    };
+    let db = Db::open(
+        db_path,
+        OpenMode::ReadWrite {
+            create_if_missing: false,
+        },
+    )?;
+    let progress = Follow::new(meta.lineage().to_string()).replay(&db, log, until)?;
+    let reached = db.latest_sequence_number();
+    let cut = progress
+        .last_ms
+        .map(|ms| format!(", the last segment cut {}", rfc3339(unix_time(ms))))
+        .unwrap_or_default();
+    emit(
+        out,
+        &format!(
+            "OK: replayed {} write batches of the log ({} segments) into {}: it holds the \
+             writes up to sequence {reached}{cut}",
+            progress.batches,
+            progress.segments,
+            db_path.display()
+        ),
+    )?;
+    if progress.stopped {
+        return Ok(());
+    }
+    // The log ended before the point: a gap, or the end of what was shipped.
+    let gap = log
+        .segments()?
+        .into_iter()
+        .find(|&first| first > reached + 1);
+    match (gap, until) {
+        (Some(after), _) => Err(CliError::Refused {
+            what: format!(
+                "the log has a gap after sequence {reached}: its next segment starts at {after} \
+                 (the master's log jumped, or a segment was removed); the database holds the \
+                 writes up to {reached}"
+            ),
+            hint: "restore a backup taken after the gap, or a point before it".into(),
+        }),
+        (None, Until::Seq(n)) if reached < n => Err(CliError::Refused {
+            what: format!(
+                "the log ends at sequence {reached}, before {n}: the database holds the writes \
+                 up to {reached}"
+            ),
+            hint: format!("the master has not shipped sequence {n} yet, or never wrote it"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A unix time in milliseconds, as a time.
+fn unix_time(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The newest of `backups` (oldest first) at or before sequence `n`.
+fn seq_or_before(backups: &[BackupInfo], n: u64, dir: &Path) -> Result<BackupInfo, CliError> {
+    let seq = |b: &BackupInfo| b.metadata.as_ref().map(|m| m.seq);
+    if let Some(picked) = backups
+        .iter()
+        .rev()
+        .find(|b| seq(b).is_some_and(|s| s <= n))
+    {
+        return Ok(picked.clone());
+    }
+    match backups.iter().find_map(|b| seq(b).map(|s| (b.id, s))) {
+        Some((id, s)) => Err(CliError::Refused {
+            what: format!(
+                "no retained backup is at or before sequence {n}: the oldest is backup {id}, at \
+                 sequence {s}"
+            ),
+            hint: "see `rkv backups` for what is retained".into(),
+        }),
+        None => Err(Error::NoBackups {
+            location: BackupLocation::Dir(dir.to_path_buf()),
+        }
+        .into()),
+    }
 }
 
 /// `rkv backups`: lists the backups, or the one `--at` picks.

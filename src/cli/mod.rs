@@ -218,12 +218,14 @@ pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
             store,
             backup_id,
             at,
+            seq,
         } => {
             let req = backup::Restore {
                 backup_dir,
                 store,
                 backup_id: *backup_id,
                 at: *at,
+                seq: *seq,
             };
             backup::restore(cli.require_db("restore")?, &req, cli.quiet, out)
         }

@@ -9,6 +9,7 @@ use super::backup::{backup_json, shorten_age, Source};
 use super::{emit, CliError};
 use crate::backup::{BackupInfo, BackupSource, Heartbeat, StoreArgs};
 use crate::progress::human;
+use crate::tail::store::{range, LogRange};
 
 /// `rkv status`: the backup store at a glance.
 pub(super) fn status(
@@ -43,6 +44,8 @@ struct DirStatus {
     private_bytes: u64,
     /// Backups in the store that RocksDB cannot load, and why.
     unloadable: Vec<(u32, String)>,
+    /// What the store's write log covers, when it keeps one.
+    log: Option<LogRange>,
 }
 
 impl DirStatus {
@@ -75,7 +78,12 @@ impl DirStatus {
                 (id, why)
             })
             .collect();
+        let log = match store.log() {
+            Some(log) => range(log)?,
+            None => None,
+        };
         Ok(DirStatus {
+            log,
             now,
             location: store.location().to_string(),
             owner,
@@ -158,6 +166,28 @@ impl DirStatus {
             }
             _ => lines.push("newest:       no backup yet".to_string()),
         }
+        let at = |ms: Option<u64>| {
+            ms.map_or_else(
+                || "?".to_string(),
+                |ms| {
+                    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                    humantime::format_rfc3339_millis(t).to_string()
+                },
+            )
+        };
+        match &self.log {
+            Some(log) => lines.push(format!(
+                "log:          {} segments, seq {} to {} (cut {} to {}): `rkv restore --seq` \
+                 or `--at` reaches any point from the oldest backup to its end",
+                log.segments,
+                log.first_seq,
+                log.last_seq
+                    .map_or_else(|| "?".to_string(), |s| s.to_string()),
+                at(log.first_ms),
+                at(log.last_ms),
+            )),
+            None => lines.push("log:          none (followers follow backups alone)".to_string()),
+        }
         if self.unloadable.is_empty() {
             lines.push("unloadable:   none".to_string());
         }
@@ -188,6 +218,13 @@ impl DirStatus {
                 "shared_bytes": self.shared_bytes,
                 "private_bytes": self.private_bytes,
             },
+            "log": self.log.as_ref().map(|l| serde_json::json!({
+                "segments": l.segments,
+                "first_seq": l.first_seq,
+                "last_seq": l.last_seq,
+                "first_ms": l.first_ms,
+                "last_ms": l.last_ms,
+            })),
             "unloadable": self.unloadable.iter().map(|(id, why)| serde_json::json!({
                 "id": id,
                 "why": why,

@@ -110,6 +110,13 @@ impl Follower {
                 current_as_of = current_as_of.max(heartbeat.ms as i64);
             }
         }
+        // The log applied since: every write acknowledged before its last
+        // segment's time.
+        if let Some((path, ms)) = &state.log.covered_ms {
+            if *path == generation.path {
+                current_as_of = current_as_of.max(*ms as i64);
+            }
+        }
         let now_on_master = self.mono_ms_ceil(Instant::now()) + offset;
         Some(Duration::from_millis(
             now_on_master.saturating_sub(current_as_of).max(0) as u64,

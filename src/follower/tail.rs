@@ -45,6 +45,10 @@ pub(super) struct LogState {
     /// The newest backup the served data is known to hold every write of
     /// (so it is neither read again nor restored).
     pub covered: Option<u32>,
+    /// The data of the generation at this path holds every write the
+    /// master acknowledged before this time (unix ms on its clock), by the
+    /// last segment applied to it: the staleness's evidence from the log.
+    pub covered_ms: Option<(PathBuf, u64)>,
 }
 
 /// The least time between two listings of the log by a follower looking
@@ -70,11 +74,11 @@ impl Follower {
 
     /// Applies the log after the served data, when the store keeps one, the
     /// master's heartbeat says it ships one, and the served backup says
-    /// which database it is of. Joining the log lists it only when the
-    /// master stands past the data (so a segment the data ends inside may
-    /// hold what comes next), and at most once per [`RELIST`]: otherwise
-    /// the next segment is the one starting just after the data, asked for
-    /// by name.
+    /// which database it is of. Joining the log lists it once for a new
+    /// generation, and again only when the master stands past the data (so
+    /// a segment the data ends inside may hold what comes next), at most
+    /// once per [`RELIST`]: otherwise the next segment is the one starting
+    /// just after the data, asked for by name.
     pub(super) fn follow_log(&self, serving: &Generation, heartbeat: Option<&Heartbeat>) {
         let Some(log) = self.store.log() else {
             return;
@@ -103,10 +107,13 @@ impl Follower {
             });
         }
         let place_ref = place.as_mut().expect("set above");
+        // Listed once on a new generation (a backup's data usually ends
+        // inside a segment); after that, only when the master stands past
+        // the data.
         let how = if !place_ref.follow.joined()
-            && master_seq > serving.db.latest_sequence_number()
-            && place_ref.listed_at.is_none_or(|t| t.elapsed() >= RELIST)
-        {
+            && place_ref.listed_at.is_none_or(|t| {
+                master_seq > serving.db.latest_sequence_number() && t.elapsed() >= RELIST
+            }) {
             place_ref.listed_at = Some(Instant::now());
             Join::ByListing
         } else {
@@ -126,9 +133,21 @@ impl Follower {
         drop(place);
         let mut state = self.state();
         match result {
-            Ok(Progress { segments, batches }) => {
+            Ok(Progress {
+                segments,
+                batches,
+                last_ms,
+                ..
+            }) => {
                 state.log.segments += segments;
                 state.log.batches += batches;
+                if let Some(ms) = last_ms {
+                    let before = match &state.log.covered_ms {
+                        Some((path, before)) if *path == serving.path => *before,
+                        _ => 0,
+                    };
+                    state.log.covered_ms = Some((serving.path.clone(), ms.max(before)));
+                }
             }
             // The store could not be asked, or this database refused the
             // write (a full disk, which RocksDB recovers from by itself):

@@ -40,6 +40,17 @@ pub enum Join {
     ByListing,
 }
 
+/// How far [`Follow::replay`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Up to this sequence number (the last whole batch at or before it).
+    Seq(u64),
+    /// Up to the last segment whose `ms` is at or before this time (unix ms
+    /// on the master's clock): every write acknowledged before that segment's
+    /// `ms` is applied, and none committed after this time.
+    Time(u64),
+}
+
 /// What one [`Follow::step`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -47,6 +58,11 @@ pub struct Progress {
     pub segments: u64,
     /// Batches applied.
     pub batches: u64,
+    /// The `ms` of the last segment read (every write the master
+    /// acknowledged before it is applied), when the segment says.
+    pub last_ms: Option<u64>,
+    /// A replay's point stopped it (not the end of the log).
+    pub stopped: bool,
 }
 
 impl Follow {
@@ -90,6 +106,24 @@ impl Follow {
         max_segments: usize,
         how: Join,
     ) -> Result<Progress> {
+        self.advance(db, log, max_segments, how, None)
+    }
+
+    /// [`Follow::step`] as far as `until` allows, for a restore to a point
+    /// in time: whole batches only, so the data stops at the last batch
+    /// boundary at or before the point.
+    pub fn replay(&mut self, db: &Db, log: &dyn LogSource, until: Until) -> Result<Progress> {
+        self.advance(db, log, usize::MAX, Join::ByListing, Some(until))
+    }
+
+    fn advance(
+        &mut self,
+        db: &Db,
+        log: &dyn LogSource,
+        max_segments: usize,
+        how: Join,
+        until: Option<Until>,
+    ) -> Result<Progress> {
         let mut progress = Progress::default();
         while (progress.segments as usize) < max_segments {
             let at = db.latest_sequence_number();
@@ -115,17 +149,37 @@ impl Follow {
                     });
                 }
             }
-            if segment.last_seq() > at {
-                for batch in segment.batches() {
-                    if *batch.seqs().end() > db.latest_sequence_number() {
-                        db.apply(batch)?;
-                        progress.batches += 1;
-                    }
+            if let Some(Until::Time(ms)) = until {
+                // Undated (the first format) or later: not at or before.
+                if segment.ms == 0 || segment.ms > ms {
+                    progress.stopped = true;
+                    break;
                 }
+            }
+            let limit = match until {
+                Some(Until::Seq(n)) => n,
+                _ => u64::MAX,
+            };
+            let mut stopped = false;
+            for batch in segment.batches() {
+                let end = *batch.seqs().end();
+                if end > limit {
+                    stopped = true;
+                    break;
+                }
+                if end > db.latest_sequence_number() {
+                    db.apply(batch)?;
+                    progress.batches += 1;
+                }
+            }
+            progress.segments += 1;
+            progress.last_ms = Some(segment.ms).filter(|&ms| ms > 0);
+            if stopped || segment.last_seq() == limit {
+                progress.stopped = true;
+                break;
             }
             self.next = Some(segment.last_seq() + 1);
             self.token = Some(segment.token);
-            progress.segments += 1;
         }
         Ok(progress)
     }

@@ -2,10 +2,13 @@
 //! sequence, as one checksummed unit a follower applies whole or not at all.
 //!
 //! ```text
-//! magic     8 bytes  "RKVLOG\0\x01" (the last byte is the format version)
+//! magic     8 bytes  "RKVLOG\0\x02" (the last byte is the format version)
 //! lineage   u16 length + UTF-8   the database the writes are of
 //! token     u16 length + UTF-8   the master (its lease token) that shipped them
 //! since     u64                  the first sequence number that master shipped
+//! ms        u64                  unix ms on the master's clock: every write it
+//!                                acknowledged before then is in this segment
+//!                                or an earlier one (0: unknown)
 //! batches   u32 count, then per batch: u32 length + RocksDB WriteBatch bytes
 //! crc32c    u32 of every byte before it
 //! ```
@@ -22,11 +25,19 @@
 //! before it must be that master's first (`since` is its own first
 //! sequence number), else the new master's history parted from the
 //! follower's data (it recovered, or was promoted, at an earlier point).
+//!
+//! `ms` is how current the log is once the segment is applied: a follower
+//! holding it holds every write the master acknowledged before `ms` (the
+//! master reads the time, then its newest sequence number, and ships up to
+//! that number). Version 1 (without `ms`) is still read, its `ms` unknown
+//! (0).
 
 use std::ops::RangeInclusive;
 
 /// What begins every segment: `RKVLOG`, a zero, the format version.
-const MAGIC: [u8; 8] = *b"RKVLOG\x00\x01";
+const MAGIC: [u8; 8] = *b"RKVLOG\x00\x02";
+/// The first format, without `ms`.
+const MAGIC_V1: [u8; 8] = *b"RKVLOG\x00\x01";
 /// A write batch's header: its sequence number and operation count.
 const BATCH_HEADER: usize = 12;
 /// The longest lineage or token a segment carries.
@@ -81,6 +92,10 @@ pub struct Segment {
     /// The first sequence number that master shipped (at or before this
     /// segment's first).
     pub since: u64,
+    /// Unix milliseconds on the master's clock: every write the master
+    /// acknowledged before then is in this segment or an earlier one. 0
+    /// when unknown.
+    pub ms: u64,
     batches: Vec<Batch>,
 }
 
@@ -162,8 +177,16 @@ impl Segment {
             lineage,
             token,
             since: batches[0].seq(),
+            ms: 0,
             batches,
         })
+    }
+
+    /// The same segment, covering every write acknowledged before `ms`
+    /// (unix milliseconds on the master's clock) with those before it.
+    pub fn cut_at(mut self, ms: u64) -> Segment {
+        self.ms = ms;
+        self
     }
 
     /// The same segment, of a master that shipped from `since` on (at or
@@ -192,13 +215,14 @@ impl Segment {
     pub fn encode(&self) -> Vec<u8> {
         let size = self.batches.iter().map(|b| 4 + b.data.len()).sum::<usize>();
         let mut out =
-            Vec::with_capacity(8 + 4 + self.lineage.len() + self.token.len() + 8 + 4 + size + 4);
+            Vec::with_capacity(8 + 4 + self.lineage.len() + self.token.len() + 16 + 4 + size + 4);
         out.extend_from_slice(&MAGIC);
         for label in [&self.lineage, &self.token] {
             out.extend_from_slice(&(label.len() as u16).to_le_bytes());
             out.extend_from_slice(label.as_bytes());
         }
         out.extend_from_slice(&self.since.to_le_bytes());
+        out.extend_from_slice(&self.ms.to_le_bytes());
         out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
         for batch in &self.batches {
             out.extend_from_slice(&(batch.data.len() as u32).to_le_bytes());
@@ -213,7 +237,9 @@ impl Segment {
     /// and sequence number in it: memory is bounded by the input's size,
     /// whatever the bytes claim.
     pub fn decode(bytes: &[u8]) -> Result<Segment, SegmentError> {
-        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        if bytes.len() < MAGIC.len()
+            || ![MAGIC, MAGIC_V1].contains(&bytes[..8].try_into().expect("8"))
+        {
             return Err(SegmentError::NotASegment);
         }
         if bytes.len() < MAGIC.len() + 4 {
@@ -242,10 +268,11 @@ impl Segment {
 /// checksum excluded).
 fn parse(bytes: &[u8]) -> Result<(Segment, usize), SegmentError> {
     let mut r = Reader { bytes, at: 0 };
-    r.take(MAGIC.len())?;
+    let v1 = r.take(MAGIC.len())? == MAGIC_V1;
     let lineage = r.label("lineage")?;
     let token = r.label("token")?;
-    let since = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+    let since = r.u64()?;
+    let ms = if v1 { 0 } else { r.u64()? };
     let count = r.u32()? as usize;
     // Each batch takes at least its length and its header.
     if count > r.left() / (4 + BATCH_HEADER) + 1 {
@@ -266,6 +293,7 @@ fn parse(bytes: &[u8]) -> Result<(Segment, usize), SegmentError> {
             lineage,
             token,
             since,
+            ms,
             batches,
         },
         r.at,
@@ -306,6 +334,10 @@ impl<'a> Reader<'a> {
         let out = &self.bytes[self.at..self.at + n];
         self.at += n;
         Ok(out)
+    }
+
+    fn u64(&mut self) -> Result<u64, SegmentError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
 
     fn u32(&mut self) -> Result<u32, SegmentError> {

@@ -78,6 +78,9 @@ pub struct Shipper {
     /// The first sequence number this shipper ships: segments say it, so
     /// a follower sees where this master's log joins the one before.
     since: u64,
+    /// Every write acknowledged before this time (unix ms) is in the
+    /// store's log: what the last segment says (0 before one).
+    covered_ms: u64,
     stats: ShipStats,
 }
 
@@ -160,6 +163,7 @@ impl Shipper {
         let shipper = Shipper {
             lineage,
             since: shipped + 1,
+            covered_ms: 0,
             stats: ShipStats {
                 shipped,
                 ..ShipStats::default()
@@ -186,7 +190,9 @@ impl Shipper {
     pub fn ship(&mut self, db: &Db, log: &dyn LogSink, token: &str) -> Result<Shipped> {
         // Read before the sync: every write up to here is in the log file
         // the sync makes durable (RocksDB writes the log before it
-        // publishes a sequence number).
+        // publishes a sequence number). And every write acknowledged
+        // before `read_at` has a sequence number up to here.
+        let read_at = crate::backup::now_ms();
         let target = db.latest_sequence_number();
         let shipped = self.stats.shipped;
         if target <= shipped {
@@ -223,12 +229,19 @@ impl Shipper {
         let segment = Segment::new(self.lineage.clone(), token.to_string(), batches)
             .map_err(|source| self.bad(log, shipped + 1, source))?
             .shipped_since(self.since);
+        // A segment that holds every write up to `target` holds every write
+        // acknowledged before `read_at`; one cut short of it, only what the
+        // segment before covered.
+        let more = segment.last_seq() < target;
+        let covered = if more { self.covered_ms } else { read_at };
+        let segment = segment.cut_at(covered);
         let bytes = segment.encode();
         if bytes.len() as u64 > MAX_SEGMENT_BYTES {
             return Err(self.bad(log, shipped + 1, SegmentError::TooLarge(MAX_SEGMENT_BYTES)));
         }
         log.write_segment(segment.first_seq(), &bytes)?;
         self.stats.shipped = segment.last_seq();
+        self.covered_ms = covered;
         self.stats.segments += 1;
         self.stats.bytes += bytes.len() as u64;
         self.stats.batches += count;
@@ -238,7 +251,7 @@ impl Shipper {
             last: segment.last_seq(),
             bytes: bytes.len() as u64,
             batches: count,
-            more: segment.last_seq() < target,
+            more,
         })
     }
 

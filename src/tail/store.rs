@@ -83,3 +83,42 @@ pub fn purge_before(sink: &dyn LogSink, oldest_needed: u64) -> Result<usize> {
     }
     Ok(removed)
 }
+
+/// What a store's log covers, for `rkv status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRange {
+    /// How many segments.
+    pub segments: usize,
+    /// The first sequence number of the oldest.
+    pub first_seq: u64,
+    /// When the oldest was cut (unix ms on the master's clock), when it
+    /// says and reads whole.
+    pub first_ms: Option<u64>,
+    /// The last sequence number of the newest, when it reads whole.
+    pub last_seq: Option<u64>,
+    /// When the newest was cut.
+    pub last_ms: Option<u64>,
+}
+
+/// What `log` covers: its oldest and newest segments, read; `None` when it
+/// holds none.
+pub fn range(log: &dyn LogSource) -> Result<Option<LogRange>> {
+    let firsts = log.segments()?;
+    let (Some(&first), Some(&last)) = (firsts.first(), firsts.last()) else {
+        return Ok(None);
+    };
+    let read = |first| -> Result<Option<super::Segment>> {
+        Ok(log
+            .read_segment(first)?
+            .and_then(|bytes| super::Segment::decode(&bytes).ok()))
+    };
+    let (oldest, newest) = (read(first)?, read(last)?);
+    let dated = |s: &Option<super::Segment>| s.as_ref().map(|s| s.ms).filter(|&ms| ms > 0);
+    Ok(Some(LogRange {
+        segments: firsts.len(),
+        first_seq: first,
+        first_ms: dated(&oldest),
+        last_seq: newest.as_ref().map(super::Segment::last_seq),
+        last_ms: dated(&newest),
+    }))
+}

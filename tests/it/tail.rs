@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rkv::resp::Reply;
 
-use crate::util::{serves, wait_until, Daemon, Sandbox, GENEROUS};
+use crate::util::{backup_flag, db_flag, rkv, serves, wait_until, Daemon, Sandbox, GENEROUS};
 
 /// A master backing up on request only (so only the log can bring writes
 /// between), with a first backup taken, and a follower of it.
@@ -187,4 +187,63 @@ fn with_the_log_off_followers_follow_backups_alone() {
     wait_until(GENEROUS, "the follower healthy", || {
         follower.info("healthy").as_deref() == Some("1")
     });
+}
+
+/// Sets `k` on the master and waits until the log shipped it; returns the
+/// master's sequence number after it.
+fn write_shipped(master: &Daemon, value: &str) -> i64 {
+    master
+        .client()
+        .call(&[b"SET", b"k", value.as_bytes()])
+        .unwrap();
+    let seq = master.info_num("master_repl_offset");
+    wait_until(GENEROUS, "the log to ship the write", || {
+        master.info_num("rkv_log_shipped_seq") >= seq
+    });
+    seq
+}
+
+#[test]
+fn a_restore_replays_the_log_to_a_sequence_number_or_a_time() {
+    let s = Sandbox::new();
+    let (master, _follower) = pair(&s, &[]);
+    let first = write_shipped(&master, "1");
+    let second = write_shipped(&master, "2");
+    // Every write so far is in a segment cut before `between`; the next
+    // one is shipped after it.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let between = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let third = write_shipped(&master, "3");
+    let backups = backup_flag(&s.path("backups"));
+
+    let restored = |name: &str, point: &str| {
+        let db = db_flag(&s.path(name));
+        let out = rkv(&[&db, "restore", &backups, point]).ok();
+        (rkv(&[&db, "get", "k"]).ok().trim().to_string(), out)
+    };
+    let (k, out) = restored("to-first", &format!("--seq={first}"));
+    assert_eq!(k, "1", "{out}");
+    assert!(
+        out.contains(&format!("the writes up to sequence {first}")),
+        "{out}"
+    );
+    assert_eq!(restored("to-second", &format!("--seq={second}")).0, "2");
+    let (k, out) = restored("at-time", &format!("--at={between}"));
+    assert_eq!(k, "2", "{out}");
+    assert_eq!(restored("to-third", &format!("--seq={third}")).0, "3");
+
+    // Past the log's end: said, with where the database stands.
+    let db = db_flag(&s.path("too-far"));
+    let past = (third + 100).to_string();
+    rkv(&[&db, "restore", &backups, &format!("--seq={past}")]).fails(
+        1,
+        &[&format!("the log ends at sequence {third}, before {past}")],
+    );
+
+    let status = rkv(&["status", &backups]).ok();
+    assert!(
+        status.contains(&format!("to {third} (cut")),
+        "rkv status shows the log's range:\n{status}"
+    );
 }

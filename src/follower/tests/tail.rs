@@ -74,6 +74,16 @@ fn writes_between_backups_arrive_through_the_log_into_the_served_database() {
     assert!(matches!(f.poll(), PollOutcome::UpToDate));
     assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&f, b"b").as_deref(), Some(&b"1"[..]));
+    // The segment says how current the data is now: the staleness's
+    // evidence between heartbeats.
+    let newest = *s.store.segments().unwrap().last().unwrap();
+    let segment =
+        crate::tail::Segment::decode(&s.store.read_segment(newest).unwrap().unwrap()).unwrap();
+    assert!(segment.ms > 0);
+    assert_eq!(
+        f.state().log.covered_ms,
+        Some((generation.path.clone(), segment.ms))
+    );
     // The same generation, the same open database: no swap.
     let now = f.serving().unwrap();
     assert!(Arc::ptr_eq(&generation.db, &now.db));

@@ -58,6 +58,11 @@ fn one_write_past_a_backup() -> (Setup, Db) {
     (s, follower)
 }
 
+/// Segments read and batches applied.
+fn counts(progress: Progress) -> (u64, u64) {
+    (progress.segments, progress.batches)
+}
+
 fn value(db: &Db, key: &[u8]) -> Option<String> {
     db.get(key).unwrap().map(|v| String::from_utf8(v).unwrap())
 }
@@ -79,13 +84,7 @@ fn a_follower_joins_the_log_inside_a_segment_and_ends_where_the_master_is() {
     let progress = follow
         .step(&follower, &s.store, 100, Join::ByListing)
         .unwrap();
-    assert_eq!(
-        progress,
-        Progress {
-            segments: 1,
-            batches: 1
-        }
-    );
+    assert_eq!(counts(progress), (1, 1));
     assert_eq!(value(&follower, b"a").as_deref(), Some("2"));
 
     // Then segment by segment, by name.
@@ -99,13 +98,7 @@ fn a_follower_joins_the_log_inside_a_segment_and_ends_where_the_master_is() {
     let progress = follow
         .step(&follower, &s.store, 100, Join::ByListing)
         .unwrap();
-    assert_eq!(
-        progress,
-        Progress {
-            segments: 2,
-            batches: 2
-        }
-    );
+    assert_eq!(counts(progress), (2, 2));
     assert_eq!(
         follower.latest_sequence_number(),
         s.master.latest_sequence_number()
@@ -298,24 +291,22 @@ fn a_follower_ahead_of_the_log_waits_for_it() {
     let mut follow = Follow::new("db-1".into());
     // Segment 1 is behind the data: read, nothing applied.
     assert_eq!(
-        follow
-            .step(&follower, &s.store, 100, Join::ByListing)
-            .unwrap(),
-        Progress {
-            segments: 1,
-            batches: 0
-        }
+        counts(
+            follow
+                .step(&follower, &s.store, 100, Join::ByListing)
+                .unwrap()
+        ),
+        (1, 0)
     );
     s.master.put(b"a", b"3").unwrap();
     s.ship();
     assert_eq!(
-        follow
-            .step(&follower, &s.store, 100, Join::ByListing)
-            .unwrap(),
-        Progress {
-            segments: 1,
-            batches: 1
-        }
+        counts(
+            follow
+                .step(&follower, &s.store, 100, Join::ByListing)
+                .unwrap()
+        ),
+        (1, 1)
     );
     assert_eq!(value(&follower, b"a").as_deref(), Some("3"));
 }
@@ -351,4 +342,63 @@ fn another_masters_segment_is_applied_only_where_its_log_begins() {
         .unwrap();
     assert_eq!(value(&follower, b"a").as_deref(), Some("3"));
     assert_eq!(follow.token(), Some("t2"));
+}
+
+#[test]
+fn a_replay_stops_at_the_last_whole_batch_at_or_before_its_point() {
+    let mut s = setup();
+    s.master.put(b"a", b"1").unwrap();
+    s.store.create(&s.master, "m").unwrap();
+    s.master.put(b"a", b"2").unwrap();
+    s.ship();
+    // A batch of two writes (seq 3 and 4), then one (seq 5).
+    let mut group = s.master.batch();
+    group.put(b"a", b"3", None, None);
+    group.put(b"b", b"3", None, None);
+    s.master.write(group).unwrap();
+    s.ship();
+    s.master.put(b"a", b"5").unwrap();
+    s.ship();
+
+    // To sequence 3: inside the batch of 3 and 4, so up to 2.
+    let db = s.restore("to-3");
+    let progress = Follow::new("db-1".into())
+        .replay(&db, &s.store, Until::Seq(3))
+        .unwrap();
+    assert_eq!((db.latest_sequence_number(), progress.batches), (2, 1));
+    assert_eq!(value(&db, b"a").as_deref(), Some("2"));
+    let db = s.restore("to-4");
+    Follow::new("db-1".into())
+        .replay(&db, &s.store, Until::Seq(4))
+        .unwrap();
+    assert_eq!(db.latest_sequence_number(), 4);
+    assert_eq!(value(&db, b"b").as_deref(), Some("3"));
+
+    // By time: every segment cut at or before it, and none after.
+    let cuts: Vec<u64> = s
+        .store
+        .segments()
+        .unwrap()
+        .into_iter()
+        .map(|first| {
+            Segment::decode(&s.store.read_segment(first).unwrap().unwrap())
+                .unwrap()
+                .ms
+        })
+        .collect();
+    assert!(cuts.iter().all(|&ms| ms > 0), "{cuts:?}");
+    let db = s.restore("to-time");
+    let progress = Follow::new("db-1".into())
+        .replay(&db, &s.store, Until::Time(cuts[1]))
+        .unwrap();
+    assert_eq!(progress.last_ms, Some(cuts[1]));
+    // The third segment was cut in the same millisecond or later: it is
+    // applied only if cut at or before the point too.
+    let expected = if cuts[2] <= cuts[1] { 5 } else { 4 };
+    assert_eq!(db.latest_sequence_number(), expected);
+    let db = s.restore("before-all");
+    Follow::new("db-1".into())
+        .replay(&db, &s.store, Until::Time(cuts[0] - 1))
+        .unwrap();
+    assert_eq!(db.latest_sequence_number(), 1);
 }

@@ -18,6 +18,7 @@ fn segment() -> Segment {
         vec![batch(5, 1), batch(6, 3), batch(9, 2)],
     )
     .unwrap()
+    .cut_at(1_796_572_235_866)
 }
 
 #[test]
@@ -26,6 +27,7 @@ fn a_segment_round_trips_and_knows_its_range_from_its_batches() {
     assert_eq!((s.first_seq(), s.last_seq()), (5, 10));
     let decoded = Segment::decode(&s.encode()).unwrap();
     assert_eq!(decoded, s);
+    assert_eq!(decoded.ms, 1_796_572_235_866);
     assert_eq!(decoded.batches()[1].seqs(), 6..=8);
     let wb = rocksdb::WriteBatch::from_data(decoded.batches()[1].data());
     assert_eq!(wb.len(), 3);
@@ -89,4 +91,19 @@ fn lengths_that_lie_cost_no_memory_beyond_the_input() {
         Segment::decode(b"not a segment at all"),
         Err(SegmentError::NotASegment)
     );
+}
+
+#[test]
+fn a_first_format_segment_is_read_with_its_time_unknown() {
+    let s = segment();
+    // Version 1: the same, without `ms`.
+    let mut v1 = s.encode();
+    v1.truncate(v1.len() - 4);
+    v1[7] = 1;
+    let at = 8 + 2 + s.lineage.len() + 2 + s.token.len() + 8;
+    v1.drain(at..at + 8);
+    let crc = crc32c::crc32c(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    let decoded = Segment::decode(&v1).unwrap();
+    assert_eq!(decoded, s.cut_at(0));
 }
