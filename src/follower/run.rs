@@ -100,7 +100,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("rkv-apply".into())
-            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &stop))
+            .spawn(move || apply_loop(&follower, poll_interval, &wake_rx, &mut watcher, &stop))
             .context("start the apply thread")?
     };
 
@@ -108,7 +108,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
         &signals,
         &notifier,
         || tracing::info!("SIGUSR1: nothing to do on a follower"),
-        || watcher.ensure(),
+        || {},
         || follower.status_line(),
     );
 
@@ -123,7 +123,11 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
 }
 
 /// Polls on every filesystem event and at least every `poll_interval`,
-/// until `stop` (which wakes it through `wake`). A failed backup is
+/// until `stop` (which wakes it through `wake`). After each poll the
+/// `watcher` takes up the store's directories that appeared since (the
+/// log's, created with the first segment, whose creation wakes it): a
+/// directory found only by a timer would leave the first second of the log
+/// to polling. A failed backup is
 /// retried with its own backoff; a store that fails (503 SlowDown,
 /// unreachable) is asked again after a
 /// wait that grows with each failure in a row, up to eight intervals (at
@@ -132,6 +136,7 @@ fn apply_loop(
     follower: &Follower,
     poll_interval: Duration,
     wake: &mpsc::Receiver<()>,
+    watcher: &mut MetaWatcher,
     stop: &Stop,
 ) {
     let cap = (poll_interval * 8).min(Duration::from_secs(30));
@@ -154,6 +159,7 @@ fn apply_loop(
                 poll_interval
             }
         };
+        watcher.ensure();
         // Events come in bursts (a backup writes many files): drain them.
         match wake.recv_timeout(wait) {
             Ok(()) => while wake.try_recv().is_ok() {},

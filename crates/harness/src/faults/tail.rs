@@ -92,6 +92,25 @@ fn master(dir: &Path, interval: &str, extra: &[&str]) -> Proc {
     Proc::master(&dir.join("db"), &dir.join("backups"), &flags, &[])
 }
 
+/// A master of [`master`]'s flags under a [`Writer`] pausing `pause`
+/// between writes, a first backup, and a follower of it that has applied
+/// the backup and the log after it.
+fn started(dir: &Path, interval: &str, extra: &[&str], pause: Duration) -> (Proc, Writer, Proc) {
+    let m = master(dir, interval, extra);
+    let writer = Writer::start(&m, 0, pause);
+    wait_for(Duration::from_secs(30), || {
+        m.info_num("rkv_log_segments") > 0
+    });
+    m.client()
+        .and_then(|mut c| c.call_raw(&[b"SAVE"]).ok())
+        .expect("the first backup");
+    let follower = Proc::follower(&dir.join("backups"), &dir.join("f1"), FOLLOWER);
+    wait_for(Duration::from_secs(60), || {
+        follower.info_num("rkv_log_batches_applied") > 0
+    });
+    (m, writer, follower)
+}
+
 /// Waits until the follower serves `last >= n`; how long it took.
 fn caught_up(follower: &Proc, n: u64, limit: Duration) -> Option<Duration> {
     wait_for(limit, || {
@@ -103,19 +122,7 @@ fn caught_up(follower: &Proc, n: u64, limit: Duration) -> Option<Duration> {
 }
 
 pub fn master_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
-    let backups = dir.join("backups");
-    let mut m = master(dir, "10s", &[]);
-    let writer = Writer::start(&m, 0, Duration::from_micros(200));
-    wait_for(Duration::from_secs(30), || {
-        m.info_num("rkv_log_segments") > 0
-    });
-    m.client()
-        .and_then(|mut c| c.call_raw(&[b"SAVE"]).ok())
-        .expect("the first backup");
-    let follower = Proc::follower(&backups, &dir.join("f1"), FOLLOWER);
-    wait_for(Duration::from_secs(60), || {
-        follower.info_num("rkv_applied_seq") > 0
-    });
+    let (mut m, writer, follower) = started(dir, "10s", &[], Duration::from_micros(200));
     let reader = Reader::start(follower.addr.clone(), 0);
     let mut writer = Some(writer);
     let (mut acked, mut checked_from, mut lost, mut ahead) = (0, 0, 0, 0);
@@ -173,19 +180,9 @@ pub fn master_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
 
 pub fn follower_kill(dir: &Path, tries: usize, rng: &mut Rng) -> Outcome {
     let backups = dir.join("backups");
-    let m = master(dir, "30s", &[]);
-    let writer = Writer::start(&m, 0, Duration::from_micros(200));
-    wait_for(Duration::from_secs(30), || {
-        m.info_num("rkv_log_segments") > 0
-    });
-    m.client()
-        .and_then(|mut c| c.call_raw(&[b"SAVE"]).ok())
-        .expect("the first backup");
+    // The master stays up throughout, under the writer.
+    let (_master, writer, mut follower) = started(dir, "30s", &[], Duration::from_micros(200));
     let data = dir.join("f1");
-    let mut follower = Proc::follower(&backups, &data, FOLLOWER);
-    wait_for(Duration::from_secs(60), || {
-        follower.info_num("rkv_applied_seq") > 0
-    });
     let (mut not_at_once, mut bad, mut reads, mut seen) = (0, 0, 0, 0);
     let mut recoveries = Vec::new();
     let mut fallbacks = 0;
@@ -277,22 +274,13 @@ pub fn damage(dir: &Path, rounds: usize) -> Outcome {
     // Backups on request only, so that none passes a damaged segment
     // before the follower meets it: the scenario asks for the backup the
     // interval would bring, once the follower has said what it met.
-    let m = master(dir, "0", &[]);
-    let writer = Writer::start(&m, 0, Duration::from_millis(1));
-    wait_for(Duration::from_secs(30), || {
-        m.info_num("rkv_log_segments") > 0
-    });
+    let (m, writer, mut follower) = started(dir, "0", &[], Duration::from_millis(1));
     let save = |command: &[u8]| {
         m.client()
             .and_then(|mut c| c.call_raw(&[command]).ok())
             .expect("a backup")
     };
-    save(b"SAVE");
     let data = dir.join("f1");
-    let mut follower = Proc::follower(&backups, &data, FOLLOWER);
-    wait_for(Duration::from_secs(60), || {
-        follower.info_num("rkv_applied_seq") > 0
-    });
     let (mut unreported, mut stuck, mut bad, mut reads) = (0, 0, 0, 0);
     let mut recoveries = Vec::new();
     let mut seen = 0;
@@ -373,15 +361,7 @@ pub fn damage(dir: &Path, rounds: usize) -> Outcome {
 pub fn stalled_shipper(dir: &Path) -> Outcome {
     let backups = dir.join("backups");
     // Backups every second flush the write-ahead log; kept for a second.
-    let m = master(dir, "1s", &["--keep-log", "1s"]);
-    let writer = Writer::start(&m, 0, Duration::from_millis(1));
-    wait_for(Duration::from_secs(30), || {
-        m.info_num("rkv_backups_done") > 0
-    });
-    let follower = Proc::follower(&backups, &dir.join("f1"), FOLLOWER);
-    wait_for(Duration::from_secs(60), || {
-        follower.info_num("rkv_log_batches_applied") > 0
-    });
+    let (m, writer, follower) = started(dir, "1s", &["--keep-log", "1s"], Duration::from_millis(1));
     let reader = Reader::start(follower.addr.clone(), 0);
     // The shipper stalls: its directory is a file.
     let log = backups.join("log");
