@@ -74,7 +74,10 @@ impl Follower {
     fn observe(&self, serving: Option<&Generation>) -> Observed {
         self.state().asking_since = Some(Instant::now());
         let serving_id = serving.map(|g| g.backup.id);
-        let covered = self.state().log.covered;
+        let (covered, diverged) = {
+            let state = self.state();
+            (state.log.covered, state.log.diverged.is_some())
+        };
         let heartbeat = self.store.read_heartbeat();
         let read_at = Instant::now();
         let other_master = match (&heartbeat, serving.and_then(|g| g.lineage())) {
@@ -82,7 +85,9 @@ impl Follower {
             _ => false,
         };
         let listed = self.store.newest_id().and_then(|newest| match newest {
-            Some(id) if (serving_id != Some(id) && covered != Some(id)) || other_master => {
+            Some(id)
+                if (serving_id != Some(id) && covered != Some(id)) || other_master || diverged =>
+            {
                 match self.store.describe(id) {
                     Ok(info) => Ok((newest, vec![info])),
                     Err(Error::BackupCorrupt { .. } | Error::BackupNotFound { .. }) => {
@@ -129,7 +134,16 @@ impl Follower {
             return Decision::Done(PollOutcome::UpToDate);
         };
         let covered = state.log.covered == Some(newest_id);
-        if (serving_id == Some(newest_id) || covered) && !observed.other_master {
+        // The served data holds writes the master's history lost (the log
+        // applied past where the master parted from it): even the backup it
+        // was restored from must be restored again.
+        let diverged = serving.is_some_and(|g| {
+            state
+                .log
+                .diverged
+                .is_some_and(|bound| g.db.latest_sequence_number() > bound)
+        });
+        if (serving_id == Some(newest_id) || covered) && !observed.other_master && !diverged {
             if state.backoff.is_none() && state.skipped.is_none() {
                 state.last_error = None;
             }
@@ -150,7 +164,7 @@ impl Follower {
         let lineage_change = lineage_change(serving, &newest);
         match &lineage_change {
             Some(why) => state.record_lineage_change(why),
-            None if serving_id.is_some_and(|id| id >= newest.id) => {
+            None if serving_id.is_some_and(|id| id >= newest.id) && !diverged => {
                 return Decision::Done(PollOutcome::UpToDate)
             }
             // The log brings the served data past the backup: no restore.

@@ -92,12 +92,10 @@ impl Follower {
         // Read before the place is locked: `log_covers` takes the place
         // under the state's lock, so the two are never taken the other way.
         let behind = self.state().log.behind_since.is_some();
-        let Some(master_seq) = heartbeat
+        // Segments are looked for only while a master says it ships them.
+        let shipping = heartbeat
             .filter(|h| h.log_interval_ms.is_some())
-            .map(|h| h.seq)
-        else {
-            return;
-        };
+            .map(|h| h.seq);
         let mut place = self.place.lock().unwrap_or_else(|e| e.into_inner());
         if place.as_ref().is_none_or(|p| p.generation != serving.path) {
             *place = Some(Place {
@@ -110,22 +108,30 @@ impl Follower {
         // Listed once on a new generation (a backup's data usually ends
         // inside a segment); after that, only when the master stands past
         // the data.
-        let how = if !place_ref.follow.joined()
-            && place_ref.listed_at.is_none_or(|t| {
-                master_seq > serving.db.latest_sequence_number() && t.elapsed() >= RELIST
-            }) {
-            place_ref.listed_at = Some(Instant::now());
-            Join::ByListing
-        } else {
-            Join::ByName
+        let how = match shipping {
+            Some(master_seq)
+                if !place_ref.follow.joined()
+                    && place_ref.listed_at.is_none_or(|t| {
+                        master_seq > serving.db.latest_sequence_number() && t.elapsed() >= RELIST
+                    }) =>
+            {
+                place_ref.listed_at = Some(Instant::now());
+                Join::ByListing
+            }
+            _ => Join::ByName,
         };
         let follow = &mut place_ref.follow;
+        // A master whose history parted from the data is seen whether or
+        // not it ships a log.
         let result = check_master(follow, heartbeat, serving)
-            .and_then(|()| follow.step(&serving.db, log, SEGMENTS_PER_POLL, how))
+            .and_then(|()| match shipping {
+                Some(_) => follow.step(&serving.db, log, SEGMENTS_PER_POLL, how),
+                None => Ok(Progress::default()),
+            })
             .and_then(|progress| {
                 // A newer backup waits and the log does not move: has it
                 // gone on without this follower?
-                if behind && progress.batches == 0 {
+                if behind && progress.batches == 0 && shipping.is_some() {
                     follow.check_stranded(log)?;
                 }
                 Ok(progress)

@@ -176,3 +176,35 @@ fn a_damaged_segment_is_reported_never_applied_and_a_backup_recovers() {
     assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
     assert_eq!(get(&f, b"b").as_deref(), Some(&b"1"[..]));
 }
+
+/// A master of the same database whose history parted below the data (a
+/// laggard promoted): the follower restores again even the backup it
+/// serves, since the log took its data past where the master stands.
+#[test]
+fn data_the_log_took_past_a_diverged_master_is_restored_again_from_the_same_backup() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    let f = following(&s, &mut shipper);
+    let served = f.serving().unwrap();
+    assert_eq!(a(&f).as_deref(), Some(&b"2"[..]));
+    // Another run of the master, standing at the backup's sequence number:
+    // `rkv promote`'s hand-over, which ships no log (seen all the same).
+    let at_backup = served.backup.metadata.as_ref().unwrap().seq;
+    let other = Heartbeat {
+        token: Some("promoted".into()),
+        log_interval_ms: None,
+        handover: true,
+        ..super::heartbeat(&s, crate::backup::now_ms(), at_backup)
+    };
+    s.store.write_heartbeat(&other).unwrap();
+    f.poll();
+    f.poll();
+    assert_eq!(
+        a(&f).as_deref(),
+        Some(&b"1"[..]),
+        "the follower still serves a write the master lost"
+    );
+    let now = f.serving().unwrap();
+    assert_eq!(now.backup.id, served.backup.id);
+    assert_ne!(now.path, served.path, "restored into a new generation");
+}
