@@ -131,9 +131,16 @@ impl Follower {
     }
 
     /// Whether the follower serves the backup directory's database within
-    /// `--max-staleness`.
+    /// `--max-staleness`. Never while its data holds writes the master's
+    /// history lost (a divergence, until a backup replaces the data).
     pub fn healthy(&self) -> bool {
-        if self.serving.load().is_none() || self.state().lineage_change.is_some() {
+        {
+            let state = self.state();
+            if state.lineage_change.is_some() || state.log.diverged.is_some() {
+                return false;
+            }
+        }
+        if self.serving.load().is_none() {
             return false;
         }
         match self.max_staleness {
@@ -146,6 +153,16 @@ impl Follower {
     pub(super) fn unhealthy_reason(&self) -> String {
         if let Some(why) = self.state().lineage_change.clone() {
             return why;
+        }
+        let diverged = {
+            let state = self.state();
+            state.log.diverged.and(state.log.broken.clone())
+        };
+        if let Some(why) = diverged {
+            return format!(
+                "the served data holds writes the master's history does not ({why}): waiting \
+                 for a backup of the master's to replace it"
+            );
         }
         let max = humantime::format_duration(self.max_staleness.unwrap_or_default());
         match self.staleness() {

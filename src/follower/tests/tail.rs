@@ -208,3 +208,29 @@ fn data_the_log_took_past_a_diverged_master_is_restored_again_from_the_same_back
     assert_eq!(now.backup.id, served.backup.id);
     assert_ne!(now.path, served.path, "restored into a new generation");
 }
+
+/// While no backup of the diverged master's can replace the data (its
+/// newest is past where it parted from the follower's), the follower says
+/// it is not healthy: its data holds writes the master lost.
+#[test]
+fn a_diverged_follower_waiting_for_the_masters_backup_is_not_healthy() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    let f = following(&s, &mut shipper);
+    let at_backup = f.serving().unwrap().backup.metadata.as_ref().unwrap().seq;
+    // The master's newest backup stands past the point it parted at.
+    s.back_up(b"c", b"1");
+    let other = Heartbeat {
+        token: Some("promoted".into()),
+        log_interval_ms: Some(10),
+        ..super::heartbeat(&s, crate::backup::now_ms(), at_backup)
+    };
+    s.store.write_heartbeat(&other).unwrap();
+    f.poll();
+    assert!(
+        !f.healthy(),
+        "a follower serving lost writes says it is healthy"
+    );
+    let reason = f.unhealthy_reason();
+    assert!(reason.contains("history does not"), "{reason}");
+}
