@@ -154,16 +154,37 @@ pub(super) fn restore(
             human(stats.bytes_copied),
         ),
     )?;
-    let restored = match listed.iter().find(|b| b.id == stats.id) {
-        Some(info) => info.clone(),
-        None => source.store.describe(stats.id)?,
-    };
+    if source.store.log().is_none() {
+        return match seq {
+            Some(n) => replay_log(
+                &*source.store,
+                &listed_or_described(&source, &listed, stats.id)?,
+                db_path,
+                Until::Seq(n),
+                out,
+            ),
+            None => Ok(()),
+        };
+    }
+    let restored = listed_or_described(&source, &listed, stats.id)?;
     let until = match (at, seq) {
         (Some(at), _) => Until::Time(crate::backup::unix_ms(at)),
         (None, Some(n)) => Until::Seq(n),
         (None, None) => return log_past(&*source.store, &restored, out),
     };
     replay_log(&*source.store, &restored, db_path, until, out)
+}
+
+/// Backup `id`'s facts: from the listing made, or read from the store.
+fn listed_or_described(
+    source: &Source,
+    listed: &[BackupInfo],
+    id: u32,
+) -> Result<BackupInfo, CliError> {
+    match listed.iter().find(|b| b.id == id) {
+        Some(info) => Ok(info.clone()),
+        None => Ok(source.store.describe(id)?),
+    }
 }
 
 /// After a restore of a backup alone: says so when the store's log holds

@@ -241,6 +241,18 @@ fn a_restore_replays_the_log_to_a_sequence_number_or_a_time() {
         &[&format!("the log ends at sequence {third}, before {past}")],
     );
 
+    // A plain restore, of the backup alone, says what the log holds past it.
+    let db = db_flag(&s.path("backup-alone"));
+    let out = rkv(&[&db, "restore", &backups]).ok();
+    assert!(
+        out.contains(&format!("restore with --seq={third} to have them too")),
+        "{out}"
+    );
+    assert_eq!(rkv(&[&db, "get", "boot"]).ok().trim(), "1");
+
+    let json = rkv(&["status", &backups, "--json"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["log"]["last_seq"], third, "{json}");
     let status = rkv(&["status", &backups]).ok();
     assert!(
         status.contains(&format!("to {third} (cut")),
