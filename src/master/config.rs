@@ -66,9 +66,21 @@ pub struct MasterArgs {
     pub store: StoreArgs,
 
     /// How often to back up when the database changed; 0 turns the timer
-    /// off (backups then only on BGSAVE, SAVE, SIGUSR1 and exit).
-    #[arg(long, env = "RKV_INTERVAL", default_value = "10s", value_parser = daemon::parse_duration)]
-    pub interval: Duration,
+    /// off (backups then only on BGSAVE, SAVE, SIGUSR1, exit and, with the
+    /// log on, --log-backup-ratio). Default: 1h with the log on, where
+    /// followers follow the log and backups serve bootstrap, recovery and
+    /// restore; 10s with it off, where each backup is what followers see.
+    #[arg(long, env = "RKV_INTERVAL", value_parser = daemon::parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// With the log on: also back up as soon as the log shipped since the
+    /// newest backup holds this many times the database's size (its live
+    /// table files; at least 4 MiB of log). A new follower's catch-up (a
+    /// restore, then a replay of that log) and the store's size then stay
+    /// in proportion to the database whatever the write rate. 0: backups on
+    /// --interval alone.
+    #[arg(long = "log-backup-ratio", env = "RKV_LOG_BACKUP_RATIO", default_value_t = DEFAULT_LOG_BACKUP_RATIO, value_parser = parse_ratio)]
+    pub log_backup_ratio: f64,
 
     /// How often to ship the write log (the writes acknowledged since the
     /// last shipment, synced to disk first) to the backup store, where
@@ -90,22 +102,30 @@ pub struct MasterArgs {
     #[arg(long = "keep-log", env = "RKV_KEEP_LOG", default_value = "60s", value_parser = daemon::parse_duration)]
     pub keep_log: Duration,
 
-    /// Keep at least this many of the newest backups.
-    #[arg(long, env = "RKV_KEEP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep: u32,
+    /// Keep at least this many of the newest backups (and, with the log
+    /// on, the log from the oldest of them on: point-in-time restore
+    /// reaches back that far). Default: 1 with the log on (the newest, from
+    /// which the log goes on; 2 keeps one more that the log brings as far,
+    /// at about twice the store's size under heavy writes); 20 with it off.
+    #[arg(long, env = "RKV_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
 
     /// Never purge a backup younger than this: give the slowest follower
     /// time to finish restoring it. At least 10s (shorter cannot protect a
-    /// restore); raise it above your slowest follower's restore time.
-    /// Default: 20 intervals, and at least 10s, so the directory holds what
-    /// the interval makes in a bounded time, not an hour of backups.
+    /// restore); raise it above your slowest follower's restore time, or
+    /// to the window point-in-time restore should reach back. Default: 10s
+    /// with the log on (followers restore only to join it); with it off,
+    /// 20 intervals and at least 10s, so the directory holds what the
+    /// interval makes in a bounded time, not an hour of backups.
     #[arg(long = "keep-within", env = "RKV_KEEP_WITHIN", value_parser = daemon::parse_duration)]
     pub keep_within: Option<Duration>,
 
     /// How often to check the next files of the backup directory against
     /// their checksums (at most 256 MiB a time, so a large directory is
     /// covered over several intervals); damaged files are healed by
-    /// copying them again. 0 turns the scrub off.
+    /// copying them again. Each scrub also applies retention between
+    /// backups, which the log makes rare (on an object store, it uploads
+    /// again what the store lost). 0 turns the scrub off.
     #[arg(long = "scrub-interval", env = "RKV_SCRUB_INTERVAL", default_value = "1m", value_parser = daemon::parse_duration)]
     pub scrub_interval: Duration,
 
@@ -167,6 +187,9 @@ pub struct MasterConfig {
     pub accept_unfenced_store: bool,
     /// Backup timer; zero is off.
     pub interval: Duration,
+    /// With the log on: back up once the log since the newest backup holds
+    /// this many times the database's live size; zero is off.
+    pub log_backup_ratio: f64,
     /// How often the write log ships; `None` when it is off.
     pub log_interval: Option<Duration>,
     /// How long obsolete write-ahead log files are kept while it ships.
@@ -198,9 +221,38 @@ pub const DEFAULT_LOG_INTERVAL: Duration = Duration::from_millis(10);
 /// PUT request (and a follower's GET), so at most one a second.
 pub const DEFAULT_OBJECT_STORE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// `--keep-within` when not given: 20 intervals, at least the floor.
+/// `--interval` when not given and the log is off: each backup is what
+/// followers see.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `--interval` when not given and the log is on: backups serve bootstrap,
+/// recovery and restore, and `--log-backup-ratio` takes one sooner when the
+/// log grows large next to the database.
+pub const DEFAULT_LOG_ON_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `--log-backup-ratio` when not given: the log since the newest backup
+/// stays under half the database, so a new follower replays at most that.
+pub const DEFAULT_LOG_BACKUP_RATIO: f64 = 0.5;
+
+/// `--keep` when not given, with the log off and on.
+pub const DEFAULT_KEEP: u32 = 20;
+/// See [`DEFAULT_KEEP`].
+pub const DEFAULT_LOG_ON_KEEP: u32 = 1;
+
+/// `--keep-within` when not given and the log is off: 20 intervals, at
+/// least the floor. With the log on, the floor.
 pub fn default_keep_within(interval: Duration) -> Duration {
     (interval * 20).max(KEEP_WITHIN_FLOOR)
+}
+
+/// A ratio: a finite number, not negative.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if ratio.is_finite() && ratio >= 0.0 => Ok(ratio),
+        _ => Err(format!(
+            "`{text}` is not a ratio: give a number such as 0.5 (0 turns it off)"
+        )),
+    }
 }
 
 impl MasterArgs {
@@ -242,9 +294,29 @@ impl MasterArgs {
                 local.display()
             )));
         }
-        let keep_within = self
-            .keep_within
-            .unwrap_or_else(|| default_keep_within(self.interval));
+        let log_interval = match (self.log_interval, &backup_dir) {
+            (Some(interval), _) => Some(interval).filter(|i| !i.is_zero()),
+            (None, BackupLocation::Dir(_)) => Some(DEFAULT_LOG_INTERVAL),
+            (None, BackupLocation::S3(_)) => Some(DEFAULT_OBJECT_STORE_LOG_INTERVAL),
+        };
+        let log_on = log_interval.is_some();
+        let interval = self.interval.unwrap_or(if log_on {
+            DEFAULT_LOG_ON_INTERVAL
+        } else {
+            DEFAULT_INTERVAL
+        });
+        let keep = self.keep.unwrap_or(if log_on {
+            DEFAULT_LOG_ON_KEEP
+        } else {
+            DEFAULT_KEEP
+        });
+        let keep_within = self.keep_within.unwrap_or_else(|| {
+            if log_on {
+                KEEP_WITHIN_FLOOR
+            } else {
+                default_keep_within(interval)
+            }
+        });
         if keep_within < KEEP_WITHIN_FLOOR {
             return Err(ConfigError::Flag(format!(
                 "--keep-within {} is too short to protect a follower's restore from the purge; \
@@ -261,11 +333,6 @@ impl MasterArgs {
                 humantime::format_duration(LEASE_TERM_FLOOR)
             )));
         }
-        let log_interval = match (self.log_interval, &backup_dir) {
-            (Some(interval), _) => Some(interval).filter(|i| !i.is_zero()),
-            (None, BackupLocation::Dir(_)) => Some(DEFAULT_LOG_INTERVAL),
-            (None, BackupLocation::S3(_)) => Some(DEFAULT_OBJECT_STORE_LOG_INTERVAL),
-        };
         if self.keep_log < Duration::from_secs(1) {
             return Err(ConfigError::Flag(format!(
                 "--keep-log {} is too short: RocksDB keeps write-ahead log files for whole \
@@ -281,12 +348,13 @@ impl MasterArgs {
             backup_dir,
             staging_dir,
             accept_unfenced_store: self.accept_unfenced_store,
-            interval: self.interval,
+            interval,
+            log_backup_ratio: self.log_backup_ratio,
             scrub_interval: self.scrub_interval,
             take_over: self.take_over,
             lease_term: self.lease_term,
             retention: Retention {
-                keep: self.keep as usize,
+                keep: keep as usize,
                 keep_within,
             },
             sync_writes: self.sync_writes,
@@ -321,7 +389,16 @@ mod tests {
 
     #[test]
     fn defaults_are_sane() {
+        // The log on (a directory's default): backups are rare, and taken
+        // sooner when the log outgrows half the database.
         let config = args(&[]).validate().unwrap();
+        assert_eq!(config.interval, Duration::from_secs(3600));
+        assert_eq!(config.log_backup_ratio, 0.5);
+        assert_eq!(config.retention.keep, 1);
+        assert_eq!(config.retention.keep_within, KEEP_WITHIN_FLOOR);
+        assert_eq!(config.log_interval, Some(DEFAULT_LOG_INTERVAL));
+        // The log off: every backup is what followers see.
+        let config = args(&["--log-interval", "0"]).validate().unwrap();
         assert_eq!(config.interval, Duration::from_secs(10));
         assert_eq!(config.retention.keep, 20);
         assert_eq!(config.retention.keep_within, Duration::from_secs(200));
@@ -331,7 +408,6 @@ mod tests {
         );
         assert!(config.backup_on_exit && !config.sync_writes);
         assert_eq!(config.lease_term, Duration::from_secs(10));
-        assert_eq!(config.log_interval, Some(DEFAULT_LOG_INTERVAL));
     }
 
     #[test]
@@ -431,8 +507,24 @@ mod tests {
     }
 
     #[test]
+    fn a_ratio_is_a_number_not_below_zero() {
+        assert_eq!(args(&["--log-backup-ratio", "0"]).log_backup_ratio, 0.0);
+        assert_eq!(args(&["--log-backup-ratio", "2.5"]).log_backup_ratio, 2.5);
+        for bad in ["-1", "NaN", "inf", "half"] {
+            let flag = format!("--log-backup-ratio={bad}");
+            let argv = ["rkv-master", "--db", "d", "--backup-dir", "b", &flag];
+            let error = MasterArgs::try_parse_from(argv).unwrap_err().to_string();
+            assert!(error.contains("is not a ratio"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn retention_follows_the_interval_unless_given() {
-        let keep_within = |extra: &[&str]| args(extra).validate().unwrap().retention.keep_within;
+        let keep_within = |extra: &[&str]| {
+            let mut extra = extra.to_vec();
+            extra.extend(["--log-interval", "0"]);
+            args(&extra).validate().unwrap().retention.keep_within
+        };
         // Short intervals keep the floor, long ones 20 intervals.
         assert_eq!(keep_within(&["--interval", "100ms"]), KEEP_WITHIN_FLOOR);
         assert_eq!(keep_within(&["--interval", "1s"]), Duration::from_secs(20));

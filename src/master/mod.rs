@@ -73,6 +73,12 @@ struct BackupState {
     backed_up_seq: u64,
     /// A backup was asked for (BGSAVE, SAVE, SIGUSR1).
     requested: bool,
+    /// The log since the newest backup outgrew `--log-backup-ratio`: a
+    /// backup is due, no sooner than the loop's wait after a failure.
+    log_due: bool,
+    /// Bytes of the segments shipped since the newest backup that end past
+    /// it: about what a follower restoring it replays.
+    log_past_backup: u64,
     in_progress: bool,
     /// Steps started and finished by the loop, so `SAVE` can tell whether
     /// an attempt that started after it failed.
@@ -328,6 +334,10 @@ impl Master {
                     "backup created"
                 );
                 state.backed_up_seq = state.backed_up_seq.max(seq);
+                // What made it due (a log that ran past the backup's start
+                // included), the backup holds.
+                state.log_past_backup = 0;
+                state.log_due = false;
                 state.last_save_unix = (stats.info.created_ms() / 1000) as i64;
                 state.last_ok = true;
                 state.last_error = None;
@@ -358,23 +368,31 @@ impl Master {
         drop(state);
         if matches!(outcome, StepOutcome::Created(_)) {
             self.drop_incomplete();
-            match self.store.purge(&self.retention, SystemTime::now()) {
-                Ok(purged) => {
-                    if !purged.is_empty() {
-                        tracing::info!(?purged, "purged backups");
-                    }
-                    self.state().purged += purged.len() as u64;
-                    if !purged.is_empty() {
-                        self.purge_log();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.report(), "purging old backups failed");
-                    self.state().purge_failures += 1;
-                }
-            }
+            self.purge();
         }
         outcome
+    }
+
+    /// Applies retention: the backups past it go, with the log segments
+    /// only they needed. On an object store this also lists the store (at
+    /// most once a minute) and uploads again what it lost. Called under
+    /// the step lock.
+    fn purge(&self) {
+        match self.store.purge(&self.retention, SystemTime::now()) {
+            Ok(purged) => {
+                if !purged.is_empty() {
+                    tracing::info!(?purged, "purged backups");
+                }
+                self.state().purged += purged.len() as u64;
+                if !purged.is_empty() {
+                    self.purge_log();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.report(), "purging old backups failed");
+                self.state().purge_failures += 1;
+            }
+        }
     }
 
     /// Drops the backups a damaged file made incomplete (never the newest).
@@ -417,7 +435,8 @@ impl Master {
     /// backups against their checksums (at most [`SCRUB_BUDGET`] bytes) and
     /// heals what is damaged: the files go, a new backup copies them again
     /// from the database, and backups that needed a file the database no
-    /// longer has are dropped. Returns the damage found.
+    /// longer has are dropped. Without damage, applies retention (see
+    /// [`Master::purge`]). Returns the damage found.
     pub fn scrub_step(&self) -> Vec<Damage> {
         let damage = {
             let _one_at_a_time = self.step_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -425,6 +444,9 @@ impl Master {
             let damage = self.store.scrub(&mut cursor, SCRUB_BUDGET);
             self.state().scrub = cursor;
             if damage.is_empty() {
+                // With backups rare (the log on), retention and an object
+                // store's check for lost files go on between them.
+                self.purge();
                 return damage;
             }
             self.record_damage(&damage);

@@ -62,7 +62,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
     let backup_loop = master.start_loop(config.interval, config.scrub_interval, &stop);
     let log_thread = match config.log_interval {
         Some(interval) => master
-            .start_log(interval, &stop)
+            .start_log(interval, config.log_backup_ratio, &stop)
             .context("start shipping the write log")?,
         None => {
             master

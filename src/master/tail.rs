@@ -12,19 +12,28 @@ use crate::stop::Stop;
 use crate::tail::ship::{Resumed, Shipped, Shipper};
 use crate::tail::store::purge_before;
 
+/// The least log past the newest backup that `--log-backup-ratio` takes a
+/// backup for: a small database is not backed up every few segments.
+pub const LOG_BACKUP_FLOOR: u64 = 4 << 20;
+
 /// The shipper.
 pub(super) struct Tail {
     shipper: Shipper,
+    /// `--log-backup-ratio`.
+    backup_ratio: f64,
 }
 
 impl Master {
     /// Starts shipping the write log every `interval` until `stop`; `None`
     /// when the store keeps no log (then followers follow backups alone,
     /// which the log says). The log goes on from the store's, or from the
-    /// newest backup this master made.
+    /// newest backup this master made. A backup is taken whenever the log
+    /// past the newest one outgrows `backup_ratio` times the database's
+    /// live size (zero: never for that reason).
     pub fn start_log(
         self: &Arc<Self>,
         interval: Duration,
+        backup_ratio: f64,
         stop: &Stop,
     ) -> Result<Option<JoinHandle<()>>> {
         let Some(sink) = self.store.log_sink() else {
@@ -56,7 +65,10 @@ impl Master {
             stats: shipper.stats().clone(),
             error: None,
         });
-        *self.tail_state() = Some(Tail { shipper });
+        *self.tail_state() = Some(Tail {
+            shipper,
+            backup_ratio,
+        });
         let _ = self.log_interval.set(interval);
         // What an earlier run left past retention.
         self.purge_log();
@@ -101,6 +113,7 @@ impl Master {
         let result = tail.shipper.ship(&self.db, sink, &token);
         let stats = tail.shipper.stats().clone();
         let shipped = stats.shipped;
+        let backup_ratio = tail.backup_ratio;
         drop(guard);
         {
             let mut report = self.log_report();
@@ -141,6 +154,9 @@ impl Master {
                     );
                     self.schedule_backup();
                 }
+                if let Shipped::Segment { last, bytes, .. } = shipped {
+                    self.count_log_past_backup(last, bytes, backup_ratio);
+                }
                 Some(shipped)
             }
             Err(Error::SegmentExists { name }) => {
@@ -165,6 +181,38 @@ impl Master {
                 None
             }
             Err(_) => None,
+        }
+    }
+
+    /// Counts a segment that ends at `last`, of `bytes`, into the log past
+    /// the newest backup, and makes a backup due when that holds `ratio`
+    /// times the database's live size, and at least [`LOG_BACKUP_FLOOR`].
+    fn count_log_past_backup(&self, last: u64, bytes: u64, ratio: f64) {
+        let past = {
+            let mut state = self.state();
+            if last <= state.backed_up_seq {
+                // A backup taken while it shipped holds it.
+                return;
+            }
+            state.log_past_backup += bytes;
+            state.log_past_backup
+        };
+        if ratio == 0.0 || past < LOG_BACKUP_FLOOR {
+            return;
+        }
+        let live = self.db.load_figures().live_sst_bytes;
+        if (past as f64) < ratio * live as f64 {
+            return;
+        }
+        let mut state = self.state();
+        if !state.log_due {
+            tracing::debug!(
+                log_bytes = past,
+                live_sst_bytes = live,
+                "the log past the newest backup outgrew --log-backup-ratio: a backup is due"
+            );
+            state.log_due = true;
+            self.changed.notify_all();
         }
     }
 

@@ -6,6 +6,7 @@ use crate::backup::s3::cut::Cut;
 use crate::backup::s3::{Bucket, S3Config};
 use crate::backup::{BackupDir, Heartbeat, S3Publisher};
 use crate::server::Backend;
+use crate::tail::ship::Shipped;
 
 fn master(dir: &Path) -> Master {
     master_on(dir, BackupDir::new(dir.join("backups")))
@@ -204,7 +205,7 @@ fn the_log_ships_what_no_backup_holds_and_a_master_without_it_removes_it() {
         let m = Arc::new(master(tmp.path()));
         m.db().put(b"a", b"1").unwrap();
         // A long interval: the steps below are the test's own.
-        let thread = m.start_log(Duration::from_secs(3600), &stop).unwrap();
+        let thread = m.start_log(Duration::from_secs(3600), 0.0, &stop).unwrap();
         m.db().put(b"b", b"2").unwrap();
         let shipped = m.ship_step();
         assert!(
@@ -244,7 +245,7 @@ fn a_segment_a_fenced_master_left_where_the_log_goes_on_is_removed_by_the_owner(
     m.claim(false, Duration::from_secs(10)).unwrap();
     // Stopped at once, after its last step: the steps below are the test's.
     stop.stop();
-    let thread = m.start_log(Duration::from_secs(3600), &stop).unwrap();
+    let thread = m.start_log(Duration::from_secs(3600), 0.0, &stop).unwrap();
     thread.unwrap().join().unwrap();
     m.db().put(b"a", b"1").unwrap();
     let log = BackupDir::new(tmp.path().join("backups"));
@@ -276,4 +277,55 @@ fn a_segment_a_fenced_master_left_where_the_log_goes_on_is_removed_by_the_owner(
     )
     .unwrap();
     assert_eq!(Some(shipped.token), m.token());
+}
+
+#[test]
+fn a_log_grown_past_its_share_of_the_database_makes_the_loop_back_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = Stop::new();
+    let m = Arc::new(master(tmp.path()));
+    m.db().put(b"small", b"1").unwrap();
+    assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
+    // The loop: no timer; the shipper's steps below are the test's own.
+    let backup_loop = m.start_loop(Duration::ZERO, Duration::ZERO, &stop);
+    let log_stop = Stop::new();
+    log_stop.stop();
+    let log_thread = m
+        .start_log(Duration::from_secs(3600), 0.5, &log_stop)
+        .unwrap();
+    log_thread.unwrap().join().unwrap();
+    let ship_all = || while let Some(Shipped::Segment { more: true, .. }) = m.ship_step() {};
+    // Under the floor: the log may outgrow a tiny database, but no backup
+    // is taken for less than 4 MiB of it.
+    let value = vec![7u8; 64 << 10];
+    for i in 0..16 {
+        m.db().put(format!("k{i}").as_bytes(), &value).unwrap();
+    }
+    ship_all();
+    assert!(!m.state().log_due);
+    assert_eq!(m.store.list().unwrap().len(), 1);
+    // Past it, and past half the database's (flushed) size: due, and taken.
+    for i in 16..80 {
+        m.db().put(format!("k{i}").as_bytes(), &value).unwrap();
+    }
+    ship_all();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.store.list().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no backup after the log outgrew the database"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let newest = m.store.list().unwrap().pop().unwrap();
+    assert_eq!(
+        newest.metadata.unwrap().seq,
+        m.db().latest_sequence_number()
+    );
+    // The new backup holds that log: a little more is not due.
+    m.db().put(b"after", b"1").unwrap();
+    ship_all();
+    assert!(!m.state().log_due);
+    stop.stop();
+    backup_loop.join().unwrap();
 }

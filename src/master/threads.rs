@@ -91,6 +91,10 @@ impl Master {
             interval.max(HEARTBEAT_PERIOD),
             interval.max(Duration::from_secs(15)),
         );
+        // Backups the log's size makes due wait out failures likewise,
+        // however long the interval.
+        let mut log_backoff = Backoff::new(HEARTBEAT_PERIOD, Duration::from_secs(15));
+        let mut log_not_before = Instant::now();
         let mut next_scrub = Instant::now() + scrub_interval;
         let far = Duration::from_secs(3600);
         loop {
@@ -102,7 +106,8 @@ impl Master {
                         return;
                     }
                     let now = Instant::now();
-                    if state.requested || (!interval.is_zero() && now >= next) {
+                    let log_due = state.log_due && now >= log_not_before;
+                    if state.requested || log_due || (!interval.is_zero() && now >= next) {
                         scrub = false;
                         break;
                     }
@@ -120,14 +125,20 @@ impl Master {
                     } else {
                         next_scrub.saturating_duration_since(now)
                     };
+                    let until_log = if state.log_due {
+                        log_not_before.saturating_duration_since(now)
+                    } else {
+                        far
+                    };
                     state = self
                         .changed
-                        .wait_timeout(state, until_backup.min(until_scrub))
+                        .wait_timeout(state, until_backup.min(until_scrub).min(until_log))
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
                 }
                 if !scrub {
                     state.requested = false;
+                    state.log_due = false;
                     state.started += 1;
                 }
             }
@@ -154,6 +165,10 @@ impl Master {
                     StepOutcome::Failed(_) => next = next.max(Instant::now() + backoff.failed()),
                     _ => backoff.succeeded(),
                 }
+            }
+            match outcome {
+                StepOutcome::Failed(_) => log_not_before = Instant::now() + log_backoff.failed(),
+                _ => log_backoff.succeeded(),
             }
         }
     }

@@ -95,6 +95,38 @@ fn retention_keeps_what_it_promises() {
 }
 
 #[test]
+fn retention_goes_on_between_backups() {
+    // With the log on, backups are rare: the ones past --keep-within go
+    // without waiting for the next backup (the scrub's step purges).
+    let s = Sandbox::new();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &[
+            "--interval",
+            "0",
+            "--keep",
+            "1",
+            "--keep-within",
+            "10s",
+            "--scrub-interval",
+            "1s",
+        ],
+    );
+    let mut c = master.client();
+    for i in 0..3 {
+        c.call(&[b"SET", format!("k{i}").as_bytes(), b"v"]).unwrap();
+        assert_eq!(c.call(&[b"SAVE"]).unwrap(), Reply::ok());
+    }
+    assert_eq!(backups(&s).len(), 3, "all younger than --keep-within");
+    wait_until(
+        GENEROUS,
+        "the two older backups purged, no backup taken",
+        || backups(&s).iter().map(|b| b.id).collect::<Vec<_>>() == [3],
+    );
+}
+
+#[test]
 fn sigterm_takes_a_final_backup_with_the_last_acknowledged_write() {
     let s = Sandbox::new();
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "1h"]);

@@ -33,6 +33,11 @@ struct Args {
     /// then lacks the others).
     #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers", "store"])]
     only: Vec<String>,
+    /// How long the long tailing run lasts (default 10m, 30s with
+    /// --quick): for investigating the backup store's size or the lag's
+    /// drift over another span.
+    #[arg(long = "flat-run", value_parser = humantime::parse_duration)]
+    flat_run: Option<Duration>,
 }
 
 struct Plan {
@@ -89,6 +94,10 @@ fn main() {
             store_base_mib: 256,
             store_idle: Duration::from_secs(120),
         }
+    };
+    let plan = Plan {
+        flat_run: args.flat_run.unwrap_or(plan.flat_run),
+        ..plan
     };
     std::fs::create_dir_all(&args.run.out).expect("create --out");
     let scratch = Scratch::new(args.run.work.clone().unwrap_or_else(std::env::temp_dir));

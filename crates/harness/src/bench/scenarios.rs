@@ -588,8 +588,9 @@ pub struct Amplification {
 }
 
 /// Target 4: SET throughput of rkv-master at its defaults (the log every
-/// 10 ms, backups every 10 s) against redis-server with `appendonly
-/// everysec` and against itself with the log off, with the master's write
+/// 10 ms, a backup when the log holds half the database) against
+/// redis-server with `appendonly everysec` and against itself with the log
+/// off, with the master's write
 /// amplification in each; and INCR and a MULTI/EXEC of 10 SETs against the
 /// same redis-server, in the same rounds.
 pub fn master_writes(
