@@ -79,6 +79,24 @@ impl Follower {
     /// a segment the data ends inside may hold what comes next), at most
     /// once per [`RELIST`]: otherwise the next segment is the one starting
     /// just after the data, asked for by name.
+    /// Steps the log alone, as the last poll left it (its heartbeat, the
+    /// served generation): what a wake by new segments needs. Returns
+    /// false when a whole poll must run instead: nothing is served yet, or
+    /// the log just broke (a gap, damage, a divergence), which a backup
+    /// mends.
+    pub fn step_log(&self) -> bool {
+        let _one_at_a_time = self.polling.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(serving) = self.serving.load_full() else {
+            return false;
+        };
+        let (heartbeat, broken) = {
+            let state = self.state();
+            (state.heartbeat.clone(), state.log.broken.is_some())
+        };
+        self.follow_log(&serving, heartbeat.as_ref());
+        broken || self.state().log.broken.is_none()
+    }
+
     pub(super) fn follow_log(&self, serving: &Generation, heartbeat: Option<&Heartbeat>) {
         let Some(log) = self.store.log() else {
             return;

@@ -1,7 +1,7 @@
 //! The watch on the backup directory: a wake-up for the apply loop when a
 //! backup or heartbeat may have arrived, and nothing else.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 /// A filesystem watch on the directories the backup store names (for a
@@ -14,10 +14,31 @@ use std::sync::mpsc;
 pub(super) struct MetaWatcher {
     paths: Vec<PathBuf>,
     watched: Vec<PathBuf>,
-    wake: mpsc::Sender<()>,
+    wake: mpsc::Sender<Wake>,
     watcher: Option<notify::RecommendedWatcher>,
     /// The watcher could not be made: polling alone finds news.
     unavailable: bool,
+}
+
+/// What woke the apply loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// Log segments, and nothing else: stepping the log is enough.
+    Log,
+    /// Anything else: a backup, the heartbeat, a directory that appeared,
+    /// the stop.
+    Store,
+}
+
+/// What a news `event` wakes the loop for: [`Wake::Log`] when every path
+/// it names is in `log_dir`.
+fn wake_for(event: &notify::Event, log_dir: Option<&Path>) -> Wake {
+    let in_log = |p: &PathBuf| log_dir.is_some_and(|dir| p.parent() == Some(dir));
+    if !event.paths.is_empty() && event.paths.iter().all(in_log) {
+        Wake::Log
+    } else {
+        Wake::Store
+    }
 }
 
 /// Whether a filesystem event can mean a new backup, segment or heartbeat:
@@ -40,7 +61,7 @@ fn is_news(event: &notify::Event) -> bool {
 }
 
 impl MetaWatcher {
-    pub(super) fn new(paths: Vec<PathBuf>, wake: mpsc::Sender<()>) -> MetaWatcher {
+    pub(super) fn new(paths: Vec<PathBuf>, wake: mpsc::Sender<Wake>) -> MetaWatcher {
         let mut watcher = MetaWatcher {
             paths,
             watched: Vec::new(),
@@ -69,9 +90,16 @@ impl MetaWatcher {
         }
         if self.watcher.is_none() {
             let wake = self.wake.clone();
+            let log_dir = self
+                .paths
+                .iter()
+                .find(|p| p.ends_with(crate::tail::store::LOG_DIR))
+                .cloned();
             let handler = move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| is_news(&e)) {
-                    let _ = wake.send(());
+                if let Ok(event) = event.as_ref() {
+                    if is_news(event) {
+                        let _ = wake.send(wake_for(event, log_dir.as_deref()));
+                    }
                 }
             };
             match notify::recommended_watcher(handler) {
@@ -129,6 +157,20 @@ mod tests {
             )
             .add_path("/b/meta/7".into())
         ));
+        // A segment alone needs only the log stepped; anything else, a poll.
+        let log = Some(Path::new("/b/log"));
+        let segment = at(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "/b/log/00000000000000000007.seg",
+        );
+        assert_eq!(wake_for(&segment, log), Wake::Log);
+        let heartbeat = at(EventKind::Create(CreateKind::File), "/b/rkv-heartbeat.json");
+        assert_eq!(wake_for(&heartbeat, log), Wake::Store);
+        assert_eq!(wake_for(&segment, None), Wake::Store);
+        assert_eq!(
+            wake_for(&event(EventKind::Create(CreateKind::File)), log),
+            Wake::Store
+        );
         // The follower's own listing of meta/ must not wake it.
         assert!(!is_news(&event(EventKind::Access(AccessKind::Open(
             notify::event::AccessMode::Any

@@ -234,3 +234,35 @@ fn a_diverged_follower_waiting_for_the_masters_backup_is_not_healthy() {
     let reason = f.unhealthy_reason();
     assert!(reason.contains("history does not"), "{reason}");
 }
+
+#[test]
+fn a_wake_by_segments_steps_the_log_alone_and_a_break_asks_for_a_poll() {
+    let s = setup();
+    let mut shipper = shipper(&s);
+    s.back_up(b"a", b"1");
+    let f = follower(&s);
+    // Nothing served yet: only a poll can restore.
+    assert!(!f.step_log());
+    f.poll();
+    write_a(&s, &mut shipper, b"2");
+    f.poll();
+    // A segment, and no new heartbeat: the log alone brings the write.
+    s.master.put(b"a", b"3").unwrap();
+    shipper.ship(&s.master, &s.store, "t").unwrap();
+    assert!(f.step_log());
+    assert_eq!(a(&f).as_deref(), Some(&b"3"[..]));
+    // A damaged segment is not applied, and asks for a poll.
+    s.master.put(b"a", b"4").unwrap();
+    shipper.ship(&s.master, &s.store, "t").unwrap();
+    let newest = *s.store.segments().unwrap().last().unwrap();
+    let name = s.store.segment_name(newest);
+    let mut bytes = std::fs::read(&name).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&name, &bytes).unwrap();
+    assert!(!f.step_log());
+    assert_eq!(a(&f).as_deref(), Some(&b"3"[..]));
+    // Still broken, it asks for no poll on every segment: the polls that
+    // come anyway wait for the backup that mends it.
+    assert!(f.step_log());
+}
