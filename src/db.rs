@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 mod log;
 mod open;
 mod view;
+pub use log::Capture;
 pub use open::{holds_db, is_locked, BlockCache, OpenMode, OpenOptions};
 pub use view::View;
 
@@ -52,6 +53,9 @@ pub struct Db {
     /// deadline, which spares every read of a missing key, and every plain
     /// write, a lookup there.
     may_expire: std::sync::atomic::AtomicBool,
+    /// The batches written since the live tail began, for its shipper
+    /// (see [`Db::capture_writes`]); unset when no log ships.
+    captured: std::sync::OnceLock<std::sync::Mutex<log::Captured>>,
 }
 
 impl Db {
@@ -191,7 +195,12 @@ impl Db {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let result = self.inner.write_opt(&batch.inner, &self.write_options);
-        self.track(result, "write a batch")
+        let written = result.is_ok();
+        self.track(result, "write a batch")?;
+        if written {
+            self.capture(&batch.inner);
+        }
+        Ok(())
     }
 
     /// Records a write's outcome for [`Db::write_failure`].

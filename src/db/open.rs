@@ -189,6 +189,7 @@ impl<'a> OpenOptions<'a> {
             write_failure: std::sync::Mutex::new(None),
             write_failed: std::sync::atomic::AtomicBool::new(false),
             write_lock: std::sync::Mutex::new(()),
+            captured: std::sync::OnceLock::new(),
         })
     }
 }

@@ -75,10 +75,10 @@ pub struct MasterArgs {
 
     /// With the log on: also back up as soon as the log shipped since the
     /// newest backup holds this many times the database's size (its live
-    /// table files; at least 4 MiB of log). A new follower's catch-up (a
-    /// restore, then a replay of that log) and the store's size then stay
-    /// in proportion to the database whatever the write rate. 0: backups on
-    /// --interval alone.
+    /// table files; at least 4 MiB of log), and 10s have passed since the
+    /// last backup. A new follower's catch-up (a restore, then a replay of
+    /// that log) and the store's size then stay in proportion to the
+    /// database whatever the write rate. 0: backups on --interval alone.
     #[arg(long = "log-backup-ratio", env = "RKV_LOG_BACKUP_RATIO", default_value_t = DEFAULT_LOG_BACKUP_RATIO, value_parser = parse_ratio)]
     pub log_backup_ratio: f64,
 
@@ -104,17 +104,22 @@ pub struct MasterArgs {
 
     /// Keep at least this many of the newest backups (and, with the log
     /// on, the log from the oldest of them on: point-in-time restore
-    /// reaches back that far). Default: 1 with the log on (the newest, from
-    /// which the log goes on; 2 keeps one more that the log brings as far,
-    /// at about twice the store's size under heavy writes); 20 with it off.
+    /// reaches back that far; the log's last --keep-within is kept in any
+    /// case, so a follower that far behind goes on from it). Default: 1
+    /// with the log on (the newest, from which the log goes on; 2 keeps one
+    /// more that the log brings as far, at about twice the store's size
+    /// under heavy writes); 20 with it off.
     #[arg(long, env = "RKV_KEEP", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: Option<u32>,
 
-    /// Never purge a backup younger than this: give the slowest follower
-    /// time to finish restoring it. At least 10s (shorter cannot protect a
-    /// restore); raise it above your slowest follower's restore time, or
-    /// to the window point-in-time restore should reach back. Default: 10s
-    /// with the log on (followers restore only to join it); with it off,
+    /// Never purge a backup or a log segment younger than this: give the
+    /// slowest follower time to finish restoring a backup, and one that
+    /// far behind on the log (or stopped that long) the segments it goes
+    /// on from; a follower further behind restores the newest backup. At
+    /// least 10s (shorter cannot protect a restore); raise it above your
+    /// slowest follower's restore time and restarts, or to the window
+    /// point-in-time restore should reach back. Default: 10s with the log
+    /// on (followers restore only to join it); with it off,
     /// 20 intervals and at least 10s, so the directory holds what the
     /// interval makes in a bounded time, not an hour of backups.
     #[arg(long = "keep-within", env = "RKV_KEEP_WITHIN", value_parser = daemon::parse_duration)]

@@ -384,9 +384,8 @@ impl Master {
                     tracing::info!(?purged, "purged backups");
                 }
                 self.state().purged += purged.len() as u64;
-                if !purged.is_empty() {
-                    self.purge_log();
-                }
+                // Segments also age out of --keep-within.
+                self.purge_log();
             }
             Err(e) => {
                 tracing::warn!(error = %e.report(), "purging old backups failed");

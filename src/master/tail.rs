@@ -1,9 +1,10 @@
 //! The master's live tail: a thread that ships the write log to the store
 //! every `--log-interval` (see [`crate::tail::ship`]), and what it reports.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Master;
 use crate::error::{Error, Result};
@@ -16,11 +17,56 @@ use crate::tail::store::purge_before;
 /// backup for: a small database is not backed up every few segments.
 pub const LOG_BACKUP_FLOOR: u64 = 4 << 20;
 
+/// The most written batches the shipper keeps in memory for the next
+/// segments (see [`crate::db::Db::capture_writes`]): a few seconds of heavy
+/// writes. A shipper stalled past them reads the write-ahead log instead.
+const CAPTURE_LIMIT: usize = 32 << 20;
+
 /// The shipper.
 pub(super) struct Tail {
     shipper: Shipper,
     /// `--log-backup-ratio`.
     backup_ratio: f64,
+    /// How far the log had shipped when, a mark a second at most, back to
+    /// `--keep-within`: the purge keeps that much log, whatever backups it
+    /// keeps, so a follower a few seconds behind never loses the segments
+    /// it is about to apply to a backup taken just now.
+    marks: VecDeque<(Instant, u64)>,
+    /// When this run began shipping, and from where.
+    started: (Instant, u64),
+}
+
+impl Tail {
+    /// Records that the log stands at `shipped`, at most once a second, and
+    /// forgets marks older than `keep` but the newest of those.
+    fn mark(&mut self, shipped: u64, keep: Duration) {
+        let now = Instant::now();
+        if self
+            .marks
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1))
+        {
+            self.marks.push_back((now, shipped));
+        }
+        while self.marks.len() > 1 && now.duration_since(self.marks[1].0) >= keep {
+            self.marks.pop_front();
+        }
+    }
+
+    /// The newest sequence number shipped at least `keep` ago: every
+    /// segment up to it is older than that. `None` before this run has
+    /// shipped for that long (older segments' age is unknown).
+    fn shipped_before(&self, keep: Duration) -> Option<u64> {
+        let now = Instant::now();
+        let mut found = None;
+        for (at, shipped) in &self.marks {
+            if now.duration_since(*at) < keep {
+                break;
+            }
+            found = Some(*shipped);
+        }
+        found.or_else(|| (now.duration_since(self.started.0) >= keep).then_some(self.started.1))
+    }
 }
 
 impl Master {
@@ -43,6 +89,9 @@ impl Master {
             );
             return Ok(None);
         };
+        // Before the shipper reads where to go on from: every write after
+        // that is captured.
+        self.db.capture_writes(CAPTURE_LIMIT);
         let backed_up = self.state().backed_up_seq;
         let lineage = self.identity.lineage().to_string();
         let (shipper, resumed) = Shipper::resume(&self.db, sink, lineage, backed_up)?;
@@ -65,9 +114,12 @@ impl Master {
             stats: shipper.stats().clone(),
             error: None,
         });
+        let started = (Instant::now(), shipper.shipped());
         *self.tail_state() = Some(Tail {
             shipper,
             backup_ratio,
+            marks: VecDeque::new(),
+            started,
         });
         let _ = self.log_interval.set(interval);
         // What an earlier run left past retention.
@@ -113,6 +165,7 @@ impl Master {
         let result = tail.shipper.ship(&self.db, sink, &token);
         let stats = tail.shipper.stats().clone();
         let shipped = stats.shipped;
+        tail.mark(shipped, self.retention.keep_within);
         let backup_ratio = tail.backup_ratio;
         drop(guard);
         {
@@ -217,15 +270,22 @@ impl Master {
     }
 
     /// Removes the segments no retained backup needs (see
-    /// [`crate::tail::store::purge_before`]), after retention purged
-    /// backups.
+    /// [`crate::tail::store::purge_before`]) and that are older than
+    /// `--keep-within`, after retention purged backups.
     pub(super) fn purge_log(&self) {
         let Some(sink) = self.store.log_sink() else {
             return;
         };
-        if self.log_report().is_none() {
+        let Some(young) = self
+            .tail_state()
+            .as_ref()
+            .map(|tail| tail.shipped_before(self.retention.keep_within))
+        else {
             return;
-        }
+        };
+        let Some(young) = young else {
+            return;
+        };
         let oldest = match self.store.list() {
             Ok(backups) => backups
                 .first()
@@ -238,7 +298,7 @@ impl Master {
         let Some(oldest) = oldest else {
             return;
         };
-        match purge_before(sink, oldest) {
+        match purge_before(sink, oldest.min(young)) {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "purged log segments"),
             Err(e) => tracing::warn!(error = %e.report(), "purging the log failed"),

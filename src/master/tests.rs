@@ -207,6 +207,9 @@ fn the_log_ships_what_no_backup_holds_and_a_master_without_it_removes_it() {
         // A long interval: the steps below are the test's own.
         let thread = m.start_log(Duration::from_secs(3600), 0.0, &stop).unwrap();
         m.db().put(b"b", b"2").unwrap();
+        // `a`, written before the log began, was not captured: the first
+        // step waits for it, the second reads it from the write-ahead log.
+        assert_eq!(m.ship_step(), Some(Shipped::Nothing));
         let shipped = m.ship_step();
         assert!(
             matches!(
@@ -328,4 +331,45 @@ fn a_log_grown_past_its_share_of_the_database_makes_the_loop_back_up() {
     assert!(!m.state().log_due);
     stop.stop();
     backup_loop.join().unwrap();
+}
+
+#[test]
+fn the_log_younger_than_keep_within_outlives_the_backups_before_it() {
+    // A follower a moment behind must not lose the segments it is about to
+    // apply because a backup was just taken past them.
+    let tmp = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        keep: 1,
+        keep_within: Duration::from_secs(2),
+    };
+    let store = BackupDir::new(tmp.path().join("backups"));
+    let m = Arc::new(
+        Master::open(&tmp.path().join("db"), store, retention, false, None, None).unwrap(),
+    );
+    let stop = Stop::new();
+    stop.stop();
+    let thread = m.start_log(Duration::from_secs(3600), 0.0, &stop).unwrap();
+    thread.unwrap().join().unwrap();
+    let write = |key: &[u8]| {
+        m.db().put(key, b"1").unwrap();
+        while !matches!(m.ship_step(), Some(Shipped::Segment { .. })) {}
+    };
+    write(b"a");
+    assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
+    // The shipper marks how far it stands at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(m.ship_step(), Some(Shipped::Nothing));
+    std::thread::sleep(Duration::from_millis(2100));
+    write(b"b");
+    write(b"c");
+    // Backup 1 is past --keep-within and goes; of the log, only what is
+    // both before the kept backup and older than --keep-within.
+    assert!(matches!(m.backup_step(), StepOutcome::Created(_)));
+    assert_eq!(m.store.list().unwrap().len(), 1);
+    let log = BackupDir::new(tmp.path().join("backups"));
+    assert_eq!(
+        crate::tail::store::LogSource::segments(&log).unwrap(),
+        [2, 3],
+        "the young segments stay though the kept backup holds them"
+    );
 }

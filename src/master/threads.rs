@@ -11,6 +11,11 @@ use crate::backoff::Backoff;
 use crate::master::lease::Term;
 use crate::stop::Stop;
 
+/// The least time from one backup to the next that the log's size makes
+/// due: under a flood of writes on a small database, the ratio alone would
+/// back up several times a second.
+pub const LOG_BACKUP_SPACING: Duration = Duration::from_secs(10);
+
 impl Master {
     /// Starts the heartbeat thread: a heartbeat every [`HEARTBEAT_PERIOD`]
     /// until `stop`; after failures, less often (with jitter, so a store
@@ -168,7 +173,10 @@ impl Master {
             }
             match outcome {
                 StepOutcome::Failed(_) => log_not_before = Instant::now() + log_backoff.failed(),
-                _ => log_backoff.succeeded(),
+                _ => {
+                    log_backoff.succeeded();
+                    log_not_before = started + LOG_BACKUP_SPACING;
+                }
             }
         }
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::store::{LogSink, MAX_SEGMENT_BYTES};
 use super::{Segment, SegmentError};
-use crate::db::Db;
+use crate::db::{Capture, Db};
 use crate::error::{Error, Result};
 
 /// The most batches one segment holds.
@@ -82,6 +82,10 @@ pub struct Shipper {
     /// store's log: what the last segment says (0 before one).
     covered_ms: u64,
     stats: ShipStats,
+    /// The sequence number the last step found missing from the captured
+    /// batches (see [`Db::capture_writes`]): missing again, it is read
+    /// from the write-ahead log.
+    missed: Option<u64>,
 }
 
 /// Why a master that starts does not simply go on from the store's log.
@@ -164,6 +168,7 @@ impl Shipper {
             lineage,
             since: shipped + 1,
             covered_ms: 0,
+            missed: None,
             stats: ShipStats {
                 shipped,
                 ..ShipStats::default()
@@ -199,8 +204,23 @@ impl Shipper {
             return Ok(Shipped::Nothing);
         }
         let started = Instant::now();
+        let captured = match db.captured_since(shipped, MAX_BATCHES) {
+            Capture::Batches(batches) => Some(batches),
+            // Its writer may not be back from RocksDB yet: one step later
+            // it is there, or it never will be.
+            Capture::Missing if self.missed != Some(shipped) => {
+                self.missed = Some(shipped);
+                return Ok(Shipped::Nothing);
+            }
+            Capture::Missing | Capture::Off => None,
+        };
+        self.missed = None;
         db.sync_log()?;
-        let batches = match db.updates_since(shipped, MAX_BATCHES) {
+        let read = match captured {
+            Some(batches) => Ok(batches),
+            None => db.updates_since(shipped, MAX_BATCHES),
+        };
+        let batches = match read {
             Ok(batches) => batches,
             Err(Error::LogGap { wanted, .. }) => {
                 self.stats.shipped = target;

@@ -207,3 +207,77 @@ fn a_different_segment_under_the_same_name_is_another_masters() {
     let again = log.write_segment(1, &segment(&log, 1).encode()).unwrap();
     assert_eq!(again, crate::tail::store::Committed::AlreadyThere);
 }
+
+#[test]
+fn captured_writes_ship_as_the_log_holds_them_and_the_rest_comes_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Db::scratch(tmp.path());
+    let log = BackupDir::new(tmp.path().join("backups"));
+    // Written before the capture began: only the write-ahead log has it.
+    db.put(b"a", b"1").unwrap();
+    db.capture_writes(1 << 20);
+    let mut shipper = shipper(&db, &log);
+    db.put(b"b", b"2").unwrap();
+    // Missing from the capture: its writer may not be back yet, so the
+    // first step waits; the second reads the write-ahead log.
+    assert_eq!(shipper.ship(&db, &log, "t1").unwrap(), Shipped::Nothing);
+    let shipped = shipper.ship(&db, &log, "t1").unwrap();
+    assert!(
+        matches!(
+            shipped,
+            Shipped::Segment {
+                first: 1,
+                last: 2,
+                ..
+            }
+        ),
+        "{shipped:?}"
+    );
+
+    // From the capture at once, the same batches as the log holds.
+    let mut group = db.batch();
+    for key in [b"c", b"d"] {
+        group.put(key, b"3", None, None);
+    }
+    db.write(group).unwrap();
+    db.put(b"e", b"4").unwrap();
+    let shipped = shipper.ship(&db, &log, "t1").unwrap();
+    assert!(
+        matches!(
+            shipped,
+            Shipped::Segment {
+                first: 3,
+                last: 5,
+                batches: 2,
+                ..
+            }
+        ),
+        "{shipped:?}"
+    );
+    assert_eq!(
+        segment(&log, 3).batches(),
+        db.updates_since(2, 10).unwrap().as_slice()
+    );
+
+    // Past its limit the capture drops the oldest, which the log supplies.
+    let value = vec![9u8; 700 << 10];
+    for key in [b"f", b"g", b"h"] {
+        db.put(key, &value).unwrap();
+    }
+    assert_eq!(shipper.ship(&db, &log, "t1").unwrap(), Shipped::Nothing);
+    let mut last = 0;
+    while let Shipped::Segment { last: l, more, .. } = shipper.ship(&db, &log, "t1").unwrap() {
+        last = l;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(last, db.latest_sequence_number());
+    assert_eq!(
+        log.segments()
+            .unwrap()
+            .last()
+            .map(|&first| segment(&log, first).last_seq()),
+        Some(8)
+    );
+}
