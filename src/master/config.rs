@@ -96,7 +96,8 @@ pub struct MasterArgs {
     /// How long the database keeps write-ahead log files a flush made
     /// obsolete, while the log ships (whole seconds, at least 1s): a
     /// shipper that stalls (the store unreachable) or a master stopped for
-    /// less than this goes on from the log; past it the log jumps ahead
+    /// less than this goes on from the log (a stalled shipper also keeps
+    /// the last 32 MiB of writes in memory); past both the log jumps ahead
     /// and a backup, taken at once, bridges the jump. Costs the disk the
     /// writes of that long take in the write-ahead log.
     #[arg(long = "keep-log", env = "RKV_KEEP_LOG", default_value = "60s", value_parser = daemon::parse_duration)]

@@ -50,6 +50,16 @@ fn following(s: &Setup, shipper: &mut Shipper) -> Follower {
     f
 }
 
+/// Flips the last byte of the store's newest segment.
+fn damage_newest_segment(s: &Setup) {
+    let newest = *s.store.segments().unwrap().last().unwrap();
+    let name = s.store.segment_name(newest);
+    let mut bytes = std::fs::read(&name).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&name, &bytes).unwrap();
+}
+
 /// The follower's status: its log's, and where its data stands.
 fn log_status(f: &Follower) -> (crate::status::FollowedLog, u64) {
     let DaemonStatus::Follower(status) = f.status() else {
@@ -160,12 +170,7 @@ fn a_damaged_segment_is_reported_never_applied_and_a_backup_recovers() {
     let f = follower(&s);
     f.poll();
     write_a(&s, &mut shipper, b"2");
-    let newest = *s.store.segments().unwrap().last().unwrap();
-    let name = s.store.segment_name(newest);
-    let mut bytes = std::fs::read(&name).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&name, &bytes).unwrap();
+    damage_newest_segment(&s);
     f.poll();
     assert_eq!(a(&f).as_deref(), Some(&b"1"[..]));
     let broken = log_status(&f).0.broken.expect("the damage is reported");
@@ -254,12 +259,7 @@ fn a_wake_by_segments_steps_the_log_alone_and_a_break_asks_for_a_poll() {
     // A damaged segment is not applied, and asks for a poll.
     s.master.put(b"a", b"4").unwrap();
     shipper.ship(&s.master, &s.store, "t").unwrap();
-    let newest = *s.store.segments().unwrap().last().unwrap();
-    let name = s.store.segment_name(newest);
-    let mut bytes = std::fs::read(&name).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&name, &bytes).unwrap();
+    damage_newest_segment(&s);
     assert!(!f.step_log());
     assert_eq!(a(&f).as_deref(), Some(&b"3"[..]));
     // Still broken, it asks for no poll on every segment: the polls that

@@ -235,8 +235,9 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          applies (each restart must serve at once, never less than before), a segment ahead \
          of a stopped follower flipped, cut in half or removed (the follower must say so, \
          apply nothing of it, and go on from the next backup), and the shipper stalled (its \
-         directory made a file) until the write-ahead log it needs is gone (`--keep-log 1s`, \
-         backups each second): the log must jump and a backup bridge it. At the end each \
+         directory made a file) until neither the batches it keeps in memory (40 MiB \
+         written past its 32 MiB) nor the write-ahead log (`--keep-log 1s`, backups each \
+         second) hold what it needs: the log must jump and a backup bridge it. At the end each \
          follower must hold every acknowledged write.\n\n\
          Every scenario also watches each daemon it starts: an exit it did not ask for (a \
          crash, a panic, a signal) or a stall (alive, and no reply to `PING` within 5 s) \

@@ -372,7 +372,16 @@ pub fn stalled_shipper(dir: &Path) -> Outcome {
         m.info("rkv_log_error").is_some_and(|e| !e.is_empty())
     })
     .is_some();
-    // Past what the master keeps of its write-ahead log, with backups
+    // Past what the shipper keeps of the batches written (32 MiB): only
+    // the write-ahead log could supply the next one then.
+    let bulk = vec![b'x'; 64 << 10];
+    if let Some(mut c) = m.client() {
+        for i in 0..640 {
+            let key = format!("bulk:{i:04}");
+            let _ = c.call_raw(&[b"SET", key.as_bytes(), &bulk]);
+        }
+    }
+    // And past what the master keeps of its write-ahead log, with backups
     // flushing it meanwhile.
     let backups_then = m.info_num("rkv_backups_done");
     wait_for(Duration::from_secs(60), || {
@@ -389,7 +398,8 @@ pub fn stalled_shipper(dir: &Path) -> Outcome {
     let lacking = missing(&follower, 0, acked);
     let lost = missing(&m, 0, acked);
     let line = format!(
-        "log, shipper stalled past --keep-log (1 s) under writes: reported by the master: {}, \
+        "log, shipper stalled past --keep-log (1 s) and 40 MiB of writes under writes: \
+         reported by the master: {}, \
          the log jumped: {}, the follower caught up {} after the store came back; {lost} of \
          {acked} acknowledged writes lost, the follower lacking {lacking}; {bad} partial or \
          backwards states in {reads} reads",
