@@ -195,11 +195,8 @@ impl Db {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let result = self.inner.write_opt(&batch.inner, &self.write_options);
-        let written = result.is_ok();
         self.track(result, "write a batch")?;
-        if written {
-            self.capture(&batch.inner);
-        }
+        self.capture(&batch.inner);
         Ok(())
     }
 
@@ -329,22 +326,31 @@ impl Db {
         Ok(plain + self.estimate_expiring_keys())
     }
 
+    /// The size of the live table files, of both column families.
+    pub fn live_sst_bytes(&self) -> u64 {
+        self.summed_property("rocksdb.live-sst-files-size")
+    }
+
+    /// A RocksDB integer property, per column family there, summed over
+    /// both (0 where RocksDB has none).
+    fn summed_property(&self, name: &str) -> u64 {
+        let plain = self.inner.property_int_value(name).ok().flatten();
+        let expiring = self
+            .expiring()
+            .and_then(|cf| self.inner.property_int_value_cf(cf, name).ok().flatten());
+        plain.unwrap_or(0) + expiring.unwrap_or(0)
+    }
+
     /// The figures that explain a database's load, for metrics: estimated
     /// keys, live SST bytes, memtable bytes, pending compaction bytes and
     /// block cache use (0 where RocksDB has none).
     pub fn load_figures(&self) -> LoadFigures {
         // Per column family in RocksDB, summed here; the cache is shared.
-        let int = |name: &str| {
-            let plain = self.inner.property_int_value(name).ok().flatten();
-            let expiring = self
-                .expiring()
-                .and_then(|cf| self.inner.property_int_value_cf(cf, name).ok().flatten());
-            plain.unwrap_or(0) + expiring.unwrap_or(0)
-        };
+        let int = |name: &str| self.summed_property(name);
         let cache = |name: &str| self.inner.property_int_value(name).ok().flatten();
         LoadFigures {
             keys: int("rocksdb.estimate-num-keys"),
-            live_sst_bytes: int("rocksdb.live-sst-files-size"),
+            live_sst_bytes: self.live_sst_bytes(),
             memtable_bytes: int("rocksdb.cur-size-all-mem-tables"),
             pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes"),
             block_cache_bytes: cache("rocksdb.block-cache-usage").unwrap_or(0),

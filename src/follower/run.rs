@@ -151,33 +151,30 @@ fn apply_loop(
     let mut poll_due = Instant::now();
     let mut log_only = false;
     while !stop.is_stopped() {
-        if log_only && Instant::now() < poll_due && follower.step_log() {
-            match wake.recv_timeout(poll_due.saturating_duration_since(Instant::now())) {
-                Ok(first) => log_only = drain(wake, first),
-                Err(mpsc::RecvTimeoutError::Timeout) => log_only = false,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-            continue;
-        }
-        let wait = match follower.poll() {
-            // A newer backup may have landed during the apply.
-            PollOutcome::Applied(_) => {
-                backoff.succeeded();
-                continue;
-            }
-            // The store failing, or this host's disk: asked again later.
-            PollOutcome::Failed(e) if matches!(e.kind(), "store" | "io") => backoff.failed(),
-            PollOutcome::Failed(_) => {
-                backoff.succeeded();
-                poll_interval
-            }
-            PollOutcome::UpToDate | PollOutcome::Waiting(_) => {
-                backoff.succeeded();
-                poll_interval
-            }
+        let wait = if log_only && Instant::now() < poll_due && follower.step_log() {
+            poll_due.saturating_duration_since(Instant::now())
+        } else {
+            let wait = match follower.poll() {
+                // A newer backup may have landed during the apply.
+                PollOutcome::Applied(_) => {
+                    backoff.succeeded();
+                    continue;
+                }
+                // The store failing, or this host's disk: asked again later.
+                PollOutcome::Failed(e) if matches!(e.kind(), "store" | "io") => backoff.failed(),
+                PollOutcome::Failed(_) => {
+                    backoff.succeeded();
+                    poll_interval
+                }
+                PollOutcome::UpToDate | PollOutcome::Waiting(_) => {
+                    backoff.succeeded();
+                    poll_interval
+                }
+            };
+            poll_due = Instant::now() + wait;
+            watcher.ensure();
+            wait
         };
-        poll_due = Instant::now() + wait;
-        watcher.ensure();
         match wake.recv_timeout(wait) {
             Ok(first) => log_only = drain(wake, first),
             Err(mpsc::RecvTimeoutError::Timeout) => log_only = false,

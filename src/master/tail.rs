@@ -253,7 +253,7 @@ impl Master {
         if ratio == 0.0 || past < LOG_BACKUP_FLOOR {
             return;
         }
-        let live = self.db.load_figures().live_sst_bytes;
+        let live = self.db.live_sst_bytes();
         if (past as f64) < ratio * live as f64 {
             return;
         }
@@ -276,14 +276,13 @@ impl Master {
         let Some(sink) = self.store.log_sink() else {
             return;
         };
+        // Nothing while the log is off, or this run has not shipped for
+        // --keep-within (the age of older segments is unknown).
         let Some(young) = self
             .tail_state()
             .as_ref()
-            .map(|tail| tail.shipped_before(self.retention.keep_within))
+            .and_then(|tail| tail.shipped_before(self.retention.keep_within))
         else {
-            return;
-        };
-        let Some(young) = young else {
             return;
         };
         let oldest = match self.store.list() {

@@ -579,6 +579,47 @@ fn a_file_the_store_lost_is_never_applied_and_the_master_uploads_it_again() {
 }
 
 #[test]
+fn files_the_store_lost_are_uploaded_again_between_backups() {
+    // With the log on backups are rare: the scrub's step lists the store
+    // and uploads what it lost, without waiting for the next backup.
+    let s = Sandbox::new();
+    let moto = store(&s);
+    let endpoint = moto.endpoint();
+    let m = master(
+        &s,
+        "db",
+        &endpoint,
+        "lost-between",
+        &[
+            "--interval",
+            "0",
+            "--keep-within",
+            "10s",
+            "--scrub-interval",
+            "1s",
+        ],
+    );
+    fill(&m, "big", 1);
+    save(&m);
+    let shared: Vec<String> = moto
+        .keys(BUCKET, "lost-between/shared_checksum/")
+        .into_iter()
+        .filter(|k| k.ends_with(".sst"))
+        .collect();
+    assert!(!shared.is_empty());
+    for key in &shared {
+        moto.delete(&format!("{BUCKET}/{key}"));
+    }
+    let f = follower(&s, "f", &endpoint, "lost-between");
+    let value = get(&m, "big:000000:00");
+    assert!(matches!(value, Some(Reply::Bulk(Some(_)))), "{value:?}");
+    wait_until(GENEROUS, "the follower serves the lost files' data", || {
+        get(&f, "big:000000:00") == value
+    });
+    assert_eq!(m.info_num("rkv_backups_done"), 1, "no backup was taken");
+}
+
+#[test]
 fn the_store_cut_off_during_an_upload_delays_replication_and_loses_nothing() {
     let s = Sandbox::new();
     let moto = store(&s);
