@@ -327,7 +327,8 @@ pub(super) fn backups(
     out: &mut dyn std::io::Write,
 ) -> Result<(), CliError> {
     let cache = std::env::temp_dir().join(format!("rkv-backups-{}", std::process::id()));
-    let backups = Source::open(backup_dir, store, cache)?.store.list()?;
+    let source = Source::open(backup_dir, store, cache)?;
+    let backups = source.store.list()?;
     if backups.is_empty() {
         return Err(Error::NoBackups {
             location: BackupLocation::Dir(backup_dir.to_path_buf()),
@@ -345,9 +346,19 @@ pub(super) fn backups(
             let all: Vec<_> = shown.iter().map(|b| backup_json(b, now)).collect();
             emit(out, &serde_json::Value::Array(all).to_string())
         }
-        (false, _) => {
+        (false, at) => {
             for line in backups_table(&shown, now) {
                 emit(out, &line)?;
+            }
+            // What a restore reaches between and after the backups, when
+            // the store keeps a log.
+            let log = match source.store.log() {
+                Some(log) if !at => crate::tail::store::range(log)?,
+                _ => None,
+            };
+            if let Some(log) = log {
+                emit(out, "")?;
+                emit(out, &super::status::log_line(Some(&log)))?;
             }
             Ok(())
         }

@@ -166,28 +166,7 @@ impl DirStatus {
             }
             _ => lines.push("newest:       no backup yet".to_string()),
         }
-        let at = |ms: Option<u64>| {
-            ms.map_or_else(
-                || "?".to_string(),
-                |ms| {
-                    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-                    humantime::format_rfc3339_millis(t).to_string()
-                },
-            )
-        };
-        match &self.log {
-            Some(log) => lines.push(format!(
-                "log:          {} segments, seq {} to {} (cut {} to {}): `rkv restore --seq` \
-                 or `--at` reaches any point from the oldest backup to its end",
-                log.segments,
-                log.first_seq,
-                log.last_seq
-                    .map_or_else(|| "?".to_string(), |s| s.to_string()),
-                at(log.first_ms),
-                at(log.last_ms),
-            )),
-            None => lines.push("log:          none (followers follow backups alone)".to_string()),
-        }
+        lines.push(log_line(self.log.as_ref()));
         if self.unloadable.is_empty() {
             lines.push("unloadable:   none".to_string());
         }
@@ -230,5 +209,32 @@ impl DirStatus {
                 "why": why,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// What a store's write log covers, in one line for `rkv status` and
+/// `rkv backups`.
+pub(super) fn log_line(log: Option<&LogRange>) -> String {
+    let at = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "?".to_string(),
+            |ms| {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+                humantime::format_rfc3339_millis(t).to_string()
+            },
+        )
+    };
+    match log {
+        Some(log) => format!(
+            "log:          {} segments, seq {} to {} (cut {} to {}): `rkv restore --seq` \
+             or `--at` reaches any point from the oldest backup to its end",
+            log.segments,
+            log.first_seq,
+            log.last_seq
+                .map_or_else(|| "?".to_string(), |s| s.to_string()),
+            at(log.first_ms),
+            at(log.last_ms),
+        ),
+        None => "log:          none (followers follow backups alone)".to_string(),
     }
 }

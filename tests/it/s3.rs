@@ -118,6 +118,10 @@ fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
     };
     let backup_dir = format!("--backup_dir={}", url("prod"));
     let endpoint_flag = format!("--s3-endpoint={endpoint}");
+    // Both writes shipped in the log too (the table ends with its range).
+    wait_until(GENEROUS, "the master to ship both writes", || {
+        m.info_num("rkv_log_shipped_seq") >= 2
+    });
     let out = cli(&["backups", &backup_dir, &endpoint_flag]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -125,10 +129,15 @@ fn writes_reach_two_followers_through_the_store_and_the_cli_reads_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let lines: Vec<&str> = table.lines().collect();
     assert_eq!(
-        table.lines().count(),
-        3,
-        "a header and two backups:\n{table}"
+        lines.len(),
+        5,
+        "a header, two backups, a blank line and the log's range:\n{table}"
+    );
+    assert!(
+        lines[4].starts_with("log:") && lines[4].contains(" to 2 (cut "),
+        "the log's range, to the second write:\n{table}"
     );
     // Point in time from the store: now is the newest backup.
     let out = cli(&[
