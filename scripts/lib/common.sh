@@ -3,6 +3,8 @@
 # stop_daemons, wait_for, rkv_cli.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# The harness reads its scripts and analysis from this checkout.
+export RKV_REPO=$ROOT
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/rkv/target}
 BIN=${RKV_BIN_DIR:-$CARGO_TARGET_DIR/release}
 SCRIPT=$(basename "$0")

@@ -17,3 +17,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub work: Option<PathBuf>,
 }
+
+/// A file of the repository the harness runs from: under `RKV_REPO`
+/// (which `scripts/bench.sh` and `scripts/faults.sh` set to their checkout),
+/// else where this binary was built. A binary built in another checkout
+/// would otherwise read that checkout's scripts and analysis.
+pub fn repo_file(relative: &str) -> PathBuf {
+    let root = std::env::var_os("RKV_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")));
+    root.join(relative)
+}

@@ -23,7 +23,8 @@ use crate::scenarios::{missing, outcome, yes};
 use crate::{log, Outcome};
 use rkv_testkit::wait::time_until as wait_for;
 
-const PROXY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/lib/s3-proxy.py");
+/// The S3 proxy that drops, hangs and throttles, in the repository.
+const PROXY: &str = "scripts/lib/s3-proxy.py";
 const BUCKET: &str = "rkv-faults";
 const STORE_ENV: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "rkv-faults"),
@@ -47,7 +48,8 @@ impl Proxy {
             .open(log)
             .unwrap();
         let mut child = Command::new("python3")
-            .args([PROXY, "--port", &port.to_string(), "--upstream", upstream])
+            .arg(rkv_harness::repo_file(PROXY))
+            .args(["--port", &port.to_string(), "--upstream", upstream])
             .args(mode)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))
