@@ -38,8 +38,24 @@ pub struct Snapshot {
     pub calls: Vec<(&'static str, u64)>,
     /// Commands answered with an error.
     pub command_errors: u64,
+    /// Clients' waits for a position and staleness bounds.
+    pub freshness: Freshness,
     /// The served database's figures; `None` while there is none.
     pub db: Option<LoadFigures>,
+}
+
+/// What clients asked of the data's freshness (`RKV.WAIT`,
+/// `RKV.READAFTER`, `RKV.MAXSTALENESS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Requests waiting for a position now.
+    pub waiting: u64,
+    /// Requests that waited for a position since start.
+    pub waits: u64,
+    /// Of those, the ones whose time ran out.
+    pub timeouts: u64,
+    /// Reads refused by a connection's staleness bound.
+    pub refused: u64,
 }
 
 /// What `/healthz` answers: healthy, or the reason it is not.
@@ -229,6 +245,27 @@ pub fn render(snapshot: &Snapshot) -> String {
         "command_errors",
         "Commands answered with an error.",
         snapshot.command_errors,
+    );
+    let freshness = &snapshot.freshness;
+    x.gauge(
+        "waiting_clients",
+        "Requests waiting for the data to reach a position (RKV.WAIT, RKV.READAFTER).",
+        freshness.waiting as f64,
+    );
+    x.counter(
+        "position_waits",
+        "Requests that waited for the data to reach a position.",
+        freshness.waits,
+    );
+    x.counter(
+        "position_wait_timeouts",
+        "Requests whose wait for a position ran out of time.",
+        freshness.timeouts,
+    );
+    x.counter(
+        "reads_refused_bound",
+        "Reads refused because the data was older than the connection's RKV.MAXSTALENESS.",
+        freshness.refused,
     );
     if let Some(db) = &snapshot.db {
         x.gauge(

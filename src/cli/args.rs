@@ -64,6 +64,43 @@ pub struct Cli {
     #[arg(long, global = true, env = "RKV_CONNECT", value_name = "ADDR")]
     pub connect: Option<ListenAddr>,
 
+    /// Through a daemon: reads wait until its data holds POSITION (a
+    /// master's `rkv position` after a write), so they see that write; an
+    /// error after --read_timeout if the daemon does not get there.
+    #[arg(
+        long = "read_after",
+        visible_alias = "read-after",
+        global = true,
+        env = "RKV_READ_AFTER",
+        value_name = "POSITION"
+    )]
+    pub read_after: Option<u64>,
+
+    /// How long a read waits for --read_after's position.
+    #[arg(
+        long = "read_timeout",
+        visible_alias = "read-timeout",
+        global = true,
+        env = "RKV_READ_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = humantime::parse_duration
+    )]
+    pub read_timeout: std::time::Duration,
+
+    /// Through a follower: refuse to read data older than DURATION (an
+    /// error instead of stale data), whatever the follower's own
+    /// --max-staleness.
+    #[arg(
+        long = "max_staleness",
+        visible_alias = "max-staleness",
+        global = true,
+        env = "RKV_MAX_STALENESS",
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
+    pub max_staleness: Option<std::time::Duration>,
+
     /// File whose first line is the daemon's password (or set RKV_PASSWORD).
     #[arg(
         long = "password_file",
@@ -263,6 +300,13 @@ pub enum Command {
         /// The section to print.
         section: Option<String>,
     },
+    /// Print the position a running daemon's data holds: on a master, its
+    /// newest write (every write acknowledged before is at or below it); on
+    /// a follower, how far it has applied. Pass it to --read_after.
+    #[command(
+        after_help = "Example (read your write on a follower):\n  rkv --connect=127.0.0.1:6380 put user:1 Alice\n  rkv --connect=127.0.0.1:6381 --read_after=$(rkv --connect=127.0.0.1:6380 position) get user:1"
+    )]
+    Position,
     /// Check a backup's files against the sizes and crc32c checksums its meta
     /// file records. Checks the newest backup unless --backup_id is given.
     #[command(after_help = "Example:\n  rkv verify --backup_dir=/tmp/backups --backup_id=3")]
@@ -319,6 +363,7 @@ impl Command {
             Command::Backups { .. } => "backups",
             Command::Status { .. } => "status",
             Command::Info { .. } => "info",
+            Command::Position => "position",
             Command::Verify { .. } => "verify",
             Command::Promote { .. } => "promote",
         }

@@ -125,6 +125,15 @@ impl CliError {
                         .to_string(),
                 )
             }
+            CliError::Remote(ClientError::Server { message, .. })
+                if message.starts_with("TIMEOUT") =>
+            {
+                Some(
+                    "the daemon has not applied that position yet: see `rkv info replication` \
+                     there (rkv_lag_seq, rkv_last_error), or allow more with --read_timeout"
+                        .to_string(),
+                )
+            }
             CliError::Remote(_) => None,
         }
     }
@@ -171,6 +180,13 @@ pub fn main() -> std::process::ExitCode {
 /// directory itself.
 pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
     let mut daemon = daemon_address(cli)?.map(|addr| target::Remote::new(cli, addr));
+    if daemon.is_none() && (cli.read_after.is_some() || cli.max_staleness.is_some()) {
+        return Err(CliError::Usage(
+            "--read_after and --max_staleness are asked of a running daemon: pass \
+             --connect=ADDR (a follower's)"
+                .to_string(),
+        ));
+    }
     // The key/value commands go to the daemon, else to the directory (which
     // is opened only when the command reaches it).
     let mut local = target::Local::new(cli, cli.command.name());
@@ -201,6 +217,14 @@ pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
             None => Err(CliError::Usage(
                 "`info` asks a running daemon: pass --connect=ADDR, or --db=DIR of a database a \
                  daemon owns"
+                    .to_string(),
+            )),
+        },
+        Command::Position => match daemon.as_mut() {
+            Some(daemon) => remote::position(daemon, out),
+            None => Err(CliError::Usage(
+                "`position` asks a running daemon: pass --connect=ADDR, or --db=DIR of a \
+                 database a daemon owns"
                     .to_string(),
             )),
         },
@@ -276,13 +300,14 @@ fn daemon_address(cli: &Cli) -> Result<Option<ListenAddr>, CliError> {
             | Command::Scan { .. }
             | Command::Backup { .. }
             | Command::Info { .. }
+            | Command::Position
     );
     if let Some(addr) = &cli.connect {
         return if routable {
             Ok(Some(addr.clone()))
         } else {
             Err(CliError::Usage(
-                "--connect works with put, get, delete, scan, info and backup; restore, \
+                "--connect works with put, get, delete, scan, info, position and backup; restore, \
                  backups, status, verify and promote work on directories"
                     .to_string(),
             ))

@@ -1,4 +1,4 @@
-//! The commands only a running daemon answers: `info`, and `backup`
+//! The commands only a running daemon answers: `info`, `position`, and `backup`
 //! through the daemon that owns the database (SAVE), printed as in local
 //! mode.
 
@@ -23,6 +23,17 @@ pub(super) fn info(
             }
             Ok(())
         }
+        other => Err(daemon.unexpected(&other)),
+    }
+}
+
+/// `rkv position`: the position the daemon's data holds.
+pub(super) fn position(
+    daemon: &mut Remote<'_>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), CliError> {
+    match daemon.client()?.call(&[b"RKV.POSITION"])? {
+        Reply::Integer(n) => emit(out, &n.to_string()),
         other => Err(daemon.unexpected(&other)),
     }
 }

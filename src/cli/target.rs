@@ -143,7 +143,22 @@ impl<'a> Remote<'a> {
     pub(super) fn client(&mut self) -> Result<&mut Client, CliError> {
         if self.client.is_none() {
             let password = daemon_password(self.cli)?;
-            self.client = Some(Client::connect(&self.addr, password.as_deref())?);
+            let mut client = Client::connect(&self.addr, password.as_deref())?;
+            // The connection's freshness, before anything reads on it.
+            if let Some(position) = self.cli.read_after {
+                let (position, ms) = (
+                    position.to_string(),
+                    self.cli.read_timeout.as_millis().max(1).to_string(),
+                );
+                let set = [&b"RKV.READAFTER"[..], position.as_bytes(), ms.as_bytes()];
+                expect_ok(&self.addr, client.call(&set)?)?;
+            }
+            if let Some(bound) = self.cli.max_staleness {
+                let ms = bound.as_millis().max(1).to_string();
+                let set = [&b"RKV.MAXSTALENESS"[..], ms.as_bytes()];
+                expect_ok(&self.addr, client.call(&set)?)?;
+            }
+            self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected"))
     }
@@ -253,5 +268,16 @@ impl Target for Remote<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A setting's `+OK`, or the daemon's refusal as the error.
+fn expect_ok(addr: &ListenAddr, reply: Reply) -> Result<(), CliError> {
+    match reply {
+        Reply::Simple(_) => Ok(()),
+        other => Err(CliError::Remote(ClientError::Protocol {
+            addr: addr.to_string(),
+            detail: format!("unexpected reply {other:?}"),
+        })),
     }
 }

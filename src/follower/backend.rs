@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Follower, StaleReads};
 use crate::db::Db;
-use crate::server::{Backend, BackupRequest, Refusal, Role};
+use crate::server::{Backend, BackupRequest, Refusal, Role, Waiters};
 use crate::status::{DaemonStatus, FollowedLog, FollowerStatus, LastApply};
 
 impl Backend for Follower {
@@ -35,6 +35,21 @@ impl Backend for Follower {
 
     fn writer(&self) -> std::result::Result<Arc<Db>, Refusal> {
         Err(Refusal::ReadOnlyReplica)
+    }
+
+    fn position(&self) -> u64 {
+        self.serving
+            .load()
+            .as_ref()
+            .map_or(0, |g| g.db.latest_sequence_number())
+    }
+
+    fn staleness(&self) -> Option<std::time::Duration> {
+        Follower::staleness(self)
+    }
+
+    fn waiters(&self) -> Option<Arc<Waiters>> {
+        Some(Arc::clone(&self.waiters))
     }
 
     fn role(&self) -> Role {

@@ -86,6 +86,9 @@ pub struct Follower {
     reads_refused_stale: AtomicU64,
     /// Where the served generation stands in the store's log.
     place: Mutex<Option<tail::Place>>,
+    /// Clients waiting for the served data to reach a position: told
+    /// whenever it moves on (a batch of the log applied, a swap).
+    waiters: Arc<crate::server::Waiters>,
 }
 
 /// What the follower has seen and done, for `INFO replication`.
@@ -180,6 +183,7 @@ impl Follower {
             polling: Mutex::new(()),
             link_timeout: LINK_TIMEOUT,
             place: Mutex::new(None),
+            waiters: Arc::default(),
         };
         let current = follower.data.current();
         if let Some((id, path)) = &current {
@@ -319,6 +323,7 @@ impl Follower {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(old);
         }
+        self.waiters.advanced();
         stats.duration = started.elapsed();
         tracing::info!(
             backup_id = backup.id,

@@ -165,6 +165,9 @@ impl Follower {
             }) => {
                 state.log.segments += segments;
                 state.log.batches += batches;
+                if batches > 0 {
+                    self.waiters.advanced();
+                }
                 if let Some(ms) = last_ms {
                     let before = match &state.log.covered_ms {
                         Some((path, before)) if *path == serving.path => *before,

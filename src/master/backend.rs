@@ -40,6 +40,14 @@ impl Backend for Master {
         Role::Master
     }
 
+    fn position(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    fn staleness(&self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+
     fn request_backup(&self) -> std::result::Result<BackupRequest, Refusal> {
         Ok(if self.schedule_backup() {
             BackupRequest::Scheduled

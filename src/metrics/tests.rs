@@ -22,6 +22,7 @@ fn idle(status: DaemonStatus) -> Snapshot {
         commands: 0,
         calls: Vec::new(),
         command_errors: 0,
+        freshness: Default::default(),
         db: None,
     }
 }

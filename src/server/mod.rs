@@ -14,6 +14,7 @@
 
 pub mod commands;
 mod listen;
+mod wait;
 mod watch;
 mod worker;
 
@@ -28,6 +29,7 @@ use crate::resp::{Limits, Reply};
 use crate::stop::Stop;
 
 pub use listen::{ListenAddr, Listener, Stream};
+pub use wait::{Wait, Waiters};
 
 /// Why a daemon will not do what a command asks, in the daemon's terms;
 /// only the server words it as Redis would (`MASTERDOWN`, `READONLY`, …).
@@ -124,6 +126,20 @@ pub trait Backend: Send + Sync + 'static {
     /// What the daemon reports about itself (`INFO persistence` and
     /// `replication`).
     fn status(&self) -> crate::status::DaemonStatus;
+
+    /// The position the served data holds: the master's sequence number of
+    /// its newest write (0 before any data).
+    fn position(&self) -> u64;
+
+    /// How old the served data is (`None`: unknown, which is not fresh).
+    fn staleness(&self) -> Option<Duration>;
+
+    /// The clients waiting for [`Backend::position`] to move on, when it
+    /// moves by itself (a follower's); `None` on a master, whose position
+    /// moves only by its clients' writes.
+    fn waiters(&self) -> Option<Arc<Waiters>> {
+        None
+    }
 }
 
 /// How the server listens and what it allows.
@@ -162,6 +178,12 @@ pub struct Stats {
     pub keyspace_hits: AtomicU64,
     /// Keys not found by reading commands.
     pub keyspace_misses: AtomicU64,
+    /// Requests that waited for a position (`RKV.WAIT`, `RKV.READAFTER`).
+    pub waits: AtomicU64,
+    /// Of those, the ones whose time ran out.
+    pub wait_timeouts: AtomicU64,
+    /// Reads refused by a connection's `RKV.MAXSTALENESS`.
+    pub reads_refused_bound: AtomicU64,
     /// Recent (time, commands processed) readings, for INFO's
     /// `instantaneous_ops_per_sec`.
     pub ops_samples: std::sync::Mutex<std::collections::VecDeque<(Instant, u64)>>,
@@ -180,6 +202,9 @@ impl Default for Stats {
             command_errors: AtomicU64::new(0),
             keyspace_hits: AtomicU64::new(0),
             keyspace_misses: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+            reads_refused_bound: AtomicU64::new(0),
             ops_samples: Default::default(),
         }
     }
@@ -235,6 +260,8 @@ pub(crate) struct Shared {
     pub(crate) cursors: commands::Cursors,
     /// Who watches which keys (`WATCH`).
     pub(crate) watches: watch::Watches,
+    /// The clients waiting for a position; never woken on a master.
+    pub(crate) waiters: Arc<Waiters>,
     next_client_id: AtomicU64,
 }
 
@@ -249,6 +276,12 @@ impl Shared {
             commands: self.stats.total_commands.load(Ordering::Relaxed),
             calls: self.stats.calls_by_command(),
             command_errors: self.stats.command_errors.load(Ordering::Relaxed),
+            freshness: crate::metrics::Freshness {
+                waiting: self.waiters.parked() as u64,
+                waits: self.stats.waits.load(Ordering::Relaxed),
+                timeouts: self.stats.wait_timeouts.load(Ordering::Relaxed),
+                refused: self.stats.reads_refused_bound.load(Ordering::Relaxed),
+            },
             db: self.backend.served().map(|db| db.load_figures()),
         }
     }
@@ -275,8 +308,10 @@ impl Server {
             .iter()
             .map(Listener::local_addr)
             .collect::<Result<_, _>>()?;
+        let waiters = backend.waiters().unwrap_or_default();
         let shared = Arc::new(Shared {
             config,
+            waiters,
             backend,
             stats: Stats::default(),
             started: Instant::now(),
@@ -463,4 +498,11 @@ pub(crate) struct Connection {
     pub(crate) multi: Option<commands::Multi>,
     /// The keys `WATCH`ed since the last `EXEC`, `DISCARD` or `UNWATCH`.
     pub(crate) watching: Option<commands::Watching>,
+    /// On a master: the position this connection's last write reached.
+    pub(crate) last_write: Option<u64>,
+    /// `RKV.READAFTER`: every read waits for this position first, for at
+    /// most this long.
+    pub(crate) read_after: Option<(u64, Duration)>,
+    /// `RKV.MAXSTALENESS`: reads are refused when the data is older.
+    pub(crate) max_staleness: Option<Duration>,
 }

@@ -4,7 +4,7 @@
 //! stops reading its replies stops being read (its output is capped), so no
 //! client can make the server buffer without bound.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ use mio::event::Source;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use super::commands::{self, Action, WriteGroup};
-use super::{Connection, Shared, Stream};
+use super::{Connection, Shared, Stream, Wait};
 use crate::resp;
 
 const WAKER: Token = Token(usize::MAX);
@@ -61,6 +61,8 @@ impl Handle {
     pub(super) fn spawn(index: usize, shared: Arc<Shared>) -> io::Result<Handle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // Woken too when the served data moves on while a client waits.
+        shared.waiters.register(Arc::clone(&waker));
         let (tx, rx) = mpsc::channel();
         let (finishing, finished) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -72,6 +74,7 @@ impl Handle {
                     rx,
                     shared,
                     clients: HashMap::new(),
+                    parked: ParkedSet::default(),
                     next_token: 0,
                     chunk: vec![0u8; 64 * 1024],
                 }
@@ -109,6 +112,8 @@ struct Worker {
     rx: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
     clients: HashMap<usize, Client>,
+    /// The clients whose request waits for a position.
+    parked: ParkedSet,
     next_token: usize,
     /// Scratch space for reads, shared by the worker's clients.
     chunk: Vec<u8>,
@@ -123,15 +128,22 @@ impl Worker {
                 .clients
                 .values()
                 .any(|c| matches!(c.state, State::Lingering(_)));
-            let timeout = (stop_at.is_some() || lingering).then_some(Duration::from_millis(50));
+            let mut timeout = (stop_at.is_some() || lingering).then_some(Duration::from_millis(50));
+            let next_deadline = self.next_deadline();
+            if let Some(deadline) = next_deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("a server worker cannot wait for clients: {e}");
                     return;
                 }
             }
+            let mut woken = next_deadline.is_some_and(|d| Instant::now() >= d);
             for event in events.iter() {
                 if event.token() == WAKER {
+                    woken = true;
                     while let Ok(message) = self.rx.try_recv() {
                         match message {
                             Message::Client(id, stream) => self.add(id, stream),
@@ -144,10 +156,17 @@ impl Worker {
                 let Some(client) = self.clients.get_mut(&token) else {
                     continue;
                 };
-                client.serve(&self.shared, &mut self.chunk);
-                if client.finished() {
+                // A waiting client is not read, so its leaving shows here:
+                // it is let go at once, not when its wait ends.
+                if client.parked.is_some() && (event.is_read_closed() || event.is_error()) {
                     self.close(token);
+                    continue;
                 }
+                client.serve(&self.shared, &mut self.chunk);
+                self.settle(token);
+            }
+            if woken && !self.parked.is_empty() {
+                self.wake_parked();
             }
             let now = Instant::now();
             let expired: Vec<usize> = self
@@ -209,6 +228,9 @@ impl Worker {
                 protocol: crate::resp::Protocol::default(),
                 multi: None,
                 watching: None,
+                last_write: None,
+                read_after: None,
+                max_staleness: None,
             },
             buf: Vec::new(),
             start: 0,
@@ -219,20 +241,60 @@ impl Worker {
             eof: false,
             broken: false,
             paused: false,
+            parked: None,
             write_shut: false,
         };
         self.clients.insert(token, client);
         // Bytes may have arrived before the registration: read them now.
         if let Some(client) = self.clients.get_mut(&token) {
             client.serve(&self.shared, &mut self.chunk);
-            if client.finished() {
-                self.close(token);
+            self.settle(token);
+        }
+    }
+
+    /// After serving a client: closes it when it is done, and notes
+    /// whether it waits.
+    fn settle(&mut self, token: usize) {
+        let Some(client) = self.clients.get(&token) else {
+            return;
+        };
+        if client.finished() {
+            self.close(token);
+        } else {
+            let waits = client.parked.as_ref().map(|p| p.wait.deadline);
+            self.parked.note(token, waits);
+        }
+    }
+
+    /// The nearest time a waiting client's wait runs out.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.parked.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Answers the waiting clients whose position is reached or whose time
+    /// is up, and goes on with what they sent after.
+    fn wake_parked(&mut self) {
+        let now = Instant::now();
+        let tokens: Vec<usize> = self.parked.deadline_of.keys().copied().collect();
+        for token in tokens {
+            let Some(client) = self.clients.get_mut(&token) else {
+                self.parked.note(token, None);
+                continue;
+            };
+            if client.resume(&self.shared, now) {
+                client.answer(&self.shared);
+                client.serve(&self.shared, &mut self.chunk);
             }
+            self.settle(token);
         }
     }
 
     fn close(&mut self, token: usize) {
+        self.parked.note(token, None);
         if let Some(mut client) = self.clients.remove(&token) {
+            if client.parked.take().is_some() {
+                self.shared.waiters.unpark();
+            }
             let _ = client.stream.deregister(self.poll.registry());
             self.shared.cursors.release(client.conn.id);
             commands::unwatch(&mut client.conn, &self.shared);
@@ -258,6 +320,51 @@ enum State {
     Lingering(Instant),
 }
 
+/// A worker's waiting clients, and when their waits run out.
+#[derive(Default)]
+struct ParkedSet {
+    /// Each waiting client's deadline (`None`: none).
+    deadline_of: HashMap<usize, Option<Instant>>,
+    /// The deadlines, nearest first.
+    deadlines: BTreeSet<(Instant, usize)>,
+}
+
+impl ParkedSet {
+    /// Records that client `token` waits until `waits` (`Some(None)`: with
+    /// no deadline), or does not wait (`None`).
+    fn note(&mut self, token: usize, waits: Option<Option<Instant>>) {
+        let before = self.deadline_of.get(&token).copied();
+        if before == waits {
+            return;
+        }
+        if let Some(Some(at)) = before {
+            self.deadlines.remove(&(at, token));
+        }
+        match waits {
+            Some(deadline) => {
+                self.deadline_of.insert(token, deadline);
+                if let Some(at) = deadline {
+                    self.deadlines.insert((at, token));
+                }
+            }
+            None => {
+                self.deadline_of.remove(&token);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.deadline_of.is_empty()
+    }
+}
+
+/// A request that waits for a position, kept until it can run.
+struct Parked {
+    request: Vec<Vec<u8>>,
+    found: Option<usize>,
+    wait: Wait,
+}
+
 struct Client {
     span: tracing::Span,
     stream: NonBlocking,
@@ -277,6 +384,9 @@ struct Client {
     broken: bool,
     /// Output is over the cap: input waits until it drains.
     paused: bool,
+    /// A request waits for a position: nothing after it is read or
+    /// answered until it has run.
+    parked: Option<Parked>,
     write_shut: bool,
 }
 
@@ -309,7 +419,7 @@ impl Client {
     }
 
     fn read(&mut self, shared: &Shared, chunk: &mut [u8]) {
-        while !self.paused && !self.eof && !self.broken {
+        while !self.paused && self.parked.is_none() && !self.eof && !self.broken {
             match self.stream.read(chunk) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
@@ -332,7 +442,7 @@ impl Client {
         // write batch (one WAL append); any other command flushes them
         // first, so order holds.
         let mut group = WriteGroup::default();
-        while matches!(self.state, State::Open) {
+        while matches!(self.state, State::Open) && self.parked.is_none() {
             let authenticated = self.conn.authenticated;
             match self
                 .parser
@@ -356,6 +466,21 @@ impl Client {
                         continue;
                     }
                     group.flush(&mut self.conn, shared, &mut self.out);
+                    if let Some(wait) = commands::must_wait(&args, found, &self.conn, shared) {
+                        // Counted before the last look, so an advance
+                        // between the two still wakes this worker.
+                        shared.waiters.park();
+                        if shared.backend.position() < wait.position {
+                            shared.stats.waits.fetch_add(1, Ordering::Relaxed);
+                            self.parked = Some(Parked {
+                                request: args,
+                                found,
+                                wait,
+                            });
+                            break;
+                        }
+                        shared.waiters.unpark();
+                    }
                     let (reply, action) = commands::execute(&args, found, &mut self.conn, shared);
                     reply.encode_as(&mut self.out, self.conn.protocol);
                     if action == Action::Close {
@@ -384,6 +509,32 @@ impl Client {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+    }
+
+    /// Runs the waiting request once its position is reached, or answers
+    /// that its time ran out; whether it did either.
+    fn resume(&mut self, shared: &Shared, now: Instant) -> bool {
+        let Some(parked) = &self.parked else {
+            return false;
+        };
+        let reached = shared.backend.position() >= parked.wait.position;
+        if !reached && parked.wait.deadline.is_none_or(|d| now < d) {
+            return false;
+        }
+        let parked = self.parked.take().expect("checked above");
+        shared.waiters.unpark();
+        let reply = if reached {
+            let (reply, action) =
+                commands::execute(&parked.request, parked.found, &mut self.conn, shared);
+            if action == Action::Close {
+                self.state = State::Closing;
+            }
+            reply
+        } else {
+            commands::timed_out(&parked.wait, shared)
+        };
+        reply.encode_as(&mut self.out, self.conn.protocol);
+        true
     }
 
     fn write(&mut self) {
@@ -518,5 +669,32 @@ impl Source for NonBlocking {
             NonBlocking::Tcp(s) => s.deregister(registry),
             NonBlocking::Unix(s) => s.deregister(registry),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parked_set_keeps_one_deadline_per_client_nearest_first() {
+        let mut set = ParkedSet::default();
+        let now = Instant::now();
+        let (soon, later) = (now + Duration::from_secs(1), now + Duration::from_secs(5));
+        set.note(1, Some(Some(later)));
+        set.note(2, Some(Some(soon)));
+        set.note(3, Some(None));
+        assert_eq!(set.deadlines.first(), Some(&(soon, 2)));
+        // Noted again with the same deadline: still once.
+        set.note(2, Some(Some(soon)));
+        assert_eq!(set.deadlines.len(), 2);
+        // A client that parks again with a new deadline moves.
+        set.note(2, Some(Some(later + Duration::from_secs(1))));
+        assert_eq!(set.deadlines.first(), Some(&(later, 1)));
+        // Clients that stop waiting leave no trace.
+        for token in [1, 2, 3] {
+            set.note(token, None);
+        }
+        assert!(set.is_empty() && set.deadlines.is_empty());
     }
 }

@@ -686,6 +686,20 @@ for _ in range(600):
         pass  # no backup applied yet
     time.sleep(0.1)
 assert f.get("replicated") == b"yes"
+# Read your writes, as the README shows it: one connection each.
+writer = redis.Redis(port=master, single_connection_client=True)
+reader = redis.Redis(port=follower, single_connection_client=True)
+for i in range(200):
+    writer.set("cart:42", i)
+    position = writer.execute_command("RKV.POSITION")
+    reader.execute_command("RKV.READAFTER", position, 30000)
+    assert reader.get("cart:42") == str(i).encode(), (i, position)
+    assert f.execute_command("RKV.WAIT", position, 30000) >= position
+try:
+    f.execute_command("RKV.WAIT", position + 10**9, 50)
+    raise SystemExit("a wait for a position never written returned")
+except redis.ResponseError as e:
+    assert str(e).startswith("TIMEOUT position"), e
 try:
     f.set("k", "v")
     raise SystemExit("a follower took a write")

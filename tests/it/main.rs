@@ -6,6 +6,7 @@ mod clients;
 mod compat;
 mod faults;
 mod follower;
+mod freshness;
 mod master;
 mod metrics;
 mod netns;

@@ -10,6 +10,7 @@
 mod args;
 mod connection;
 mod expire;
+mod freshness;
 mod keyspace;
 mod server;
 mod strings;
@@ -21,6 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::{Connection, Refusal, Shared};
 use crate::db::now_ms;
 use crate::resp::Reply;
+pub(crate) use freshness::{must_wait, timed_out};
 
 pub(crate) use keyspace::Cursors;
 pub(crate) use transaction::{unwatch, Multi, Watching};
@@ -62,6 +64,7 @@ impl Ctx<'_, '_> {
             stats.keyspace_misses.fetch_add(after.1 - before.1, Relaxed);
             result
         };
+        freshness::check_bound(self.conn, self.shared)?;
         if let Some(txn) = self.txn.as_deref() {
             return counted(txn, &self.shared.stats);
         }
@@ -94,7 +97,9 @@ impl Ctx<'_, '_> {
             Ok(reply) => reply,
             Err(e) => return storage_error(e),
         };
-        match commit(txn, self.shared) {
+        let committed = commit(txn, self.shared);
+        self.conn.last_write = Some(db.latest_sequence_number());
+        match committed {
             Ok(()) => reply,
             Err(e) => storage_error(e),
         }
@@ -145,6 +150,7 @@ const READ_SLOW: &[&str] = &["readonly"];
 const ADMIN: &[&str] = &["admin"];
 const FAST: &[&str] = &["fast"];
 const AUTH_FREE: &[&str] = &["noauth", "fast"];
+const BLOCKING: &[&str] = &["blocking"];
 
 /// No keys.
 const NONE: (i64, i64, i64) = (0, 0, 0);
@@ -225,7 +231,11 @@ pub(super) const COMMANDS: &[Spec] = &[
     spec("randomkey", 1, READ_SLOW, NONE, keyspace::randomkey),
     spec("rename", 3, WRITE, TWO, keyspace::rename),
     spec("renamenx", 3, WRITE_FAST, TWO, keyspace::renamenx),
+    spec("rkv.maxstaleness", 2, FAST, NONE, freshness::max_staleness),
+    spec("rkv.position", 1, FAST, NONE, freshness::position),
+    spec("rkv.readafter", -2, FAST, NONE, freshness::read_after),
     spec("rkv.scan", 4, READ_SLOW, NONE, keyspace::range_scan),
+    spec("rkv.wait", 3, BLOCKING, NONE, freshness::wait),
     spec("role", 1, FAST, NONE, server::role),
     spec("save", 1, ADMIN, NONE, server::save),
     spec("scan", -2, READ_SLOW, NONE, keyspace::scan),
@@ -517,6 +527,7 @@ impl WriteGroup {
                 Err(e) => vec![storage_error(e); replies.len()],
             }
         };
+        conn.last_write = Some(db.latest_sequence_number());
         for ((slot, _), reply) in commands.iter().zip(&replies) {
             count_call(shared, *slot, reply);
             reply.encode_as(out, conn.protocol);

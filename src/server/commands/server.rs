@@ -184,7 +184,7 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
                     stats.connected_clients.load(Ordering::Relaxed).to_string(),
                 ),
                 kv("maxclients", shared.config.max_clients.to_string()),
-                kv("blocked_clients", "0".into()),
+                kv("blocked_clients", shared.waiters.parked().to_string()),
             ],
         ),
         (
@@ -202,6 +202,9 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
                 count("keyspace_hits", &stats.keyspace_hits),
                 count("keyspace_misses", &stats.keyspace_misses),
                 count("total_error_replies", &stats.command_errors),
+                count("rkv_position_waits", &stats.waits),
+                count("rkv_position_wait_timeouts", &stats.wait_timeouts),
+                count("rkv_reads_refused_bound", &stats.reads_refused_bound),
             ],
         ),
         ("memory", memory_fields()),
@@ -392,6 +395,8 @@ fn status_sections(status: DaemonStatus) -> Vec<(&'static str, Vec<(String, Stri
                 ),
                 kv("master_sync_in_progress", u8::from(f.applying).to_string()),
                 kv("slave_repl_offset", f.applied_seq.to_string()),
+                // A replica's own offset, as Redis reports it there.
+                kv("master_repl_offset", f.applied_seq.to_string()),
                 kv("slave_read_only", "1".into()),
                 kv("rkv_master", f.master),
                 kv("rkv_backup_dir", f.backup_dir),

@@ -176,7 +176,9 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
             reply
         })
         .collect();
-    match super::commit(txn, ctx.shared) {
+    let committed = super::commit(txn, ctx.shared);
+    ctx.conn.last_write = Some(db.latest_sequence_number());
+    match committed {
         Ok(()) => Reply::array(replies),
         Err(e) => super::storage_error(e),
     }
