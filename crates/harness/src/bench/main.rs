@@ -5,6 +5,7 @@
 //! here asserts a speed. Run it through `scripts/bench.sh`.
 
 mod daemons;
+mod freshness;
 mod report;
 mod scenarios;
 
@@ -31,7 +32,7 @@ struct Args {
     run: rkv_harness::RunArgs,
     /// Run only these scenarios (for investigating one figure; the report
     /// then lacks the others).
-    #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers", "store"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers", "store", "freshness"])]
     only: Vec<String>,
     /// How long the long tailing run lasts (default 10m, 30s with
     /// --quick): for investigating the backup store's size or the lag's
@@ -53,6 +54,8 @@ struct Plan {
     followers: usize,
     store_base_mib: u64,
     store_idle: Duration,
+    /// How long read-your-writes is probed.
+    freshness_run: Duration,
 }
 
 pub fn log(message: &str) {
@@ -78,6 +81,7 @@ fn main() {
             followers: 5,
             store_base_mib: 16,
             store_idle: Duration::from_secs(10),
+            freshness_run: Duration::from_secs(8),
         }
     } else {
         Plan {
@@ -93,6 +97,7 @@ fn main() {
             followers: 20,
             store_base_mib: 256,
             store_idle: Duration::from_secs(120),
+            freshness_run: Duration::from_secs(30),
         }
     };
     let plan = Plan {
@@ -220,6 +225,19 @@ fn main() {
     }
     if wanted("store") {
         object_store(&plan, &dir, &mut report);
+    }
+    if wanted("freshness") {
+        log(&format!(
+            "9. read-your-writes on a follower under {} SET/s, and what waiting costs reads",
+            plan.load
+        ));
+        report.freshness = Some(freshness::freshness(
+            &dir("freshness"),
+            plan.freshness_run,
+            plan.load,
+            plan.requests,
+            plan.rounds,
+        ));
     }
     report.elapsed = started.elapsed();
     report.load_average = (load_before, load_average());

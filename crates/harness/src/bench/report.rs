@@ -34,6 +34,8 @@ pub struct Report {
     pub store_lag: Vec<LagResult>,
     pub store_cost: Option<StoreCost>,
     pub store_missing: bool,
+    /// Read-your-writes on a follower.
+    pub freshness: Option<crate::freshness::FreshnessResult>,
     pub elapsed: Duration,
     pub load_average: (f64, f64),
 }
@@ -107,12 +109,23 @@ impl Report {
         {
             assert!(!l.samples.is_empty(), "{}: no probe was seen", l.label);
         }
+        if let Some(f) = &self.freshness {
+            assert!(
+                !f.ryw_ms.is_empty(),
+                "read-your-writes: no probe was answered"
+            );
+            assert_eq!(
+                f.missed, 0,
+                "read-your-writes: reads after a wait missed their write"
+            );
+        }
         for t in self
             .writes
             .iter()
             .chain(&self.reads)
             .chain(&self.many_writes)
             .chain(&self.tailing_reads)
+            .chain(self.freshness.as_ref().map(|f| &f.reads))
         {
             assert!(
                 t.rkv.median > 0.0 && t.baseline.median > 0.0,
@@ -308,7 +321,7 @@ impl Report {
         self.store_section(&mut md);
         // What the figures mean where a target is not met: written by hand
         // against a full run, kept beside the code, and dated.
-        let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bench/ANALYSIS.md");
+        let analysis = rkv_harness::repo_file("crates/harness/src/bench/ANALYSIS.md");
         if let (false, Ok(text)) = (self.quick, std::fs::read_to_string(analysis)) {
             md.push_str(&text);
         }
@@ -448,6 +461,28 @@ impl Report {
         if let Some(r) = &self.tailing_reads {
             let _ = writeln!(md, "## Reads after long tailing\n\nA follower holding the keys below (written as 4 backups of interleaved keys, so in several SST files) answers redis-benchmark GET, 50 clients, pipelined 16, before and after the long lag run above, which it followed through the log without a restore: the same open database and caches throughout.\n");
             throughput_table(md, std::slice::from_ref(r));
+        }
+        if let Some(f) = &self.freshness {
+            let _ = writeln!(md, "## Read your writes on a follower\n");
+            let _ = writeln!(
+                md,
+                "Under {} SET/s of background load, about 100 times a second: SET on the master, RKV.POSITION on the same connection, RKV.WAIT for that position on a follower, then GET there. Measured from the SET's acknowledgment to the GET's answer.\n",
+                self.load
+            );
+            let _ = writeln!(md, "| probes | p50 ms | p99 ms | max ms | reads that missed their write | waits timed out |");
+            let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: |");
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+                f.ryw_ms.len(),
+                percentile(&f.ryw_ms, 50.0),
+                percentile(&f.ryw_ms, 99.0),
+                f.ryw_ms.last().copied().unwrap_or(f64::NAN),
+                f.missed,
+                f.timeouts
+            );
+            let _ = writeln!(md, "What waiting costs reads: GETs (rkv's client, pipelined) on connections under RKV.READAFTER with a position the follower holds, against plain connections, in alternation.\n");
+            throughput_table(md, std::slice::from_ref(&f.reads));
         }
         if let Some(w) = &self.many_writes {
             let _ = writeln!(md, "## Many followers: master writes\n");

@@ -358,7 +358,7 @@ pub fn probe_lag(pair: &Pair, setup: &LagSetup, duration: Duration, rate: u32) -
 /// Litestream's lag, measured the same way by `scripts/lib/litestream-lag.py`
 /// at its fastest settings; `None` (said) when Litestream is not installed.
 pub fn litestream_lag(work: &Path, duration: Duration, rate: u32) -> Option<LagResult> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/litestream-lag.py");
+    let script = rkv_harness::repo_file("scripts/lib/litestream-lag.py");
     let _ = std::fs::remove_dir_all(work);
     let out = std::process::Command::new("python3")
         .arg(&script)
@@ -541,7 +541,7 @@ pub struct ThroughputResult {
 }
 
 impl ThroughputResult {
-    fn new(
+    pub(crate) fn new(
         label: String,
         (clients, pipeline): (usize, usize),
         rounds: &[(f64, f64)],
