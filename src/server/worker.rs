@@ -427,6 +427,14 @@ impl Client {
                         self.buf.extend_from_slice(&chunk[..n]);
                         self.answer(shared);
                     }
+                    // A read shorter than the chunk emptied the socket: a
+                    // second would only say WouldBlock, one system call per
+                    // request for nothing. Bytes that arrive later bring a
+                    // new edge (epoll reports every arrival), as tokio
+                    // relies on too.
+                    if n < chunk.len() {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
