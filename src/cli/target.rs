@@ -151,12 +151,12 @@ impl<'a> Remote<'a> {
                     self.cli.read_timeout.as_millis().max(1).to_string(),
                 );
                 let set = [&b"RKV.READAFTER"[..], position.as_bytes(), ms.as_bytes()];
-                expect_ok(&self.addr, client.call(&set)?)?;
+                self.expect_ok(client.call(&set)?)?;
             }
             if let Some(bound) = self.cli.max_staleness {
                 let ms = bound.as_millis().max(1).to_string();
                 let set = [&b"RKV.MAXSTALENESS"[..], ms.as_bytes()];
-                expect_ok(&self.addr, client.call(&set)?)?;
+                self.expect_ok(client.call(&set)?)?;
             }
             self.client = Some(client);
         }
@@ -169,6 +169,15 @@ impl<'a> Remote<'a> {
             addr: self.addr.to_string(),
             detail: format!("unexpected reply {reply:?}"),
         })
+    }
+
+    /// A setting's `+OK`; anything else is a reply the command cannot
+    /// make sense of (a refusal is already an error).
+    fn expect_ok(&self, reply: Reply) -> Result<(), CliError> {
+        match reply {
+            Reply::Simple(_) => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     /// The daemon's address.
@@ -268,16 +277,5 @@ impl Target for Remote<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// A setting's `+OK`, or the daemon's refusal as the error.
-fn expect_ok(addr: &ListenAddr, reply: Reply) -> Result<(), CliError> {
-    match reply {
-        Reply::Simple(_) => Ok(()),
-        other => Err(CliError::Remote(ClientError::Protocol {
-            addr: addr.to_string(),
-            detail: format!("unexpected reply {other:?}"),
-        })),
     }
 }

@@ -262,6 +262,9 @@ pub(crate) struct Shared {
     pub(crate) watches: watch::Watches,
     /// The clients waiting for a position; never woken on a master.
     pub(crate) waiters: Arc<Waiters>,
+    /// Whether the served position moves by itself (a follower's), so a
+    /// request may wait for it; asked once, at start.
+    pub(crate) positions_move: bool,
     next_client_id: AtomicU64,
 }
 
@@ -308,10 +311,14 @@ impl Server {
             .iter()
             .map(Listener::local_addr)
             .collect::<Result<_, _>>()?;
-        let waiters = backend.waiters().unwrap_or_default();
+        let (waiters, positions_move) = match backend.waiters() {
+            Some(waiters) => (waiters, true),
+            None => (Arc::default(), false),
+        };
         let shared = Arc::new(Shared {
             config,
             waiters,
+            positions_move,
             backend,
             stats: Stats::default(),
             started: Instant::now(),

@@ -178,6 +178,12 @@ fn a_wait_on_a_follower_cut_off_from_the_store_times_out_saying_how_far_it_got()
     assert!(e.contains("position is not a non-negative integer"), "{e}");
     let e = error(client.call(&[b"RKV.WAIT", b"1", b"soon"]));
     assert!(e.contains("timeout is not a non-negative integer"), "{e}");
+    let e = error(client.call(&[b"RKV.READAFTER", b"x"]));
+    assert!(e.contains("position is not a non-negative integer"), "{e}");
+    let e = error(client.call(&[b"RKV.READAFTER", b"1", b"-5"]));
+    assert!(e.contains("timeout is not a non-negative integer"), "{e}");
+    let e = error(client.call(&[b"RKV.READAFTER", b"1", b"5", b"more"]));
+    assert!(e.contains("syntax error"), "{e}");
 
     // On the master, a position it holds answers at once; one past its
     // newest write is an error, not a wait.
@@ -229,8 +235,10 @@ fn a_connection_staleness_bound_refuses_stale_reads_and_lets_fresh_ones_through(
         },
     );
     bounded.call(&[b"RKV.MAXSTALENESS", b"OFF"]).unwrap();
-    let e = error(bounded.call(&[b"RKV.MAXSTALENESS", b"0"]));
-    assert!(e.contains("positive number of milliseconds"), "{e}");
+    for bad in [&b"0"[..], b"soon"] {
+        let e = error(bounded.call(&[b"RKV.MAXSTALENESS", bad]));
+        assert!(e.contains("positive number of milliseconds"), "{e}");
+    }
 }
 
 /// The number of threads of process `pid`.
@@ -329,4 +337,5 @@ fn the_cli_reads_its_write_on_a_follower_through_a_position() {
         2,
         &["--read_after and --max_staleness are asked of a running daemon"],
     );
+    rkv(&[&db, "position"]).fails(2, &["`position` asks a running daemon"]);
 }

@@ -40,7 +40,7 @@ pub(super) fn wait(ctx: &mut Ctx<'_, '_>) -> Reply {
     if here >= position {
         return Reply::Integer(here as i64);
     }
-    if ctx.shared.backend.waiters().is_none() {
+    if !ctx.shared.positions_move {
         return Reply::error(format!(
             "ERR position {position} is past this master's newest write ({here})"
         ));
@@ -98,7 +98,6 @@ pub(super) fn check_bound(conn: &Connection, shared: &Shared) -> Result<(), Repl
     let Some(bound) = conn.max_staleness else {
         return Ok(());
     };
-    let ms = |d: Duration| humantime::format_duration(Duration::from_millis(d.as_millis() as u64));
     let reason = match shared.backend.staleness() {
         Some(age) if age <= bound => return Ok(()),
         Some(age) => format!(
@@ -143,7 +142,9 @@ pub(crate) fn must_wait(
         }
         read_after
     };
-    shared.backend.waiters()?;
+    if !shared.positions_move {
+        return None;
+    }
     if shared.backend.position() >= position {
         return None;
     }
@@ -160,10 +161,7 @@ pub(crate) fn timed_out(wait: &Wait, shared: &Shared) -> Reply {
     shared.stats.wait_timeouts.fetch_add(1, Relaxed);
     let here = shared.backend.position();
     let age = match shared.backend.staleness() {
-        Some(age) => format!(
-            "its data is {} old",
-            humantime::format_duration(Duration::from_millis(age.as_millis() as u64))
-        ),
+        Some(age) => format!("its data is {} old", ms(age)),
         None => "its data's age is unknown".to_string(),
     };
     Reply::error(format!(
@@ -188,4 +186,9 @@ fn wait_args(request: &[Vec<u8>]) -> Result<(u64, Duration), Reply> {
 
 fn non_negative(arg: &[u8]) -> Option<u64> {
     args::int(arg).and_then(|n| u64::try_from(n).ok())
+}
+
+/// A duration to the millisecond, as humans read it (`3s 12ms`).
+fn ms(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
 }
