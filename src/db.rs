@@ -89,6 +89,20 @@ impl Db {
         }
     }
 
+    /// Whether a key may have a deadline (then its entry may be in either
+    /// column family).
+    pub fn may_expire(&self) -> bool {
+        self.may_expire.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The value of `key` in the default column family: the whole answer
+    /// while [`Db::may_expire`] is false.
+    pub fn plain_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner
+            .get(key)
+            .map_err(|e| Error::rocksdb("read a key", e))
+    }
+
     /// The value of `key`, unless it is absent or expired.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.entry(key, now_ms())?.map(|e| e.value))

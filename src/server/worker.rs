@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mio::event::Source;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use super::commands::{self, Action, WriteGroup};
+use super::commands::{self, Action, Members, WriteGroup};
 use super::{Connection, Shared, Stream, Wait};
 use crate::resp;
 
@@ -75,6 +75,8 @@ impl Handle {
                     shared,
                     clients: HashMap::new(),
                     parked: ParkedSet::default(),
+                    group: WriteGroup::default(),
+                    held: Vec::new(),
                     next_token: 0,
                     chunk: vec![0u8; 64 * 1024],
                 }
@@ -114,6 +116,11 @@ struct Worker {
     clients: HashMap<usize, Client>,
     /// The clients whose request waits for a position.
     parked: ParkedSet,
+    /// The write commands of this turn of the loop, written together
+    /// once every ready client has been read (see [`WriteGroup`]).
+    group: WriteGroup,
+    /// Clients that stopped at a request until the group is written.
+    held: Vec<usize>,
     next_token: usize,
     /// Scratch space for reads, shared by the worker's clients.
     chunk: Vec<u8>,
@@ -162,9 +169,10 @@ impl Worker {
                     self.close(token);
                     continue;
                 }
-                client.serve(&self.shared, &mut self.chunk);
+                client.serve(&self.shared, &mut self.chunk, &mut self.group, token);
                 self.settle(token);
             }
+            self.write_group();
             if woken && !self.parked.is_empty() {
                 self.wake_parked();
             }
@@ -242,13 +250,40 @@ impl Worker {
             broken: false,
             paused: false,
             parked: None,
+            in_group: false,
+            next: None,
             write_shut: false,
         };
         self.clients.insert(token, client);
         // Bytes may have arrived before the registration: read them now.
         if let Some(client) = self.clients.get_mut(&token) {
-            client.serve(&self.shared, &mut self.chunk);
+            client.serve(&self.shared, &mut self.chunk, &mut self.group, token);
             self.settle(token);
+        }
+        self.write_group();
+    }
+
+    /// Writes the group of this turn's write commands, hands each client
+    /// its replies, and goes on with the clients that stopped for it
+    /// (which may make a new group, written in turn).
+    fn write_group(&mut self) {
+        while !self.group.is_empty() || !self.held.is_empty() {
+            let owners = self.group.flush(&self.shared, &mut self.clients);
+            let mut again = std::mem::take(&mut self.held);
+            again.extend(owners);
+            again.sort_unstable();
+            again.dedup();
+            for token in again {
+                let Some(client) = self.clients.get_mut(&token) else {
+                    continue;
+                };
+                client.in_group = false;
+                client.carry_on(&self.shared, &mut self.chunk, &mut self.group, token);
+                if client.next.is_some() {
+                    self.held.push(token);
+                }
+                self.settle(token);
+            }
         }
     }
 
@@ -258,6 +293,10 @@ impl Worker {
         let Some(client) = self.clients.get(&token) else {
             return;
         };
+        if client.next.is_some() && !client.in_group && !self.held.contains(&token) {
+            // Stopped for a full group it has no command in.
+            self.held.push(token);
+        }
         if client.finished() {
             self.close(token);
         } else {
@@ -282,11 +321,12 @@ impl Worker {
                 continue;
             };
             if client.resume(&self.shared, now) {
-                client.answer(&self.shared);
-                client.serve(&self.shared, &mut self.chunk);
+                client.answer(&self.shared, &mut self.group, token);
+                client.serve(&self.shared, &mut self.chunk, &mut self.group, token);
             }
             self.settle(token);
         }
+        self.write_group();
     }
 
     fn close(&mut self, token: usize) {
@@ -387,22 +427,54 @@ struct Client {
     /// A request waits for a position: nothing after it is read or
     /// answered until it has run.
     parked: Option<Parked>,
+    /// Write commands of this client wait in the worker's group: its
+    /// replies come once the group is written.
+    in_group: bool,
+    /// What the client sent next, kept until the worker's group is
+    /// written: a command that cannot join it (its replies must follow
+    /// the group's), or one that found the group full.
+    next: Option<Next>,
     write_shut: bool,
+}
+
+/// A request read but not yet run (see [`Client::next`]).
+enum Next {
+    Request(Vec<Vec<u8>>, Option<usize>),
+    Malformed(resp::ProtocolError),
+}
+
+impl Members for HashMap<usize, Client> {
+    fn member(&mut self, owner: usize) -> Option<(&mut super::Connection, &mut Vec<u8>)> {
+        self.get_mut(&owner).map(|c| (&mut c.conn, &mut c.out))
+    }
 }
 
 impl Client {
     /// [`Client::on_ready`] inside the client's span (moved out and back,
     /// so entering it costs no reference count).
-    fn serve(&mut self, shared: &Shared, chunk: &mut [u8]) {
+    fn serve(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
         let span = std::mem::replace(&mut self.span, tracing::Span::none());
-        span.in_scope(|| self.on_ready(shared, chunk));
+        span.in_scope(|| self.on_ready(shared, chunk, group, token));
+        self.span = span;
+    }
+
+    /// After the worker's group is written: answers what waited for it,
+    /// then goes on reading.
+    fn carry_on(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        span.in_scope(|| {
+            if self.next.is_some() {
+                self.answer(shared, group, token);
+            }
+            self.on_ready(shared, chunk, group, token);
+        });
         self.span = span;
     }
 
     /// Reads, answers and writes as far as the socket allows.
-    fn on_ready(&mut self, shared: &Shared, chunk: &mut [u8]) {
+    fn on_ready(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
         loop {
-            self.read(shared, chunk);
+            self.read(shared, chunk, group, token);
             self.write();
             // Output drained below the cap while input was waiting: an
             // edge-triggered socket will not say again that it is readable.
@@ -410,7 +482,7 @@ impl Client {
                 self.paused = false;
                 // Requests already buffered come first.
                 if matches!(self.state, State::Open) {
-                    self.answer(shared);
+                    self.answer(shared, group, token);
                 }
                 continue;
             }
@@ -418,14 +490,19 @@ impl Client {
         }
     }
 
-    fn read(&mut self, shared: &Shared, chunk: &mut [u8]) {
-        while !self.paused && self.parked.is_none() && !self.eof && !self.broken {
+    fn read(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
+        while !self.paused
+            && self.parked.is_none()
+            && self.next.is_none()
+            && !self.eof
+            && !self.broken
+        {
             match self.stream.read(chunk) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     if matches!(self.state, State::Open) {
                         self.buf.extend_from_slice(&chunk[..n]);
-                        self.answer(shared);
+                        self.answer(shared, group, token);
                     }
                     // A read shorter than the chunk emptied the socket: a
                     // second would only say WouldBlock, one system call per
@@ -443,72 +520,85 @@ impl Client {
         }
     }
 
-    /// Answers every complete request in the buffer.
-    fn answer(&mut self, shared: &Shared) {
+    /// Answers every complete request in the buffer, adding write
+    /// commands to the worker's `group`; stops at a request that must wait
+    /// for the group to be written (kept in [`Client::next`]).
+    fn answer(&mut self, shared: &Shared, group: &mut WriteGroup, token: usize) {
         let limits = shared.config.limits;
-        // Consecutive write commands of a pipeline go to RocksDB as one
-        // write batch (one WAL append); any other command flushes them
-        // first, so order holds.
-        let mut group = WriteGroup::default();
         while matches!(self.state, State::Open) && self.parked.is_none() {
-            let authenticated = self.conn.authenticated;
-            match self
-                .parser
-                .parse(&self.buf[self.start..], &limits, authenticated)
-            {
-                Ok(Some((args, used))) => {
-                    self.start += used;
-                    if args.is_empty() {
-                        continue;
-                    }
-                    shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
-                    // The command is looked up once, here.
-                    let found = commands::slot_of(&args[0]);
-                    if let Some(slot) =
-                        found.filter(|_| WriteGroup::accepts(&args, found, &self.conn))
+            let (args, found) = match self.next.take() {
+                Some(Next::Request(args, found)) => (args, found),
+                Some(Next::Malformed(e)) => {
+                    self.malformed(e);
+                    break;
+                }
+                None => {
+                    let authenticated = self.conn.authenticated;
+                    match self
+                        .parser
+                        .parse(&self.buf[self.start..], &limits, authenticated)
                     {
-                        group.push(args, slot);
-                        if group.is_full() {
-                            group.flush(&mut self.conn, shared, &mut self.out);
+                        Ok(Some((args, used))) => {
+                            self.start += used;
+                            if args.is_empty() {
+                                continue;
+                            }
+                            shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
+                            // The command is looked up once, here.
+                            let found = commands::slot_of(&args[0]);
+                            (args, found)
                         }
-                        continue;
-                    }
-                    group.flush(&mut self.conn, shared, &mut self.out);
-                    if let Some(wait) = commands::must_wait(&args, found, &self.conn, shared) {
-                        // Counted before the last look, so an advance
-                        // between the two still wakes this worker.
-                        shared.waiters.park();
-                        if shared.backend.position() < wait.position {
-                            shared.stats.waits.fetch_add(1, Ordering::Relaxed);
-                            self.parked = Some(Parked {
-                                request: args,
-                                found,
-                                wait,
-                            });
+                        Ok(None) => break,
+                        Err(e) if self.in_group => {
+                            self.next = Some(Next::Malformed(e));
                             break;
                         }
-                        shared.waiters.unpark();
-                    }
-                    let (reply, action) = commands::execute(&args, found, &mut self.conn, shared);
-                    reply.encode_as(&mut self.out, self.conn.protocol);
-                    if action == Action::Close {
-                        self.state = State::Closing;
+                        Err(e) => {
+                            self.malformed(e);
+                            break;
+                        }
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e.0, "protocol error");
-                    group.flush(&mut self.conn, shared, &mut self.out);
-                    e.reply().encode(&mut self.out);
-                    self.state = State::Lingering(Instant::now() + LINGER);
+            };
+            if let Some(slot) = found.filter(|_| WriteGroup::accepts(&args, found, &self.conn)) {
+                if group.is_full() {
+                    self.next = Some(Next::Request(args, found));
+                    break;
                 }
+                group.push(token, args, slot);
+                self.in_group = true;
+                continue;
+            }
+            if self.in_group {
+                // Its reply must follow those of the writes before it.
+                self.next = Some(Next::Request(args, found));
+                break;
+            }
+            if let Some(wait) = commands::must_wait(&args, found, &self.conn, shared) {
+                // Counted before the last look, so an advance between the
+                // two still wakes this worker.
+                shared.waiters.park();
+                if shared.backend.position() < wait.position {
+                    shared.stats.waits.fetch_add(1, Ordering::Relaxed);
+                    self.parked = Some(Parked {
+                        request: args,
+                        found,
+                        wait,
+                    });
+                    break;
+                }
+                shared.waiters.unpark();
+            }
+            let (reply, action) = commands::execute(&args, found, &mut self.conn, shared);
+            reply.encode_as(&mut self.out, self.conn.protocol);
+            if action == Action::Close {
+                self.state = State::Closing;
             }
             if self.out.len() - self.written >= OUTPUT_CAP {
                 self.paused = true;
                 break;
             }
         }
-        group.flush(&mut self.conn, shared, &mut self.out);
         // Keep the unparsed tail only.
         if self.start == self.buf.len() {
             self.buf.clear();
@@ -517,6 +607,14 @@ impl Client {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+    }
+
+    /// After a request that cannot be framed: the error, then the
+    /// connection lingers (see [`State::Lingering`]).
+    fn malformed(&mut self, e: resp::ProtocolError) {
+        tracing::debug!(error = %e.0, "protocol error");
+        e.reply().encode(&mut self.out);
+        self.state = State::Lingering(Instant::now() + LINGER);
     }
 
     /// Runs the waiting request once its position is reached, or answers
@@ -584,6 +682,10 @@ impl Client {
 
     /// Whether the connection can be closed.
     fn finished(&self) -> bool {
+        if self.in_group || self.next.is_some() {
+            // Its writes are not done: the group answers it first.
+            return false;
+        }
         let sent = self.written >= self.out.len();
         self.broken || (sent && self.state == State::Closing) || (sent && self.eof)
     }

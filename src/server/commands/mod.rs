@@ -91,8 +91,8 @@ impl Ctx<'_, '_> {
             Ok(db) => db,
             Err(refusal) => return refusal_reply(refusal),
         };
-        let _ordered = db.write_lock();
-        let mut txn = Txn::new(&db, now_ms());
+        let ordered = db.write_lock();
+        let mut txn = Txn::writing(&db, now_ms(), &ordered);
         let reply = match write(&mut txn) {
             Ok(reply) => reply,
             Err(e) => return storage_error(e),
@@ -438,18 +438,31 @@ fn storage_error(e: crate::Error) -> Reply {
     Reply::error(format!("ERR {e}"))
 }
 
-/// Consecutive write commands of one pipeline, run as one group and
-/// written as one RocksDB batch: one WAL append and one lock for the lot,
-/// where each command alone would take its own. A group is what those
-/// commands would do one after the other (no client can see between them
-/// anyway, as each holds the write lock), and its replies go out after
-/// the commit, so none is acknowledged before it is written.
+/// The write commands a worker gathered from its clients in one turn of
+/// its event loop (several from a pipeline, one each from many clients),
+/// run in arrival order as one group and written as one RocksDB batch:
+/// one WAL append and one take of the write lock for the lot, where each
+/// command alone would take its own (redis-server likewise appends a
+/// turn's writes to its AOF in one `write`). A group is what its commands
+/// would do one after the other: each sees the writes before it, no
+/// reader sees between them (the batch is atomic), and a client's reply
+/// goes out only after the commit, so no write is acknowledged before it
+/// is written. A client whose writes wait in the group sends nothing
+/// else until the group is written, so its replies keep their order.
 #[derive(Default)]
 pub(crate) struct WriteGroup {
-    /// Each command with its slot in [`COMMANDS`].
-    commands: Vec<(usize, Vec<Vec<u8>>)>,
+    /// Each command: the client it came from, its slot in [`COMMANDS`],
+    /// its arguments.
+    commands: Vec<(usize, usize, Vec<Vec<u8>>)>,
     /// Every command is a plain `SET key value`: they need no [`Txn`].
     plain_sets: bool,
+}
+
+/// The clients a [`WriteGroup`] answers, by the number the worker gave
+/// each.
+pub(crate) trait Members {
+    /// Client `owner`'s connection and its reply buffer.
+    fn member(&mut self, owner: usize) -> Option<(&mut Connection, &mut Vec<u8>)>;
 }
 
 impl WriteGroup {
@@ -476,62 +489,84 @@ impl WriteGroup {
         self.commands.len() >= Self::MAX
     }
 
-    /// Adds a command [`WriteGroup::accepts`] took, at `slot`.
-    pub(crate) fn push(&mut self, args: Vec<Vec<u8>>, slot: usize) {
-        let plain_set = args.len() == 3 && COMMANDS[slot].name == "set";
-        self.plain_sets = plain_set && (self.commands.is_empty() || self.plain_sets);
-        self.commands.push((slot, args));
+    pub(crate) fn is_empty(&self) -> bool {
+        self.commands.is_empty()
     }
 
-    /// Runs the group, writes it, and appends one reply per command to
-    /// `out`.
-    pub(crate) fn flush(&mut self, conn: &mut Connection, shared: &Shared, out: &mut Vec<u8>) {
-        if self.commands.is_empty() {
-            return;
-        }
+    /// Adds a command [`WriteGroup::accepts`] took, at `slot`, from client
+    /// `owner`.
+    pub(crate) fn push(&mut self, owner: usize, args: Vec<Vec<u8>>, slot: usize) {
+        let plain_set = args.len() == 3 && COMMANDS[slot].name == "set";
+        self.plain_sets = plain_set && (self.commands.is_empty() || self.plain_sets);
+        self.commands.push((owner, slot, args));
+    }
+
+    /// Runs the group, writes it, and appends each command's reply to its
+    /// client's buffer; the clients it answered, in order (a client once
+    /// per run of its commands). A client no longer among `members` gets
+    /// no reply; its plain `SET`s are still written.
+    pub(crate) fn flush(&mut self, shared: &Shared, members: &mut impl Members) -> Vec<usize> {
         let commands = std::mem::take(&mut self.commands);
+        let mut owners: Vec<usize> = Vec::new();
+        for (owner, _, _) in &commands {
+            if owners.last() != Some(owner) {
+                owners.push(*owner);
+            }
+        }
+        if commands.is_empty() {
+            return owners;
+        }
         let db = match shared.backend.writer() {
             Ok(db) => db,
             Err(refusal) => {
                 let reply = refusal_reply(refusal);
-                for (slot, _) in &commands {
+                for (owner, slot, _) in &commands {
                     count_call(shared, *slot, &reply);
-                    reply.encode_as(out, conn.protocol);
+                    if let Some((conn, out)) = members.member(*owner) {
+                        reply.encode_as(out, conn.protocol);
+                    }
                 }
-                return;
+                return owners;
             }
         };
-        let _ordered = db.write_lock();
+        let ordered = db.write_lock();
         let replies = if self.plain_sets {
             // Straight into one batch: a plain SET reads nothing but a
             // deadline the key may have had.
             let written = (|| {
                 let mut batch = db.batch();
-                for (_, args) in &commands {
+                for (_, _, args) in &commands {
                     db.stage_plain(&mut batch, &args[1], &args[2])?;
                 }
                 db.write(batch)
             })();
-            let keys = commands.iter().map(|(_, args)| args[1].as_slice());
+            let keys = commands.iter().map(|(_, _, args)| args[1].as_slice());
             shared.watches.touched(keys);
             let reply = written.map_or_else(storage_error, |()| Reply::ok());
             vec![reply; commands.len()]
         } else {
-            let mut txn = Txn::new(&db, now_ms());
+            let mut txn = Txn::writing(&db, now_ms(), &ordered);
             let replies: Vec<Reply> = commands
                 .iter()
-                .map(|(slot, args)| run_on(&mut txn, args, *slot, conn, shared))
+                .map(|(owner, slot, args)| match members.member(*owner) {
+                    Some((conn, _)) => run_on(&mut txn, args, *slot, conn, shared),
+                    None => Reply::error("ERR the client left"),
+                })
                 .collect();
             match commit(txn, shared) {
                 Ok(()) => replies,
                 Err(e) => vec![storage_error(e); replies.len()],
             }
         };
-        conn.last_write = Some(db.latest_sequence_number());
-        for ((slot, _), reply) in commands.iter().zip(&replies) {
+        let position = db.latest_sequence_number();
+        for ((owner, slot, _), reply) in commands.iter().zip(&replies) {
             count_call(shared, *slot, reply);
-            reply.encode_as(out, conn.protocol);
+            if let Some((conn, out)) = members.member(*owner) {
+                conn.last_write = Some(position);
+                reply.encode_as(out, conn.protocol);
+            }
         }
+        owners
     }
 }
 

@@ -11,7 +11,7 @@ use crate::resp::Reply;
 
 pub(super) fn get(ctx: &mut Ctx<'_, '_>) -> Reply {
     let key = &ctx.args[1];
-    ctx.read(|txn| Ok(Reply::Bulk(txn.value(key)?)))
+    ctx.read(|txn| Ok(Reply::Bulk(txn.value_alone(key)?)))
 }
 
 /// `MGET`, refused when the values add up to more than `--max-reply-bytes`.

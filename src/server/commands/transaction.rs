@@ -145,7 +145,8 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.");
     }
     let backend = &ctx.shared.backend;
-    let db = match if multi.writes {
+    let writes = multi.writes;
+    let db = match if writes {
         backend.writer()
     } else {
         backend.reader()
@@ -155,7 +156,7 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
     };
     // Held from the watch check to the commit: nothing writes in between,
     // and the reads see one state, as in Redis's single thread.
-    let _ordered = db.write_lock();
+    let ordered = db.write_lock();
     let now = now_ms();
     if let Some(watching) = &watching {
         let expired = watching
@@ -166,7 +167,12 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
             return Reply::Array(None);
         }
     }
-    let mut txn = Txn::new(&db, now);
+    let mut txn = if writes {
+        Txn::writing(&db, now, &ordered)
+    } else {
+        // A follower applies the log beside the lock: a snapshot it is.
+        Txn::new(&db, now)
+    };
     let replies: Vec<Reply> = multi
         .queued
         .iter()

@@ -4,13 +4,18 @@
 //! no key expires halfway through. A write command runs under the
 //! database's write lock from its first read to its commit, which makes
 //! every read-modify-write (`INCR`, `SET … NX`, `RENAME`) atomic against
-//! every other write. Reads of keys go through one view of the database
-//! (a snapshot, taken at the first read), so a command reading several
-//! keys sees one moment, even on a follower applying the log meanwhile.
+//! every other write; as nothing else writes meanwhile, its reads go to
+//! the database as it is, and are remembered, so the write of a key just
+//! read does not look it up again. Other reads go through one view of the
+//! database (a snapshot, taken at the first read), so a command reading
+//! several keys sees one moment, even on a follower applying the log
+//! meanwhile.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::btree_map::{self, BTreeMap};
+use std::collections::HashMap;
+use std::sync::MutexGuard;
 use std::iter::Peekable;
 
 use crate::db::{Db, Entry, ScanRange, View};
@@ -21,6 +26,9 @@ pub(crate) struct Txn<'a> {
     db: &'a Db,
     /// The moment the reads see, from the first read on.
     view: std::cell::OnceCell<View<'a>>,
+    /// Under the write lock: the entries read from the database so far
+    /// (`None` when not under it: reads go through `view`).
+    read: Option<RefCell<HashMap<Vec<u8>, Option<Entry>>>>,
     now: u64,
     /// Keys written: their entry now (`None`: deleted), and their live
     /// entry in the database before (`None` inside: absent; outer `None`:
@@ -47,12 +55,24 @@ impl<'a> Txn<'a> {
         Txn {
             db,
             view: std::cell::OnceCell::new(),
+            read: None,
             now,
             pending: BTreeMap::new(),
             flushed: false,
             written_before_flush: Vec::new(),
             hits: Cell::new(0),
             misses: Cell::new(0),
+        }
+    }
+
+    /// A transaction of the writer of `db`, holding its write lock (`_held`),
+    /// which every other write to `db` takes too (the master's; not a
+    /// follower's, where the log is applied beside the lock): the database
+    /// stays as it is until the commit, so reads need no snapshot.
+    pub fn writing(db: &'a Db, now: u64, _held: &MutexGuard<'_, ()>) -> Txn<'a> {
+        Txn {
+            read: Some(RefCell::new(HashMap::new())),
+            ..Txn::new(db, now)
         }
     }
 
@@ -71,10 +91,7 @@ impl<'a> Txn<'a> {
         let entry = match self.pending.get(key) {
             Some(p) => p.now.clone(),
             None if self.flushed => None,
-            None => self
-                .view
-                .get_or_init(|| self.db.view())
-                .entry(key, self.now)?,
+            None => self.stored(key)?,
         };
         let counter = if entry.is_some() {
             &self.hits
@@ -83,6 +100,48 @@ impl<'a> Txn<'a> {
         };
         counter.set(counter.get() + 1);
         Ok(entry)
+    }
+
+    /// The entry of `key` in the database, as the transaction sees it.
+    fn stored(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let Some(read) = &self.read else {
+            return self
+                .view
+                .get_or_init(|| self.db.view())
+                .entry(key, self.now);
+        };
+        if let Some(entry) = read.borrow().get(key) {
+            return Ok(entry.clone());
+        }
+        let entry = self.db.entry(key, self.now)?;
+        read.borrow_mut().insert(key.to_vec(), entry.clone());
+        Ok(entry)
+    }
+
+    /// The value of `key`, for a command that reads nothing else: one
+    /// lookup is one moment, so no snapshot is taken when one lookup
+    /// answers (no key has ever had a deadline, so all live in one column
+    /// family).
+    pub fn value_alone(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let alone = |txn: &Txn<'_>| {
+            txn.read.is_none() && txn.pending.is_empty() && !txn.flushed && !txn.db.may_expire()
+        };
+        if !alone(self) {
+            return self.value(key);
+        }
+        let value = self.db.plain_value(key)?;
+        // A key given a deadline meanwhile moved to the other column
+        // family; the flag is raised before such a write, so it shows.
+        if value.is_none() && self.db.may_expire() {
+            return self.value(key);
+        }
+        let counter = if value.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.set(counter.get() + 1);
+        Ok(value)
     }
 
     /// Lookups so far that found a key, and that did not.
@@ -107,7 +166,7 @@ impl<'a> Txn<'a> {
             None if self.flushed => Some(None),
             // Not read yet, or written by a plain SET that did not read it:
             // the batch must know where the key is stored to delete or move it.
-            Some(None) | None => Some(self.db.entry(key, self.now)?),
+            Some(None) | None => Some(self.stored(key)?),
         };
         self.pending
             .insert(key.to_vec(), Pending { now: entry, before });
