@@ -460,7 +460,13 @@ impl Client {
 
     /// After the worker's group is written: answers what waited for it,
     /// then goes on reading.
-    fn carry_on(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
+    fn carry_on(
+        &mut self,
+        shared: &Shared,
+        chunk: &mut [u8],
+        group: &mut WriteGroup,
+        token: usize,
+    ) {
         let span = std::mem::replace(&mut self.span, tracing::Span::none());
         span.in_scope(|| {
             if self.next.is_some() {
@@ -472,7 +478,13 @@ impl Client {
     }
 
     /// Reads, answers and writes as far as the socket allows.
-    fn on_ready(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
+    fn on_ready(
+        &mut self,
+        shared: &Shared,
+        chunk: &mut [u8],
+        group: &mut WriteGroup,
+        token: usize,
+    ) {
         loop {
             self.read(shared, chunk, group, token);
             self.write();

@@ -522,6 +522,104 @@ fn pipelined_plain_sets_are_batched_without_reordering() {
 }
 
 #[test]
+fn writes_of_many_clients_grouped_in_one_turn_keep_each_clients_order() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    // Forty clients send their pipelines at once, so each worker finds
+    // many of them ready in one turn and writes their commands as one
+    // group: a shared counter, keys of their own, and reads between.
+    let (clients, rounds) = (40, 50);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let mut stream = master.raw();
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut wire = Vec::new();
+                let mut expected = Vec::new();
+                for r in 0..rounds {
+                    let (key, value) = (format!("c{c}:{r}"), format!("v{r}"));
+                    for args in [
+                        vec!["INCR", "shared"],
+                        vec!["SET", &key, &value],
+                        vec!["APPEND", &key, "!"],
+                        vec!["GET", &key],
+                    ] {
+                        Reply::array(args.iter().map(|a| bulk(a)).collect()).encode(&mut wire);
+                    }
+                    expected.push(format!(
+                        "+OK\r\n:{}\r\n${}\r\n{value}!\r\n",
+                        value.len() + 1,
+                        value.len() + 1
+                    ));
+                }
+                start.wait();
+                stream.write_all(&wire).unwrap();
+                let mut counts = Vec::new();
+                let mut reader = std::io::BufReader::new(stream);
+                for want in expected {
+                    let mut line = String::new();
+                    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+                    let count: u64 = line
+                        .strip_prefix(':')
+                        .and_then(|n| n.trim_end().parse().ok())
+                        .unwrap_or_else(|| panic!("client {c}: INCR answered {line:?}"));
+                    counts.push(count);
+                    let mut rest = vec![0u8; want.len()];
+                    reader.read_exact(&mut rest).unwrap();
+                    assert_eq!(String::from_utf8_lossy(&rest), want, "client {c}");
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for thread in threads {
+        let counts = thread.join().unwrap();
+        // A client's increments come back in the order it sent them.
+        assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+        all.extend(counts);
+    }
+    // No increment lost or counted twice across the clients.
+    all.sort_unstable();
+    let want: Vec<u64> = (1..=(clients * rounds) as u64).collect();
+    assert_eq!(all, want);
+    let mut c = master.client();
+    assert_eq!(
+        c.call(&[b"GET", b"shared"]).unwrap(),
+        bulk(&(clients * rounds).to_string())
+    );
+}
+
+#[test]
+fn a_write_then_a_malformed_request_or_a_hang_up_answers_the_write_first() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    // The write's reply, then the protocol error.
+    let mut stream = master.raw();
+    stream
+        .write_all(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*1\r\nx\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("+OK\r\n-ERR Protocol error"), "{reply:?}");
+    // A client that hangs up right after its write: the write is made.
+    let mut stream = master.raw();
+    stream
+        .write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n")
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "+OK\r\n");
+    let mut c = master.client();
+    assert_eq!(
+        c.call(&[b"MGET", b"a", b"b"]).unwrap(),
+        Reply::array(vec![bulk("1"), bulk("2")])
+    );
+}
+
+#[test]
 fn a_half_closed_client_still_gets_its_replies() {
     let s = Sandbox::new();
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);

@@ -15,8 +15,8 @@ use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::btree_map::{self, BTreeMap};
 use std::collections::HashMap;
-use std::sync::MutexGuard;
 use std::iter::Peekable;
+use std::sync::MutexGuard;
 
 use crate::db::{Db, Entry, ScanRange, View};
 use crate::error::Result;
