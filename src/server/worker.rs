@@ -77,6 +77,7 @@ impl Handle {
                     parked: ParkedSet::default(),
                     group: WriteGroup::default(),
                     held: Vec::new(),
+                    lingering: BTreeSet::new(),
                     next_token: 0,
                     chunk: vec![0u8; 64 * 1024],
                 }
@@ -121,6 +122,9 @@ struct Worker {
     group: WriteGroup,
     /// Clients that stopped at a request until the group is written.
     held: Vec<usize>,
+    /// The lingering clients (see [`State::Lingering`]), by when they are
+    /// cut off: the loop looks at these, not at every client.
+    lingering: BTreeSet<(Instant, usize)>,
     next_token: usize,
     /// Scratch space for reads, shared by the worker's clients.
     chunk: Vec<u8>,
@@ -131,10 +135,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut stop_at: Option<Instant> = None;
         loop {
-            let lingering = self
-                .clients
-                .values()
-                .any(|c| matches!(c.state, State::Lingering(_)));
+            let lingering = !self.lingering.is_empty();
             let mut timeout = (stop_at.is_some() || lingering).then_some(Duration::from_millis(50));
             let next_deadline = self.next_deadline();
             if let Some(deadline) = next_deadline {
@@ -177,14 +178,14 @@ impl Worker {
                 self.wake_parked();
             }
             let now = Instant::now();
-            let expired: Vec<usize> = self
-                .clients
-                .iter()
-                .filter(|(_, c)| matches!(c.state, State::Lingering(until) if now >= until))
-                .map(|(t, _)| *t)
-                .collect();
-            for token in expired {
-                self.close(token);
+            while self
+                .lingering
+                .first()
+                .is_some_and(|&(until, _)| until <= now)
+            {
+                if let Some((_, token)) = self.lingering.pop_first() {
+                    self.close(token);
+                }
             }
             if let Some(deadline) = stop_at {
                 // Idle clients go now; those with replies on the way, once
@@ -297,6 +298,9 @@ impl Worker {
             // Stopped for a full group it has no command in.
             self.held.push(token);
         }
+        if let State::Lingering(until) = client.state {
+            self.lingering.insert((until, token));
+        }
         if client.finished() {
             self.close(token);
         } else {
@@ -332,6 +336,9 @@ impl Worker {
     fn close(&mut self, token: usize) {
         self.parked.note(token, None);
         if let Some(mut client) = self.clients.remove(&token) {
+            if let State::Lingering(until) = client.state {
+                self.lingering.remove(&(until, token));
+            }
             if client.parked.take().is_some() {
                 self.shared.waiters.unpark();
             }
