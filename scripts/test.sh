@@ -31,8 +31,8 @@ trap summary EXIT
 # System packages: libclang for RocksDB's bindings, clang to build it,
 # redis-cli for the tests that drive the daemons with a real Redis client,
 # systemd-analyze for the unit checks, python3 for the scripts' port picking,
-# redis-server for the quick benchmark and the differential test, gnuplot for
-# the benchmark, faketime for the tests
+# redis-server for the quick benchmark and the differential test, gnuplot and
+# strace (system calls per request) for the benchmark, faketime for the tests
 # and fault scenarios of a master whose clock is hours off, python3's venv
 # for moto and redis-py (below), and prometheus for promtool, which lints the metrics.
 missing=()
@@ -46,6 +46,7 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
+command -v strace >/dev/null || missing+=(strace)
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v promtool >/dev/null || missing+=(prometheus)

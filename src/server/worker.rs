@@ -253,6 +253,7 @@ impl Worker {
             parked: None,
             in_group: false,
             next: None,
+            drained: false,
             write_shut: false,
         };
         self.clients.insert(token, client);
@@ -441,6 +442,9 @@ struct Client {
     /// written: a command that cannot join it (its replies must follow
     /// the group's), or one that found the group full.
     next: Option<Next>,
+    /// The last read emptied the socket: nothing to read until the next
+    /// readiness event.
+    drained: bool,
     write_shut: bool,
 }
 
@@ -460,13 +464,14 @@ impl Client {
     /// [`Client::on_ready`] inside the client's span (moved out and back,
     /// so entering it costs no reference count).
     fn serve(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
+        self.drained = false;
         let span = std::mem::replace(&mut self.span, tracing::Span::none());
         span.in_scope(|| self.on_ready(shared, chunk, group, token));
         self.span = span;
     }
 
     /// After the worker's group is written: answers what waited for it,
-    /// then goes on reading.
+    /// then goes on reading, unless the socket was found empty already.
     fn carry_on(
         &mut self,
         shared: &Shared,
@@ -513,6 +518,7 @@ impl Client {
         while !self.paused
             && self.parked.is_none()
             && self.next.is_none()
+            && !self.drained
             && !self.eof
             && !self.broken
         {
@@ -528,11 +534,9 @@ impl Client {
                     // request for nothing. Bytes that arrive later bring a
                     // new edge (epoll reports every arrival), as tokio
                     // relies on too.
-                    if n < chunk.len() {
-                        return;
-                    }
+                    self.drained = n < chunk.len();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.broken = true,
             }

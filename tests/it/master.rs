@@ -527,7 +527,8 @@ fn writes_of_many_clients_grouped_in_one_turn_keep_each_clients_order() {
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
     // Forty clients send their pipelines at once, so each worker finds
     // many of them ready in one turn and writes their commands as one
-    // group: a shared counter, keys of their own, and reads between.
+    // group: a shared counter, keys of their own, and reads between; half
+    // of them increment inside MULTI/EXEC, which joins the group too.
     let (clients, rounds) = (40, 50);
     let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
     let threads: Vec<_> = (0..clients)
@@ -536,28 +537,38 @@ fn writes_of_many_clients_grouped_in_one_turn_keep_each_clients_order() {
             let start = std::sync::Arc::clone(&start);
             std::thread::spawn(move || {
                 let mut wire = Vec::new();
+                // Per round: the replies before the count, and after it.
                 let mut expected = Vec::new();
+                let transaction = c % 2 == 1;
                 for r in 0..rounds {
                     let (key, value) = (format!("c{c}:{r}"), format!("v{r}"));
-                    for args in [
+                    let mut commands = vec![
                         vec!["INCR", "shared"],
                         vec!["SET", &key, &value],
                         vec!["APPEND", &key, "!"],
                         vec!["GET", &key],
-                    ] {
+                    ];
+                    let (before, after) = if transaction {
+                        commands.insert(0, vec!["MULTI"]);
+                        commands.insert(3, vec!["EXEC"]);
+                        ("+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n", "+OK\r\n")
+                    } else {
+                        ("", "+OK\r\n")
+                    };
+                    for args in commands {
                         Reply::array(args.iter().map(|a| bulk(a)).collect()).encode(&mut wire);
                     }
-                    expected.push(format!(
-                        "+OK\r\n:{}\r\n${}\r\n{value}!\r\n",
-                        value.len() + 1,
-                        value.len() + 1
-                    ));
+                    let len = value.len() + 1;
+                    expected.push((before, format!("{after}:{len}\r\n${len}\r\n{value}!\r\n")));
                 }
                 start.wait();
                 stream.write_all(&wire).unwrap();
                 let mut counts = Vec::new();
                 let mut reader = std::io::BufReader::new(stream);
-                for want in expected {
+                for (before, want) in expected {
+                    let mut head = vec![0u8; before.len()];
+                    reader.read_exact(&mut head).unwrap();
+                    assert_eq!(String::from_utf8_lossy(&head), before, "client {c}");
                     let mut line = String::new();
                     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
                     let count: u64 = line

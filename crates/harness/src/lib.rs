@@ -28,3 +28,16 @@ pub fn repo_file(relative: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")));
     root.join(relative)
 }
+
+/// Raises this process's open-file limit to its hard limit (for floods
+/// of clients; the daemons it starts inherit it), and returns it.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        limit.rlim_cur
+    }
+}

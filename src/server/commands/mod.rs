@@ -469,15 +469,17 @@ impl WriteGroup {
     /// Whether `args` (its command at `found`), from `conn`, may join the
     /// group: a write command that [`execute`] would run as it is (known,
     /// of the right arity, the connection authenticated and not inside
-    /// `MULTI`).
+    /// `MULTI`), or the `EXEC` of a transaction that writes (see
+    /// [`Multi::joins_group`]).
     pub(crate) fn accepts(args: &[Vec<u8>], found: Option<usize>, conn: &Connection) -> bool {
         let Some(spec) = found.map(|i| &COMMANDS[i]) else {
             return false;
         };
-        conn.authenticated
-            && conn.multi.is_none()
-            && spec.arity_allows(args.len())
-            && spec.flags.contains(&"write")
+        let runs = match &conn.multi {
+            None => spec.flags.contains(&"write"),
+            Some(multi) => spec.name == "exec" && multi.joins_group(conn),
+        };
+        conn.authenticated && spec.arity_allows(args.len()) && runs
     }
 
     /// The most commands one group holds: a longer pipeline is written in

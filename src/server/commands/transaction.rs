@@ -27,6 +27,16 @@ pub(crate) struct Multi {
     failed: bool,
 }
 
+impl Multi {
+    /// Whether `EXEC` of this transaction may run in a worker's write
+    /// group: it writes, nothing was refused, and nothing is watched (a
+    /// watched key may be written earlier in the same group, which only
+    /// its commit would report).
+    pub(crate) fn joins_group(&self, conn: &Connection) -> bool {
+        self.writes && !self.failed && conn.watching.is_none()
+    }
+}
+
 /// A connection's WATCH: its flag in the server's [`Watches`], and the
 /// keys with the deadline each had when watched.
 ///
@@ -143,6 +153,20 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
     let watching = unwatch(ctx.conn, ctx.shared);
     if multi.failed {
         return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+    }
+    if let Some(txn) = ctx.txn.as_deref_mut() {
+        // In a worker's write group (see `Multi::joins_group`): the queue
+        // runs on the group's transaction, after the writes before it.
+        let replies: Vec<Reply> = multi
+            .queued
+            .iter()
+            .map(|(slot, args)| {
+                let reply = run_on(txn, args, *slot, ctx.conn, ctx.shared);
+                count_call(ctx.shared, *slot, &reply);
+                reply
+            })
+            .collect();
+        return Reply::array(replies);
     }
     let backend = &ctx.shared.backend;
     let writes = multi.writes;

@@ -8,6 +8,7 @@ mod daemons;
 mod freshness;
 mod report;
 mod scenarios;
+mod serving;
 
 use rkv_testkit::{moto, process, redis, rng};
 
@@ -48,6 +49,8 @@ struct Plan {
     load: u32,
     rounds: usize,
     requests: usize,
+    /// Unpipelined requests counted under strace.
+    syscall_requests: usize,
     read_keys: usize,
     bootstrap_mib: u64,
     sizes_mib: Vec<u64>,
@@ -75,6 +78,7 @@ fn main() {
             load: 5000,
             rounds: 1,
             requests: 20_000,
+            syscall_requests: 10_000,
             read_keys: 100_000,
             bootstrap_mib: 64,
             sizes_mib: vec![4, 64],
@@ -91,6 +95,7 @@ fn main() {
             load: 5000,
             rounds: 3,
             requests: 200_000,
+            syscall_requests: 50_000,
             read_keys: 1_000_000,
             bootstrap_mib: 1024,
             sizes_mib: vec![10, 1024],
@@ -105,6 +110,8 @@ fn main() {
         ..plan
     };
     std::fs::create_dir_all(&args.run.out).expect("create --out");
+    // A thousand idle clients to each server, and their sockets here.
+    rkv_harness::raise_nofile();
     let scratch = Scratch::new(args.run.work.clone().unwrap_or_else(std::env::temp_dir));
     let started = Instant::now();
     let load_before = load_average();
@@ -176,13 +183,21 @@ fn main() {
         log("4. master write throughput");
         (report.writes, report.amplification) =
             scenarios::master_writes(&dir("writes"), plan.requests, plan.rounds);
+        report.syscalls = scenarios::set_syscalls(&dir("syscalls"), plan.syscall_requests);
     }
     if wanted("reads") {
         log("5. follower read throughput");
-        let (reads, swaps) =
-            scenarios::follower_reads(&dir("reads"), plan.read_keys, plan.requests, plan.rounds);
-        report.reads = reads;
-        report.reads.extend(swaps);
+        let reads = scenarios::follower_reads(
+            &dir("reads"),
+            plan.read_keys,
+            plan.requests,
+            plan.rounds,
+            plan.syscall_requests,
+        );
+        report.reads = reads.rows;
+        report.reads.extend(reads.after_swap);
+        report.syscalls.extend(reads.syscalls);
+        report.memory = reads.memory;
     }
     if wanted("bootstrap") {
         log(&format!("6. bootstrap of {} MiB", plan.bootstrap_mib));

@@ -25,6 +25,10 @@ pub struct Report {
     pub writes: Vec<ThroughputResult>,
     pub amplification: Vec<Amplification>,
     pub reads: Vec<ThroughputResult>,
+    /// System calls per unpipelined request, rkv's and redis-server's.
+    pub syscalls: Vec<crate::serving::SyscallCount>,
+    /// Resident memory with the read keys and idle clients.
+    pub memory: Vec<crate::serving::MemoryUse>,
     pub bootstrap: Option<BootstrapResult>,
     pub catchup: Vec<CatchupResult>,
     /// Lag runs with one follower and with many.
@@ -231,6 +235,36 @@ impl Report {
                 met(t.ratio.median >= t.target)
             );
         }
+        for command in ["SET", "GET"] {
+            let of = |server: &str| {
+                self.syscalls
+                    .iter()
+                    .find(|c| c.command == command && c.server.starts_with(server))
+            };
+            if let (Some(rkv), Some(redis)) = (of("rkv"), of("redis")) {
+                let _ = writeln!(
+                    md,
+                    "| 4–5 | system calls per unpipelined {command} ≤ redis-server's | {} {:.2}, {} {:.2} | {} |",
+                    rkv.server,
+                    rkv.per_request(),
+                    redis.server,
+                    redis.per_request(),
+                    met(rkv.per_request() <= redis.per_request())
+                );
+            }
+        }
+        if let [rkv, redis] = &self.memory[..] {
+            let _ = writeln!(
+                md,
+                "| 5 | resident memory with {} keys and {} idle clients, reported | {} {} MiB, {} {} MiB | – |",
+                rkv.keys,
+                rkv.idle_clients,
+                rkv.server,
+                mib(rkv.with_clients_bytes as i64),
+                redis.server,
+                mib(redis.with_clients_bytes as i64),
+            );
+        }
         if let Some(b) = &self.bootstrap {
             let _ = writeln!(
                 md,
@@ -434,7 +468,7 @@ impl Report {
             let _ = writeln!(md, "| process | CPU (% of one core) |\n| --- | ---: |\n| rkv-master | {:.2} |\n| rkv-follower | {:.2} |\n| redis-server | {:.2} |\n", idle.master * 100.0, idle.follower * 100.0, idle.redis * 100.0);
         }
         let tables = [
-            ("Master writes", "redis-benchmark SET and INCR, 50 clients, 100,000 random keys, 100-byte values; rkv-master at its defaults (the log every 10 ms, a backup when the log holds half the database) and with the log off (`--log-interval 0`), redis-server with `appendonly everysec` (its AOF fsynced every second: the durable setting comparable to rkv's WAL). The transactions: 50 clients each sending `MULTI`, 10 `SET`s over 100,000 keys and `EXEC` as one pipeline (rkv-bench's own client), counted in transactions per second. Each round runs redis-server, then rkv with the log, then without. INCR and the transactions have no target of their own (—).", &self.writes),
+            ("Master writes", "redis-benchmark SET and INCR, 50 clients, 100,000 random keys, 100-byte values; rkv-master at its defaults (the log every 10 ms, a backup when the log holds half the database) and with the log off (`--log-interval 0`), redis-server with `appendonly everysec` (its AOF fsynced every second: the durable setting comparable to rkv's WAL). The transactions: 50 clients each sending `MULTI`, 10 `SET`s over 100,000 keys and `EXEC` as one pipeline (rkv-bench's own client), counted in transactions per second. Each round runs redis-server, then rkv with the log, then without.", &self.writes),
             ("Follower reads", "redis-benchmark GET, 50 clients, over every key; the follower's data was written as 4 backups of interleaved keys, so it holds several overlapping SST files; redis-server holds the same keys. After a swap: a small write, its backup and apply, then the GETs at once.", &self.reads),
         ];
         for (title, text, rows) in tables {
@@ -454,6 +488,44 @@ impl Report {
                     a.label,
                     a.pipeline,
                     spread(a.ratio, 1)
+                );
+            }
+            md.push('\n');
+        }
+        if !self.syscalls.is_empty() {
+            let _ = writeln!(md, "## System calls per request\n\n`strace -c -f` on the whole server process (every thread) while redis-benchmark sends unpipelined requests from 20 clients (SET over 100,000 keys to a fresh rkv-master at its defaults and to redis-server with `appendonly everysec`; GET over every key to the follower and redis-server above). Reads are `read`/`recvfrom`/`readv`, writes `write`/`sendto`/`writev`/`sendmsg` (the WAL's and the AOF's included), waits `epoll_wait`; all counts every call of every kind.\n");
+            let _ = writeln!(md, "| server | command | requests | reads | writes | epoll waits | all | all per request |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+            for c in &self.syscalls {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                    c.server,
+                    c.command,
+                    c.requests,
+                    c.reads,
+                    c.writes,
+                    c.waits,
+                    c.total,
+                    c.per_request()
+                );
+            }
+            md.push('\n');
+        }
+        if !self.memory.is_empty() {
+            let _ = writeln!(md, "## Memory with idle clients\n\nResident memory (`VmRSS`) of the follower above and of redis-server holding the same keys, before and with idle clients connected (each sent one `PING`, read its reply, and stays). The follower's figure includes its block cache (`--cache-size`, 128 MiB by default), which holds the blocks the GETs above read.\n");
+            let _ = writeln!(md, "| server | keys | alone | with idle clients | clients | per client |\n| --- | ---: | ---: | ---: | ---: | ---: |");
+            for m in &self.memory {
+                let per_client = m.with_clients_bytes.saturating_sub(m.before_bytes) as f64
+                    / m.idle_clients as f64
+                    / 1024.0;
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} MiB | {} MiB | {} | {per_client:.1} KiB |",
+                    m.server,
+                    m.keys,
+                    mib(m.before_bytes as i64),
+                    mib(m.with_clients_bytes as i64),
+                    m.idle_clients
                 );
             }
             md.push('\n');

@@ -13,6 +13,7 @@ use rkv::resp::Reply;
 
 use crate::daemons::{redis_benchmark, redis_benchmark_keys, wait_until, Proc};
 use crate::rng::Rng;
+use crate::serving::{count_syscalls, memory_with_idle_clients, MemoryUse, SyscallCount};
 
 const MIB: u64 = 1 << 20;
 const LONG: Duration = Duration::from_secs(600);
@@ -661,7 +662,7 @@ pub fn master_writes(
             (50, pipeline),
             &incr,
             "redis-server, appendonly everysec",
-            0.0,
+            0.8,
         ));
         if !multi.is_empty() {
             rows.push(ThroughputResult::new(
@@ -671,7 +672,7 @@ pub fn master_writes(
                 (50, 1),
                 &multi,
                 "redis-server, appendonly everysec",
-                0.0,
+                0.8,
             ));
         }
         amplification.push(Amplification {
@@ -755,15 +756,28 @@ fn load_keys(target: &Proc, keys: usize, parts: usize, mut between: impl FnMut()
     }
 }
 
+/// What [`follower_reads`] measured.
+pub struct FollowerReads {
+    pub rows: Vec<ThroughputResult>,
+    pub after_swap: Vec<ThroughputResult>,
+    /// The follower's and redis-server's system calls per GET.
+    pub syscalls: Vec<SyscallCount>,
+    /// Their resident memory with the keys and 1,000 idle clients.
+    pub memory: Vec<MemoryUse>,
+}
+
 /// Target 5: GET throughput of a follower holding `keys` keys in several
-/// SST files, against redis-server holding the same keys; and right after a
-/// generation swap.
+/// SST files, against redis-server holding the same keys; right after a
+/// generation swap; the system calls each makes per GET (`syscall_requests`
+/// unpipelined GETs under strace); and the memory each holds with 1,000
+/// idle clients.
 pub fn follower_reads(
     work: &Path,
     keys: usize,
     requests: usize,
     rounds: usize,
-) -> (Vec<ThroughputResult>, Vec<ThroughputResult>) {
+    syscall_requests: usize,
+) -> FollowerReads {
     // GETs right after a generation swap: without the log, which would
     // spare the follower the swaps.
     let master = Proc::master(
@@ -829,10 +843,68 @@ pub fn follower_reads(
         "redis-server",
         1.2,
     ));
+    let syscalls = [("rkv-follower", &follower), ("redis-server", &redis)]
+        .into_iter()
+        .filter_map(|(name, server)| {
+            count_syscalls(
+                name,
+                server.pid(),
+                server.port,
+                "get",
+                syscall_requests,
+                keys,
+            )
+        })
+        .collect();
+    let memory = [("rkv-follower", &follower), ("redis-server", &redis)]
+        .into_iter()
+        .map(|(name, server)| {
+            memory_with_idle_clients(name, server.pid(), server.port, keys, IDLE_CLIENTS)
+        })
+        .collect();
     follower.stop();
     redis.stop();
     master.stop();
-    (rows, after_swap)
+    FollowerReads {
+        rows,
+        after_swap,
+        syscalls,
+        memory,
+    }
+}
+
+/// The idle clients of the memory measurement.
+const IDLE_CLIENTS: usize = 1000;
+
+/// The system calls per unpipelined SET of rkv-master at its defaults
+/// and of redis-server with `appendonly everysec`.
+pub fn set_syscalls(work: &Path, requests: usize) -> Vec<SyscallCount> {
+    let mut counts = Vec::new();
+    let redis = Proc::redis_server_with("yes");
+    counts.extend(count_syscalls(
+        "redis-server, appendonly everysec",
+        redis.pid(),
+        redis.port,
+        "set",
+        requests,
+        100_000,
+    ));
+    redis.stop();
+    let master = Proc::master(
+        &work.join("db"),
+        &work.join("backups"),
+        &["--backup-on-exit", "no"],
+    );
+    counts.extend(count_syscalls(
+        "rkv-master, defaults",
+        master.pid(),
+        master.port,
+        "set",
+        requests,
+        100_000,
+    ));
+    master.stop();
+    counts
 }
 
 /// Follower GETs (pipelined 16, over `keys` keys in several SST files)

@@ -46,18 +46,6 @@ fn alive(proc: &Proc) -> bool {
     unsafe { libc::kill(proc.pid() as i32, 0) == 0 }
 }
 
-/// Raises this process's open-file limit to its hard limit, for floods.
-fn raise_nofile() -> u64 {
-    // SAFETY: getrlimit/setrlimit on a valid struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        limit.rlim_cur
-    }
-}
-
 /// A valid request, as RESP or inline.
 fn valid(rng: &mut Rng) -> Vec<u8> {
     let key = format!("k{}", rng.next_u64() % 50);
@@ -208,7 +196,7 @@ pub fn fuzz(dir: &Path, requests: usize, rng: &mut Rng) -> Outcome {
 }
 
 pub fn floods(dir: &Path, connections: usize) -> Outcome {
-    raise_nofile();
+    rkv_harness::raise_nofile();
     let pw = dir.join("pw");
     std::fs::write(&pw, "secret\n").unwrap();
     {
