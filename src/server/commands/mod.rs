@@ -537,7 +537,13 @@ impl WriteGroup {
             // deadline the key may have had.
             let written = (|| {
                 let mut batch = db.batch();
-                for (_, _, args) in &commands {
+                // In key order (a stable sort: the last write of a key stays
+                // last): each insert into the memtable's skiplist starts
+                // from where the one before ended, instead of from the top.
+                let mut sorted: Vec<&[Vec<u8>]> =
+                    commands.iter().map(|(_, _, args)| &args[..]).collect();
+                sorted.sort_by(|a, b| a[1].cmp(&b[1]));
+                for args in sorted {
                     db.stage_plain(&mut batch, &args[1], &args[2])?;
                 }
                 db.write(batch)
