@@ -461,13 +461,18 @@ impl Members for HashMap<usize, Client> {
 }
 
 impl Client {
-    /// [`Client::on_ready`] inside the client's span (moved out and back,
-    /// so entering it costs no reference count).
+    /// Runs `work` inside the client's span (moved out and back, so
+    /// entering it costs no reference count).
+    fn in_span(&mut self, work: impl FnOnce(&mut Client)) {
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        span.in_scope(|| work(self));
+        self.span = span;
+    }
+
+    /// After a readiness event: [`Client::on_ready`].
     fn serve(&mut self, shared: &Shared, chunk: &mut [u8], group: &mut WriteGroup, token: usize) {
         self.drained = false;
-        let span = std::mem::replace(&mut self.span, tracing::Span::none());
-        span.in_scope(|| self.on_ready(shared, chunk, group, token));
-        self.span = span;
+        self.in_span(|client| client.on_ready(shared, chunk, group, token));
     }
 
     /// After the worker's group is written: answers what waited for it,
@@ -479,14 +484,12 @@ impl Client {
         group: &mut WriteGroup,
         token: usize,
     ) {
-        let span = std::mem::replace(&mut self.span, tracing::Span::none());
-        span.in_scope(|| {
-            if self.next.is_some() {
-                self.answer(shared, group, token);
+        self.in_span(|client| {
+            if client.next.is_some() {
+                client.answer(shared, group, token);
             }
-            self.on_ready(shared, chunk, group, token);
+            client.on_ready(shared, chunk, group, token);
         });
-        self.span = span;
     }
 
     /// Reads, answers and writes as far as the socket allows.

@@ -93,13 +93,14 @@ impl<'a> Txn<'a> {
             None if self.flushed => None,
             None => self.stored(key)?,
         };
-        let counter = if entry.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.set(counter.get() + 1);
+        self.count(entry.is_some());
         Ok(entry)
+    }
+
+    /// Counts a lookup that found its key, or did not.
+    fn count(&self, found: bool) {
+        let counter = if found { &self.hits } else { &self.misses };
+        counter.set(counter.get() + 1);
     }
 
     /// The entry of `key` in the database, as the transaction sees it.
@@ -135,12 +136,7 @@ impl<'a> Txn<'a> {
         if value.is_none() && self.db.may_expire() {
             return self.value(key);
         }
-        let counter = if value.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.set(counter.get() + 1);
+        self.count(value.is_some());
         Ok(value)
     }
 
