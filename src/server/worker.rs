@@ -170,6 +170,10 @@ impl Worker {
                     self.close(token);
                     continue;
                 }
+                // The peer's end of input shows in the event, not after it.
+                if event.is_read_closed() {
+                    client.peer_closed = true;
+                }
                 client.serve(&self.shared, &mut self.chunk, &mut self.group, token);
                 self.settle(token);
             }
@@ -254,6 +258,7 @@ impl Worker {
             in_group: false,
             next: None,
             drained: false,
+            peer_closed: false,
             write_shut: false,
         };
         self.clients.insert(token, client);
@@ -445,6 +450,9 @@ struct Client {
     /// The last read emptied the socket: nothing to read until the next
     /// readiness event.
     drained: bool,
+    /// The peer shut its side (the event said so): read on to the end of
+    /// input, past a short read, as no later event will come for it.
+    peer_closed: bool,
     write_shut: bool,
 }
 
@@ -536,8 +544,9 @@ impl Client {
                     // second would only say WouldBlock, one system call per
                     // request for nothing. Bytes that arrive later bring a
                     // new edge (epoll reports every arrival), as tokio
-                    // relies on too.
-                    self.drained = n < chunk.len();
+                    // relies on too; but an end of input that arrived with
+                    // the bytes brings none, so then the reading goes on.
+                    self.drained = n < chunk.len() && !self.peer_closed;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -603,6 +603,38 @@ fn writes_of_many_clients_grouped_in_one_turn_keep_each_clients_order() {
 }
 
 #[test]
+fn read_modify_writes_see_every_write_before_them_and_deadlines_as_they_pass() {
+    let s = Sandbox::new();
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
+    let mut c = master.client();
+    let int = |n: i64| Reply::Integer(n);
+    // A counter incremented, then overwritten by a plain SET (written in a
+    // group of its own, which does not keep the new value), then
+    // incremented again: the increment starts from what the SET wrote.
+    assert_eq!(c.call(&[b"INCR", b"n"]).unwrap(), int(1));
+    assert_eq!(c.call(&[b"INCR", b"n"]).unwrap(), int(2));
+    assert_eq!(c.call(&[b"SET", b"n", b"100"]).unwrap(), Reply::ok());
+    assert_eq!(c.call(&[b"INCR", b"n"]).unwrap(), int(101));
+    assert_eq!(c.call(&[b"DEL", b"n"]).unwrap(), int(1));
+    assert_eq!(c.call(&[b"INCR", b"n"]).unwrap(), int(1));
+    // FLUSHDB forgets every key, also for the next increment.
+    assert_eq!(c.call(&[b"FLUSHDB"]).unwrap(), Reply::ok());
+    assert_eq!(c.call(&[b"INCR", b"n"]).unwrap(), int(1));
+    // A counter with a deadline, incremented (its deadline kept), then
+    // incremented once the deadline has passed: it starts again from 0.
+    assert_eq!(
+        c.call(&[b"SET", b"t", b"5", b"PX", b"300"]).unwrap(),
+        Reply::ok()
+    );
+    assert_eq!(c.call(&[b"INCR", b"t"]).unwrap(), int(6));
+    wait_until(GENEROUS, "the counter's deadline to pass", || {
+        c.call(&[b"PTTL", b"t"]).unwrap() == int(-2)
+    });
+    assert_eq!(c.call(&[b"INCR", b"t"]).unwrap(), int(1));
+    assert_eq!(c.call(&[b"PTTL", b"t"]).unwrap(), int(-1));
+}
+
+#[test]
 fn a_write_then_a_malformed_request_or_a_hang_up_answers_the_write_first() {
     let s = Sandbox::new();
     let master = Daemon::master(&s.path("db"), &s.path("backups"), &[]);
@@ -614,15 +646,34 @@ fn a_write_then_a_malformed_request_or_a_hang_up_answers_the_write_first() {
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("+OK\r\n-ERR Protocol error"), "{reply:?}");
-    // A client that hangs up right after its write: the write is made.
-    let mut stream = master.raw();
-    stream
-        .write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n2\r\n")
-        .unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    assert_eq!(reply, "+OK\r\n");
+    // Clients that hang up right after their write, the end of input often
+    // arriving with it: each write is made, answered, and the connection
+    // closed (a reply that never ends would time the read out).
+    let streams: Vec<_> = (0..100)
+        .map(|i| {
+            let mut stream = master.raw();
+            let value = i.to_string();
+            let request = format!(
+                "*3\r\n$3\r\nSET\r\n$1\r\nb\r\n${}\r\n{value}\r\n",
+                value.len()
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            stream
+        })
+        .collect();
+    for mut stream in streams {
+        stream.set_read_timeout(Some(GENEROUS)).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "+OK\r\n");
+    }
+    let mut c = master.client();
+    assert!(matches!(
+        c.call(&[b"GET", b"b"]).unwrap(),
+        Reply::Bulk(Some(_))
+    ));
+    c.call(&[b"SET", b"b", b"2"]).unwrap();
     let mut c = master.client();
     assert_eq!(
         c.call(&[b"MGET", b"a", b"b"]).unwrap(),
