@@ -32,11 +32,9 @@ use crate::error::{Error, Result};
 
 mod log;
 mod open;
-mod recent;
 mod view;
 pub use log::Capture;
 pub use open::{holds_db, is_locked, BlockCache, OpenMode, OpenOptions};
-pub use recent::Recent;
 pub use view::View;
 
 /// An open RocksDB database (its default column family).
@@ -49,9 +47,8 @@ pub struct Db {
     write_failure: std::sync::Mutex<Option<String>>,
     write_failed: std::sync::atomic::AtomicBool,
     /// Held by every write of the server's commands, so a read-modify-write
-    /// (`SET … NX`, `DEL` counting) is never interleaved with another write;
-    /// it guards the entries those writes wrote last.
-    write_lock: std::sync::Mutex<Recent>,
+    /// (`SET … NX`, `DEL` counting) is never interleaved with another write.
+    write_lock: std::sync::Mutex<()>,
     /// Whether [`EXPIRING`] may hold an entry: false while no key ever had a
     /// deadline, which spares every read of a missing key, and every plain
     /// write, a lookup there.
@@ -235,9 +232,8 @@ impl Db {
         }
     }
 
-    /// Orders a write against the read-modify-writes: hold it while
-    /// writing, and keep its [`Recent`] entries true to what is written.
-    pub fn write_lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+    /// Orders a write against the read-modify-writes: hold it while writing.
+    pub fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -188,7 +188,7 @@ impl<'a> OpenOptions<'a> {
             write_options: WriteOptions::default(),
             write_failure: std::sync::Mutex::new(None),
             write_failed: std::sync::atomic::AtomicBool::new(false),
-            write_lock: std::sync::Mutex::new(super::Recent::default()),
+            write_lock: std::sync::Mutex::new(()),
             captured: std::sync::OnceLock::new(),
         })
     }

@@ -91,8 +91,8 @@ impl Ctx<'_, '_> {
             Ok(db) => db,
             Err(refusal) => return refusal_reply(refusal),
         };
-        let mut ordered = db.write_lock();
-        let mut txn = Txn::writing(&db, now_ms(), &mut ordered);
+        let ordered = db.write_lock();
+        let mut txn = Txn::writing(&db, now_ms(), &ordered);
         let reply = match write(&mut txn) {
             Ok(reply) => reply,
             Err(e) => return storage_error(e),
@@ -531,7 +531,7 @@ impl WriteGroup {
                 return owners;
             }
         };
-        let mut ordered = db.write_lock();
+        let ordered = db.write_lock();
         let replies = if self.plain_sets {
             // Straight into one batch: a plain SET reads nothing but a
             // deadline the key may have had.
@@ -545,8 +545,6 @@ impl WriteGroup {
                 sorted.sort_by(|a, b| a[1].cmp(&b[1]));
                 for args in sorted {
                     db.stage_plain(&mut batch, &args[1], &args[2])?;
-                    // Its new entry is not kept (that would copy every value).
-                    ordered.forget(&args[1]);
                 }
                 db.write(batch)
             })();
@@ -555,7 +553,7 @@ impl WriteGroup {
             let reply = written.map_or_else(storage_error, |()| Reply::ok());
             vec![reply; commands.len()]
         } else {
-            let mut txn = Txn::writing(&db, now_ms(), &mut ordered);
+            let mut txn = Txn::writing(&db, now_ms(), &ordered);
             let replies: Vec<Reply> = commands
                 .iter()
                 .map(|(owner, slot, args)| match members.member(*owner) {

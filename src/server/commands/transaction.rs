@@ -180,7 +180,7 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
     };
     // Held from the watch check to the commit: nothing writes in between,
     // and the reads see one state, as in Redis's single thread.
-    let mut ordered = db.write_lock();
+    let ordered = db.write_lock();
     let now = now_ms();
     if let Some(watching) = &watching {
         let expired = watching
@@ -192,7 +192,7 @@ pub(super) fn exec(ctx: &mut Ctx<'_, '_>) -> Reply {
         }
     }
     let mut txn = if writes {
-        Txn::writing(&db, now, &mut ordered)
+        Txn::writing(&db, now, &ordered)
     } else {
         // A follower applies the log beside the lock: a snapshot it is.
         Txn::new(&db, now)

@@ -5,10 +5,8 @@
 //! database's write lock from its first read to its commit, which makes
 //! every read-modify-write (`INCR`, `SET … NX`, `RENAME`) atomic against
 //! every other write; as nothing else writes meanwhile, its reads go to
-//! the database as it is, through the entries the master's writes wrote
-//! or read last ([`Recent`], kept under that lock), so the write of a key
-//! just read, or the next increment of a counter, does not search the
-//! memtable for it again. Other reads go through one view of the
+//! the database as it is, and are remembered, so the write of a key just
+//! read does not look it up again. Other reads go through one view of the
 //! database (a snapshot, taken at the first read), so a command reading
 //! several keys sees one moment, even on a follower applying the log
 //! meanwhile.
@@ -16,10 +14,11 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::btree_map::{self, BTreeMap};
+use std::collections::HashMap;
 use std::iter::Peekable;
 use std::sync::MutexGuard;
 
-use crate::db::{Db, Entry, Recent, ScanRange, View};
+use crate::db::{Db, Entry, ScanRange, View};
 use crate::error::Result;
 
 /// Pending reads and writes against one database.
@@ -27,9 +26,9 @@ pub(crate) struct Txn<'a> {
     db: &'a Db,
     /// The moment the reads see, from the first read on.
     view: std::cell::OnceCell<View<'a>>,
-    /// Under the write lock: the entries it guards (`None` when not under
-    /// it: reads go through `view`).
-    recent: Option<RefCell<&'a mut Recent>>,
+    /// Under the write lock: the entries read from the database so far
+    /// (`None` when not under it: reads go through `view`).
+    read: Option<RefCell<HashMap<Vec<u8>, Option<Entry>>>>,
     now: u64,
     /// Keys written: their entry now (`None`: deleted), and their live
     /// entry in the database before (`None` inside: absent; outer `None`:
@@ -56,7 +55,7 @@ impl<'a> Txn<'a> {
         Txn {
             db,
             view: std::cell::OnceCell::new(),
-            recent: None,
+            read: None,
             now,
             pending: BTreeMap::new(),
             flushed: false,
@@ -66,14 +65,13 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// A transaction of the writer of `db`, holding its write lock
-    /// (`held`), which every other write to `db` takes too (the master's;
-    /// not a follower's, where the log is applied beside the lock): the
-    /// database stays as it is until the commit, so reads need no
-    /// snapshot, and the lock's [`Recent`] entries stand for it.
-    pub fn writing(db: &'a Db, now: u64, held: &'a mut MutexGuard<'_, Recent>) -> Txn<'a> {
+    /// A transaction of the writer of `db`, holding its write lock (`_held`),
+    /// which every other write to `db` takes too (the master's; not a
+    /// follower's, where the log is applied beside the lock): the database
+    /// stays as it is until the commit, so reads need no snapshot.
+    pub fn writing(db: &'a Db, now: u64, _held: &MutexGuard<'_, ()>) -> Txn<'a> {
         Txn {
-            recent: Some(RefCell::new(&mut **held)),
+            read: Some(RefCell::new(HashMap::new())),
             ..Txn::new(db, now)
         }
     }
@@ -107,22 +105,18 @@ impl<'a> Txn<'a> {
 
     /// The entry of `key` in the database, as the transaction sees it.
     fn stored(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let Some(recent) = &self.recent else {
+        let Some(read) = &self.read else {
             return self
                 .view
                 .get_or_init(|| self.db.view())
                 .entry(key, self.now);
         };
-        let live = |entry: &Entry| entry.expires_at.is_none_or(|at| at > self.now);
-        if let Some(entry) = recent.borrow().get(key) {
-            // Kept with its deadline, judged against this clock.
-            return Ok(entry.as_ref().filter(|e| live(e)).cloned());
+        if let Some(entry) = read.borrow().get(key) {
+            return Ok(entry.clone());
         }
-        // Kept whole, its deadline judged by each reader's clock.
-        let entry = self.db.entry(key, 0)?;
-        let seen = entry.as_ref().filter(|e| live(e)).cloned();
-        recent.borrow_mut().note(key.to_vec(), entry);
-        Ok(seen)
+        let entry = self.db.entry(key, self.now)?;
+        read.borrow_mut().insert(key.to_vec(), entry.clone());
+        Ok(entry)
     }
 
     /// The value of `key`, for a command that reads nothing else: one
@@ -131,7 +125,7 @@ impl<'a> Txn<'a> {
     /// family).
     pub fn value_alone(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let alone = |txn: &Txn<'_>| {
-            txn.recent.is_none() && txn.pending.is_empty() && !txn.flushed && !txn.db.may_expire()
+            txn.read.is_none() && txn.pending.is_empty() && !txn.flushed && !txn.db.may_expire()
         };
         if !alone(self) {
             return self.value(key);
@@ -250,32 +244,19 @@ impl<'a> Txn<'a> {
         if self.flushed {
             self.db.delete_all(&mut batch)?;
         }
-        for (key, pending) in &self.pending {
-            match (&pending.before, &pending.now) {
+        for (key, pending) in self.pending {
+            match (pending.before, pending.now) {
                 // A plain SET, whose key was not read.
-                (None, Some(entry)) => self.db.stage_plain(&mut batch, key, &entry.value)?,
+                (None, Some(entry)) => self.db.stage_plain(&mut batch, &key, &entry.value)?,
                 (Some(before), Some(entry)) => {
-                    batch.put(key, &entry.value, entry.expires_at, before.as_ref())
+                    batch.put(&key, &entry.value, entry.expires_at, before.as_ref())
                 }
-                (Some(Some(before)), None) => batch.delete(key, before),
+                (Some(Some(before)), None) => batch.delete(&key, &before),
                 // Absent before, or (never: `set` reads first) unknown.
                 (Some(None) | None, None) => {}
             }
         }
-        let written = self.db.write(batch);
-        if let Some(recent) = self.recent {
-            let recent = recent.into_inner();
-            if self.flushed || written.is_err() {
-                // Every key gone, or not known what was written.
-                recent.forget_all();
-            }
-            if written.is_ok() {
-                for (key, pending) in self.pending {
-                    recent.note(key, pending.now);
-                }
-            }
-        }
-        written
+        self.db.write(batch)
     }
 }
 
