@@ -1,7 +1,7 @@
 //! The processes a benchmark drives: rkv-master, rkv-follower and
 //! redis-server on loopback, with their peak memory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -25,8 +25,9 @@ enum Kind {
     Redis(Redis),
 }
 
-/// redis-server's process, killed when dropped.
-struct Redis(Option<Child>);
+/// redis-server's process, killed when dropped, and its directory (its
+/// AOF), removed then.
+struct Redis(Option<Child>, PathBuf);
 
 impl Drop for Redis {
     fn drop(&mut self) {
@@ -34,6 +35,7 @@ impl Drop for Redis {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -83,13 +85,15 @@ impl Proc {
     /// the AOF, fsynced every second, Redis's durable setting).
     pub fn redis_server_with(appendonly: &str) -> Proc {
         let dir = std::env::temp_dir().join(format!("rkv-bench-redis-{}", free_port()));
+        // Fresh: an AOF left by an earlier run on the same port would be
+        // loaded (and answered with LOADING meanwhile).
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let dir = dir.display().to_string();
         let (child, port) = crate::redis::start_redis_server(&[
             "--save",
             "",
             "--dir",
-            &dir,
+            &dir.display().to_string(),
             "--appendonly",
             appendonly,
             "--appendfsync",
@@ -100,7 +104,7 @@ impl Proc {
         Proc {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             port,
-            kind: Kind::Redis(Redis(Some(child))),
+            kind: Kind::Redis(Redis(Some(child), dir)),
         }
     }
 
