@@ -63,10 +63,15 @@ pub fn terminate(mut child: Child, grace: Duration) -> Option<ExitStatus> {
 /// Peak resident memory of process `pid` so far (VmHWM), in MiB; NaN once
 /// it is gone.
 pub fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kib(pid, "VmHWM").map_or(f64::NAN, |kib| kib as f64 / 1024.0)
+}
+
+/// A field of /proc/PID/status counted in kB (`VmRSS`, `VmHWM`…), in KiB;
+/// `None` once the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

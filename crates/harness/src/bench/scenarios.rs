@@ -328,7 +328,7 @@ pub fn probe_lag(pair: &Pair, setup: &LagSetup, duration: Duration, rate: u32) -
         if started.elapsed() >= next_sample {
             next_sample += Duration::from_secs(5);
             if started.elapsed() >= duration / 2 {
-                let live = live_sst_bytes(&db).max(1);
+                let live = live_sst_bytes(db).max(1);
                 dir_ratio = dir_ratio.max(dir_bytes(&pair.staged) as f64 / live as f64);
             }
         }
@@ -879,32 +879,24 @@ const IDLE_CLIENTS: usize = 1000;
 /// The system calls per unpipelined SET of rkv-master at its defaults
 /// and of redis-server with `appendonly everysec`.
 pub fn set_syscalls(work: &Path, requests: usize) -> Vec<SyscallCount> {
-    let mut counts = Vec::new();
-    let redis = Proc::redis_server_with("yes");
-    counts.extend(count_syscalls(
-        "redis-server, appendonly everysec",
-        redis.pid(),
-        redis.port,
-        "set",
-        requests,
-        100_000,
-    ));
-    redis.stop();
-    let master = Proc::master(
-        &work.join("db"),
-        &work.join("backups"),
-        &["--backup-on-exit", "no"],
-    );
-    counts.extend(count_syscalls(
-        "rkv-master, defaults",
-        master.pid(),
-        master.port,
-        "set",
-        requests,
-        100_000,
-    ));
-    master.stop();
-    counts
+    let start: [(&str, &dyn Fn() -> Proc); 2] = [
+        ("redis-server, appendonly everysec", &|| {
+            Proc::redis_server_with("yes")
+        }),
+        ("rkv-master, defaults", &|| {
+            let flags = ["--backup-on-exit", "no"];
+            Proc::master(&work.join("db"), &work.join("backups"), &flags)
+        }),
+    ];
+    start
+        .into_iter()
+        .filter_map(|(name, start)| {
+            let server = start();
+            let count = count_syscalls(name, server.pid(), server.port, "set", requests, 100_000);
+            server.stop();
+            count
+        })
+        .collect()
 }
 
 /// Follower GETs (pipelined 16, over `keys` keys in several SST files)

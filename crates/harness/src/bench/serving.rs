@@ -165,15 +165,7 @@ pub fn memory_with_idle_clients(
     }
 }
 
-/// `VmRSS` of /proc/PID/status, in bytes.
-pub fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+/// Resident memory of `pid` now (`VmRSS`), in bytes; 0 once it is gone.
+fn rss_bytes(pid: u32) -> u64 {
+    crate::process::status_kib(pid, "VmRSS").map_or(0, |kib| kib * 1024)
 }
