@@ -34,7 +34,8 @@ trap summary EXIT
 # redis-server for the quick benchmark and the differential test, gnuplot and
 # strace (system calls per request) for the benchmark, faketime for the tests
 # and fault scenarios of a master whose clock is hours off, python3's venv
-# for moto and redis-py (below), and prometheus for promtool, which lints the metrics.
+# for moto and redis-py (below), prometheus for promtool, which lints the
+# metrics, and openssl, which makes the TLS tests' private CA as the README does.
 missing=()
 # libclang itself (libclang.so, libclang-14.so.1), not libclang-cpp, which
 # other packages bring and bindgen cannot use.
@@ -50,6 +51,7 @@ command -v strace >/dev/null || missing+=(strace)
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         log "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]}) and rerun"

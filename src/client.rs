@@ -1,8 +1,14 @@
 //! A small blocking RESP client: what the `rkv` CLI uses to talk to a
-//! running daemon, and what the process-level tests speak.
+//! running daemon, and what the process-level tests speak; over TLS and
+//! as a named user when asked ([`Access`]).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::resp::Reply;
 use crate::server::{ListenAddr, Stream};
@@ -37,16 +43,162 @@ pub enum ClientError {
     },
 }
 
+/// How a client reaches a daemon beyond its address: over TLS or not, and
+/// as whom.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// TLS, when the daemon's address is a `--tls-listen` one.
+    pub tls: Option<ClientTls>,
+    /// The user to log in as (`AUTH user password`); the default user
+    /// when `None`.
+    pub user: Option<Vec<u8>>,
+    /// The password; no `AUTH` when `None`.
+    pub password: Option<Vec<u8>>,
+}
+
+/// A client's TLS: the CAs it trusts, the certificate it presents, and the
+/// name it expects on the daemon's certificate.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificates in `ca` (PEM), or the system's when
+    /// `None`; presents `cert` and `key` (PEM) when given; expects
+    /// `server_name` on the daemon's certificate, or the address
+    /// connected to (an IP address or host name) when `None`. The error
+    /// is a sentence naming the file.
+    pub fn new(
+        ca: Option<&Path>,
+        cert_and_key: Option<(&Path, &Path)>,
+        server_name: Option<&str>,
+    ) -> Result<ClientTls, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(ca) => {
+                let certs = CertificateDer::pem_file_iter(ca)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("the CA certificate file {}: {e}", ca.display()))?;
+                if certs.is_empty() {
+                    return Err(format!(
+                        "the CA certificate file {} holds no PEM certificate",
+                        ca.display()
+                    ));
+                }
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("the CA certificate file {}: {e}", ca.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(
+                        "no CA certificates found on this system; give --cacert FILE".into(),
+                    );
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match cert_and_key {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("the certificate file {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("the key file {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("the certificate and key: {e}"))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_string())
+                    .map_err(|_| format!("{name:?} is not a host name or IP address"))
+            })
+            .transpose()?;
+        Ok(ClientTls {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+
+    /// The name to check the daemon's certificate against.
+    fn name_for(&self, addr: &ListenAddr) -> std::io::Result<ServerName<'static>> {
+        if let Some(name) = &self.server_name {
+            return Ok(name.clone());
+        }
+        match addr {
+            ListenAddr::Tcp(socket) => Ok(ServerName::IpAddress(socket.ip().into())),
+            ListenAddr::Unix(_) => Err(std::io::Error::other(
+                "TLS over a Unix socket needs the certificate's name (--sni NAME)",
+            )),
+        }
+    }
+}
+
+/// The connection under the RESP: the socket, or a TLS session over it.
+enum Wire {
+    Plain(Stream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, Stream>>),
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A connection to a daemon.
 pub struct Client {
     addr: String,
-    reader: BufReader<Stream>,
-    writer: Stream,
+    /// Replies are read through the buffer; requests written to the wire
+    /// under it.
+    wire: BufReader<Wire>,
 }
 
 impl Client {
     /// Connects, and authenticates when `password` is given.
     pub fn connect(addr: &ListenAddr, password: Option<&[u8]>) -> Result<Client, ClientError> {
+        let access = Access {
+            password: password.map(<[u8]>::to_vec),
+            ..Access::default()
+        };
+        Client::connect_with(addr, &access)
+    }
+
+    /// Connects as `access` says: over TLS (the handshake done here, so a
+    /// refused certificate is this call's error), and logged in.
+    pub fn connect_with(addr: &ListenAddr, access: &Access) -> Result<Client, ClientError> {
         let name = addr.to_string();
         let io = |source| ClientError::Io {
             addr: name.clone(),
@@ -56,16 +208,40 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(600)))
             .map_err(io)?;
-        let writer = stream.try_clone().map_err(io)?;
+        let wire = match &access.tls {
+            None => Wire::Plain(stream),
+            Some(tls) => {
+                let session = rustls::ClientConnection::new(
+                    Arc::clone(&tls.config),
+                    tls.name_for(addr).map_err(io)?,
+                )
+                .map_err(|e| io(std::io::Error::other(e)))?;
+                let mut tls = rustls::StreamOwned::new(session, stream);
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).map_err(io)?;
+                }
+                Wire::Tls(Box::new(tls))
+            }
+        };
         let mut client = Client {
             addr: name.clone(),
-            reader: BufReader::new(stream),
-            writer,
+            wire: BufReader::new(wire),
         };
-        if let Some(password) = password {
-            client.call(&[b"AUTH", password])?;
+        if let Some(password) = &access.password {
+            match &access.user {
+                Some(user) => client.call(&[b"AUTH", user, password])?,
+                None => client.call(&[b"AUTH", password])?,
+            };
         }
         Ok(client)
+    }
+
+    /// The certificate the daemon presented (DER), over TLS.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self.wire.get_ref() {
+            Wire::Tls(s) => Some(s.conn.peer_certificates()?.first()?.to_vec()),
+            Wire::Plain(_) => None,
+        }
     }
 
     /// Sends one command and reads its reply; an error reply is an `Err`.
@@ -92,7 +268,8 @@ impl Client {
         for args in commands {
             Reply::array(args.iter().map(|a| Reply::bulk(a.to_vec())).collect()).encode(&mut out);
         }
-        self.writer
+        self.wire
+            .get_mut()
             .write_all(&out)
             .map_err(|source| ClientError::Io {
                 addr: self.addr.clone(),
@@ -121,7 +298,7 @@ impl Client {
 
     /// Reads one reply.
     fn read_reply(&mut self) -> Result<Reply, ClientError> {
-        read_reply(&mut self.reader).map_err(|e| match e {
+        read_reply(&mut self.wire).map_err(|e| match e {
             ReadError::Io(source) => ClientError::Io {
                 addr: self.addr.clone(),
                 source,

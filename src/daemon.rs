@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::resp::Limits;
+use crate::server::tls::{AuthClients, Tls, TlsFiles};
 use crate::server::{ListenAddr, ServerConfig};
 
 mod config_error;
@@ -86,6 +87,50 @@ pub struct ServerArgs {
     )]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Serve TLS on HOST:PORT or unix:/path (Redis's tls-port), beside or
+    /// instead of --listen; repeat for several (comma-separated in the
+    /// environment variable). Needs --tls-cert-file and --tls-key-file.
+    #[arg(
+        long = "tls-listen",
+        env = "RKV_TLS_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub tls_listen: Vec<ListenAddr>,
+
+    /// The server's certificate chain, PEM, leaf first (Redis's
+    /// tls-cert-file). Re-read on SIGHUP: new connections get the new
+    /// certificate, open ones keep theirs.
+    #[arg(long = "tls-cert-file", env = "RKV_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The certificate's private key, PEM (Redis's tls-key-file); re-read
+    /// on SIGHUP.
+    #[arg(long = "tls-key-file", env = "RKV_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// CA certificates, PEM, that client certificates must chain to
+    /// (Redis's tls-ca-cert-file); re-read on SIGHUP. Given, clients must
+    /// present one unless --tls-auth-clients says otherwise.
+    #[arg(
+        long = "tls-ca-cert-file",
+        env = "RKV_TLS_CA_CERT_FILE",
+        value_name = "FILE"
+    )]
+    pub tls_ca_cert_file: Option<PathBuf>,
+
+    /// Whether TLS clients must present a certificate signed by
+    /// --tls-ca-cert-file: yes, optional (checked when given) or no.
+    /// Default: yes with --tls-ca-cert-file, no without. A TLS listener that
+    /// requires client certificates counts as protected (--protected-mode).
+    #[arg(
+        long = "tls-auth-clients",
+        env = "RKV_TLS_AUTH_CLIENTS",
+        value_enum,
+        value_name = "yes|no|optional"
+    )]
+    pub tls_auth_clients: Option<AuthClients>,
+
     /// Log format.
     #[arg(
         long = "log-format",
@@ -108,7 +153,19 @@ impl ServerArgs {
                  (ps, /proc); use --password-file or RKV_REQUIREPASS instead"
             );
         }
+        let tls = self.tls()?;
+        if listen.is_empty() && self.tls_listen.is_empty() {
+            return Err(ConfigError::Flag(
+                "--listen none leaves nothing to listen on; give --tls-listen ADDR too".into(),
+            ));
+        }
+        let client_certs = tls.as_ref().is_some_and(|t| t.requires_client_certs());
         check_protected_mode(&listen, password.is_some(), self.protected_mode)?;
+        check_protected_mode(
+            &self.tls_listen,
+            password.is_some() || client_certs,
+            self.protected_mode,
+        )?;
         if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
             if self.protected_mode {
                 return Err(ConfigError::Unprotected(format!(
@@ -123,6 +180,8 @@ impl ServerArgs {
         }
         Ok(ServerConfig {
             listen,
+            tls_listen: self.tls_listen.clone(),
+            tls,
             metrics_listen: self.metrics_listen,
             password,
             max_clients: self.max_clients,
@@ -131,6 +190,49 @@ impl ServerArgs {
                 max_reply_bytes: self.max_reply_bytes,
             },
         })
+    }
+
+    /// The TLS files, read once here so a bad one stops the start with a
+    /// sentence naming it; `None` when nothing is served over TLS.
+    fn tls(&self) -> Result<Option<std::sync::Arc<Tls>>, ConfigError> {
+        let files =
+            match (&self.tls_cert_file, &self.tls_key_file) {
+                (Some(cert), Some(key)) => TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: self.tls_ca_cert_file.clone(),
+                    auth_clients: self
+                        .tls_auth_clients
+                        .unwrap_or(match self.tls_ca_cert_file {
+                            Some(_) => AuthClients::Yes,
+                            None => AuthClients::No,
+                        }),
+                },
+                (None, None) if self.tls_listen.is_empty() => {
+                    if self.tls_ca_cert_file.is_some() || self.tls_auth_clients.is_some() {
+                        return Err(ConfigError::Flag(
+                            "--tls-ca-cert-file and --tls-auth-clients need --tls-listen, \
+                         --tls-cert-file and --tls-key-file"
+                                .into(),
+                        ));
+                    }
+                    return Ok(None);
+                }
+                _ => return Err(ConfigError::Flag(
+                    "TLS needs both --tls-cert-file and --tls-key-file (and --tls-listen ADDR to \
+                     serve it on)"
+                        .into(),
+                )),
+            };
+        if self.tls_listen.is_empty() {
+            return Err(ConfigError::Flag(
+                "--tls-cert-file is set but nothing is served over TLS: give --tls-listen ADDR"
+                    .into(),
+            ));
+        }
+        Tls::load(files)
+            .map(|tls| Some(std::sync::Arc::new(tls)))
+            .map_err(|e| ConfigError::Tls(e.to_string()))
     }
 }
 
@@ -405,13 +507,20 @@ impl Notifier {
 /// Leaves the [`DaemonFile`] in `dir` so `rkv --db=DIR` finds the daemon;
 /// returns the addresses it listens on.
 pub fn announce(dir: &Path, role: &str, server: &crate::server::Server) -> Vec<String> {
-    let listen: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    let spell = |addrs: &[ListenAddr]| addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let file = DaemonFile {
         pid: std::process::id(),
         role: role.to_string(),
-        listen: listen.clone(),
+        listen: spell(server.local_addrs()),
+        tls_listen: spell(server.tls_addrs()),
         metrics: server.metrics_addr().map(|a| a.to_string()),
     };
+    let listen = file
+        .listen
+        .iter()
+        .cloned()
+        .chain(file.tls_listen.iter().map(|a| format!("{a} (TLS)")))
+        .collect();
     if let Err(e) = file.write(dir) {
         tracing::warn!(
             "cannot write {} (rkv --db will not find this daemon): {e}",
@@ -421,13 +530,24 @@ pub fn announce(dir: &Path, role: &str, server: &crate::server::Server) -> Vec<S
     listen
 }
 
+/// SIGHUP: re-reads the server's TLS files; a failure keeps the files in
+/// use, and says why.
+pub fn reload(server: &crate::server::Server) {
+    tracing::info!("SIGHUP: reloading");
+    if let Err(e) = server.reload() {
+        tracing::error!(error = %e, "the reload failed; what was in use stays in use");
+    }
+}
+
 /// A daemon's main loop: returns at SIGTERM/SIGINT. Every second (or half
 /// the watchdog timeout, if shorter) it runs `tick`, pings the watchdog, and
-/// sends `status()` to systemd when it changed. SIGUSR1 runs `on_user1`.
+/// sends `status()` to systemd when it changed. SIGUSR1 runs `on_user1`,
+/// SIGHUP `on_hangup`.
 pub fn serve_until_terminated(
     signals: &mpsc::Receiver<Signal>,
     notifier: &Notifier,
     mut on_user1: impl FnMut(),
+    mut on_hangup: impl FnMut(),
     mut tick: impl FnMut(),
     status: impl Fn() -> String,
 ) {
@@ -440,9 +560,7 @@ pub fn serve_until_terminated(
         match signals.recv_timeout(period) {
             Ok(Signal::Terminate) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Ok(Signal::User1) => on_user1(),
-            Ok(Signal::Hangup) => {
-                tracing::info!("SIGHUP: nothing to reload; restart to change flags")
-            }
+            Ok(Signal::Hangup) => on_hangup(),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         tick();
@@ -462,7 +580,7 @@ pub enum Signal {
     Terminate,
     /// SIGUSR1: the master backs up now.
     User1,
-    /// SIGHUP: nothing to reload; logged.
+    /// SIGHUP: re-read the TLS files.
     Hangup,
 }
 

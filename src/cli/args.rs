@@ -24,6 +24,7 @@ Examples:
       --backup_dir=/var/lib/rkv/backups          (make a stopped follower the master)
   rkv --connect=127.0.0.1:6380 put user:2 Bob      (through a running daemon)
   rkv --connect=127.0.0.1:6380 info replication
+  rkv --connect=10.0.0.7:6391 --tls --cacert=ca.crt --user=app get user:1
 
 When --db names a database a running rkv daemon owns, put, get, delete,
 scan, info and backup go through that daemon instead of failing on the lock.
@@ -121,6 +122,50 @@ pub struct Cli {
         hide = true
     )]
     pub password: Option<String>,
+
+    /// Through a daemon: log in as USER (`AUTH USER PASSWORD`) with the
+    /// password of --password_file or RKV_PASSWORD, instead of as the
+    /// default user.
+    #[arg(long, global = true, env = "RKV_USER", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Through a daemon: speak TLS (to its --tls-listen address), checking
+    /// its certificate against --cacert or the system's CAs.
+    #[arg(long, global = true, env = "RKV_TLS")]
+    pub tls: bool,
+
+    /// With --tls: the CA certificates (PEM) the daemon's certificate must
+    /// chain to; the system's CAs when not given.
+    #[arg(long, global = true, env = "RKV_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// With --tls: the client certificate (PEM) to present, for a daemon
+    /// that asks for one (--tls-ca-cert-file); needs --key.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "RKV_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// With --tls: the client certificate's private key (PEM).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "RKV_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// With --tls: the name the daemon's certificate must carry, when not
+    /// the address connected to (e.g. the host name of a DNS SAN).
+    #[arg(long, global = true, env = "RKV_SNI", value_name = "NAME")]
+    pub sni: Option<String>,
 
     /// Draw no progress bars (restore, verify and backup draw them on
     /// standard error while it is a terminal).

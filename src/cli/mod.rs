@@ -179,7 +179,7 @@ pub fn main() -> std::process::ExitCode {
 /// chosen once: the daemon that owns `--db` (or `--connect`), else the
 /// directory itself.
 pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
-    let mut daemon = daemon_address(cli)?.map(|addr| target::Remote::new(cli, addr));
+    let mut daemon = daemon_address(cli)?.map(|(addr, tls)| target::Remote::new(cli, addr, tls));
     if daemon.is_none() && (cli.read_after.is_some() || cli.max_staleness.is_some()) {
         return Err(CliError::Usage(
             "--read_after and --max_staleness are asked of a running daemon: pass \
@@ -291,7 +291,9 @@ pub fn run(cli: &Cli, out: &mut dyn std::io::Write) -> Result<(), CliError> {
 
 /// The daemon to send the command to, if any: `--connect`, or the daemon
 /// that owns the `--db` directory (it leaves its address there).
-fn daemon_address(cli: &Cli) -> Result<Option<ListenAddr>, CliError> {
+/// Whether to speak TLS to it comes with the address: `--tls`, or a
+/// daemon that listens only for TLS clients.
+fn daemon_address(cli: &Cli) -> Result<Option<(ListenAddr, bool)>, CliError> {
     let routable = matches!(
         cli.command,
         Command::Put { .. }
@@ -304,7 +306,7 @@ fn daemon_address(cli: &Cli) -> Result<Option<ListenAddr>, CliError> {
     );
     if let Some(addr) = &cli.connect {
         return if routable {
-            Ok(Some(addr.clone()))
+            Ok(Some((addr.clone(), cli.tls)))
         } else {
             Err(CliError::Usage(
                 "--connect works with put, get, delete, scan, info, position and backup; restore, \
@@ -320,9 +322,18 @@ fn daemon_address(cli: &Cli) -> Result<Option<ListenAddr>, CliError> {
         return Ok(None);
     };
     // A Unix socket avoids the network stack; any address will do otherwise.
-    let mut addrs: Vec<ListenAddr> = file.listen.iter().filter_map(|a| a.parse().ok()).collect();
+    let parsed = |addrs: &[String]| -> Vec<ListenAddr> {
+        addrs.iter().filter_map(|a| a.parse().ok()).collect()
+    };
+    let mut addrs = parsed(&file.listen);
     addrs.sort_by_key(|a| !a.is_unix());
-    Ok(addrs.into_iter().next())
+    if let Some(addr) = addrs.into_iter().next() {
+        return Ok(Some((addr, cli.tls)));
+    }
+    Ok(parsed(&file.tls_listen)
+        .into_iter()
+        .next()
+        .map(|addr| (addr, true)))
 }
 
 /// The password for the daemon, from --password_file or RKV_PASSWORD.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{daemon_password, Cli, CliError};
-use crate::client::{Client, ClientError};
+use crate::client::{Access, Client, ClientError, ClientTls};
 use crate::db::{now_ms, Db, Entry, OpenMode, ScanRange};
 use crate::follower::generations::DataDir;
 use crate::resp::Reply;
@@ -127,14 +127,17 @@ pub(super) fn open_for_reading(path: &Path) -> Result<Db, CliError> {
 pub(super) struct Remote<'a> {
     cli: &'a Cli,
     addr: ListenAddr,
+    /// Whether the daemon is spoken to over TLS.
+    tls: bool,
     client: Option<Client>,
 }
 
 impl<'a> Remote<'a> {
-    pub(super) fn new(cli: &'a Cli, addr: ListenAddr) -> Remote<'a> {
+    pub(super) fn new(cli: &'a Cli, addr: ListenAddr, tls: bool) -> Remote<'a> {
         Remote {
             cli,
             addr,
+            tls,
             client: None,
         }
     }
@@ -142,8 +145,8 @@ impl<'a> Remote<'a> {
     /// The connection, made on first use.
     pub(super) fn client(&mut self) -> Result<&mut Client, CliError> {
         if self.client.is_none() {
-            let password = daemon_password(self.cli)?;
-            let mut client = Client::connect(&self.addr, password.as_deref())?;
+            let access = self.access()?;
+            let mut client = Client::connect_with(&self.addr, &access)?;
             // The connection's freshness, before anything reads on it.
             if let Some(position) = self.cli.read_after {
                 let (position, ms) = (
@@ -161,6 +164,35 @@ impl<'a> Remote<'a> {
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected"))
+    }
+
+    /// TLS and credentials from the flags.
+    fn access(&self) -> Result<Access, CliError> {
+        let cli = self.cli;
+        if !self.tls && (cli.cacert.is_some() || cli.cert.is_some() || cli.sni.is_some()) {
+            return Err(CliError::Usage(
+                "--cacert, --cert, --key and --sni need --tls".into(),
+            ));
+        }
+        let tls = self
+            .tls
+            .then(|| {
+                let pair = cli.cert.as_deref().zip(cli.key.as_deref());
+                ClientTls::new(cli.cacert.as_deref(), pair, cli.sni.as_deref())
+            })
+            .transpose()
+            .map_err(CliError::Usage)?;
+        let password = daemon_password(cli)?;
+        if cli.user.is_some() && password.is_none() {
+            return Err(CliError::Usage(
+                "--user needs the user's password: --password_file FILE or RKV_PASSWORD".into(),
+            ));
+        }
+        Ok(Access {
+            tls,
+            user: cli.user.as_ref().map(|u| u.as_bytes().to_vec()),
+            password,
+        })
     }
 
     /// The error for a reply the command cannot make sense of.

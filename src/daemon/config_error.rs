@@ -16,6 +16,9 @@ pub enum ConfigError {
     /// A listener beyond this machine without a password (protected mode).
     #[error("{0}")]
     Unprotected(String),
+    /// A TLS certificate, key or CA file that cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// The password given is unusable: empty, given twice, or in a file
     /// that cannot be read or that every user can read.
     #[error("{0}")]

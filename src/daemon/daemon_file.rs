@@ -30,6 +30,9 @@ pub struct DaemonFile {
     pub role: String,
     /// Where it listens (`ListenAddr` spellings).
     pub listen: Vec<String>,
+    /// Where it listens for TLS clients (`--tls-listen`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_listen: Vec<String>,
     /// Where it serves metrics (`--metrics-listen`), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,

@@ -66,6 +66,7 @@ fn daemon_file_round_trips_and_finds_live_pid() {
         pid: std::process::id(),
         role: "master".into(),
         listen: vec!["127.0.0.1:6380".into()],
+        tls_listen: vec!["127.0.0.1:6390".into()],
         metrics: Some("127.0.0.1:9380".into()),
     };
     file.write(dir.path()).unwrap();

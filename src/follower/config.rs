@@ -16,7 +16,14 @@ Every flag can also be set with the environment variable named in brackets.
 Example:
   rkv-follower --backup-dir /srv/rkv-backups --data /var/lib/rkv/follower-eu1 --listen 127.0.0.1:6381
   redis-cli -p 6381 GET user:1
-  redis-cli -p 6381 INFO replication";
+  redis-cli -p 6381 INFO replication
+
+  # TLS only, for clients with a certificate signed by the private CA:
+  rkv-follower --backup-dir /srv/rkv-backups --data /var/lib/rkv/follower-eu1 --listen none \
+    --tls-listen 0.0.0.0:6391 --tls-cert-file /etc/rkv/tls/server.crt \
+    --tls-key-file /etc/rkv/tls/server.key --tls-ca-cert-file /etc/rkv/tls/ca.crt
+
+Signals: SIGTERM/SIGINT stop, SIGHUP re-reads the TLS files.";
 
 /// What a follower does with reads while its data is older than
 /// `--max-staleness`.
@@ -82,14 +89,16 @@ pub struct FollowerArgs {
     pub restore_threads: u32,
 
     /// Where to listen: HOST:PORT or unix:/path; repeat for several
-    /// (comma-separated in the environment variable).
+    /// (comma-separated in the environment variable); `none` for TLS only
+    /// (--tls-listen).
     #[arg(
         long,
         env = "RKV_LISTEN",
         default_value = "127.0.0.1:6381",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = ListenAddr::parse_or_none
     )]
-    pub listen: Vec<ListenAddr>,
+    pub listen: Vec<Option<ListenAddr>>,
 
     /// Data older than this makes the follower unhealthy: older than the
     /// last moment the follower saw evidence (a backup or heartbeat) that it
@@ -164,7 +173,9 @@ impl FollowerArgs {
                 "--stale-reads refuse needs --max-staleness DURATION".into(),
             ));
         }
-        let server = self.server.server_config(self.listen)?;
+        let server = self
+            .server
+            .server_config(self.listen.into_iter().flatten().collect())?;
         Ok(FollowerConfig {
             backup_dir,
             data: self.data,

@@ -108,6 +108,7 @@ pub fn run(config: FollowerConfig) -> anyhow::Result<()> {
         &signals,
         &notifier,
         || tracing::info!("SIGUSR1: nothing to do on a follower"),
+        || daemon::reload(&server),
         || {},
         || follower.status_line(),
     );

@@ -24,8 +24,14 @@ Example:
   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… rkv-master --db /var/lib/rkv/master \
     --backup-dir s3://rkv-backups/prod --s3-endpoint http://10.0.0.5:9000
 
+  # TLS beside the plain loopback listener (clients: redis-cli --tls):
+  rkv-master --db /var/lib/rkv/master --backup-dir /srv/rkv-backups \
+    --tls-listen 0.0.0.0:6390 --tls-cert-file /etc/rkv/tls/server.crt \
+    --tls-key-file /etc/rkv/tls/server.key --password-file /etc/rkv/password
+
 Signals: SIGTERM/SIGINT stop (a final backup is taken if anything changed; a
-second signal exits at once), SIGUSR1 backs up now.";
+second signal exits at once), SIGUSR1 backs up now, SIGHUP re-reads the TLS
+files.";
 
 /// rkv-master: owns a RocksDB database, serves reads and writes over the
 /// Redis protocol, and backs it up incrementally into a backup directory
@@ -153,14 +159,16 @@ pub struct MasterArgs {
     pub lease_term: Duration,
 
     /// Where to listen: HOST:PORT or unix:/path; repeat for several
-    /// (comma-separated in the environment variable).
+    /// (comma-separated in the environment variable); `none` for TLS only
+    /// (--tls-listen).
     #[arg(
         long,
         env = "RKV_LISTEN",
         default_value = "127.0.0.1:6380",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = ListenAddr::parse_or_none
     )]
-    pub listen: Vec<ListenAddr>,
+    pub listen: Vec<Option<ListenAddr>>,
 
     /// fsync the write-ahead log before acknowledging each write (slower;
     /// survives power loss, not just a process crash).
@@ -346,7 +354,9 @@ impl MasterArgs {
                 humantime::format_duration(self.keep_log)
             )));
         }
-        let server = self.server.server_config(self.listen)?;
+        let server = self
+            .server
+            .server_config(self.listen.into_iter().flatten().collect())?;
         Ok(MasterConfig {
             log_interval,
             keep_log: self.keep_log,
@@ -474,6 +484,35 @@ mod tests {
         assert!(args(&["--listen", "0.0.0.0:6380", "--requirepass", "pw"])
             .validate()
             .is_ok());
+        // A TLS listener beyond loopback: protected by required client
+        // certificates, not by optional ones.
+        let dir = tempfile::tempdir().unwrap();
+        let pki = rkv_testkit::tls::Pki::new(dir.path());
+        let (cert, key, ca) = (
+            pki.file("server.crt").display().to_string(),
+            pki.file("server.key").display().to_string(),
+            pki.ca().display().to_string(),
+        );
+        let tls = |auth: &str| {
+            args(&[
+                "--listen",
+                "none",
+                "--tls-listen",
+                "0.0.0.0:6390",
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                auth,
+            ])
+            .validate()
+        };
+        let config = tls("yes").unwrap();
+        assert!(config.server.listen.is_empty());
+        assert!(matches!(tls("optional"), Err(ConfigError::Unprotected(_))));
         assert!(matches!(
             args(&["--password-file", "/nonexistent/pw"]).validate(),
             Err(ConfigError::Password(m)) if m.contains("cannot read")

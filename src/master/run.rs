@@ -104,6 +104,7 @@ pub fn run(config: MasterConfig) -> anyhow::Result<()> {
             tracing::info!("SIGUSR1: backing up now");
             master.schedule_backup();
         },
+        || daemon::reload(&server),
         || {},
         || master.status_line(),
     );

@@ -26,6 +26,14 @@ impl ListenAddr {
         }
     }
 
+    /// Parses a listen flag's value, where `none` means no listener.
+    pub fn parse_or_none(s: &str) -> Result<Option<ListenAddr>, String> {
+        match s {
+            "none" => Ok(None),
+            _ => s.parse().map(Some),
+        }
+    }
+
     /// Whether this is a Unix socket.
     pub fn is_unix(&self) -> bool {
         matches!(self, ListenAddr::Unix(_))

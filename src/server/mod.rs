@@ -14,6 +14,7 @@
 
 pub mod commands;
 mod listen;
+pub mod tls;
 mod wait;
 mod watch;
 mod worker;
@@ -147,6 +148,11 @@ pub trait Backend: Send + Sync + 'static {
 pub struct ServerConfig {
     /// Where to listen.
     pub listen: Vec<ListenAddr>,
+    /// Where to listen for TLS clients.
+    pub tls_listen: Vec<ListenAddr>,
+    /// The TLS certificate and what is asked of clients, when
+    /// `tls_listen` is not empty.
+    pub tls: Option<Arc<tls::Tls>>,
     /// Where to serve metrics and health, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The password clients must `AUTH` with; `None` for no authentication.
@@ -293,11 +299,13 @@ impl Shared {
 /// A running server.
 pub struct Server {
     local_addrs: Vec<ListenAddr>,
+    tls_addrs: Vec<ListenAddr>,
     metrics: Option<crate::metrics::MetricsServer>,
     acceptors: Vec<JoinHandle<()>>,
     /// Stops the accept loops.
     stop: Stop,
     workers: Vec<worker::Handle>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -305,12 +313,19 @@ impl Server {
     pub fn start(config: ServerConfig, backend: Arc<dyn Backend>) -> std::io::Result<Server> {
         let mut listeners = Vec::new();
         for addr in &config.listen {
-            listeners.push(Listener::bind(addr)?);
+            listeners.push((Listener::bind(addr)?, false));
         }
-        let local_addrs = listeners
-            .iter()
-            .map(Listener::local_addr)
-            .collect::<Result<_, _>>()?;
+        for addr in &config.tls_listen {
+            listeners.push((Listener::bind(addr)?, true));
+        }
+        let bound = |tls: bool| {
+            listeners
+                .iter()
+                .filter(|(_, is_tls)| *is_tls == tls)
+                .map(|(listener, _)| listener.local_addr())
+                .collect::<std::io::Result<Vec<_>>>()
+        };
+        let (local_addrs, tls_addrs) = (bound(false)?, bound(true)?);
         let (waiters, positions_move) = match backend.waiters() {
             Some(waiters) => (waiters, true),
             None => (Arc::default(), false),
@@ -337,8 +352,8 @@ impl Server {
         let stop = Stop::new();
         let acceptors = listeners
             .into_iter()
-            .map(|listener| {
-                let acceptor = Acceptor::new(listener, &stop)?;
+            .map(|(listener, tls)| {
+                let acceptor = Acceptor::new(listener, tls, &stop)?;
                 let shared = Arc::clone(&shared);
                 let senders = Arc::clone(&senders);
                 std::thread::Builder::new()
@@ -356,11 +371,30 @@ impl Server {
         };
         Ok(Server {
             local_addrs,
+            tls_addrs,
             metrics,
             acceptors,
             stop,
             workers,
+            shared,
         })
+    }
+
+    /// Re-reads what may change while the daemon runs (SIGHUP): the TLS
+    /// certificate, key and CA. Connections already open keep theirs. On
+    /// an error the files in use stay in use, and the error says which
+    /// file is wrong.
+    pub fn reload(&self) -> Result<(), String> {
+        if let Some(tls) = &self.shared.config.tls {
+            tls.reload().map_err(|e| e.to_string())?;
+            tracing::info!("reloaded the TLS certificate, key and CA files");
+        }
+        Ok(())
+    }
+
+    /// The TLS addresses actually bound (`--tls-listen`).
+    pub fn tls_addrs(&self) -> &[ListenAddr] {
+        &self.tls_addrs
     }
 
     /// The addresses actually bound (with the real port when 0 was asked).
@@ -388,8 +422,10 @@ impl Server {
         for worker in self.workers {
             worker.join(deadline);
         }
-        if let Some(ListenAddr::Unix(path)) = self.local_addrs.iter().find(|a| a.is_unix()) {
-            let _ = std::fs::remove_file(path);
+        for addr in self.local_addrs.iter().chain(&self.tls_addrs) {
+            if let ListenAddr::Unix(path) = addr {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -398,6 +434,8 @@ impl Server {
 /// stop in one mio poll, and hands each client to the workers in turn.
 struct Acceptor {
     listener: Listener,
+    /// Whether its clients speak TLS.
+    tls: bool,
     poll: mio::Poll,
     stop: Stop,
     /// Owned here as well as by the stop's hook, which is dropped once it
@@ -410,7 +448,7 @@ impl Acceptor {
     const LISTENER: mio::Token = mio::Token(0);
     const STOP: mio::Token = mio::Token(1);
 
-    fn new(listener: Listener, stop: &Stop) -> std::io::Result<Acceptor> {
+    fn new(listener: Listener, tls: bool, stop: &Stop) -> std::io::Result<Acceptor> {
         use std::os::fd::AsRawFd;
         listener.set_nonblocking()?;
         let poll = mio::Poll::new()?;
@@ -426,6 +464,7 @@ impl Acceptor {
         });
         Ok(Acceptor {
             listener,
+            tls,
             poll,
             stop: stop.clone(),
             _waker: waker,
@@ -452,7 +491,7 @@ impl Acceptor {
             while !self.stop.is_stopped() {
                 match self.listener.accept() {
                     Ok(stream) => {
-                        admit(stream, shared, &workers[next % workers.len()]);
+                        admit(stream, self.tls, shared, &workers[next % workers.len()]);
                         next += 1;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -476,19 +515,23 @@ impl Acceptor {
 }
 
 /// Gives a new client to `worker`, or turns it away when the server is full.
-fn admit(mut stream: Stream, shared: &Shared, worker: &worker::Sender) {
+fn admit(mut stream: Stream, tls: bool, shared: &Shared, worker: &worker::Sender) {
     let stats = &shared.stats;
     stats.total_connections.fetch_add(1, Ordering::Relaxed);
     if stats.connected_clients.load(Ordering::SeqCst) >= shared.config.max_clients {
         stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::new();
-        Reply::error("ERR max number of clients reached").encode(&mut out);
-        let _ = stream.write_all(&out);
+        // A TLS client could not read the error before a handshake, which
+        // a full server does not spend: it is only closed.
+        if !tls {
+            let mut out = Vec::new();
+            Reply::error("ERR max number of clients reached").encode(&mut out);
+            let _ = stream.write_all(&out);
+        }
         return;
     }
     stats.connected_clients.fetch_add(1, Ordering::SeqCst);
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = worker.send(id, stream) {
+    if let Err(e) = worker.send(id, stream, tls) {
         tracing::warn!(error = %e, "cannot hand a new client to a worker");
         stats.connected_clients.fetch_sub(1, Ordering::SeqCst);
     }

@@ -16,6 +16,7 @@ use mio::event::Source;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use super::commands::{self, Action, Members, WriteGroup};
+use super::tls::TlsStream;
 use super::{Connection, Shared, Stream, Wait};
 use crate::resp;
 
@@ -25,9 +26,13 @@ const OUTPUT_CAP: usize = 16 << 20;
 /// How long a client that sent an unparseable request may keep sending
 /// before it is cut off (see [`State::Lingering`]).
 const LINGER: Duration = Duration::from_secs(2);
+/// How long a TLS client has to finish its handshake: one that connects
+/// and says nothing holds no connection slot for longer.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 enum Message {
-    Client(u64, Stream),
+    /// A new client, and whether it speaks TLS.
+    Client(u64, Stream, bool),
     Stop(Instant),
 }
 
@@ -40,9 +45,9 @@ pub(super) struct Sender {
 
 impl Sender {
     /// Gives the worker a new client.
-    pub(super) fn send(&self, id: u64, stream: Stream) -> io::Result<()> {
+    pub(super) fn send(&self, id: u64, stream: Stream, tls: bool) -> io::Result<()> {
         self.tx
-            .send(Message::Client(id, stream))
+            .send(Message::Client(id, stream, tls))
             .map_err(|_| io::Error::other("the worker has stopped"))?;
         self.waker.wake()
     }
@@ -77,7 +82,7 @@ impl Handle {
                     parked: ParkedSet::default(),
                     group: WriteGroup::default(),
                     held: Vec::new(),
-                    lingering: BTreeSet::new(),
+                    cut_off: BTreeSet::new(),
                     next_token: 0,
                     chunk: vec![0u8; 64 * 1024],
                 }
@@ -122,9 +127,10 @@ struct Worker {
     group: WriteGroup,
     /// Clients that stopped at a request until the group is written.
     held: Vec<usize>,
-    /// The lingering clients (see [`State::Lingering`]), by when they are
-    /// cut off: the loop looks at these, not at every client.
-    lingering: BTreeSet<(Instant, usize)>,
+    /// The clients closed at a deadline, by when: lingering ones (see
+    /// [`State::Lingering`]) and TLS clients in their handshake. The loop
+    /// looks at these, not at every client.
+    cut_off: BTreeSet<(Instant, usize)>,
     next_token: usize,
     /// Scratch space for reads, shared by the worker's clients.
     chunk: Vec<u8>,
@@ -135,8 +141,11 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut stop_at: Option<Instant> = None;
         loop {
-            let lingering = !self.lingering.is_empty();
-            let mut timeout = (stop_at.is_some() || lingering).then_some(Duration::from_millis(50));
+            let mut timeout = stop_at.is_some().then_some(Duration::from_millis(50));
+            if let Some(&(at, _)) = self.cut_off.first() {
+                let left = at.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             let next_deadline = self.next_deadline();
             if let Some(deadline) = next_deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -154,7 +163,7 @@ impl Worker {
                     woken = true;
                     while let Ok(message) = self.rx.try_recv() {
                         match message {
-                            Message::Client(id, stream) => self.add(id, stream),
+                            Message::Client(id, stream, tls) => self.add(id, stream, tls),
                             Message::Stop(deadline) => stop_at = Some(deadline),
                         }
                     }
@@ -182,12 +191,8 @@ impl Worker {
                 self.wake_parked();
             }
             let now = Instant::now();
-            while self
-                .lingering
-                .first()
-                .is_some_and(|&(until, _)| until <= now)
-            {
-                if let Some((_, token)) = self.lingering.pop_first() {
+            while self.cut_off.first().is_some_and(|&(at, _)| at <= now) {
+                if let Some((_, token)) = self.cut_off.pop_first() {
                     self.close(token);
                 }
             }
@@ -197,7 +202,7 @@ impl Worker {
                 let done: Vec<usize> = self
                     .clients
                     .iter()
-                    .filter(|(_, c)| now >= deadline || c.out.is_empty())
+                    .filter(|(_, c)| now >= deadline || (c.out.is_empty() && !c.stream.pending()))
                     .map(|(t, _)| *t)
                     .collect();
                 for token in done {
@@ -210,14 +215,19 @@ impl Worker {
         }
     }
 
-    fn add(&mut self, id: u64, stream: Stream) {
+    fn add(&mut self, id: u64, stream: Stream, tls: bool) {
         let token = self.next_token;
         self.next_token = (self.next_token + 1) % (usize::MAX - 1);
         let interest = Interest::READABLE | Interest::WRITABLE;
         let registry = self.poll.registry();
         let ready = NonBlocking::from_std(stream).and_then(|mut stream| {
             stream.register(registry, Token(token), interest)?;
-            Ok(stream)
+            Ok(match (tls, &self.shared.config.tls) {
+                (true, Some(config)) => {
+                    Wire::Tls(Box::new(TlsStream::new(stream, config.session()?)))
+                }
+                _ => Wire::Plain(stream),
+            })
         });
         let stream = match ready {
             Ok(stream) => stream,
@@ -230,8 +240,13 @@ impl Worker {
         };
         // What is logged while serving this client carries its id and
         // address (`--log-format json`: `.span.client`, `.span.addr`).
-        let span = tracing::info_span!("client", client = id, addr = %stream.peer());
+        let span = tracing::info_span!("client", client = id, addr = %stream.socket().peer());
+        let handshake_until = tls.then(|| Instant::now() + HANDSHAKE);
+        if let Some(at) = handshake_until {
+            self.cut_off.insert((at, token));
+        }
         let client = Client {
+            handshake_until,
             span,
             stream,
             conn: Connection {
@@ -297,7 +312,7 @@ impl Worker {
     /// After serving a client: closes it when it is done, and notes
     /// whether it waits.
     fn settle(&mut self, token: usize) {
-        let Some(client) = self.clients.get(&token) else {
+        let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
         if client.next.is_some() && !client.in_group && !self.held.contains(&token) {
@@ -305,7 +320,12 @@ impl Worker {
             self.held.push(token);
         }
         if let State::Lingering(until) = client.state {
-            self.lingering.insert((until, token));
+            self.cut_off.insert((until, token));
+        }
+        if !client.stream.handshaking() {
+            if let Some(at) = client.handshake_until.take() {
+                self.cut_off.remove(&(at, token));
+            }
         }
         if client.finished() {
             self.close(token);
@@ -343,12 +363,20 @@ impl Worker {
         self.parked.note(token, None);
         if let Some(mut client) = self.clients.remove(&token) {
             if let State::Lingering(until) = client.state {
-                self.lingering.remove(&(until, token));
+                self.cut_off.remove(&(until, token));
+            }
+            if let Some(at) = client.handshake_until {
+                self.cut_off.remove(&(at, token));
+            }
+            if !client.broken {
+                // TLS's close_notify, as far as the socket takes it.
+                client.stream.close();
+                let _ = client.stream.send_pending();
             }
             if client.parked.take().is_some() {
                 self.shared.waiters.unpark();
             }
-            let _ = client.stream.deregister(self.poll.registry());
+            let _ = client.stream.socket_mut().deregister(self.poll.registry());
             self.shared.cursors.release(client.conn.id);
             commands::unwatch(&mut client.conn, &self.shared);
             self.shared
@@ -420,7 +448,9 @@ struct Parked {
 
 struct Client {
     span: tracing::Span,
-    stream: NonBlocking,
+    stream: Wire,
+    /// A TLS client in its handshake: when it is cut off.
+    handshake_until: Option<Instant>,
     conn: Connection,
     /// Bytes read; `buf[start..]` is not parsed yet.
     buf: Vec<u8>,
@@ -546,11 +576,19 @@ impl Client {
                     // new edge (epoll reports every arrival), as tokio
                     // relies on too; but an end of input that arrived with
                     // the bytes brings none, so then the reading goes on.
-                    self.drained = n < chunk.len() && !self.peer_closed;
+                    self.drained =
+                        n < chunk.len() && !self.peer_closed && self.stream.short_read_drains();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => self.broken = true,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        // TLS refused it: not TLS, a certificate the CA did
+                        // not sign, none where one is required…
+                        tracing::info!(error = %e, "closing a TLS client");
+                    }
+                    self.broken = true;
+                }
             }
         }
     }
@@ -690,15 +728,28 @@ impl Client {
         }
         self.out.clear();
         self.written = 0;
+        if matches!(self.state, State::Lingering(_)) && !self.write_shut && !self.broken {
+            // The error, then TLS's close_notify, then the socket's end.
+            self.stream.close();
+        }
+        // TLS bytes the socket did not take yet (the session holds a few).
+        match self.stream.send_pending() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                self.broken = true;
+                return;
+            }
+        }
         if matches!(self.state, State::Lingering(_)) && !self.write_shut {
-            self.stream.shutdown(Shutdown::Write);
+            self.stream.socket().shutdown(Shutdown::Write);
             self.write_shut = true;
         }
         if matches!(self.state, State::Lingering(_)) && !self.eof && !self.broken {
             // Drop what the client still sends.
             let mut sink = [0u8; 4096];
             loop {
-                match self.stream.read(&mut sink) {
+                match self.stream.socket_mut().read(&mut sink) {
                     Ok(0) => {
                         self.eof = true;
                         return;
@@ -721,8 +772,82 @@ impl Client {
             // Its writes are not done: the group answers it first.
             return false;
         }
-        let sent = self.written >= self.out.len();
+        let sent = self.written >= self.out.len() && !self.stream.pending();
         self.broken || (sent && self.state == State::Closing) || (sent && self.eof)
+    }
+}
+
+/// A client's connection: its socket, or a TLS session over it.
+enum Wire {
+    Plain(NonBlocking),
+    Tls(Box<TlsStream<NonBlocking>>),
+}
+
+impl Wire {
+    fn socket(&self) -> &NonBlocking {
+        match self {
+            Wire::Plain(s) => s,
+            Wire::Tls(s) => s.socket(),
+        }
+    }
+
+    fn socket_mut(&mut self) -> &mut NonBlocking {
+        match self {
+            Wire::Plain(s) => s,
+            Wire::Tls(s) => s.socket_mut(),
+        }
+    }
+
+    /// Whether a read shorter than asked emptied the socket. Not so under
+    /// TLS: the records read may leave more in the socket.
+    fn short_read_drains(&self) -> bool {
+        matches!(self, Wire::Plain(_))
+    }
+
+    fn handshaking(&self) -> bool {
+        matches!(self, Wire::Tls(s) if s.handshaking())
+    }
+
+    /// Whether TLS bytes wait for the socket.
+    fn pending(&self) -> bool {
+        matches!(self, Wire::Tls(s) if s.pending())
+    }
+
+    /// Sends the TLS bytes that wait; `WouldBlock` when some still do.
+    fn send_pending(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(_) => Ok(()),
+            Wire::Tls(s) => s.send_pending(),
+        }
+    }
+
+    /// Ends a TLS session (close_notify, sent with what waits).
+    fn close(&mut self) {
+        if let Wire::Tls(s) = self {
+            s.close();
+        }
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

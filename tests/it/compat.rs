@@ -627,7 +627,7 @@ fn an_expired_key_is_gone_at_once_on_the_master_every_follower_and_the_cli() {
 
 /// The Python with the newest redis-py from PyPI that the test command
 /// installs (`RKV_REDIS_PY`, else its virtualenv).
-fn redis_py() -> std::path::PathBuf {
+pub(crate) fn redis_py() -> std::path::PathBuf {
     match std::env::var_os("RKV_REDIS_PY") {
         Some(python) => python.into(),
         None => {

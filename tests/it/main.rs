@@ -14,6 +14,7 @@ mod promote;
 mod s3;
 mod scripts;
 mod tail;
+mod tls;
 mod util;
 
 // redis-server (the differential tests' peer), the differential test's

@@ -138,8 +138,13 @@ impl Launch {
         let mut daemon = Daemon {
             child: None,
             addr: "127.0.0.1:1".parse().expect("an address"),
+            tls_addr: None,
             log: self.log,
         };
+        daemon.tls_addr = file
+            .as_ref()
+            .and_then(|f| f.tls_listen.first())
+            .and_then(|a| a.parse().ok());
         let Some(addr) = file.and_then(|f| f.tcp_addr()) else {
             if child.try_wait().ok().flatten().is_none() {
                 let _ = child.kill();
@@ -181,6 +186,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// Where it listens.
     pub addr: ListenAddr,
+    /// Where it listens for TLS clients, when started with `--tls-listen`.
+    pub tls_addr: Option<ListenAddr>,
     /// Its log file, if it logs into one.
     pub log: Option<PathBuf>,
 }

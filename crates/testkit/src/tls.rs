@@ -1,0 +1,141 @@
+//! A private CA and the certificates it signs, made with the `openssl`
+//! commands the README shows: a server certificate for 127.0.0.1 and
+//! localhost, client certificates, and a second CA that the daemons do not
+//! trust (for the certificates they must refuse).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A CA's files in a directory: `NAME.crt` and `NAME.key` for each
+/// certificate, the CA's own as `ca.crt` and `ca.key`.
+pub struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// Makes a CA in `dir` (created), with a server certificate
+    /// (`server.crt`, `server.key`) and a client certificate (`client.crt`,
+    /// `client.key`).
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("create the PKI directory");
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=rkv test CA",
+            ],
+        );
+        pki.issue("server", "rkv", Usage::Server);
+        pki.issue("client", "app", Usage::Client);
+        pki
+    }
+
+    /// Signs a new certificate `NAME.crt` (key `NAME.key`) with this CA.
+    pub fn issue(&self, name: &str, common_name: &str, usage: Usage) {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={common_name}"),
+            ],
+        );
+        let extensions = match usage {
+            Usage::Server => {
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+            }
+            Usage::Client => "extendedKeyUsage=clientAuth\n",
+        };
+        std::fs::write(
+            self.dir.join(&ext),
+            format!("{extensions}basicConstraints=CA:FALSE\n"),
+        )
+        .expect("write the extensions");
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "825",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+
+    /// The file `NAME` in the CA's directory (`ca.crt`, `server.key`…).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The CA's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.file("ca.crt")
+    }
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Usage {
+    /// A daemon's, for 127.0.0.1 and localhost.
+    Server,
+    /// A client's.
+    Client,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (the tests need it: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
