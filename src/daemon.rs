@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::resp::Limits;
 use crate::server::tls::{AuthClients, Tls, TlsFiles};
+use crate::server::users::Users;
 use crate::server::{ListenAddr, ServerConfig};
 
 mod config_error;
@@ -33,6 +34,14 @@ pub struct ServerArgs {
     /// File whose first line is the password clients must AUTH with.
     #[arg(long = "password-file", env = "RKV_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+
+    /// Users, in Redis's ACL file syntax: `user NAME on #<sha256 of the
+    /// password> ~PATTERN… +@read|+@write|+@admin|+@all`, one per line
+    /// (see the README). Re-read on SIGHUP and ACL LOAD. Without a
+    /// `default` user in it (or --requirepass), clients must AUTH as a
+    /// named user.
+    #[arg(long, env = "RKV_ACLFILE", value_name = "FILE")]
+    pub aclfile: Option<PathBuf>,
 
     /// Refuse a non-loopback --listen without a password (Redis's protected
     /// mode); `no` allows it on a trusted network.
@@ -153,6 +162,9 @@ impl ServerArgs {
                  (ps, /proc); use --password-file or RKV_REQUIREPASS instead"
             );
         }
+        let users = Users::load(self.aclfile.as_deref(), password.as_deref())
+            .map_err(|e| ConfigError::Password(e.to_string()))?;
+        let protected = !users.open_to_anyone();
         let tls = self.tls()?;
         if listen.is_empty() && self.tls_listen.is_empty() {
             return Err(ConfigError::Flag(
@@ -160,10 +172,10 @@ impl ServerArgs {
             ));
         }
         let client_certs = tls.as_ref().is_some_and(|t| t.requires_client_certs());
-        check_protected_mode(&listen, password.is_some(), self.protected_mode)?;
+        check_protected_mode(&listen, protected, self.protected_mode)?;
         check_protected_mode(
             &self.tls_listen,
-            password.is_some() || client_certs,
+            protected || client_certs,
             self.protected_mode,
         )?;
         if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
@@ -183,7 +195,9 @@ impl ServerArgs {
             tls_listen: self.tls_listen.clone(),
             tls,
             metrics_listen: self.metrics_listen,
-            password,
+            requirepass: password,
+            aclfile: self.aclfile.clone(),
+            users,
             max_clients: self.max_clients,
             limits: Limits {
                 max_request_bytes: self.max_request_bytes,
@@ -394,8 +408,10 @@ pub fn check_protected_mode(
     match listen.iter().find(|a| !a.is_local()) {
         Some(addr) => Err(ConfigError::Unprotected(format!(
             "refusing to listen on {addr} without a password (protected mode): anyone who can \
-             reach it could read the data. Set --requirepass or --password-file, listen on a \
-             loopback address, or pass --protected-mode=no if the network is trusted"
+             reach it could read the data. Set --requirepass, --password-file or --aclfile \
+             (without an open default user), serve TLS with client certificates required \
+             (--tls-listen with --tls-ca-cert-file), listen on a loopback address, or pass \
+             --protected-mode=no if the network is trusted"
         ))),
         None => Ok(()),
     }

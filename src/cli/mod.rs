@@ -121,10 +121,19 @@ impl CliError {
                 if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") =>
             {
                 Some(
-                    "pass the daemon's password with --password_file=FILE or RKV_PASSWORD"
+                    "pass the daemon's password with --password_file=FILE or RKV_PASSWORD, and \
+                     the user with --user=NAME when it is not the default user"
                         .to_string(),
                 )
             }
+            CliError::Remote(ClientError::Server { message, .. })
+                if message.starts_with("NOPERM") =>
+            {
+                Some("log in as a user the daemon's ACL file allows this (--user=NAME)".to_string())
+            }
+            CliError::Remote(ClientError::Protocol { .. }) => Some(
+                "if the address is a --tls-listen one, add --tls (and --cacert=FILE)".to_string(),
+            ),
             CliError::Remote(ClientError::Server { message, .. })
                 if message.starts_with("TIMEOUT") =>
             {

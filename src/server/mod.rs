@@ -15,6 +15,7 @@
 pub mod commands;
 mod listen;
 pub mod tls;
+pub mod users;
 mod wait;
 mod watch;
 mod worker;
@@ -155,8 +156,13 @@ pub struct ServerConfig {
     pub tls: Option<Arc<tls::Tls>>,
     /// Where to serve metrics and health, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// The password clients must `AUTH` with; `None` for no authentication.
-    pub password: Option<Vec<u8>>,
+    /// The default user's password (`--requirepass`), kept for reloads of
+    /// the ACL file.
+    pub requirepass: Option<Vec<u8>>,
+    /// The ACL file (`--aclfile`): re-read on SIGHUP and `ACL LOAD`.
+    pub aclfile: Option<std::path::PathBuf>,
+    /// The users as loaded at start.
+    pub users: users::Users,
     /// The most clients connected at once; more are answered with an error.
     pub max_clients: usize,
     /// Caps on one request.
@@ -271,10 +277,29 @@ pub(crate) struct Shared {
     /// Whether the served position moves by itself (a follower's), so a
     /// request may wait for it; asked once, at start.
     pub(crate) positions_move: bool,
+    /// The users, replaced whole by a reload.
+    pub(crate) users: arc_swap::ArcSwap<users::Users>,
+    /// Moves on with each reload of the users: a connection whose user was
+    /// looked up before looks it up again.
+    pub(crate) users_version: AtomicU64,
     next_client_id: AtomicU64,
 }
 
 impl Shared {
+    /// Re-reads the ACL file, if there is one (SIGHUP, `ACL LOAD`); on an
+    /// error the users in use stay.
+    pub(crate) fn reload_users(&self) -> Result<(), users::UsersError> {
+        let Some(path) = &self.config.aclfile else {
+            return Ok(());
+        };
+        let users = users::Users::load(Some(path), self.config.requirepass.as_deref())?;
+        let count = users.iter().count();
+        self.users.store(Arc::new(users));
+        self.users_version.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(users = count, "reloaded the ACL file {}", path.display());
+        Ok(())
+    }
+
     /// What a metrics scrape reports.
     fn snapshot(&self) -> crate::metrics::Snapshot {
         crate::metrics::Snapshot {
@@ -331,6 +356,8 @@ impl Server {
             None => (Arc::default(), false),
         };
         let shared = Arc::new(Shared {
+            users: arc_swap::ArcSwap::from_pointee(config.users.clone()),
+            users_version: AtomicU64::new(0),
             config,
             waiters,
             positions_move,
@@ -380,16 +407,19 @@ impl Server {
         })
     }
 
-    /// Re-reads what may change while the daemon runs (SIGHUP): the TLS
-    /// certificate, key and CA. Connections already open keep theirs. On
-    /// an error the files in use stay in use, and the error says which
-    /// file is wrong.
+    /// Re-reads what may change while the daemon runs (SIGHUP): the ACL
+    /// file, and the TLS certificate, key and CA. Open connections keep
+    /// their TLS session; their users' new permissions apply from their
+    /// next command, and a user removed or turned off is logged out. On an
+    /// error what is in use stays in use, and the error says which file is
+    /// wrong.
     pub fn reload(&self) -> Result<(), String> {
+        let users = self.shared.reload_users();
         if let Some(tls) = &self.shared.config.tls {
             tls.reload().map_err(|e| e.to_string())?;
             tracing::info!("reloaded the TLS certificate, key and CA files");
         }
-        Ok(())
+        users.map_err(|e| e.to_string())
     }
 
     /// The TLS addresses actually bound (`--tls-listen`).
@@ -540,7 +570,12 @@ fn admit(mut stream: Stream, tls: bool, shared: &Shared, worker: &worker::Sender
 /// Per-connection state the commands see.
 pub(crate) struct Connection {
     pub(crate) id: u64,
+    /// Logged in: `user` says as whom.
     pub(crate) authenticated: bool,
+    /// The user it is logged in as.
+    pub(crate) user: Option<Arc<users::User>>,
+    /// [`Shared::users_version`] when `user` was looked up.
+    pub(crate) users_version: u64,
     pub(crate) name: Option<Vec<u8>>,
     /// RESP2, or RESP3 after `HELLO 3`.
     pub(crate) protocol: crate::resp::Protocol,

@@ -242,6 +242,10 @@ impl Worker {
         // address (`--log-format json`: `.span.client`, `.span.addr`).
         let span = tracing::info_span!("client", client = id, addr = %stream.socket().peer());
         let handshake_until = tls.then(|| Instant::now() + HANDSHAKE);
+        // Read before the users: a reload in between is seen at the first
+        // command.
+        let users_version = self.shared.users_version.load(Ordering::SeqCst);
+        let user = self.shared.users.load().at_connect();
         if let Some(at) = handshake_until {
             self.cut_off.insert((at, token));
         }
@@ -251,7 +255,9 @@ impl Worker {
             stream,
             conn: Connection {
                 id,
-                authenticated: self.shared.config.password.is_none(),
+                authenticated: user.is_some(),
+                user,
+                users_version,
                 name: None,
                 protocol: crate::resp::Protocol::default(),
                 multi: None,
@@ -619,6 +625,7 @@ impl Client {
                             shared.stats.total_commands.fetch_add(1, Ordering::Relaxed);
                             // The command is looked up once, here.
                             let found = commands::slot_of(&args[0]);
+                            commands::refresh_user(&mut self.conn, shared);
                             (args, found)
                         }
                         Ok(None) => break,

@@ -15,6 +15,7 @@ mod s3;
 mod scripts;
 mod tail;
 mod tls;
+mod users;
 mod util;
 
 // redis-server (the differential tests' peer), the differential test's

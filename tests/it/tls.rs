@@ -12,7 +12,7 @@ use rkv::resp::Reply;
 use rkv_testkit::tls::{Pki, Usage};
 use rkv_testkit::{wait_for, wait_until, Daemon, GENEROUS};
 
-use crate::util::{bulk, refused, Sandbox};
+use crate::util::{bulk, refused, rkv, Sandbox};
 
 /// The TLS flags for the PKI's server certificate, clients checked
 /// against its CA.
@@ -96,6 +96,22 @@ fn redis_cli_over_tls_with_a_client_certificate_and_without_one_where_none_is_as
     assert!(ok && said.trim() == "OK", "{said}");
     let (ok, said) = redis_cli(&master, &pki, Some("client"), &["GET", "greeting"]);
     assert!(ok && said.trim() == "hello", "{said}");
+    // rkv's CLI over TLS, and refused without it.
+    let connect = format!("--connect={}", master.tls_addr.as_ref().unwrap());
+    let files = [
+        format!("--cacert={}", pki.ca().display()),
+        format!("--cert={}", pki.file("client.crt").display()),
+        format!("--key={}", pki.file("client.key").display()),
+    ];
+    let tls: Vec<&str> = [connect.as_str(), "--tls"]
+        .into_iter()
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    rkv(&[&tls[..], &["put", "cli", "yes"]].concat()).ok();
+    assert_eq!(rkv(&[&tls[..], &["get", "cli"]].concat()).ok(), "yes\n");
+    rkv(&[&connect, "get", "cli"]).fails(1, &["127.0.0.1"]);
+    rkv(&[&connect, "--tls", "get", "cli"]).fails(1, &["127.0.0.1"]);
+
     // No certificate where one is required: no answer.
     let (_, said) = redis_cli(&master, &pki, None, &["GET", "greeting"]);
     assert!(!said.contains("hello"), "{said}");

@@ -1,9 +1,13 @@
-//! Connection and protocol commands: HELLO, AUTH, PING, ECHO, SELECT,
+//! Connection and protocol commands: HELLO, AUTH, ACL, PING, ECHO, SELECT,
 //! CLIENT, COMMAND and QUIT.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::args;
 use super::{lookup, Ctx, Spec, COMMANDS};
 use crate::resp::{Protocol, Reply};
+use crate::server::users::{Category, DEFAULT_USER};
 use crate::server::Role;
 
 /// The Redis version rkv reports (INFO's `redis_version`, HELLO's
@@ -97,44 +101,118 @@ fn valid_name(name: &[u8]) -> Result<(), Reply> {
     Ok(())
 }
 
-/// Checks `user`'s `password` as Redis's default user (the only user rkv
-/// has): with no password configured any password logs in, as with
-/// Redis's `nopass`; a wrong password does not log out a connection that
-/// is logged in.
+/// Logs the connection in as `user` when `password` is one of its own (any
+/// password for a `nopass` user); a wrong password does not log out a
+/// connection that is logged in.
 fn log_in(ctx: &mut Ctx<'_, '_>, user: &[u8], password: &[u8]) -> Result<(), Reply> {
     let wrong = || Reply::error("WRONGPASS invalid username-password pair or user is disabled.");
-    if user != b"default" {
-        return Err(wrong());
-    }
-    match &ctx.shared.config.password {
-        Some(expected) if !constant_time_eq(password, expected) => Err(wrong()),
-        _ => {
-            ctx.conn.authenticated = true;
-            Ok(())
-        }
-    }
+    // Read before the users, so a reload in between is looked at again.
+    let version = ctx.shared.users_version.load(Ordering::SeqCst);
+    let users = ctx.shared.users.load();
+    let found = std::str::from_utf8(user)
+        .ok()
+        .and_then(|name| users.get(name))
+        .filter(|found| found.accepts(password))
+        .ok_or_else(wrong)?;
+    ctx.conn.user = Some(Arc::clone(found));
+    ctx.conn.users_version = version;
+    ctx.conn.authenticated = true;
+    Ok(())
 }
 
-/// `AUTH password` or `AUTH default password` (Redis 6's ACL form).
+/// `AUTH password` (the default user) or `AUTH username password`.
 pub(super) fn auth(ctx: &mut Ctx<'_, '_>) -> Reply {
     let args = ctx.args;
+    let open = ctx.shared.users.load().open_to_anyone();
     match args.len() {
-        2 if ctx.shared.config.password.is_none() => Reply::error(
+        2 if open => Reply::error(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
         ),
-        2 => log_in(ctx, b"default", &args[1]).map_or_else(|e| e, |()| Reply::ok()),
+        2 => log_in(ctx, DEFAULT_USER.as_bytes(), &args[1]).map_or_else(|e| e, |()| Reply::ok()),
         3 => log_in(ctx, &args[1], &args[2]).map_or_else(|e| e, |()| Reply::ok()),
         _ => Reply::error("ERR syntax error"),
     }
 }
 
-/// Compares without returning early, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `ACL WHOAMI`, `CAT`, `USERS`, `LIST`, `LOAD` and `HELP`: what clients
+/// probe, and what an operator checks. Users are defined in the ACL file
+/// only, so `SETUSER` and the other changes are refused with the way to
+/// make them.
+pub(super) fn acl(ctx: &mut Ctx<'_, '_>) -> Reply {
+    let args = ctx.args;
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    let user = ctx.conn.user.clone();
+    let admin = || match &user {
+        Some(user) if !user.may(Category::Admin) => Err(Reply::error(format!(
+            "NOPERM this user has no permissions to run the 'acl|{sub}' command"
+        ))),
+        _ => Ok(()),
+    };
+    let bulks = |items: Vec<String>| Reply::array(items.into_iter().map(Reply::bulk).collect());
+    let result = match (sub.as_str(), args.len()) {
+        ("whoami", 2) => Ok(Reply::bulk(
+            user.as_ref().map_or(DEFAULT_USER, |u| u.name()).to_string(),
+        )),
+        ("cat", 2) => Ok(bulks(["read", "write", "admin"].map(String::from).to_vec())),
+        ("cat", 3) => {
+            let category = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
+            let flag = match category.as_str() {
+                "read" => "readonly",
+                "write" => "write",
+                "admin" => "admin",
+                _ => return Reply::error(format!("ERR Unknown category '{category}'")),
+            };
+            Ok(bulks(
+                COMMANDS
+                    .iter()
+                    .filter(|spec| spec.flags.contains(&flag))
+                    .map(|spec| spec.name.to_string())
+                    .collect(),
+            ))
+        }
+        ("users", 2) => admin().map(|()| {
+            bulks(ctx.shared.users.load().iter().map(|u| u.name().to_string()).collect())
+        }),
+        ("list", 2) => admin().map(|()| {
+            bulks(ctx.shared.users.load().iter().map(|u| u.describe()).collect())
+        }),
+        ("load", 2) => admin().and_then(|()| {
+            if ctx.shared.config.aclfile.is_none() {
+                return Err(Reply::error(
+                    "ERR This daemon has no ACL file: start it with --aclfile FILE",
+                ));
+            }
+            ctx.shared
+                .reload_users()
+                .map(|()| Reply::ok())
+                .map_err(|e| Reply::error(format!("ERR {e}")))
+        }),
+        ("help", 2) => Ok(bulks(
+            [
+                "ACL <subcommand> [<arg> ...]. Subcommands are:",
+                "WHOAMI -- the user this connection is logged in as.",
+                "CAT [<category>] -- the categories (read, write, admin), or a category's commands.",
+                "USERS -- the users' names.",
+                "LIST -- the users as ACL file lines (password hashes, never passwords).",
+                "LOAD -- re-read the ACL file (as SIGHUP does).",
+                "Users are defined in the ACL file (--aclfile); edit it, then ACL LOAD.",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )),
+        ("setuser" | "deluser" | "save" | "genpass" | "getuser" | "log" | "dryrun", _) => {
+            Err(Reply::error(format!(
+                "ERR ACL {} is not supported: users are defined in the ACL file (--aclfile); \
+                 edit it, then ACL LOAD or SIGHUP",
+                sub.to_ascii_uppercase()
+            )))
+        }
+        _ => Err(Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try ACL HELP."
+        ))),
+    };
+    result.unwrap_or_else(|e| e)
 }
 
 pub(super) fn ping(ctx: &mut Ctx<'_, '_>) -> Reply {
@@ -217,17 +295,5 @@ pub(super) fn command(ctx: &mut Ctx<'_, '_>) -> Reply {
         Some(other) => Reply::error(format!(
             "ERR unknown subcommand '{other}'. Try COMMAND HELP."
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_bytes() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secre"));
     }
 }

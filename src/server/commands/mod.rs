@@ -19,6 +19,9 @@ mod txn;
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::sync::Arc;
+
+use super::users::Category;
 use super::{Connection, Refusal, Shared};
 use crate::db::now_ms;
 use crate::resp::Reply;
@@ -181,6 +184,7 @@ const fn spec(
 /// positions (what `COMMAND` reports) and the function that runs it.
 #[rustfmt::skip]
 pub(super) const COMMANDS: &[Spec] = &[
+    spec("acl", -2, FAST, NONE, connection::acl),
     spec("append", 3, WRITE, KEY, strings::append),
     spec("auth", -2, AUTH_FREE, NONE, connection::auth),
     spec("bgsave", -1, ADMIN, NONE, server::bgsave),
@@ -350,7 +354,94 @@ fn check(
     if !conn.authenticated && !spec.flags.contains(&"noauth") {
         return Err(Reply::error("NOAUTH Authentication required."));
     }
+    permitted(spec, args, conn)?;
     Ok((slot, spec))
+}
+
+/// Commands that reach keys other than through their arguments (they list,
+/// pick or drop keys): refused to a user limited to key patterns.
+const EVERY_KEY: &[&str] = &[
+    "flushall",
+    "flushdb",
+    "keys",
+    "memory",
+    "object",
+    "randomkey",
+    "rkv.scan",
+    "scan",
+];
+
+/// Whether the connection's user may run `spec` on the keys of `args`;
+/// Redis's `NOPERM` error when not.
+fn permitted(spec: &Spec, args: &[Vec<u8>], conn: &Connection) -> Result<(), Reply> {
+    let Some(user) = conn.user.as_deref().filter(|u| !u.unrestricted()) else {
+        return Ok(());
+    };
+    let refused_category = [
+        ("write", Category::Write),
+        ("readonly", Category::Read),
+        ("admin", Category::Admin),
+    ]
+    .into_iter()
+    .any(|(flag, category)| spec.flags.contains(&flag) && !user.may(category));
+    if refused_category {
+        return Err(Reply::error(format!(
+            "NOPERM this user has no permissions to run the '{}' command",
+            spec.name
+        )));
+    }
+    let refused = || {
+        Reply::error(
+            "NOPERM this user has no permissions to access one of the keys used as arguments",
+        )
+    };
+    if user.all_keys() {
+        return Ok(());
+    }
+    if EVERY_KEY.contains(&spec.name) {
+        return Err(refused());
+    }
+    let (first, last, step) = spec.keys;
+    if first > 0 {
+        let last = if last < 0 {
+            args.len() as i64 + last
+        } else {
+            last
+        };
+        let mut i = first;
+        while i <= last && (i as usize) < args.len() {
+            if !user.may_touch(&args[i as usize]) {
+                return Err(refused());
+            }
+            i += step.max(1);
+        }
+    }
+    Ok(())
+}
+
+/// Looks the connection's user up again after the users were reloaded:
+/// new permissions apply from now on, and a user removed or turned off is
+/// logged out (`NOAUTH` from its next command).
+pub(crate) fn refresh_user(conn: &mut Connection, shared: &Shared) {
+    let version = shared
+        .users_version
+        .load(std::sync::atomic::Ordering::SeqCst);
+    if version == conn.users_version {
+        return;
+    }
+    conn.users_version = version;
+    let Some(name) = conn.user.as_ref().map(|u| u.name().to_string()) else {
+        return;
+    };
+    let users = shared.users.load();
+    match users.get(&name).filter(|u| u.may_log_in()) {
+        Some(user) => conn.user = Some(Arc::clone(user)),
+        None => {
+            tracing::info!(user = %name, "the user is gone from the ACL file or off: logged out");
+            conn.user = None;
+            conn.authenticated = false;
+        }
+    }
 }
 
 /// Runs a command checked before (queued by MULTI, or grouped), at
@@ -479,7 +570,10 @@ impl WriteGroup {
             None => spec.flags.contains(&"write"),
             Some(multi) => spec.name == "exec" && multi.joins_group(conn),
         };
-        conn.authenticated && spec.arity_allows(args.len()) && runs
+        conn.authenticated
+            && spec.arity_allows(args.len())
+            && runs
+            && permitted(spec, args, conn).is_ok()
     }
 
     /// The most commands one group holds: a longer pipeline is written in
