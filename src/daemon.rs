@@ -96,6 +96,14 @@ pub struct ServerArgs {
     )]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Serve the metrics endpoint over HTTPS, with the TLS certificate of
+    /// --tls-cert-file and its demand for client certificates
+    /// (--tls-auth-clients); reloaded with it on SIGHUP. With client
+    /// certificates required, a non-loopback --metrics-listen counts as
+    /// protected.
+    #[arg(long = "metrics-tls", env = "RKV_METRICS_TLS")]
+    pub metrics_tls: bool,
+
     /// Serve TLS on HOST:PORT or unix:/path (Redis's tls-port), beside or
     /// instead of --listen; repeat for several (comma-separated in the
     /// environment variable). Needs --tls-cert-file and --tls-key-file.
@@ -178,11 +186,19 @@ impl ServerArgs {
             protected || client_certs,
             self.protected_mode,
         )?;
+        if self.metrics_tls && (tls.is_none() || self.metrics_listen.is_none()) {
+            return Err(ConfigError::Flag(
+                "--metrics-tls needs --metrics-listen and the TLS certificate (--tls-listen, \
+                 --tls-cert-file, --tls-key-file)"
+                    .into(),
+            ));
+        }
         if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
-            if self.protected_mode {
+            if self.protected_mode && !(self.metrics_tls && client_certs) {
                 return Err(ConfigError::Unprotected(format!(
                     "refusing to serve metrics on {addr} (protected mode): the metrics endpoint \
-                     has no password. Listen on a loopback address, or pass \
+                     has no password. Listen on a loopback address, serve it over TLS with \
+                     client certificates required (--metrics-tls, --tls-ca-cert-file), or pass \
                      --protected-mode=no if the network is trusted"
                 )));
             }
@@ -195,6 +211,7 @@ impl ServerArgs {
             tls_listen: self.tls_listen.clone(),
             tls,
             metrics_listen: self.metrics_listen,
+            metrics_tls: self.metrics_tls,
             requirepass: password,
             aclfile: self.aclfile.clone(),
             users,

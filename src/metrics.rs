@@ -6,17 +6,20 @@
 //! counters and RocksDB's properties), so nothing on the hot path changes
 //! and INFO and the metrics cannot disagree. The exposition is written by
 //! the `prometheus` crate in Prometheus's text format (which `promtool
-//! check metrics` lints); the HTTP server is `tiny_http`, on its own thread.
+//! check metrics` lints); the HTTP server is `hyper`, on a thread and tokio
+//! runtime of its own, over TLS with the daemon's certificate when
+//! `--metrics-tls` asks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc, Describer};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::db::LoadFigures;
+use crate::server::tls::Tls;
 use crate::status::{
     DaemonStatus, Durations, Failures, FollowerStatus, MasterStatus, StoreTraffic, DURATION_BOUNDS,
 };
@@ -595,25 +598,29 @@ pub struct MetricsServer {
     addr: SocketAddr,
 }
 
+/// How long a client has to finish its TLS handshake or send its request
+/// headers before it is let go.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl MetricsServer {
     /// Listens on `addr` and answers `/metrics` and `/healthz` from
-    /// `snapshot`, on a thread of its own.
+    /// `snapshot`, on a thread of its own; over TLS with `tls`'s
+    /// certificate (and its demand for client certificates) when given.
     pub fn start(
         addr: SocketAddr,
         snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
+        tls: Option<Arc<Tls>>,
     ) -> std::io::Result<MetricsServer> {
-        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("the metrics listener has no IP address"))?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("serve metrics on {addr}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         std::thread::Builder::new()
             .name("rkv-metrics".into())
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    let _ = answer(request, snapshot.as_ref());
-                }
-            })?;
+            .spawn(move || runtime.block_on(serve(listener, snapshot, tls)))?;
         Ok(MetricsServer { addr })
     }
 
@@ -623,27 +630,86 @@ impl MetricsServer {
     }
 }
 
-fn answer(request: tiny_http::Request, snapshot: &dyn Fn() -> Snapshot) -> std::io::Result<()> {
-    let header =
-        |value: &str| tiny_http::Header::from_bytes("Content-Type", value).expect("a valid header");
-    let path = request.url().split('?').next().unwrap_or_default();
-    let (status, body, kind) = match (request.method(), path) {
-        (tiny_http::Method::Get, "/metrics") => (200, render(&snapshot()), prometheus::TEXT_FORMAT),
-        (tiny_http::Method::Get, "/healthz") => match health(&snapshot().status) {
-            Ok(()) => (200, "ok\n".to_string(), "text/plain; charset=utf-8"),
-            Err(why) => (503, format!("{why}\n"), "text/plain; charset=utf-8"),
-        },
-        (tiny_http::Method::Get, _) => (
-            404,
-            "not found: try /metrics or /healthz\n".to_string(),
-            "text/plain; charset=utf-8",
-        ),
-        _ => (405, "only GET\n".to_string(), "text/plain; charset=utf-8"),
+/// Accepts clients until the process exits; each is served on a task of
+/// its own, so a slow one holds up nobody.
+async fn serve(
+    listener: std::net::TcpListener,
+    snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
+    tls: Option<Arc<Tls>>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "the metrics endpoint cannot accept clients");
+            return;
+        }
     };
-    let response = tiny_http::Response::from_string(body)
-        .with_status_code(status)
-        .with_header(header(kind));
-    request.respond(response)
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: pause rather than spin.
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (snapshot, tls) = (Arc::clone(&snapshot), tls.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = answer(&request, snapshot.as_ref());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(CLIENT_TIMEOUT);
+            let served = match tls {
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "metrics: TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics: a client's connection failed");
+            }
+        });
+    }
+}
+
+/// The reply to one request: `/metrics`, `/healthz`, or why not.
+fn answer<B>(
+    request: &hyper::Request<B>,
+    snapshot: &dyn Fn() -> Snapshot,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (status, body, kind) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (200, render(&snapshot()), prometheus::TEXT_FORMAT),
+        (&hyper::Method::GET, "/healthz") => match health(&snapshot().status) {
+            Ok(()) => (200, "ok\n".to_string(), TEXT),
+            Err(why) => (503, format!("{why}\n"), TEXT),
+        },
+        (&hyper::Method::GET, _) => (404, "not found: try /metrics or /healthz\n".into(), TEXT),
+        _ => (405, "only GET\n".to_string(), TEXT),
+    };
+    hyper::Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, kind)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("a valid response")
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<tls::Tls>>,
     /// Where to serve metrics and health, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Whether metrics are served over TLS, with `tls`.
+    pub metrics_tls: bool,
     /// The default user's password (`--requirepass`), kept for reloads of
     /// the ACL file.
     pub requirepass: Option<Vec<u8>>,
@@ -390,9 +392,14 @@ impl Server {
             .collect::<std::io::Result<_>>()?;
         let metrics = match shared.config.metrics_listen {
             Some(addr) => {
+                let tls = shared
+                    .config
+                    .tls
+                    .clone()
+                    .filter(|_| shared.config.metrics_tls);
                 let shared = Arc::clone(&shared);
                 let snapshot = Arc::new(move || shared.snapshot());
-                Some(crate::metrics::MetricsServer::start(addr, snapshot)?)
+                Some(crate::metrics::MetricsServer::start(addr, snapshot, tls)?)
             }
             None => None,
         };

@@ -387,3 +387,78 @@ fn tls_flags_that_cannot_work_are_refused_with_the_reason() {
         assert!(said.contains(expected), "{flags:?}: {said}");
     }
 }
+
+/// `GET path` over TLS (HTTP/1.1), trusting the PKI's CA and presenting
+/// `NAME.crt` when given: the response, head and body.
+fn https_get(addr: &str, pki: &Pki, cert: Option<&str>, path: &str) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(pki.ca()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match cert {
+        Some(name) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(pki.file(&format!("{name}.crt"))).unwrap()],
+                PrivateKeyDer::from_pem_file(pki.file(&format!("{name}.key"))).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let session = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let socket = std::net::TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(GENEROUS))?;
+    let mut stream = rustls::StreamOwned::new(session, socket);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: rkv\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[test]
+fn metrics_are_served_over_tls_with_the_same_certificate() {
+    let s = Sandbox::new();
+    let pki = Pki::new(&s.path("pki"));
+    let master = master(
+        &s,
+        &pki,
+        &["--metrics-listen", "127.0.0.1:0", "--metrics-tls"],
+    );
+    let file = rkv::daemon::DaemonFile::read(&s.path("db")).unwrap();
+    let addr = file.metrics.expect("a metrics address");
+
+    let response = https_get(&addr, &pki, Some("client"), "/metrics").unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("rkv_connected_clients"), "{response}");
+    let health = https_get(&addr, &pki, Some("client"), "/healthz").unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // Client certificates are required here as on the RESP listener.
+    let refused = https_get(&addr, &pki, None, "/metrics");
+    assert!(
+        refused.as_ref().is_err() || !refused.as_ref().unwrap().contains("200"),
+        "{refused:?}"
+    );
+    // Plain HTTP gets no metrics.
+    let mut plain = std::net::TcpStream::connect(&addr).unwrap();
+    plain.set_read_timeout(Some(GENEROUS)).unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: rkv\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("rkv_"),
+        "{answer:?}"
+    );
+    drop(master);
+}
