@@ -50,6 +50,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
 command -v strace >/dev/null || missing+=(strace)
+# The private CA of the TLS throughput rounds.
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     [[ $(id -u) -eq 0 ]] || die "missing packages: ${missing[*]}; install them (sudo apt-get install -y ${missing[*]})"
     log "installing ${missing[*]}"

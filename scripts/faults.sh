@@ -47,6 +47,8 @@ fi
 missing=()
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(faketime)
 command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
+# The private CA of the TLS scenarios.
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         log "installing ${missing[*]}"

@@ -41,13 +41,13 @@ fn answers(proc: &Proc) -> bool {
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
-fn alive(proc: &Proc) -> bool {
+pub(crate) fn alive(proc: &Proc) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
     unsafe { libc::kill(proc.pid() as i32, 0) == 0 }
 }
 
 /// A valid request, as RESP or inline.
-fn valid(rng: &mut Rng) -> Vec<u8> {
+pub(crate) fn valid(rng: &mut Rng) -> Vec<u8> {
     let key = format!("k{}", rng.next_u64() % 50);
     let commands: [&[&str]; 16] = [
         &["GET", &key],
@@ -81,7 +81,7 @@ fn valid(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// A request mutated as a hostile or broken client would send it.
-fn mutate(rng: &mut Rng, mut wire: Vec<u8>) -> Vec<u8> {
+pub(crate) fn mutate(rng: &mut Rng, mut wire: Vec<u8>) -> Vec<u8> {
     match rng.next_u64() % 9 {
         0 => wire, // valid
         1 if !wire.is_empty() => {

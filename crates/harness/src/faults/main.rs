@@ -9,6 +9,7 @@
 //! served wrong or got stuck. Run it through `scripts/faults.sh`.
 
 mod hostile;
+mod hostile_tls;
 mod procs;
 mod scenarios;
 mod store;
@@ -215,7 +216,11 @@ fn write_report(args: &Args, plan: &Plan, outcomes: &[Outcome], took: Duration) 
          commands, then one mutated: flipped, cut or inserted bytes, huge declared lengths, \
          10,000-deep nesting, random bytes), {} connections at once, unauthenticated floods, \
          slow senders, clients that never read, a 100,000-command pipeline and a \
-         million-argument request. Peak memory of a daemon under hostile clients must stay \
+         million-argument request; and over TLS (`tls-hostile`): as many TLS sessions open at \
+         once, 250 clients silent or stopped mid-handshake (cut off at the 10 s handshake \
+         deadline), broken handshakes and records (random bytes, a flipped ClientHello, plain \
+         RESP, garbage records after a handshake), a tenth as many fuzzed requests inside TLS \
+         sessions, clients that never read, and 100,000 commands pipelined 1,000 deep. Peak memory of a daemon under hostile clients must stay \
          under {:.0} MiB.\n\n\
          The object store scenarios (`store-*`, with moto's S3 server) put a fault proxy \
          (`scripts/lib/s3-proxy.py`) between each daemon and the store, under a steady writer \

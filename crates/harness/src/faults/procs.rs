@@ -24,6 +24,8 @@ use rkv_testkit::process;
 pub struct Proc {
     /// Where it listens.
     pub addr: ListenAddr,
+    /// Its TLS address, when started with `--tls-listen`.
+    pub tls_addr: Option<ListenAddr>,
     daemon: Option<Daemon>,
     watchdog: Option<Watchdog>,
 }
@@ -169,6 +171,7 @@ impl Proc {
         let watchdog = Watchdog::start(name.to_string(), daemon.pid(), daemon.addr.clone(), log);
         Ok(Proc {
             addr: daemon.addr.clone(),
+            tls_addr: daemon.tls_addr.clone(),
             daemon: Some(daemon),
             watchdog: Some(watchdog),
         })

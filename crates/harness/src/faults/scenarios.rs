@@ -43,6 +43,7 @@ pub const NAMES: &[&str] = &[
     "fuzz",
     "floods",
     "big-request",
+    "tls-hostile",
 ];
 
 pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
@@ -72,6 +73,9 @@ pub fn run(name: &str, dir: &Path, plan: &Plan, rng: &mut Rng) -> Outcome {
         "fuzz" => crate::hostile::fuzz(dir, plan.fuzz_requests, rng),
         "floods" => crate::hostile::floods(dir, plan.connections),
         "big-request" => crate::hostile::big_request(dir, 1_000_000),
+        "tls-hostile" => {
+            crate::hostile_tls::run(dir, plan.connections, plan.fuzz_requests / 10, rng)
+        }
         _ => unreachable!("unknown scenario {name}"),
     }
 }
