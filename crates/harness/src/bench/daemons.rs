@@ -18,6 +18,8 @@ pub struct Proc {
     kind: Kind,
     pub addr: ListenAddr,
     pub port: u16,
+    /// Its TLS port, when it serves TLS.
+    pub tls_port: Option<u16>,
 }
 
 enum Kind {
@@ -65,13 +67,14 @@ impl Proc {
             .log_level(&level)
             .start()
             .unwrap_or_else(|e| panic!("{e}"));
-        let port = match &daemon.addr {
+        let port_of = |addr: &ListenAddr| match addr {
             ListenAddr::Tcp(socket) => socket.port(),
             ListenAddr::Unix(_) => 0,
         };
         Proc {
             addr: daemon.addr.clone(),
-            port,
+            port: port_of(&daemon.addr),
+            tls_port: daemon.tls_addr.as_ref().map(port_of),
             kind: Kind::Rkv(daemon),
         }
     }
@@ -84,26 +87,51 @@ impl Proc {
     /// redis-server with `appendonly` set to `appendonly` ("no", or "yes":
     /// the AOF, fsynced every second, Redis's durable setting).
     pub fn redis_server_with(appendonly: &str) -> Proc {
+        Proc::redis_server_args(appendonly, &[], None)
+    }
+
+    /// [`Proc::redis_server_with`], serving TLS too with the certificate
+    /// `cert` and `key` (no client certificates asked for).
+    pub fn redis_server_tls(appendonly: &str, cert: &Path, key: &Path) -> Proc {
+        let tls_port = free_port();
+        let args = [
+            "--tls-port".to_string(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        Proc::redis_server_args(appendonly, &args, Some(tls_port))
+    }
+
+    fn redis_server_args(appendonly: &str, extra: &[String], tls_port: Option<u16>) -> Proc {
         let dir = std::env::temp_dir().join(format!("rkv-bench-redis-{}", free_port()));
         // Fresh: an AOF left by an earlier run on the same port would be
         // loaded (and answered with LOADING meanwhile).
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (child, port) = crate::redis::start_redis_server(&[
+        let dir_arg = dir.display().to_string();
+        let mut args = vec![
             "--save",
             "",
             "--dir",
-            &dir.display().to_string(),
+            &dir_arg,
             "--appendonly",
             appendonly,
             "--appendfsync",
             "everysec",
             "--daemonize",
             "no",
-        ]);
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let (child, port) = crate::redis::start_redis_server(&args);
         Proc {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             port,
+            tls_port,
             kind: Kind::Redis(Redis(Some(child), dir)),
         }
     }
@@ -175,7 +203,20 @@ pub fn redis_benchmark_keys(
     pipeline: usize,
     keys: usize,
 ) -> f64 {
+    redis_benchmark_with(port, test, requests, (clients, pipeline), keys, &[])
+}
+
+/// [`redis_benchmark_keys`] with more of redis-benchmark's flags (`--tls`).
+pub fn redis_benchmark_with(
+    port: u16,
+    test: &str,
+    requests: usize,
+    (clients, pipeline): (usize, usize),
+    keys: usize,
+    extra: &[String],
+) -> f64 {
     let out = Command::new("redis-benchmark")
+        .args(extra)
         .args([
             "-h",
             "127.0.0.1",

@@ -33,7 +33,7 @@ struct Args {
     run: rkv_harness::RunArgs,
     /// Run only these scenarios (for investigating one figure; the report
     /// then lacks the others).
-    #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "reads", "bootstrap", "catchup", "followers", "store", "freshness"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "lag", "flat", "writes", "tls", "reads", "bootstrap", "catchup", "followers", "store", "freshness"])]
     only: Vec<String>,
     /// How long the long tailing run lasts (default 10m, 30s with
     /// --quick): for investigating the backup store's size or the lag's
@@ -184,6 +184,10 @@ fn main() {
         (report.writes, report.amplification) =
             scenarios::master_writes(&dir("writes"), plan.requests, plan.rounds);
         report.syscalls = scenarios::set_syscalls(&dir("syscalls"), plan.syscall_requests);
+    }
+    if wanted("tls") {
+        log("4b. SET and GET over TLS");
+        report.tls = scenarios::tls_throughput(&dir("tls"), plan.requests, plan.rounds);
     }
     if wanted("reads") {
         log("5. follower read throughput");

@@ -23,6 +23,8 @@ pub struct Report {
     pub flat: Option<LagResult>,
     pub tailing_reads: Option<ThroughputResult>,
     pub writes: Vec<ThroughputResult>,
+    /// SET and GET over TLS, against redis-server over TLS.
+    pub tls: Vec<ThroughputResult>,
     pub amplification: Vec<Amplification>,
     pub reads: Vec<ThroughputResult>,
     /// System calls per unpipelined request, rkv's and redis-server's.
@@ -126,6 +128,7 @@ impl Report {
         for t in self
             .writes
             .iter()
+            .chain(&self.tls)
             .chain(&self.reads)
             .chain(&self.many_writes)
             .chain(&self.tailing_reads)
@@ -470,6 +473,7 @@ impl Report {
         let tables = [
             ("Master writes", "redis-benchmark SET and INCR, 50 clients, 100,000 random keys, 100-byte values; rkv-master at its defaults (the log every 10 ms, a backup when the log holds half the database) and with the log off (`--log-interval 0`), redis-server with `appendonly everysec` (its AOF fsynced every second: the durable setting comparable to rkv's WAL). The transactions: 50 clients each sending `MULTI`, 10 `SET`s over 100,000 keys and `EXEC` as one pipeline (rkv-bench's own client), counted in transactions per second. Each round runs redis-server, then rkv with the log, then without.", &self.writes),
             ("Follower reads", "redis-benchmark GET, 50 clients, over every key; the follower's data was written as 4 backups of interleaved keys, so it holds several overlapping SST files; redis-server holds the same keys. After a swap: a small write, its backup and apply, then the GETs at once.", &self.reads),
+            ("Over TLS", "redis-benchmark `--tls` SET, then GET of the keys it wrote, 50 clients, 100,000 random keys, 100-byte values, to rkv-master at its defaults with a TLS listener (`--tls-listen`, an ECDSA P-256 certificate of a private CA, no client certificates) and to redis-server over TLS with the same certificate and `appendonly everysec`; each round runs redis-server, then rkv. TLS 1.3 with AES-256-GCM on both (rustls; OpenSSL). Reported, with no target of its own: the plain rows above carry the targets.", &self.tls),
         ];
         for (title, text, rows) in tables {
             if rows.is_empty() {

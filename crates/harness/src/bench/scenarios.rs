@@ -1165,3 +1165,77 @@ pub fn store_cost(work: &Path, store: &Store, base_mib: u64, idle_window: Durati
         idle_other_per_hour: per_hour(2),
     }
 }
+
+/// SET and GET over TLS: rkv-master at its defaults with a TLS listener
+/// (the server's certificate only, as application hosts use it) against
+/// redis-server over TLS (`appendonly everysec`), alternated in each
+/// round; redis-benchmark `--tls`, 50 clients, 100,000 keys. The GETs read
+/// the keys the SETs wrote.
+pub fn tls_throughput(work: &Path, requests: usize, rounds: usize) -> Vec<ThroughputResult> {
+    let pki = rkv_testkit::tls::Pki::new(&work.join("pki"));
+    let (cert, key) = (pki.file("server.crt"), pki.file("server.key"));
+    let tls = [
+        "--tls".to_string(),
+        "--cacert".into(),
+        pki.ca().display().to_string(),
+    ];
+    let mut rows = Vec::new();
+    for pipeline in [1, 16] {
+        let (mut set, mut get) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let measure = |port: u16| {
+                let run = |test| {
+                    crate::daemons::redis_benchmark_with(
+                        port,
+                        test,
+                        requests,
+                        (50, pipeline),
+                        100_000,
+                        &tls,
+                    )
+                };
+                (run("set"), run("get"))
+            };
+            let redis = Proc::redis_server_tls("yes", &cert, &key);
+            let baseline = measure(redis.tls_port.expect("a TLS port"));
+            redis.stop();
+            let dir = work.join(format!("tls-{pipeline}-{round}"));
+            let (cert, key) = (cert.display().to_string(), key.display().to_string());
+            let master = Proc::master(
+                &dir.join("db"),
+                &dir.join("backups"),
+                &[
+                    "--backup-on-exit",
+                    "no",
+                    "--tls-listen",
+                    "127.0.0.1:0",
+                    "--tls-cert-file",
+                    &cert,
+                    "--tls-key-file",
+                    &key,
+                ],
+            );
+            let rkv = measure(master.tls_port.expect("a TLS port"));
+            master.stop();
+            let _ = std::fs::remove_dir_all(&dir);
+            set.push((rkv.0, baseline.0));
+            get.push((rkv.1, baseline.1));
+        }
+        let peer = "redis-server over TLS, appendonly everysec";
+        rows.push(ThroughputResult::new(
+            "SET over TLS, rkv-master (defaults)".into(),
+            (50, pipeline),
+            &set,
+            peer,
+            0.0,
+        ));
+        rows.push(ThroughputResult::new(
+            "GET over TLS, rkv-master (defaults)".into(),
+            (50, pipeline),
+            &get,
+            peer,
+            0.0,
+        ));
+    }
+    rows
+}
