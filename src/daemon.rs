@@ -563,8 +563,8 @@ pub fn announce(dir: &Path, role: &str, server: &crate::server::Server) -> Vec<S
     listen
 }
 
-/// SIGHUP: re-reads the server's TLS files; a failure keeps the files in
-/// use, and says why.
+/// SIGHUP: re-reads the server's ACL file and TLS files; a failure keeps
+/// what is in use, and says why.
 pub fn reload(server: &crate::server::Server) {
     tracing::info!("SIGHUP: reloading");
     if let Err(e) = server.reload() {
@@ -613,7 +613,7 @@ pub enum Signal {
     Terminate,
     /// SIGUSR1: the master backs up now.
     User1,
-    /// SIGHUP: re-read the TLS files.
+    /// SIGHUP: re-read the ACL file and the TLS files.
     Hangup,
 }
 

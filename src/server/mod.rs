@@ -421,12 +421,20 @@ impl Server {
     /// error what is in use stays in use, and the error says which file is
     /// wrong.
     pub fn reload(&self) -> Result<(), String> {
-        let users = self.shared.reload_users();
-        if let Some(tls) = &self.shared.config.tls {
-            tls.reload().map_err(|e| e.to_string())?;
-            tracing::info!("reloaded the TLS certificate, key and CA files");
+        let mut failed = Vec::new();
+        if let Err(e) = self.shared.reload_users() {
+            failed.push(e.to_string());
         }
-        users.map_err(|e| e.to_string())
+        if let Some(tls) = &self.shared.config.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("reloaded the TLS certificate, key and CA files"),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => Err(failed.join("; ")),
+        }
     }
 
     /// The TLS addresses actually bound (`--tls-listen`).

@@ -222,12 +222,18 @@ impl Worker {
         let registry = self.poll.registry();
         let ready = NonBlocking::from_std(stream).and_then(|mut stream| {
             stream.register(registry, Token(token), interest)?;
-            Ok(match (tls, &self.shared.config.tls) {
-                (true, Some(config)) => {
-                    Wire::Tls(Box::new(TlsStream::new(stream, config.session()?)))
-                }
-                _ => Wire::Plain(stream),
-            })
+            if !tls {
+                return Ok(Wire::Plain(stream));
+            }
+            // Never plain on a TLS listener.
+            let config =
+                self.shared.config.tls.as_ref().ok_or_else(|| {
+                    io::Error::other("a TLS listener without a TLS configuration")
+                })?;
+            Ok(Wire::Tls(Box::new(TlsStream::new(
+                stream,
+                config.session()?,
+            ))))
         });
         let stream = match ready {
             Ok(stream) => stream,

@@ -391,28 +391,9 @@ fn tls_flags_that_cannot_work_are_refused_with_the_reason() {
 /// `GET path` over TLS (HTTP/1.1), trusting the PKI's CA and presenting
 /// `NAME.crt` when given: the response, head and body.
 fn https_get(addr: &str, pki: &Pki, cert: Option<&str>, path: &str) -> std::io::Result<String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(pki.ca()).unwrap())
-        .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match cert {
-        Some(name) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_file(pki.file(&format!("{name}.crt"))).unwrap()],
-                PrivateKeyDer::from_pem_file(pki.file(&format!("{name}.key"))).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
+    let config = pki.client_config(cert);
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let session = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let session = rustls::ClientConnection::new(config, name).unwrap();
     let socket = std::net::TcpStream::connect(addr)?;
     socket.set_read_timeout(Some(GENEROUS))?;
     let mut stream = rustls::StreamOwned::new(session, socket);

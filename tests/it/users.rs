@@ -38,6 +38,18 @@ fn acl(s: &Sandbox) -> std::path::PathBuf {
     path
 }
 
+/// A master whose users are [`acl`]'s; and the ACL file.
+fn master(s: &Sandbox) -> (Daemon, std::path::PathBuf) {
+    let acl = acl(s);
+    let acl_flag = format!("--aclfile={}", acl.display());
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &["--interval", "0", &acl_flag],
+    );
+    (master, acl)
+}
+
 fn error(reply: Result<Reply, rkv::client::ClientError>) -> String {
     match reply {
         Ok(Reply::Error(e)) => e,
@@ -49,13 +61,7 @@ fn error(reply: Result<Reply, rkv::client::ClientError>) -> String {
 #[test]
 fn a_user_that_may_only_read_is_refused_writes_and_other_keys_with_noperm() {
     let s = Sandbox::new();
-    let acl = acl(&s);
-    let acl_flag = format!("--aclfile={}", acl.display());
-    let master = Daemon::master(
-        &s.path("db"),
-        &s.path("backups"),
-        &["--interval", "0", &acl_flag],
-    );
+    let (master, _) = master(&s);
 
     // Nobody is logged in at connect: there is no default user.
     let mut c = master.client();
@@ -196,13 +202,7 @@ print("ok")
 #[test]
 fn a_reloaded_acl_file_changes_what_open_connections_may_do() {
     let s = Sandbox::new();
-    let acl = acl(&s);
-    let acl_flag = format!("--aclfile={}", acl.display());
-    let master = Daemon::master(
-        &s.path("db"),
-        &s.path("backups"),
-        &["--interval", "0", &acl_flag],
-    );
+    let (master, acl) = master(&s);
     let mut app = master.client();
     app.call(&[b"AUTH", b"app", b"app-secret"]).unwrap();
     let mut ops = master.client();

@@ -5,6 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A CA's files in a directory: `NAME.crt` and `NAME.key` for each
 /// certificate, the CA's own as `ca.crt` and `ca.key`.
@@ -114,6 +118,33 @@ impl Pki {
     /// The CA's certificate.
     pub fn ca(&self) -> PathBuf {
         self.file("ca.crt")
+    }
+
+    /// A TLS client's configuration that trusts this CA and presents
+    /// `NAME.crt` (with `NAME.key`) when `cert` is given.
+    pub fn client_config(&self, cert: Option<&str>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(self.ca()).expect("the CA certificate"))
+            .expect("a CA certificate rustls takes");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the default versions")
+            .with_root_certificates(roots);
+        Arc::new(match cert {
+            Some(name) => builder
+                .with_client_auth_cert(
+                    vec![
+                        CertificateDer::from_pem_file(self.file(&format!("{name}.crt")))
+                            .expect("the client certificate"),
+                    ],
+                    PrivateKeyDer::from_pem_file(self.file(&format!("{name}.key")))
+                        .expect("the client key"),
+                )
+                .expect("a certificate and its key"),
+            None => builder.with_no_client_auth(),
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rkv_testkit::tls::{Pki, Usage};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::*;
 
@@ -20,24 +20,7 @@ fn files(pki: &Pki, auth_clients: AuthClients) -> TlsFiles {
 
 /// A client that trusts `pki`'s CA, presenting `NAME.crt` when given.
 fn client_config(pki: &Pki, cert: Option<&str>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(pki.ca()).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match cert {
-        Some(name) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_file(pki.file(&format!("{name}.crt"))).unwrap()],
-                PrivateKeyDer::from_pem_file(pki.file(&format!("{name}.key"))).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    })
+    pki.client_config(cert)
 }
 
 /// Drives the server side until `done` says so, as a worker would (read

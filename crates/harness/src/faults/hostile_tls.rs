@@ -14,8 +14,7 @@ use rkv::client::{Access, Client, ClientTls};
 use rkv::resp::Reply;
 use rkv::server::ListenAddr;
 use rkv_testkit::tls::Pki;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::hostile::{mutate, valid, RSS_BOUND_MIB};
 use crate::procs::Proc;
@@ -26,22 +25,6 @@ use crate::{Outcome, Rng};
 const HUNG: Duration = Duration::from_secs(60);
 
 type Session = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A client TLS configuration trusting the PKI's CA.
-fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(pki.ca()).expect("the CA"))
-        .expect("a CA certificate");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("default versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
 
 /// A TLS session with the daemon, its handshake done.
 fn session(addr: &str, config: &Arc<rustls::ClientConfig>) -> std::io::Result<Session> {
@@ -111,7 +94,7 @@ pub fn run(dir: &Path, connections: usize, fuzz_requests: usize, rng: &mut Rng) 
         &[],
     );
     let addr = master.tls_addr.clone().expect("a TLS listener").to_string();
-    let config = client_config(&pki);
+    let config = pki.client_config(None);
     let tls = ClientTls::new(Some(&pki.ca()), None, None).expect("the CA");
     let access = Access {
         tls: Some(tls),
