@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub connections: u64,
     /// Connections refused (`--max-clients`) since start.
     pub rejected: u64,
+    /// TLS clients closed by TLS since start.
+    pub tls_refused: u64,
     /// Commands executed since start.
     pub commands: u64,
     /// Calls by command name (`unknown` for commands rkv does not have).
@@ -236,6 +238,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         "rejected_connections",
         "Connections refused because --max-clients were connected.",
         snapshot.rejected,
+    );
+    x.counter(
+        "tls_refused_connections",
+        "TLS clients closed by TLS: not TLS, a client certificate refused or missing, a broken \
+         record, or no handshake within 10 s.",
+        snapshot.tls_refused,
     );
     x.counter("commands", "Commands executed.", snapshot.commands);
     x.counters_by(

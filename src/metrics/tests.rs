@@ -19,6 +19,7 @@ fn idle(status: DaemonStatus) -> Snapshot {
         clients: 0,
         connections: 0,
         rejected: 0,
+        tls_refused: 0,
         commands: 0,
         calls: Vec::new(),
         command_errors: 0,

@@ -180,6 +180,9 @@ pub struct Stats {
     pub total_connections: AtomicU64,
     /// Connections refused by `max_clients`.
     pub rejected_connections: AtomicU64,
+    /// TLS clients closed by TLS: not TLS, a client certificate refused
+    /// or missing, a broken record, or a handshake not finished in time.
+    pub tls_refused: AtomicU64,
     /// Commands executed since start.
     pub total_commands: AtomicU64,
     /// Calls per command, in the command table's order, and last the calls
@@ -209,6 +212,7 @@ impl Default for Stats {
             connected_clients: AtomicUsize::new(0),
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            tls_refused: AtomicU64::new(0),
             total_commands: AtomicU64::new(0),
             calls: (0..=commands::names().count())
                 .map(|_| AtomicU64::new(0))
@@ -309,6 +313,7 @@ impl Shared {
             clients: self.stats.connected_clients.load(Ordering::Relaxed) as u64,
             connections: self.stats.total_connections.load(Ordering::Relaxed),
             rejected: self.stats.rejected_connections.load(Ordering::Relaxed),
+            tls_refused: self.stats.tls_refused.load(Ordering::Relaxed),
             commands: self.stats.total_commands.load(Ordering::Relaxed),
             calls: self.stats.calls_by_command(),
             command_errors: self.stats.command_errors.load(Ordering::Relaxed),

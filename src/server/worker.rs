@@ -193,6 +193,19 @@ impl Worker {
             let now = Instant::now();
             while self.cut_off.first().is_some_and(|&(at, _)| at <= now) {
                 if let Some((_, token)) = self.cut_off.pop_first() {
+                    if let Some(client) = self.clients.get(&token) {
+                        if client.handshake_until.is_some() {
+                            client.span.in_scope(|| {
+                                tracing::info!(
+                                    "closing a TLS client: no handshake within {HANDSHAKE:?}"
+                                )
+                            });
+                            self.shared
+                                .stats
+                                .tls_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     self.close(token);
                 }
             }
@@ -598,6 +611,7 @@ impl Client {
                         // TLS refused it: not TLS, a certificate the CA did
                         // not sign, none where one is required…
                         tracing::info!(error = %e, "closing a TLS client");
+                        shared.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
                     }
                     self.broken = true;
                 }

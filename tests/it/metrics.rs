@@ -240,13 +240,19 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(dir: &Path, targets: &[&str]) -> Prometheus {
+        Prometheus::start_with(dir, targets, "")
+    }
+
+    /// [`Prometheus::start`] with more of the scrape job's settings
+    /// (`scheme`, `tls_config`), each line indented for the job.
+    fn start_with(dir: &Path, targets: &[&str], job: &str) -> Prometheus {
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
-                 - job_name: rkv\n    static_configs:\n      - targets: [{}]\n",
+                 - job_name: rkv\n{job}    static_configs:\n      - targets: [{}]\n",
                 targets.join(", ")
             ),
         )
@@ -357,4 +363,54 @@ fn a_real_prometheus_scrapes_both_daemons_and_answers_for_the_staleness() {
         let backups = prometheus.query("rkv_master_backups_total");
         backups.first().is_some_and(|r| r.1 >= 1.0)
     });
+}
+
+#[test]
+fn a_real_prometheus_scrapes_over_tls_with_a_client_certificate() {
+    let s = Sandbox::new();
+    let pki = rkv_testkit::tls::Pki::new(&s.path("pki"));
+    let file = |name: &str| pki.file(name).display().to_string();
+    let master = Daemon::master(
+        &s.path("db"),
+        &s.path("backups"),
+        &[
+            "--interval",
+            "1s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-tls",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+        ],
+    );
+    master.client().call(&[b"SET", b"k", b"v"]).unwrap();
+    let m = metrics_addr(&s.path("db"));
+    // As the README configures it: https, the CA, and the scraper's own
+    // certificate.
+    let job = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {}\n      cert_file: {}\n      \
+         key_file: {}\n",
+        file("ca.crt"),
+        file("client.crt"),
+        file("client.key")
+    );
+    let prometheus = Prometheus::start_with(s.root(), &[&m], &job);
+    wait_until(
+        GENEROUS,
+        "Prometheus has the master's backup over TLS",
+        || {
+            let backups = prometheus.query("rkv_master_backups_total");
+            backups.first().is_some_and(|r| r.1 >= 1.0)
+        },
+    );
+    assert_eq!(
+        prometheus.query("up{job=\"rkv\"}").first().map(|r| r.1),
+        Some(1.0)
+    );
 }

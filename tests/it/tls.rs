@@ -195,6 +195,8 @@ fn plaintext_untrusted_and_silent_clients_on_a_tls_port_are_refused_without_harm
         "{}",
         master.log()
     );
+    // Counted for the operator: plain RESP, the rogue certificate, none.
+    assert!(master.info_num("rkv_tls_refused") >= 3, "{}", master.log());
 }
 
 #[test]

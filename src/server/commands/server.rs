@@ -197,6 +197,7 @@ fn common_info(shared: &Shared) -> Vec<(&'static str, Vec<(String, String)>)> {
                     format!("{:.0}", stats.ops_per_sec()),
                 ),
                 count("rejected_connections", &stats.rejected_connections),
+                count("rkv_tls_refused", &stats.tls_refused),
                 kv("expired_keys", crate::db::expired_dropped().to_string()),
                 kv("evicted_keys", "0".into()),
                 count("keyspace_hits", &stats.keyspace_hits),
