@@ -21,8 +21,8 @@ pub use daemon_file::DaemonFile;
 /// The flags both daemons share: access control, limits and logging.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Password clients must AUTH with. Prefer --password-file: a flag is
-    /// visible in the process list.
+    /// The default user's password, for `AUTH PASSWORD`. Prefer
+    /// --password-file: a flag is visible in the process list.
     #[arg(
         long,
         env = "RKV_REQUIREPASS",
@@ -43,8 +43,11 @@ pub struct ServerArgs {
     #[arg(long, env = "RKV_ACLFILE", value_name = "FILE")]
     pub aclfile: Option<PathBuf>,
 
-    /// Refuse a non-loopback --listen without a password (Redis's protected
-    /// mode); `no` allows it on a trusted network.
+    /// Refuse a non-loopback listener that anyone could use (Redis's
+    /// protected mode): --listen without a password or ACL users,
+    /// --tls-listen without those or required client certificates,
+    /// --metrics-listen without TLS client certificates; `no` allows it on
+    /// a trusted network.
     #[arg(long = "protected-mode", env = "RKV_PROTECTED_MODE", default_value = "yes",
           value_parser = parse_yes_no, action = clap::ArgAction::Set, value_name = "yes|no")]
     pub protected_mode: bool,
