@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::resp::Reply;
 use crate::server::{ListenAddr, Stream};
@@ -75,34 +74,20 @@ impl ClientTls {
         cert_and_key: Option<(&Path, &Path)>,
         server_name: Option<&str>,
     ) -> Result<ClientTls, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        match ca {
-            Some(ca) => {
-                let certs = CertificateDer::pem_file_iter(ca)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("the CA certificate file {}: {e}", ca.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "the CA certificate file {} holds no PEM certificate",
-                        ca.display()
-                    ));
-                }
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("the CA certificate file {}: {e}", ca.display()))?;
-                }
-            }
+        use crate::server::tls::{read_certs, read_key, read_roots};
+        let roots = match ca {
+            Some(ca) => read_roots("the CA certificate file", ca).map_err(|e| e.to_string())?,
             None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
                 if roots.is_empty() {
                     return Err(
                         "no CA certificates found on this system; give --cacert FILE".into(),
                     );
                 }
+                roots
             }
-        }
+        };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -110,11 +95,8 @@ impl ClientTls {
             .with_root_certificates(roots);
         let config = match cert_and_key {
             Some((cert, key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("the certificate file {}: {e}", cert.display()))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("the key file {}: {e}", key.display()))?;
+                let chain = read_certs("the certificate file", cert).map_err(|e| e.to_string())?;
+                let key = read_key("the key file", key).map_err(|e| e.to_string())?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("the certificate and key: {e}"))?

@@ -378,30 +378,7 @@ pub fn load_password(
         )),
         (Some(p), None) => Ok(Some(p.as_bytes().to_vec())),
         (None, Some(path)) => {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| {
-                    ConfigError::Password(format!(
-                        "cannot read the password file {}: {e}",
-                        path.display()
-                    ))
-                })?
-                .permissions()
-                .mode();
-            if mode & 0o007 != 0 {
-                return Err(ConfigError::Password(format!(
-                    "the password file {} can be read by every user (mode {:o}); make it \
-                     private: chmod 600 {0}",
-                    path.display(),
-                    mode & 0o777
-                )));
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::Password(format!(
-                    "cannot read the password file {}: {e}",
-                    path.display()
-                ))
-            })?;
+            let text = read_private(path, "password file", "600").map_err(ConfigError::Password)?;
             let password = text.lines().next().unwrap_or("").trim();
             if password.is_empty() {
                 return Err(ConfigError::Password(format!(
@@ -413,6 +390,26 @@ pub fn load_password(
         }
         (None, None) => Ok(None),
     }
+}
+
+/// The text of a file that holds secrets (`what` it is), refused when every
+/// user may read it; the error says to `chmod MODE` it.
+pub fn read_private(path: &Path, what: &str, mode: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let cannot = |e: std::io::Error| format!("cannot read the {what} {}: {e}", path.display());
+    let bits = std::fs::metadata(path)
+        .map_err(cannot)?
+        .permissions()
+        .mode();
+    if bits & 0o007 != 0 {
+        return Err(format!(
+            "the {what} {} can be read by every user (mode {:o}); make it private: chmod {mode} \
+             {0}",
+            path.display(),
+            bits & 0o777
+        ));
+    }
+    std::fs::read_to_string(path).map_err(cannot)
 }
 
 /// Redis's protected mode: listening beyond this machine without a password

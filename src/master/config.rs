@@ -488,27 +488,12 @@ mod tests {
         // certificates, not by optional ones.
         let dir = tempfile::tempdir().unwrap();
         let pki = rkv_testkit::tls::Pki::new(dir.path());
-        let (cert, key, ca) = (
-            pki.file("server.crt").display().to_string(),
-            pki.file("server.key").display().to_string(),
-            pki.ca().display().to_string(),
-        );
+        let files = pki.daemon_flags(true);
         let tls = |auth: &str| {
-            args(&[
-                "--listen",
-                "none",
-                "--tls-listen",
-                "0.0.0.0:6390",
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-ca-cert-file",
-                &ca,
-                "--tls-auth-clients",
-                auth,
-            ])
-            .validate()
+            let mut flags = vec!["--listen", "none", "--tls-listen", "0.0.0.0:6390"];
+            flags.extend(files.iter().map(String::as_str));
+            flags.extend(["--tls-auth-clients", auth]);
+            args(&flags).validate()
         };
         let config = tls("yes").unwrap();
         assert!(config.server.listen.is_empty());

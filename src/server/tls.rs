@@ -56,6 +56,12 @@ pub enum TlsError {
         /// What is wrong.
         detail: String,
     },
+    /// Client certificates are asked for, and no CA says which to trust.
+    #[error(
+        "client certificates are asked for (--tls-auth-clients) but no --tls-ca-cert-file says \
+         which CA signs them"
+    )]
+    NoCa,
     /// The files do not go together (a key of another certificate).
     #[error("the TLS certificate {} and key {}: {detail}", cert.display(), key.display())]
     Mismatch {
@@ -126,31 +132,17 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
         detail,
     };
     let certs = read_certs("the TLS certificate", &files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| file_error("the TLS key", &files.key, pem_error(e, "a PEM private key")))?;
+    let key = read_key("the TLS key", &files.key)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .expect("the default provider supports the default versions");
     let builder = match (&files.ca, files.auth_clients) {
         (None, AuthClients::No) => builder.with_no_client_auth(),
-        (None, _) => {
-            return Err(file_error(
-                "the TLS CA certificate file",
-                Path::new("(none)"),
-                "client certificates are asked for (--tls-auth-clients) but no \
-                 --tls-ca-cert-file says which CA signs them"
-                    .into(),
-            ))
-        }
+        (None, _) => return Err(TlsError::NoCa),
         (Some(_), AuthClients::No) => builder.with_no_client_auth(),
         (Some(ca), auth) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs("the TLS CA certificate file", ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| file_error("the TLS CA certificate file", ca, e.to_string()))?;
-            }
+            let roots = read_roots("the TLS CA certificate file", ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = match auth {
                 AuthClients::Optional => verifier.allow_unauthenticated(),
@@ -171,7 +163,12 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
         })
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates in `path` (`what` it is, for the error), at least
+/// one.
+pub(crate) fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let error = |detail| TlsError::File {
         what,
         path: path.to_path_buf(),
@@ -184,6 +181,35 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         return Err(error("holds no PEM certificate (BEGIN CERTIFICATE)".into()));
     }
     Ok(certs)
+}
+
+/// The PEM private key in `path`.
+pub(crate) fn read_key(
+    what: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        detail: pem_error(e, "a PEM private key"),
+    })
+}
+
+/// The CA certificates in `path`, as the roots a peer's certificate must
+/// chain to.
+pub(crate) fn read_roots(
+    what: &'static str,
+    path: &Path,
+) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(what, path)? {
+        roots.add(cert).map_err(|e| TlsError::File {
+            what,
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(roots)
 }
 
 fn pem_error(e: rustls::pki_types::pem::Error, expected: &str) -> String {
@@ -296,10 +322,7 @@ impl<S: Read + Write> Write for TlsStream<S> {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.send_pending().or_else(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => Ok(()),
-            _ => Err(e),
-        })?;
+        self.send_some()?;
         let taken = self.session.writer().write(buf)?;
         self.send_some()?;
         if taken == 0 {

@@ -198,23 +198,9 @@ impl Users {
         let Some(path) = aclfile else {
             return Ok(Users::parse("", requirepass, false).expect("no lines, no errors"));
         };
-        let where_ = path.display();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| UsersError(format!("cannot read the ACL file {where_}: {e}")))?
-            .permissions()
-            .mode();
-        if mode & 0o007 != 0 {
-            return Err(UsersError(format!(
-                "the ACL file {where_} can be read by every user (mode {:o}); make it private: \
-                 chmod 640 {where_}",
-                mode & 0o777
-            )));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| UsersError(format!("cannot read the ACL file {where_}: {e}")))?;
+        let text = crate::daemon::read_private(path, "ACL file", "640").map_err(UsersError)?;
         Users::parse(&text, requirepass, true)
-            .map_err(|e| UsersError(format!("the ACL file {where_}: {e}")))
+            .map_err(|e| UsersError(format!("the ACL file {}: {e}", path.display())))
     }
 
     /// The users of an ACL file's `text` (see [`Users::load`]); `from_file`

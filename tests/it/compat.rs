@@ -637,6 +637,24 @@ pub(crate) fn redis_py() -> std::path::PathBuf {
     }
 }
 
+/// Runs `script` in redis-py's Python with `args`; asserts it succeeded and
+/// printed `ok`, and returns what it printed.
+#[track_caller]
+pub(crate) fn run_redis_py(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(redis_py())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("redis-py's Python (scripts/test.sh installs it)");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && said.contains("ok"),
+        "redis-py: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 /// What a redis-py user does, at the library's default settings and with
 /// RESP2 and RESP3 asked for explicitly: prints the version and `ok`.
 const REDIS_PY_SCRIPT: &str = r#"
@@ -719,16 +737,7 @@ fn real_clients_at_their_default_settings_work() {
     let (m, f) = (port_of(&master), port_of(&follower));
 
     // The newest redis-py, with its defaults, RESP2 and RESP3.
-    let out = Command::new(redis_py())
-        .args(["-c", REDIS_PY_SCRIPT, &m, &f])
-        .output()
-        .expect("redis-py's Python (scripts/test.sh installs it)");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("ok"),
-        "redis-py: {said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = run_redis_py(REDIS_PY_SCRIPT, &[m.as_ref(), f.as_ref()]);
     println!("redis-py {}", said.trim());
 
     // redis-benchmark's own tests, pipelined: none fails, no INCR is lost.

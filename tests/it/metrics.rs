@@ -370,25 +370,18 @@ fn a_real_prometheus_scrapes_over_tls_with_a_client_certificate() {
     let s = Sandbox::new();
     let pki = rkv_testkit::tls::Pki::new(&s.path("pki"));
     let file = |name: &str| pki.file(name).display().to_string();
-    let master = Daemon::master(
-        &s.path("db"),
-        &s.path("backups"),
-        &[
-            "--interval",
-            "1s",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--metrics-tls",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert-file",
-            &file("server.crt"),
-            "--tls-key-file",
-            &file("server.key"),
-            "--tls-ca-cert-file",
-            &file("ca.crt"),
-        ],
-    );
+    let tls = pki.daemon_flags(true);
+    let mut flags = vec![
+        "--interval",
+        "1s",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--metrics-tls",
+        "--tls-listen",
+        "127.0.0.1:0",
+    ];
+    flags.extend(tls.iter().map(String::as_str));
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &flags);
     master.client().call(&[b"SET", b"k", b"v"]).unwrap();
     let m = metrics_addr(&s.path("db"));
     // As the README configures it: https, the CA, and the scraper's own

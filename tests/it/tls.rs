@@ -14,28 +14,13 @@ use rkv_testkit::{wait_for, wait_until, Daemon, GENEROUS};
 
 use crate::util::{bulk, refused, rkv, Sandbox};
 
-/// The TLS flags for the PKI's server certificate, clients checked
-/// against its CA.
-fn tls_flags(pki: &Pki) -> Vec<String> {
-    [
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert-file",
-        &pki.file("server.crt").display().to_string(),
-        "--tls-key-file",
-        &pki.file("server.key").display().to_string(),
-        "--tls-ca-cert-file",
-        &pki.ca().display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
+/// A master serving TLS on loopback with the PKI's server certificate,
+/// clients checked against its CA; `--interval 0` and `extra`.
 fn master(s: &Sandbox, pki: &Pki, extra: &[&str]) -> Daemon {
-    let mut flags = tls_flags(pki);
-    flags.extend(["--interval", "0"].map(String::from));
-    flags.extend(extra.iter().map(|f| f.to_string()));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let tls = pki.daemon_flags(true);
+    let mut flags = vec!["--tls-listen", "127.0.0.1:0", "--interval", "0"];
+    flags.extend(tls.iter().map(String::as_str));
+    flags.extend(extra);
     Daemon::master(&s.path("db"), &s.path("backups"), &flags)
 }
 
@@ -124,10 +109,9 @@ fn redis_cli_over_tls_with_a_client_certificate_and_without_one_where_none_is_as
     master.client().call(&[b"SAVE"]).unwrap();
     // A follower whose TLS asks for no client certificate: the server's
     // certificate alone, as for application hosts that check it.
-    let mut flags = tls_flags(&pki);
-    flags.truncate(6);
-    flags.extend(["--poll-interval", "100ms"].map(String::from));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let tls = pki.daemon_flags(false);
+    let mut flags = vec!["--tls-listen", "127.0.0.1:0", "--poll-interval", "100ms"];
+    flags.extend(tls.iter().map(String::as_str));
     let follower = Daemon::follower(&s.path("backups"), &s.path("f"), &flags);
     wait_for(
         GENEROUS,
@@ -296,18 +280,11 @@ fn redis_py_with_ssl_true() {
     let s = Sandbox::new();
     let pki = Pki::new(&s.path("pki"));
     let master = master(&s, &pki, &[]);
-    let out = Command::new(crate::compat::redis_py())
-        .args(["-c", REDIS_PY_TLS, &tls_port(&master)])
-        .arg(pki.ca())
-        .arg(pki.file("client.crt"))
-        .arg(pki.file("client.key"))
-        .output()
-        .expect("redis-py's Python (scripts/test.sh installs it)");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("ok"),
-        "redis-py: {said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (ca, cert, key) = (pki.ca(), pki.file("client.crt"), pki.file("client.key"));
+    let port = tls_port(&master);
+    crate::compat::run_redis_py(
+        REDIS_PY_TLS,
+        &[port.as_ref(), ca.as_ref(), cert.as_ref(), key.as_ref()],
     );
 }
 

@@ -188,15 +188,7 @@ except redis.exceptions.NoPermissionError:
     pass
 print("ok")
 "#;
-    let out = Command::new(crate::compat::redis_py())
-        .args(["-c", script, &port])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ok"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::compat::run_redis_py(script, &[port.as_ref()]);
 }
 
 #[test]

@@ -10,6 +10,17 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// `openssl req` with a new P-256 key, unencrypted: the README's keys.
+const NEW_KEY: &[&str] = &[
+    "req",
+    "-new",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// A CA's files in a directory: `NAME.crt` and `NAME.key` for each
 /// certificate, the CA's own as `ca.crt` and `ca.key`.
 pub struct Pki {
@@ -28,23 +39,20 @@ impl Pki {
         openssl(
             dir,
             &[
-                "req",
-                "-x509",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "3650",
-                "-subj",
-                "/CN=rkv test CA",
-            ],
+                NEW_KEY,
+                &[
+                    "-x509",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "3650",
+                    "-subj",
+                    "/CN=rkv test CA",
+                ],
+            ]
+            .concat(),
         );
         pki.issue("server", "rkv", Usage::Server);
         pki.issue("client", "app", Usage::Client);
@@ -62,20 +70,17 @@ impl Pki {
         openssl(
             &self.dir,
             &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={common_name}"),
-            ],
+                NEW_KEY,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={common_name}"),
+                ],
+            ]
+            .concat(),
         );
         let extensions = match usage {
             Usage::Server => {
@@ -118,6 +123,21 @@ impl Pki {
     /// The CA's certificate.
     pub fn ca(&self) -> PathBuf {
         self.file("ca.crt")
+    }
+
+    /// A daemon's flags for this CA's server certificate, and, when
+    /// `client_certs`, for requiring client certificates it signed.
+    pub fn daemon_flags(&self, client_certs: bool) -> Vec<String> {
+        let mut flags = vec![
+            "--tls-cert-file".to_string(),
+            self.file("server.crt").display().to_string(),
+            "--tls-key-file".into(),
+            self.file("server.key").display().to_string(),
+        ];
+        if client_certs {
+            flags.extend(["--tls-ca-cert-file".into(), self.ca().display().to_string()]);
+        }
+        flags
     }
 
     /// A TLS client's configuration that trusts this CA and presents

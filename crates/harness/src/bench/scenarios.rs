@@ -1200,21 +1200,10 @@ pub fn tls_throughput(work: &Path, requests: usize, rounds: usize) -> Vec<Throug
             let baseline = measure(redis.tls_port.expect("a TLS port"));
             redis.stop();
             let dir = work.join(format!("tls-{pipeline}-{round}"));
-            let (cert, key) = (cert.display().to_string(), key.display().to_string());
-            let master = Proc::master(
-                &dir.join("db"),
-                &dir.join("backups"),
-                &[
-                    "--backup-on-exit",
-                    "no",
-                    "--tls-listen",
-                    "127.0.0.1:0",
-                    "--tls-cert-file",
-                    &cert,
-                    "--tls-key-file",
-                    &key,
-                ],
-            );
+            let tls = pki.daemon_flags(false);
+            let mut flags = vec!["--backup-on-exit", "no", "--tls-listen", "127.0.0.1:0"];
+            flags.extend(tls.iter().map(String::as_str));
+            let master = Proc::master(&dir.join("db"), &dir.join("backups"), &flags);
             let rkv = measure(master.tls_port.expect("a TLS port"));
             master.stop();
             let _ = std::fs::remove_dir_all(&dir);

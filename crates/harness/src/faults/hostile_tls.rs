@@ -70,29 +70,17 @@ pub fn run(dir: &Path, connections: usize, fuzz_requests: usize, rng: &mut Rng) 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let file = |name: &str| pki.file(name).display().to_string();
-    let (pw, cert, key) = (
-        pw.display().to_string(),
-        file("server.crt"),
-        file("server.key"),
-    );
-    let master = Proc::master(
-        &dir.join("db"),
-        &dir.join("backups"),
-        &[
-            "--interval",
-            "0",
-            "--password-file",
-            &pw,
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-        ],
-        &[],
-    );
+    let (pw, tls) = (pw.display().to_string(), pki.daemon_flags(false));
+    let mut flags = vec![
+        "--interval",
+        "0",
+        "--password-file",
+        &pw,
+        "--tls-listen",
+        "127.0.0.1:0",
+    ];
+    flags.extend(tls.iter().map(String::as_str));
+    let master = Proc::master(&dir.join("db"), &dir.join("backups"), &flags, &[]);
     let addr = master.tls_addr.clone().expect("a TLS listener").to_string();
     let config = pki.client_config(None);
     let tls = ClientTls::new(Some(&pki.ca()), None, None).expect("the CA");
