@@ -94,8 +94,14 @@ fn redis_cli_over_tls_with_a_client_certificate_and_without_one_where_none_is_as
         .collect();
     rkv(&[&tls[..], &["put", "cli", "yes"]].concat()).ok();
     assert_eq!(rkv(&[&tls[..], &["get", "cli"]].concat()).ok(), "yes\n");
-    rkv(&[&connect, "get", "cli"]).fails(1, &["127.0.0.1"]);
+    rkv(&[&connect, "get", "cli"]).fails(1, &["127.0.0.1", "add --tls"]);
     rkv(&[&connect, "--tls", "get", "cli"]).fails(1, &["127.0.0.1"]);
+    // --sni: the certificate's DNS name instead of the address; a name it
+    // does not carry is refused; TLS files without --tls are a usage error.
+    let sni = |name: &str| rkv(&[&tls[..], &[name, "get", "cli"]].concat());
+    assert_eq!(sni("--sni=localhost").ok(), "yes\n");
+    sni("--sni=elsewhere.example").fails(1, &["not valid for name"]);
+    rkv(&[&connect, &files[0], "get", "cli"]).fails(2, &["need --tls"]);
 
     // No certificate where one is required: no answer.
     let (_, said) = redis_cli(&master, &pki, None, &["GET", "greeting"]);
@@ -332,6 +338,24 @@ fn tls_flags_that_cannot_work_are_refused_with_the_reason() {
             "give --tls-listen",
         ),
         (vec!["--listen", "none"], "nothing to listen on"),
+        (vec!["--tls-auth-clients", "yes"], "need --tls-listen"),
+        (
+            vec!["--metrics-listen", "127.0.0.1:0", "--metrics-tls"],
+            "--metrics-tls needs",
+        ),
+        (
+            vec![
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-auth-clients",
+                "yes",
+            ],
+            "no --tls-ca-cert-file",
+        ),
         // Beyond loopback with neither a password nor client certificates.
         (
             vec![
@@ -421,4 +445,63 @@ fn metrics_are_served_over_tls_with_the_same_certificate() {
         "{answer:?}"
     );
     drop(master);
+}
+
+/// Kills the daemon it holds when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn rkv_with_db_finds_a_daemon_that_listens_only_for_tls() {
+    let s = Sandbox::new();
+    let pki = Pki::new(&s.path("pki"));
+    let db = s.path("db");
+    // Not the test kit's launcher: it adds a plain listener.
+    let child = Command::new(env!("CARGO_BIN_EXE_rkv-master"))
+        .arg("--db")
+        .arg(&db)
+        .arg("--backup-dir")
+        .arg(s.path("backups"))
+        .args([
+            "--interval",
+            "0",
+            "--listen",
+            "none",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args(pki.daemon_flags(true))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let master = Killed(child);
+    let file = rkv::daemon::DaemonFile::wait_for(&db, master.0.id(), GENEROUS)
+        .expect("the master to announce itself");
+    assert!(
+        file.listen.is_empty() && file.tls_listen.len() == 1,
+        "{file:?}"
+    );
+
+    let db_flag = format!("--db={}", db.display());
+    let creds = [
+        format!("--cacert={}", pki.ca().display()),
+        format!("--cert={}", pki.file("client.crt").display()),
+        format!("--key={}", pki.file("client.key").display()),
+    ];
+    let with = |more: &[&str]| {
+        let mut args = vec![db_flag.as_str()];
+        args.extend(creds.iter().map(String::as_str));
+        args.extend(more);
+        rkv(&args)
+    };
+    with(&["put", "k", "v"]).ok();
+    assert_eq!(with(&["get", "k"]).ok(), "v\n");
+    // Without the CA it is refused by TLS, not routed around the lock.
+    rkv(&[&db_flag, "get", "k"]).fails(1, &["invalid peer certificate"]);
 }

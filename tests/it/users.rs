@@ -121,6 +121,20 @@ fn a_user_that_may_only_read_is_refused_writes_and_other_keys_with_noperm() {
         ops.call(&[b"EXISTS", b"cache:2", b"cache:3"]).unwrap(),
         Reply::Integer(0)
     );
+    // What clients probe, and what SETUSER says instead.
+    assert_eq!(
+        c.call(&[b"ACL", b"CAT"]).unwrap(),
+        Reply::array(["read", "write", "admin"].map(bulk).to_vec())
+    );
+    let reads = format!("{:?}", c.call(&[b"ACL", b"CAT", b"read"]).unwrap());
+    assert!(reads.contains(&format!("{:?}", b"get")) && !reads.contains(&format!("{:?}", b"set")));
+    assert!(matches!(c.call(&[b"ACL", b"HELP"]).unwrap(), Reply::Array(Some(l)) if l.len() > 3));
+    let said = error(ops.call(&[b"ACL", b"SETUSER", b"eve", b"on"]));
+    assert!(said.contains("--aclfile"), "{said}");
+    assert_eq!(
+        ops.call(&[b"ACL", b"USERS"]).unwrap(),
+        Reply::array(["app", "default", "ops"].map(bulk).to_vec())
+    );
     // The operator's view: hashes, never passwords.
     let Reply::Array(Some(lines)) = ops.call(&[b"ACL", b"LIST"]).unwrap() else {
         panic!("ACL LIST is not an array");
@@ -171,7 +185,7 @@ fn a_user_that_may_only_read_is_refused_writes_and_other_keys_with_noperm() {
     ];
     let cli = |more: &[&str]| rkv(&[&as_app[..], more].concat());
     assert_eq!(cli(&["get", "cache:1"]).ok(), "v\n");
-    cli(&["put", "cache:1", "x"]).fails(1, &["NOPERM"]);
+    cli(&["put", "cache:1", "x"]).fails(1, &["NOPERM", "--user=NAME"]);
     rkv(&[&connect, "--user=app", "get", "cache:1"])
         .fails(2, &["--user needs the user's password"]);
 
@@ -200,6 +214,13 @@ fn a_reloaded_acl_file_changes_what_open_connections_may_do() {
     let mut ops = master.client();
     ops.call(&[b"AUTH", b"ops", b"ops-secret"]).unwrap();
     assert!(error(app.call(&[b"SET", b"cache:1", b"w"])).starts_with("NOPERM"));
+
+    // ACL LOAD of the file as it stands: nothing changes.
+    assert_eq!(
+        ops.call(&[b"ACL", b"LOAD"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(ops.call(&[b"ACL", b"WHOAMI"]).unwrap(), bulk("ops"));
 
     // app may now write; ops is gone.
     write_acl(
@@ -262,4 +283,9 @@ fn acl_files_that_cannot_work_are_refused_with_the_reason() {
         let said = refused(env!("CARGO_BIN_EXE_rkv-master"), &args, 2);
         assert!(said.contains(expected), "{text}: {said}");
     }
+    // No ACL file: ACL LOAD says how to have one; everyone is `default`.
+    let master = Daemon::master(&s.path("db"), &s.path("backups"), &["--interval", "0"]);
+    let mut c = master.client();
+    assert!(error(c.call(&[b"ACL", b"LOAD"])).contains("--aclfile"));
+    assert_eq!(c.call(&[b"ACL", b"WHOAMI"]).unwrap(), bulk("default"));
 }
